@@ -1,0 +1,4 @@
+//! PLACEHOLDER (helper fills this in).
+/// Placeholder.
+#[derive(Debug)]
+pub struct PartReducer;

@@ -1,0 +1,126 @@
+//! SPEC 7.1: the codec interface, [`CompressionInfo`] and tensor roles.
+//!
+//! A codec turns a tensor (or a part of one) into a wire [`WireTensor`] and back. The receiver
+//! finds the decoder by the name written in `WireTensor.codec` (or, for built-in codecs sent by
+//! older peers, by the `compression` enum), through the [registry](crate::registry).
+
+mod info;
+mod none;
+
+use std::fmt::Debug;
+
+pub use averager_proto::{CompressionType, Tensor as WireTensor};
+pub use info::{CompressionInfo, TensorDescriptor, TensorKey, TensorRole};
+pub use none::NoCompression;
+
+use crate::error::Result;
+use crate::tensor::{DType, Tensor, TensorView};
+
+/// How close a codec's round trip stays to its input, as declared by the codec.
+///
+/// The conformance suite checks every declaration on standard-normal data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ErrorBound {
+    /// Decoding returns exactly the input.
+    Exact,
+    /// Every element satisfies `|decoded - x| <= atol + rtol * |x|`.
+    Elementwise {
+        /// Absolute tolerance.
+        atol: f64,
+        /// Relative tolerance.
+        rtol: f64,
+    },
+    /// The mean squared error over standard-normal input is at most this value.
+    MeanSquared(f64),
+}
+
+/// What a codec offers, so the conformance suite tests only what it promises.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CodecCapabilities {
+    /// Whether every accepted dtype round-trips bit-exactly.
+    pub lossless: bool,
+}
+
+/// A compression codec: encodes tensors for the wire and decodes what peers sent.
+///
+/// Codecs are synchronous on purpose: encoding is CPU-bound work that the core runs off the
+/// async executor (one part of prefetch, SPEC 4.4), so an `async fn` here would only hide that.
+pub trait Compression: Send + Sync + Debug + 'static {
+    /// The stable wire name, written to `WireTensor.codec` (e.g. `"none"`, `"float16"`).
+    ///
+    /// # Behavior
+    /// Constant for the codec's lifetime; it is the key a receiver looks up in its registry.
+    fn name(&self) -> &str;
+
+    /// The proto enum id written to `WireTensor.compression`; `NONE` for codecs outside SPEC 7.2.
+    fn wire_type(&self) -> CompressionType {
+        CompressionType::None
+    }
+
+    /// Whether this codec can encode tensors of `dtype` with `ndim` dimensions.
+    ///
+    /// # Behavior
+    /// [`Compression::compress`] returns an error for anything this refuses.
+    fn accepts(&self, dtype: DType, ndim: usize) -> bool;
+
+    /// Encodes `tensor` (a whole tensor or a part, see `info`).
+    ///
+    /// # Behavior
+    /// The result names this codec in `codec`, carries the shape and the original dtype name, and
+    /// leaves `chunks` at 0. An unaccepted dtype is an [`Error::Codec`](crate::Error::Codec).
+    fn compress(&self, tensor: &TensorView<'_>, info: &CompressionInfo) -> Result<WireTensor>;
+
+    /// Decodes a wire tensor produced by this codec (possibly on another machine).
+    ///
+    /// # Behavior
+    /// The output has the original dtype, shape and `requires_grad`. Untrusted input never panics
+    /// and never allocates more than the buffer's length justifies: garbage, truncated or
+    /// inconsistent buffers give an [`Error::Codec`](crate::Error::Codec).
+    fn extract(&self, message: &WireTensor) -> Result<Tensor>;
+
+    /// Encoded bits per original bit for the tensor `info` describes (SPEC 7.1), used only to size
+    /// parts (SPEC 4.3). Must be positive and finite.
+    fn estimate_compression_ratio(&self, info: &CompressionInfo) -> f64;
+
+    /// How close a round trip stays to the input for `dtype`.
+    fn error_bound(&self, dtype: DType) -> ErrorBound;
+
+    /// What the codec offers.
+    fn capabilities(&self) -> CodecCapabilities {
+        CodecCapabilities { lossless: false }
+    }
+}
+
+/// The shape of a wire tensor as `usize`s, with its element count, refusing absurd sizes.
+///
+/// Codecs call this before allocating anything for a decoded tensor.
+///
+/// # Errors
+/// [`Error::Codec`](crate::Error::Codec) when the element count overflows.
+pub fn wire_shape(codec: &str, message: &WireTensor) -> Result<(Vec<usize>, usize)> {
+    let shape: Vec<usize> = message.size.iter().map(|&d| d as usize).collect();
+    let n = crate::tensor::numel(&shape)
+        .map_err(|e| crate::Error::codec(codec, e.to_string()))?;
+    Ok((shape, n))
+}
+
+/// The dtype named by a wire tensor.
+///
+/// # Errors
+/// [`Error::Codec`](crate::Error::Codec) for an unknown name.
+pub fn wire_dtype(codec: &str, message: &WireTensor) -> Result<DType> {
+    DType::from_name(&message.dtype).map_err(|e| crate::Error::codec(codec, e.to_string()))
+}
+
+/// The registry name of a built-in codec, by its proto enum id (used to decode messages that set
+/// only `compression`).
+pub fn builtin_codec_name(wire: CompressionType) -> &'static str {
+    match wire {
+        CompressionType::None => "none",
+        CompressionType::Float16 => "float16",
+        CompressionType::Meanstd16bit => "meanstd16",
+        CompressionType::Uniform8bit => "uniform8",
+        CompressionType::Quantile8bit => "quantile8",
+        CompressionType::Blockwise8bit => "blockwise8",
+    }
+}

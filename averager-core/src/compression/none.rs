@@ -1,0 +1,122 @@
+//! SPEC 7.2 NONE: raw little-endian element bytes.
+
+use averager_proto::{CompressionType, Tensor as WireTensor};
+use half::bf16;
+
+use super::{CodecCapabilities, Compression, CompressionInfo, ErrorBound, wire_dtype, wire_shape};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor, TensorData, TensorSlice, TensorView};
+
+/// The identity codec: the element bytes as they are, for every dtype.
+///
+/// bfloat16 is written as f32 (4 bytes per value) in legacy mode, which is hivemind's default and
+/// ours; set the environment variable `USE_LEGACY_BFLOAT16=0` to write raw 2-byte values. The
+/// decoder accepts both, telling them apart by the buffer's length.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCompression;
+
+impl NoCompression {
+    /// The registry name.
+    pub const NAME: &'static str = "none";
+}
+
+fn legacy_bfloat16() -> bool {
+    std::env::var("USE_LEGACY_BFLOAT16").map(|v| v != "0").unwrap_or(true)
+}
+
+impl Compression for NoCompression {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn accepts(&self, _dtype: DType, _ndim: usize) -> bool {
+        true
+    }
+
+    fn compress(&self, tensor: &TensorView<'_>, _info: &CompressionInfo) -> Result<WireTensor> {
+        let data = tensor.data();
+        let mut buffer = Vec::new();
+        match data {
+            TensorSlice::BF16(values) if legacy_bfloat16() => {
+                buffer.reserve(values.len() * 4);
+                for v in values {
+                    buffer.extend_from_slice(&v.to_f32().to_le_bytes());
+                }
+            }
+            _ => data.write_le_bytes(&mut buffer),
+        }
+        Ok(WireTensor {
+            buffer: buffer.into(),
+            size: tensor.shape().iter().map(|&d| d as u32).collect(),
+            requires_grad: tensor.requires_grad(),
+            dtype: tensor.dtype().name().to_string(),
+            compression: CompressionType::None as i32,
+            chunks: 0,
+            codec: Self::NAME.to_string(),
+        })
+    }
+
+    fn extract(&self, message: &WireTensor) -> Result<Tensor> {
+        let dtype = wire_dtype(Self::NAME, message)?;
+        let (shape, numel) = wire_shape(Self::NAME, message)?;
+        let len = message.buffer.len();
+        let data = if dtype == DType::BF16 && numel > 0 && len / numel == 4 && len % numel == 0 {
+            // Legacy bfloat16: each value travels as an f32.
+            let f32s = TensorData::from_le_bytes(DType::F32, &message.buffer)?;
+            match f32s {
+                TensorData::F32(v) => TensorData::BF16(v.into_iter().map(bf16::from_f32).collect()),
+                _ => return Err(Error::Internal("f32 decoding returned another dtype".into())),
+            }
+        } else {
+            let expected = numel.checked_mul(dtype.size_bytes());
+            if expected != Some(len) {
+                return Err(Error::codec(
+                    Self::NAME,
+                    format!("buffer of {len} bytes does not hold {numel} {dtype} values"),
+                ));
+            }
+            TensorData::from_le_bytes(dtype, &message.buffer)?
+        };
+        Ok(Tensor::new(shape, data)?.with_requires_grad(message.requires_grad))
+    }
+
+    fn estimate_compression_ratio(&self, _info: &CompressionInfo) -> f64 {
+        1.0
+    }
+
+    fn error_bound(&self, _dtype: DType) -> ErrorBound {
+        ErrorBound::Exact
+    }
+
+    fn capabilities(&self) -> CodecCapabilities {
+        CodecCapabilities { lossless: true }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bfloat16_decodes_from_both_layouts() {
+        let t = Tensor::from_bf16(vec![2], vec![bf16::from_f32(1.5), bf16::from_f32(-2.0)]).unwrap();
+        let info = CompressionInfo::default();
+        let wire = NoCompression.compress(&t.view(), &info).unwrap();
+        assert_eq!(NoCompression.extract(&wire).unwrap(), t);
+        let mut raw = Vec::new();
+        t.view().data().write_le_bytes(&mut raw);
+        let wire = WireTensor { buffer: raw.into(), ..wire };
+        assert_eq!(NoCompression.extract(&wire).unwrap(), t);
+    }
+
+    #[test]
+    fn a_huge_declared_shape_with_a_small_buffer_is_an_error() {
+        let wire = WireTensor {
+            buffer: vec![0u8; 4].into(),
+            size: vec![u32::MAX, u32::MAX],
+            dtype: "float32".into(),
+            ..Default::default()
+        };
+        assert!(NoCompression.extract(&wire).is_err());
+    }
+}

@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+
+pub mod allreduce;
+pub mod compression;
+pub mod dht;
+pub mod error;
+pub mod reduce;
+pub mod registry;
+pub mod tensor;
+pub mod time;
+pub mod transport;
+
+pub use averager_proto as proto;
+pub use compression::{Compression, CompressionInfo, TensorRole};
+pub use dht::Dht;
+pub use error::{Error, Result};
+pub use reduce::Reducer;
+pub use registry::Registry;
+pub use tensor::{DType, Tensor, TensorView};
+pub use transport::Transport;

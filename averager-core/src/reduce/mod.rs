@@ -1,0 +1,82 @@
+//! The Reducer trait: how the parts of one span from several senders become one result.
+//!
+//! A reducer only does the arithmetic of one part; the async bookkeeping of SPEC 4.6 (which part
+//! is current, who is expected, banned senders) lives in
+//! [`PartReducer`](crate::allreduce::PartReducer), written once for every reducer.
+//!
+//! Both kinds of aggregator fit: the weighted mean folds each contribution in as it arrives
+//! ([`PartAccumulator::add`] does the work, [`PartAccumulator::finish`] divides), while robust
+//! aggregators (trimmed mean, coordinate median, CenteredClip) keep the contributions and do the
+//! work in `finish`.
+
+mod mean;
+
+use std::fmt::Debug;
+
+pub use mean::MeanReducer;
+
+use crate::error::Result;
+use crate::tensor::{DType, Tensor, TensorView};
+
+/// What one part looks like, and how many senders are expected to contribute to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartSpec {
+    /// Number of elements in the part.
+    pub len: usize,
+    /// Element type of the part (the tensor's dtype).
+    pub dtype: DType,
+    /// Senders expected to contribute (some may fail and never do).
+    pub expected_senders: usize,
+}
+
+/// The result of reducing one part.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PartOutcome {
+    /// The aggregated values, with the part's dtype and a flat shape `[len]`.
+    Reduced(Tensor),
+    /// Nothing to aggregate (no contribution, or zero total weight): every peer keeps its own
+    /// values for this part (SPEC 4.6 **[averager]**: 0/0 means "keep local values").
+    KeepLocal,
+}
+
+/// What a reducer offers, so the conformance suite checks the right property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReducerCapabilities {
+    /// The result is exactly `sum(w * x) / sum(w)` (up to floating-point rounding).
+    pub weighted_mean: bool,
+}
+
+/// Aggregates one part from several senders.
+///
+/// Synchronous on purpose: reduction is arithmetic on memory the caller already holds; the
+/// caller runs it off the async executor when parts are large.
+pub trait Reducer: Send + Sync + Debug + 'static {
+    /// The stable registry name (e.g. `"mean"`).
+    fn name(&self) -> &str;
+
+    /// What the reducer offers.
+    fn capabilities(&self) -> ReducerCapabilities;
+
+    /// Starts reducing one part.
+    ///
+    /// # Behavior
+    /// Returns a fresh accumulator for a part shaped like `spec`; errors for dtypes the reducer
+    /// cannot handle.
+    fn begin(&self, spec: &PartSpec) -> Result<Box<dyn PartAccumulator>>;
+}
+
+/// The state of one part being reduced.
+pub trait PartAccumulator: Send {
+    /// Adds sender `sender`'s contribution with `weight` (finite, `>= 0`).
+    ///
+    /// # Behavior
+    /// A part whose length or dtype differs from the spec, or a non-finite or negative weight, is
+    /// an [`Error::Reducer`](crate::Error::Reducer) and leaves the accumulator unchanged.
+    fn add(&mut self, sender: usize, part: &TensorView<'_>, weight: f64) -> Result<()>;
+
+    /// Finishes the part.
+    ///
+    /// # Behavior
+    /// [`PartOutcome::KeepLocal`] when nothing (or only zero weight) was added.
+    fn finish(self: Box<Self>) -> Result<PartOutcome>;
+}

@@ -1,0 +1,63 @@
+//! DHT time: wall-clock seconds since the Unix epoch as an `f64` (SPEC conventions).
+//!
+//! Peers compare expirations across machines, so this is wall-clock time, not a monotonic clock;
+//! peers are assumed to agree within [`MAX_DHT_TIME_DISCREPANCY`].
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch, as used for every expiration in the DHT and in join requests.
+pub type DhtTime = f64;
+
+/// How far apart two peers' clocks may be, in seconds (SPEC: `MAX_DHT_TIME_DISCREPANCY = 3`).
+pub const MAX_DHT_TIME_DISCREPANCY: f64 = 3.0;
+
+/// The current DHT time.
+pub fn dht_now() -> DhtTime {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The smallest `f64` strictly greater than `t` (C's `nextafter(t, +inf)`).
+///
+/// A withdrawal record (`false`) uses it so that it overrides the `true` record expiring at `t`.
+pub fn next_after(t: DhtTime) -> DhtTime {
+    if t.is_nan() || t == f64::INFINITY {
+        return t;
+    }
+    if t == 0.0 {
+        return f64::from_bits(1);
+    }
+    let bits = t.to_bits();
+    if t > 0.0 { f64::from_bits(bits + 1) } else { f64::from_bits(bits - 1) }
+}
+
+/// How long from now until DHT time `t`; zero if `t` has passed, `None` if `t` is not finite.
+pub fn until(t: DhtTime) -> Option<Duration> {
+    if !t.is_finite() {
+        return None;
+    }
+    Some(Duration::from_secs_f64((t - dht_now()).max(0.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_after_is_the_next_representable_value() {
+        for t in [1.0, 1.7e9, -3.5, 0.0, 1e-300] {
+            let n = next_after(t);
+            assert!(n > t);
+            assert_eq!(n - t, n - t); // finite
+            // Nothing lies strictly between t and n.
+            assert!((t + n) / 2.0 == t || (t + n) / 2.0 == n);
+        }
+        assert_eq!(next_after(f64::INFINITY), f64::INFINITY);
+    }
+
+    #[test]
+    fn until_is_clamped_at_zero() {
+        assert_eq!(until(0.0), Some(Duration::ZERO));
+        assert_eq!(until(f64::INFINITY), None);
+        assert!(until(dht_now() + 100.0).unwrap() > Duration::from_secs(90));
+    }
+}

@@ -1,0 +1,1 @@
+//! PLACEHOLDER: the compression suite (being written).

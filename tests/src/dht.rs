@@ -1,0 +1,1 @@
+//! PLACEHOLDER: the dht suite (being written).

@@ -1,0 +1,1 @@
+//! PLACEHOLDER: the reducer suite (being written).

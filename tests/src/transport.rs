@@ -1,0 +1,1 @@
+//! PLACEHOLDER: the transport suite (being written).
