@@ -99,8 +99,7 @@ pub trait Compression: Send + Sync + Debug + 'static {
 /// [`Error::Codec`](crate::Error::Codec) when the element count overflows.
 pub fn wire_shape(codec: &str, message: &WireTensor) -> Result<(Vec<usize>, usize)> {
     let shape: Vec<usize> = message.size.iter().map(|&d| d as usize).collect();
-    let n = crate::tensor::numel(&shape)
-        .map_err(|e| crate::Error::codec(codec, e.to_string()))?;
+    let n = crate::tensor::numel(&shape).map_err(|e| crate::Error::codec(codec, e.to_string()))?;
     Ok((shape, n))
 }
 

@@ -26,7 +26,8 @@ impl Reducer for MeanReducer {
 
     fn begin(&self, spec: &PartSpec) -> Result<Box<dyn PartAccumulator>> {
         let lanes = if spec.dtype == DType::Complex64 { spec.len.checked_mul(2) } else { Some(spec.len) };
-        let lanes = lanes.ok_or_else(|| Error::Reducer(format!("part of {} elements is too large", spec.len)))?;
+        let lanes =
+            lanes.ok_or_else(|| Error::Reducer(format!("part of {} elements is too large", spec.len)))?;
         Ok(Box::new(MeanAccumulator {
             len: spec.len,
             dtype: spec.dtype,

@@ -255,7 +255,11 @@ impl Registry {
     ///
     /// # Errors
     /// As [`Registry::transport`], or [`Error::Config`] for an endpoint without a scheme.
-    pub async fn transport_for_endpoint(&self, endpoint: &str, config: PluginConfig) -> Result<Arc<dyn Transport>> {
+    pub async fn transport_for_endpoint(
+        &self,
+        endpoint: &str,
+        config: PluginConfig,
+    ) -> Result<Arc<dyn Transport>> {
         let (scheme, _) = split_endpoint(endpoint)?;
         self.transport(scheme, config).await
     }
@@ -276,9 +280,8 @@ impl Registry {
     /// [`Error::UnknownPlugin`] when this process lacks the codec, or the codec's decoding error.
     pub fn decode(&self, message: &WireTensor) -> Result<Tensor> {
         let name = if message.codec.is_empty() {
-            let wire = averager_proto::CompressionType::try_from(message.compression).map_err(|_| {
-                Error::codec("?", format!("unknown compression id {}", message.compression))
-            })?;
+            let wire = averager_proto::CompressionType::try_from(message.compression)
+                .map_err(|_| Error::codec("?", format!("unknown compression id {}", message.compression)))?;
             builtin_codec_name(wire)
         } else {
             message.codec.as_str()

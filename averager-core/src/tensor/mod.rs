@@ -71,10 +71,7 @@ impl Tensor {
     pub fn new(shape: Vec<usize>, data: TensorData) -> Result<Self> {
         let n = numel(&shape)?;
         if n != data.len() {
-            return Err(Error::Tensor(format!(
-                "shape {shape:?} needs {n} elements, got {}",
-                data.len()
-            )));
+            return Err(Error::Tensor(format!("shape {shape:?} needs {n} elements, got {}", data.len())));
         }
         Ok(Tensor { shape, data, requires_grad: false })
     }
@@ -260,11 +257,7 @@ impl<'a> TensorView<'a> {
 
     /// Copies the view into an owned tensor.
     pub fn to_tensor(&self) -> Tensor {
-        Tensor {
-            shape: self.shape.to_vec(),
-            data: self.data.to_owned(),
-            requires_grad: self.requires_grad,
-        }
+        Tensor { shape: self.shape.to_vec(), data: self.data.to_owned(), requires_grad: self.requires_grad }
     }
 }
 
