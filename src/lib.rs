@@ -1,1 +1,50 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+//!
+//! # Crate layout
+//!
+//! This facade re-exports the core ([`averager_core`]) at its root and each backend crate as a
+//! module under the Cargo feature that enables it: [`grpc`] (`grpc`, default), [`quic`]
+//! (`quic`), [`dht`] (`kad`, default), [`compression`] (`compression`, default; `zstd` and `lz4`
+//! add the lossless wrappers). The in-process backends are always there, in [`memory`].
+//!
+//! Mentioning a backend crate here is also what links its plugin records into a binary, so
+//! [`Registry::global`] finds every backend whose feature is on.
+
+pub use averager_core::{
+    Compression, CompressionInfo, DType, Dht, Error, Reducer, Registry, Result, Tensor, TensorRole,
+    TensorView, Transport, allreduce, error, reduce, registry, tensor, time, transport,
+};
+#[doc(inline)]
+pub use averager_core::{register_codec, register_dht, register_reducer, register_transport};
+pub use averager_proto as proto;
+
+/// The in-process backends: always compiled, for simulation and tests.
+pub mod memory {
+    pub use averager_core::compression::NoCompression;
+    pub use averager_core::dht::MemoryDht;
+    pub use averager_core::reduce::MeanReducer;
+    pub use averager_core::transport::{FaultPlan, FaultyTransport, MemoryNetwork, MemoryTransport};
+}
+
+/// The gRPC transport (feature `grpc`).
+#[cfg(feature = "grpc")]
+#[doc(inline)]
+pub use averager_transport_grpc as grpc;
+
+/// The QUIC transport (feature `quic`).
+#[cfg(feature = "quic")]
+#[doc(inline)]
+pub use averager_transport_quic as quic;
+
+/// The Kademlia DHT (feature `kad`).
+#[cfg(feature = "kad")]
+#[doc(inline)]
+pub use averager_dht as dht;
+
+/// The codecs (feature `compression`).
+#[cfg(feature = "compression")]
+#[doc(inline)]
+pub use averager_compression as compression;
+
+#[cfg(test)]
+mod registry_tests;

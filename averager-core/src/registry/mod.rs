@@ -345,3 +345,6 @@ macro_rules! register_dht {
         }
     };
 }
+
+#[cfg(test)]
+mod tests;
