@@ -35,7 +35,7 @@ pub enum PartOutcome {
     /// The aggregated values, with the part's dtype and a flat shape `[len]`.
     Reduced(Tensor),
     /// Nothing to aggregate (no contribution, or zero total weight): every peer keeps its own
-    /// values for this part (SPEC 4.6 **[averager]**: 0/0 means "keep local values").
+    /// values for this part (SPEC 4.6 **\[averager\]**: 0/0 means "keep local values").
     KeepLocal,
 }
 
