@@ -4,6 +4,7 @@ pub mod allreduce;
 pub mod compression;
 pub mod dht;
 pub mod error;
+pub mod matchmaking;
 pub mod reduce;
 pub mod registry;
 pub mod tensor;
