@@ -60,7 +60,7 @@ impl Compression for NoCompression {
         let dtype = wire_dtype(Self::NAME, message)?;
         let (shape, numel) = wire_shape(Self::NAME, message)?;
         let len = message.buffer.len();
-        let data = if dtype == DType::BF16 && numel > 0 && len / numel == 4 && len % numel == 0 {
+        let data = if dtype == DType::BF16 && numel > 0 && len / numel == 4 && len.is_multiple_of(numel) {
             // Legacy bfloat16: each value travels as an f32.
             let f32s = TensorData::from_le_bytes(DType::F32, &message.buffer)?;
             match f32s {

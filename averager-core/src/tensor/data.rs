@@ -182,7 +182,7 @@ impl TensorData {
     /// [`Error::Tensor`] when the length is not a whole number of elements.
     pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Result<Self> {
         let size = dtype.size_bytes();
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return Err(Error::Tensor(format!(
                 "{} bytes are not a whole number of {dtype} elements",
                 bytes.len()
@@ -219,7 +219,7 @@ impl TensorData {
     /// Integers are rounded to nearest and saturate at the type's bounds; bool is `x != 0`.
     pub fn from_f64(dtype: DType, values: &[f64]) -> Result<Self> {
         if dtype == DType::Complex64 {
-            if values.len() % 2 != 0 {
+            if !values.len().is_multiple_of(2) {
                 return Err(Error::Tensor("complex64 needs an even number of f64 values".into()));
             }
             return Ok(TensorData::Complex64(
