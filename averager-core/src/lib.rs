@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod allreduce;
+pub mod averager;
 pub mod compression;
 pub mod dht;
 pub mod error;
