@@ -6,12 +6,14 @@
 
 mod info;
 mod none;
+mod streaming;
 
 use std::fmt::Debug;
 
 pub use averager_proto::{CompressionType, Tensor as WireTensor};
 pub use info::{CompressionInfo, TensorDescriptor, TensorKey, TensorRole};
 pub use none::NoCompression;
+pub use streaming::{STREAM_CHUNK_BYTES, combine_from_streaming, split_for_streaming};
 
 use crate::error::Result;
 use crate::tensor::{DType, Tensor, TensorView};
