@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use averager_conformance::dht::{self, DhtFactory};
 use averager_conformance::{Outcome, block_on_case, dht_suite};
-use averager_core::dht::{DhtCapabilities, DhtDictionary, DhtEntry, MemoryDht};
+use averager_core::dht::{DhtCapabilities, DhtDictionary, DhtEntry, MemoryDht, MemoryDhtSettings};
 use averager_core::time::DhtTime;
 use averager_core::{Dht, Result};
 use bytes::Bytes;
@@ -23,17 +23,9 @@ dht_suite!(memory_swarm, || async { swarm_of(&MemoryDht::new(), 5) });
 // Small limits, so the subkey-limit case (skipped above the suite's cap) and the over-limit value
 // check run against MemoryDht too.
 dht_suite!(memory_limited, || async {
-    let mut settings = default_settings_of(MemoryDht::with_settings);
-    settings.max_value_bytes = 4096;
-    settings.max_subkeys_per_key = 64;
+    let settings = MemoryDhtSettings { max_value_bytes: 4096, max_subkeys_per_key: 64, ..Default::default() };
     swarm_of(&MemoryDht::with_settings(settings), 3)
 });
-
-/// The default settings of a constructor's argument type. `MemoryDhtSettings` is not re-exported
-/// from `averager_core::dht`, so this names it through the constructor instead.
-fn default_settings_of<S: Default>(_constructor: fn(S) -> MemoryDht) -> S {
-    S::default()
-}
 
 /// Keeps the earlier entry when a subkey is stored again: any re-store "succeeds" but changes nothing.
 #[derive(Clone, Default)]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use memory::MemoryDht;
+pub use memory::{MemoryDht, MemoryDhtSettings};
 
 use crate::error::Result;
 use crate::time::DhtTime;
