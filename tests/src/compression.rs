@@ -1,1 +1,0 @@
-//! PLACEHOLDER: the compression suite (being written).

@@ -1,0 +1,135 @@
+//! SPEC 7.1, 7.2 and 10.5: the conformance suite for [`Compression`] codecs.
+//!
+//! Each case is a `pub async fn` over a [`CodecFactory`] that checks one `# Behavior` promise of
+//! the trait and returns an [`Outcome`]; [`compression_suite!`](crate::compression_suite) turns
+//! them into one `#[test]` each:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use averager_core::Compression;
+//! # use averager_core::compression::NoCompression as MyCodec;
+//!
+//! averager_conformance::compression_suite!(my_codec, || Arc::new(MyCodec) as Arc<dyn Compression>);
+//! # fn main() {}
+//! ```
+//!
+//! The cases test only what a codec declares: dtypes it [`accepts`](Compression::accepts), values
+//! against its [`error_bound`](Compression::error_bound) (Exact: bit-equal; Elementwise: every
+//! value; MeanSquared: over standard-normal input), exactness when its capabilities say lossless.
+//! Inputs come from a generator seeded per case ([`fixtures::SEED`]), so a failure reproduces.
+//! Codecs are synchronous; the cases are `async` only to share the shape of the other suites.
+//!
+//! The helpers ([`checks`], [`fixtures`]) are public so that codec crates can build their own
+//! cases from the same random tensors and bound checks.
+
+mod cases;
+pub mod checks;
+pub mod fixtures;
+mod hostile;
+
+use std::sync::Arc;
+
+use averager_core::compression::Compression;
+
+pub use cases::{
+    compression_ratio_is_positive_and_finite, constant_tensors_decode_to_finite_values,
+    empty_tensors_round_trip, every_role_round_trips, lossless_codecs_declare_exact_bounds,
+    message_names_codec_shape_and_dtype, parts_round_trip_like_whole_tensors,
+    registry_decodes_like_the_codec, round_trip_every_accepted_dtype, scalars_round_trip,
+    unaccepted_dtypes_are_refused,
+};
+pub use hostile::{
+    garbage_buffers_never_panic, huge_declared_shapes_are_refused_quickly, mutated_buffers_never_panic,
+    truncated_buffers_are_errors, unknown_dtype_names_are_errors,
+};
+
+use crate::Outcome;
+
+/// Builds the codec under test; every case asks for a fresh one.
+///
+/// Implemented for every `Fn() -> Arc<dyn Compression>`, so a closure is a factory.
+pub trait CodecFactory {
+    /// A codec to test.
+    fn codec(&self) -> Arc<dyn Compression>;
+}
+
+impl<F: Fn() -> Arc<dyn Compression>> CodecFactory for F {
+    fn codec(&self) -> Arc<dyn Compression> {
+        self()
+    }
+}
+
+/// Runs every case in order and returns each one's name and outcome (for reports and for
+/// checking that the suite catches a broken codec).
+pub async fn run_all(factory: &impl CodecFactory) -> Vec<(&'static str, Outcome)> {
+    // Keep this list and the one in `compression_suite!` the same.
+    vec![
+        ("round_trip_every_accepted_dtype", round_trip_every_accepted_dtype(factory).await),
+        ("message_names_codec_shape_and_dtype", message_names_codec_shape_and_dtype(factory).await),
+        ("every_role_round_trips", every_role_round_trips(factory).await),
+        ("empty_tensors_round_trip", empty_tensors_round_trip(factory).await),
+        ("scalars_round_trip", scalars_round_trip(factory).await),
+        ("parts_round_trip_like_whole_tensors", parts_round_trip_like_whole_tensors(factory).await),
+        ("constant_tensors_decode_to_finite_values", constant_tensors_decode_to_finite_values(factory).await),
+        ("compression_ratio_is_positive_and_finite", compression_ratio_is_positive_and_finite(factory).await),
+        ("unaccepted_dtypes_are_refused", unaccepted_dtypes_are_refused(factory).await),
+        ("lossless_codecs_declare_exact_bounds", lossless_codecs_declare_exact_bounds(factory).await),
+        ("registry_decodes_like_the_codec", registry_decodes_like_the_codec(factory).await),
+        ("truncated_buffers_are_errors", truncated_buffers_are_errors(factory).await),
+        ("garbage_buffers_never_panic", garbage_buffers_never_panic(factory).await),
+        ("huge_declared_shapes_are_refused_quickly", huge_declared_shapes_are_refused_quickly(factory).await),
+        ("unknown_dtype_names_are_errors", unknown_dtype_names_are_errors(factory).await),
+        ("mutated_buffers_never_panic", mutated_buffers_never_panic(factory).await),
+    ]
+}
+
+/// Expands to a module `$name` with one `#[test]` per compression case, each running the case on
+/// the codec that `$factory` (a `Fn() -> Arc<dyn Compression>`) builds.
+///
+/// ```
+/// use std::sync::Arc;
+/// use averager_core::compression::{Compression, NoCompression};
+///
+/// averager_conformance::compression_suite!(none, || Arc::new(NoCompression) as Arc<dyn Compression>);
+/// # fn main() {}
+/// ```
+///
+/// The module does `use super::*`, so the factory may name anything the calling file imports.
+#[macro_export]
+macro_rules! compression_suite {
+    ($name:ident, $factory:expr $(,)?) => {
+        $crate::compression_suite!(@cases $name, $factory, [
+            round_trip_every_accepted_dtype,
+            message_names_codec_shape_and_dtype,
+            every_role_round_trips,
+            empty_tensors_round_trip,
+            scalars_round_trip,
+            parts_round_trip_like_whole_tensors,
+            constant_tensors_decode_to_finite_values,
+            compression_ratio_is_positive_and_finite,
+            unaccepted_dtypes_are_refused,
+            lossless_codecs_declare_exact_bounds,
+            registry_decodes_like_the_codec,
+            truncated_buffers_are_errors,
+            garbage_buffers_never_panic,
+            huge_declared_shapes_are_refused_quickly,
+            unknown_dtype_names_are_errors,
+            mutated_buffers_never_panic,
+        ]);
+    };
+    (@cases $name:ident, $factory:expr, [$($case:ident),* $(,)?]) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $case() {
+                    $crate::run_case(::core::stringify!($case), async {
+                        let f = $factory;
+                        $crate::compression::$case(&f).await
+                    })
+                }
+            )*
+        }
+    };
+}
