@@ -52,8 +52,13 @@ pub type Outcome = Result<(), Failure>;
 #[macro_export]
 macro_rules! ensure {
     ($cond:expr, $($arg:tt)+) => {
-        if !$cond {
-            return ::core::result::Result::Err($crate::Failure::new(::std::format!($($arg)+)));
+        // A match rather than `if !cond`, so float comparisons in callers do not trip clippy's
+        // `neg_cmp_op_on_partial_ord`.
+        match $cond {
+            true => {}
+            false => {
+                return ::core::result::Result::Err($crate::Failure::new(::std::format!($($arg)+)));
+            }
         }
     };
 }
