@@ -94,36 +94,6 @@ macro_rules! __dht_cases {
     };
 }
 
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __dht_suite_tests {
-    ($name:ident, $factory:expr, [$($case:ident),* $(,)?]) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            $(
-                #[test]
-                fn $case() {
-                    $crate::run_case(::core::stringify!($case), async {
-                        let f = $factory;
-                        $crate::dht::$case(&f).await
-                    })
-                }
-            )*
-        }
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __dht_run_all {
-    ($factory:expr, [$($case:ident),* $(,)?]) => {{
-        let mut outcomes: ::std::vec::Vec<(&'static str, $crate::Outcome)> = ::std::vec::Vec::new();
-        $( outcomes.push((::core::stringify!($case), $crate::dht::$case($factory).await)); )*
-        outcomes
-    }};
-}
-
 /// Expands to a module `$name` with one `#[test]` per case of the [`Dht`] suite.
 ///
 /// `$factory` is an expression evaluated inside each test, in the test module (which imports
@@ -144,13 +114,13 @@ macro_rules! __dht_run_all {
 #[macro_export]
 macro_rules! dht_suite {
     ($name:ident, $factory:expr $(,)?) => {
-        $crate::__dht_cases! { __dht_suite_tests! { $name, $factory, } }
+        $crate::__dht_cases! { __suite_tests! { dht, $name, $factory, } }
     };
 }
 
 /// Runs every case in turn on the current runtime, returning each case's name and outcome.
 pub async fn run_all(factory: &impl DhtFactory) -> Vec<(&'static str, Outcome)> {
-    crate::__dht_cases! { __dht_run_all! { factory, } }
+    crate::__dht_cases! { __suite_run_all! { dht, factory, } }
 }
 
 /// The nodes of one case's swarm, with calls that name the node and key when they fail.

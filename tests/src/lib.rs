@@ -63,6 +63,41 @@ macro_rules! ensure {
     };
 }
 
+/// Expands a suite's case list into a test module: one `#[test]` per case, each running
+/// `$crate::<suite>::<case>(&factory)` through [`run_case`]. The suites' public macros
+/// (`dht_suite!`, ...) call this through their case-list macro, so each list is written once.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __suite_tests {
+    ($suite:ident, $name:ident, $factory:expr, [$($case:ident),* $(,)?]) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $case() {
+                    $crate::run_case(::core::stringify!($case), async {
+                        let f = $factory;
+                        $crate::$suite::$case(&f).await
+                    })
+                }
+            )*
+        }
+    };
+}
+
+/// Expands a suite's case list into code that runs every case in turn and collects
+/// `(name, outcome)` pairs (each suite's `run_all`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __suite_run_all {
+    ($suite:ident, $factory:expr, [$($case:ident),* $(,)?]) => {{
+        let mut outcomes: ::std::vec::Vec<(&'static str, $crate::Outcome)> = ::std::vec::Vec::new();
+        $( outcomes.push((::core::stringify!($case), $crate::$suite::$case($factory).await)); )*
+        outcomes
+    }};
+}
+
 /// Runs one case on a fresh two-worker tokio runtime, bounded by [`CASE_TIMEOUT`], and panics
 /// with the failure's message (so a `#[test]` wrapping it fails and says why).
 pub fn run_case<F: Future<Output = Outcome>>(name: &str, case: F) {

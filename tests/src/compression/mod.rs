@@ -62,25 +62,33 @@ impl<F: Fn() -> Arc<dyn Compression>> CodecFactory for F {
 /// Runs every case in order and returns each one's name and outcome (for reports and for
 /// checking that the suite catches a broken codec).
 pub async fn run_all(factory: &impl CodecFactory) -> Vec<(&'static str, Outcome)> {
-    // Keep this list and the one in `compression_suite!` the same.
-    vec![
-        ("round_trip_every_accepted_dtype", round_trip_every_accepted_dtype(factory).await),
-        ("message_names_codec_shape_and_dtype", message_names_codec_shape_and_dtype(factory).await),
-        ("every_role_round_trips", every_role_round_trips(factory).await),
-        ("empty_tensors_round_trip", empty_tensors_round_trip(factory).await),
-        ("scalars_round_trip", scalars_round_trip(factory).await),
-        ("parts_round_trip_like_whole_tensors", parts_round_trip_like_whole_tensors(factory).await),
-        ("constant_tensors_decode_to_finite_values", constant_tensors_decode_to_finite_values(factory).await),
-        ("compression_ratio_is_positive_and_finite", compression_ratio_is_positive_and_finite(factory).await),
-        ("unaccepted_dtypes_are_refused", unaccepted_dtypes_are_refused(factory).await),
-        ("lossless_codecs_declare_exact_bounds", lossless_codecs_declare_exact_bounds(factory).await),
-        ("registry_decodes_like_the_codec", registry_decodes_like_the_codec(factory).await),
-        ("truncated_buffers_are_errors", truncated_buffers_are_errors(factory).await),
-        ("garbage_buffers_never_panic", garbage_buffers_never_panic(factory).await),
-        ("huge_declared_shapes_are_refused_quickly", huge_declared_shapes_are_refused_quickly(factory).await),
-        ("unknown_dtype_names_are_errors", unknown_dtype_names_are_errors(factory).await),
-        ("mutated_buffers_never_panic", mutated_buffers_never_panic(factory).await),
-    ]
+    crate::__compression_cases! { __suite_run_all! { compression, factory, } }
+}
+
+/// Lists every case once, for [`compression_suite!`](crate::compression_suite) and [`run_all`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __compression_cases {
+    ($callback:ident ! { $($args:tt)* }) => {
+        $crate::$callback! { $($args)* [
+            round_trip_every_accepted_dtype,
+            message_names_codec_shape_and_dtype,
+            every_role_round_trips,
+            empty_tensors_round_trip,
+            scalars_round_trip,
+            parts_round_trip_like_whole_tensors,
+            constant_tensors_decode_to_finite_values,
+            compression_ratio_is_positive_and_finite,
+            unaccepted_dtypes_are_refused,
+            lossless_codecs_declare_exact_bounds,
+            registry_decodes_like_the_codec,
+            truncated_buffers_are_errors,
+            garbage_buffers_never_panic,
+            huge_declared_shapes_are_refused_quickly,
+            unknown_dtype_names_are_errors,
+            mutated_buffers_never_panic,
+        ] }
+    };
 }
 
 /// Expands to a module `$name` with one `#[test]` per compression case, each running the case on
@@ -98,38 +106,6 @@ pub async fn run_all(factory: &impl CodecFactory) -> Vec<(&'static str, Outcome)
 #[macro_export]
 macro_rules! compression_suite {
     ($name:ident, $factory:expr $(,)?) => {
-        $crate::compression_suite!(@cases $name, $factory, [
-            round_trip_every_accepted_dtype,
-            message_names_codec_shape_and_dtype,
-            every_role_round_trips,
-            empty_tensors_round_trip,
-            scalars_round_trip,
-            parts_round_trip_like_whole_tensors,
-            constant_tensors_decode_to_finite_values,
-            compression_ratio_is_positive_and_finite,
-            unaccepted_dtypes_are_refused,
-            lossless_codecs_declare_exact_bounds,
-            registry_decodes_like_the_codec,
-            truncated_buffers_are_errors,
-            garbage_buffers_never_panic,
-            huge_declared_shapes_are_refused_quickly,
-            unknown_dtype_names_are_errors,
-            mutated_buffers_never_panic,
-        ]);
-    };
-    (@cases $name:ident, $factory:expr, [$($case:ident),* $(,)?]) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            $(
-                #[test]
-                fn $case() {
-                    $crate::run_case(::core::stringify!($case), async {
-                        let f = $factory;
-                        $crate::compression::$case(&f).await
-                    })
-                }
-            )*
-        }
+        $crate::__compression_cases! { __suite_tests! { compression, $name, $factory, } }
     };
 }
