@@ -1,4 +1,705 @@
-//! PLACEHOLDER (helper fills this in).
-/// Placeholder.
+//! SPEC 4.6: the part reducer, the async bookkeeping that turns the parts of one span, sent by
+//! several senders concurrently, into one reduced part each, whatever the [`Reducer`].
+//!
+//! Parts are reduced strictly in order. A submission for part `k` waits until `k` is the current
+//! part, is added to the current [`PartAccumulator`], and then waits for part `k` to complete.
+//! With the **\[averager\]** fixes of SPEC 4.6 and 11.4:
+//!
+//! - **contributions are counted, not arrivals**: a sender that is banned while its submission of
+//!   part `k` is still waiting is not expected for part `k`, so part `k` cannot stall on it;
+//! - a banned sender still counts for the parts it already contributed to;
+//! - a part nobody contributed to completes with whatever the accumulator says for an empty
+//!   input (for the weighted mean, [`PartOutcome::KeepLocal`]).
+//!
+//! The state sits behind a std mutex that is never held across an await; waiters are woken by a
+//! `watch` channel bumped whenever a part completes, a sender is banned or the reducer finishes
+//! (a contribution that does not complete its part wakes nobody, since nobody waits on it).
+//! The reducer's arithmetic ([`PartAccumulator::add`] and `finish`) runs under that mutex, on the
+//! submitting task: it is synchronous and bounded by the part size, and running it elsewhere would
+//! let a later contribution overtake an earlier one.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::reduce::{PartAccumulator, PartOutcome, PartSpec, Reducer};
+use crate::tensor::{DType, TensorView};
+
+/// Reduces the parts of one span sent by `num_senders` senders (SPEC 4.6).
+///
+/// Shared through an [`Arc`] by the handlers of every incoming `rpc_aggregate_part` stream and by
+/// the local sender; each calls [`accumulate`](Self::accumulate) once per part it sends.
+pub struct PartReducer {
+    reducer: Arc<dyn Reducer>,
+    parts: Vec<(usize, DType)>,
+    num_senders: usize,
+    state: Mutex<State>,
+    changed: watch::Sender<()>,
+}
+
+/// Why the reducer stopped taking parts.
 #[derive(Debug)]
-pub struct PartReducer;
+enum Ended {
+    /// Every part was reduced.
+    Completed,
+    /// [`PartReducer::finish`] was called before the last part completed.
+    Cancelled,
+    /// The reducer could not start a part; no later part can be reduced.
+    Failed(Error),
+}
+
+impl Ended {
+    fn error(&self) -> Error {
+        match self {
+            Ended::Completed => Error::Reducer("finished".into()),
+            Ended::Cancelled => Error::Cancelled("the part reducer was finished".into()),
+            Ended::Failed(e) => e.clone(),
+        }
+    }
+}
+
+/// A completed part's result, kept until every sender that contributed has taken it.
+struct Slot {
+    outcome: Result<Arc<PartOutcome>>,
+    unclaimed: usize,
+}
+
+struct State {
+    ended: Option<Ended>,
+    /// Index of the part being reduced (`parts.len()` once completed).
+    current: usize,
+    accumulator: Option<Box<dyn PartAccumulator>>,
+    /// Per sender: whether it contributed to the current part.
+    contributed: Vec<bool>,
+    num_contributed: usize,
+    /// Senders that still count for the current part: not banned, or banned after contributing.
+    expected: usize,
+    /// Contributors to the current part that stopped waiting for its result.
+    abandoned: usize,
+    banned: Vec<bool>,
+    num_banned: usize,
+    results: HashMap<usize, Slot>,
+    /// Contributions accumulated so far, over all parts.
+    received: usize,
+}
+
+impl State {
+    /// Takes one copy of part `k`'s result, dropping the slot when the last contributor has it.
+    fn claim(&mut self, k: usize) -> Option<Result<Arc<PartOutcome>>> {
+        let slot = self.results.get_mut(&k)?;
+        let outcome = slot.outcome.clone();
+        slot.unclaimed = slot.unclaimed.saturating_sub(1);
+        if slot.unclaimed == 0 {
+            self.results.remove(&k);
+        }
+        Some(outcome)
+    }
+}
+
+impl PartReducer {
+    /// A reducer for parts shaped `(len, dtype)`, in order, each sent by up to `num_senders`
+    /// senders (indices `0..num_senders`).
+    ///
+    /// # Behavior
+    /// With no parts the reducer is finished at once; with no senders every part completes at
+    /// once with the reducer's outcome for an empty input.
+    ///
+    /// # Errors
+    /// The reducer's error when it cannot begin the first part (for example, an unsupported dtype).
+    pub fn new(
+        reducer: Arc<dyn Reducer>,
+        parts: impl IntoIterator<Item = (usize, DType)>,
+        num_senders: usize,
+    ) -> Result<Self> {
+        let parts: Vec<(usize, DType)> = parts.into_iter().collect();
+        let mut state = State {
+            ended: None,
+            current: 0,
+            accumulator: None,
+            contributed: vec![false; num_senders],
+            num_contributed: 0,
+            expected: num_senders,
+            abandoned: 0,
+            banned: vec![false; num_senders],
+            num_banned: 0,
+            results: HashMap::new(),
+            received: 0,
+        };
+        if parts.is_empty() {
+            state.ended = Some(Ended::Completed);
+        }
+        let (changed, _) = watch::channel(());
+        let this = PartReducer { reducer, parts, num_senders, state: Mutex::new(state), changed };
+        {
+            let mut st = this.lock();
+            if st.ended.is_none() {
+                st.accumulator = Some(this.begin(0, num_senders)?);
+                this.complete_ready(&mut st);
+            }
+        }
+        Ok(this)
+    }
+
+    /// Number of parts this reducer reduces.
+    pub fn num_parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Number of senders (valid sender indices are `0..num_senders`).
+    pub fn num_senders(&self) -> usize {
+        self.num_senders
+    }
+
+    /// Whether the reducer stopped taking parts: every part completed, or it was finished early.
+    pub fn is_finished(&self) -> bool {
+        self.lock().ended.is_some()
+    }
+
+    /// Whether `sender` has been banned (out-of-range senders are not).
+    pub fn is_banned(&self, sender: usize) -> bool {
+        self.lock().banned.get(sender).copied().unwrap_or(false)
+    }
+
+    /// The fraction of the `num_parts * num_senders` possible contributions that were accumulated,
+    /// in `[0, 1]` (1 when nothing was expected); SPEC 4.6 logs it when the reducer finishes.
+    pub fn received_fraction(&self) -> f64 {
+        let received = self.lock().received;
+        fraction(received, self.parts.len().saturating_mul(self.num_senders))
+    }
+
+    /// Adds `sender`'s part `part_index` with `weight`, and returns the reduced part once every
+    /// expected sender contributed.
+    ///
+    /// # Behavior
+    /// Waits until `part_index` is the part being reduced, adds the contribution, then waits for
+    /// the part to complete; the contribution is added on the first poll when the part is already
+    /// current. Parts may be submitted concurrently and in any order; each waits for its turn.
+    /// If the returned future is dropped after contributing, the contribution still counts.
+    ///
+    /// # Errors
+    /// - [`Error::Reducer`] for a sender or part index out of range, a part that sender already
+    ///   submitted (or one that was already reduced), a banned sender (also when it is banned while
+    ///   waiting for its turn), and once every part was reduced;
+    /// - [`Error::Reducer`] for a part whose length or dtype differs from the spec, or whose weight
+    ///   is not finite and `>= 0`, or that the reducer refuses: the sender is then banned, so the
+    ///   others are not left waiting for it;
+    /// - [`Error::Cancelled`] when [`finish`](Self::finish) is called before the part completes;
+    /// - the reducer's error when it fails to reduce this part or to begin an earlier one.
+    pub async fn accumulate(
+        &self,
+        sender: usize,
+        part_index: usize,
+        part: &TensorView<'_>,
+        weight: f64,
+    ) -> Result<Arc<PartOutcome>> {
+        // Subscribe before the first look at the state, so no wake-up can fall in between.
+        let mut rx = self.changed.subscribe();
+        if sender >= self.num_senders {
+            return Err(Error::Reducer(format!(
+                "sender {sender} is out of range: there are {} senders",
+                self.num_senders
+            )));
+        }
+        let Some(&(len, dtype)) = self.parts.get(part_index) else {
+            return Err(Error::Reducer(format!(
+                "part {part_index} is out of range: there are {} parts",
+                self.parts.len()
+            )));
+        };
+        if part.numel() != len || part.dtype() != dtype {
+            let reason = format!(
+                "sender {sender}: part {part_index} has {} x {} where {len} x {dtype} was expected",
+                part.numel(),
+                part.dtype()
+            );
+            self.refuse(sender, &reason);
+            return Err(Error::Reducer(reason));
+        }
+        if !weight.is_finite() || weight < 0.0 {
+            let reason =
+                format!("sender {sender}: part {part_index} has weight {weight}, not a finite number >= 0");
+            self.refuse(sender, &reason);
+            return Err(Error::Reducer(reason));
+        }
+
+        loop {
+            let advanced = {
+                let mut st = self.lock();
+                if let Some(ended) = &st.ended {
+                    return Err(ended.error());
+                }
+                if st.banned[sender] {
+                    return Err(Error::Reducer(format!("sender {sender} is banned")));
+                }
+                if part_index < st.current {
+                    return Err(Error::Reducer(format!(
+                        "sender {sender}: part {part_index} came after it was reduced"
+                    )));
+                }
+                if part_index == st.current {
+                    if st.contributed[sender] {
+                        return Err(Error::Reducer(format!(
+                            "sender {sender} submitted part {part_index} twice"
+                        )));
+                    }
+                    let added = match st.accumulator.as_mut() {
+                        Some(acc) => acc.add(sender, part, weight),
+                        None => Err(Error::Internal("no accumulator for the current part".into())),
+                    };
+                    if let Err(e) = added {
+                        self.ban(&mut st, sender);
+                        drop(st);
+                        self.notify();
+                        return Err(e);
+                    }
+                    st.contributed[sender] = true;
+                    st.num_contributed += 1;
+                    st.received += 1;
+                    Some(self.complete_ready(&mut st))
+                } else {
+                    None
+                }
+            };
+            match advanced {
+                Some(advanced) => {
+                    if advanced {
+                        self.notify();
+                    }
+                    break;
+                }
+                None => Self::wait(&mut rx).await?,
+            }
+        }
+
+        // From here on the contribution counts; the claim keeps the result's bookkeeping right even
+        // if this future is dropped before taking it.
+        let mut claim = Claim { reducer: self, part: part_index, claimed: false };
+        loop {
+            {
+                let mut st = self.lock();
+                if let Some(outcome) = st.claim(part_index) {
+                    claim.claimed = true;
+                    return outcome;
+                }
+                if let Some(ended) = &st.ended {
+                    return Err(ended.error());
+                }
+            }
+            Self::wait(&mut rx).await?;
+        }
+    }
+
+    /// Bans `sender` (SPEC 4.7): it is no longer expected for any part it has not contributed to.
+    ///
+    /// # Behavior
+    /// Parts it already contributed to keep its contribution, and it still gets their results;
+    /// its submissions that are waiting for their turn end with an error. If the current part was
+    /// only waiting for this sender, it completes now. Banning twice, or banning an out-of-range
+    /// sender, does nothing.
+    pub fn sender_failed(&self, sender: usize) {
+        if sender >= self.num_senders {
+            tracing::debug!(sender, num_senders = self.num_senders, "ignoring a ban of an unknown sender");
+            return;
+        }
+        let changed = {
+            let mut st = self.lock();
+            self.ban(&mut st, sender)
+        };
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Stops the reducer (SPEC 4.7: cancelling or failing the runner).
+    ///
+    /// # Behavior
+    /// Every submission waiting for its turn or for an unfinished part, and every later
+    /// submission, ends with an error ([`Error::Cancelled`], or [`Error::Reducer`] when every part
+    /// had already been reduced). Results of parts that already completed can still be taken by
+    /// their contributors. Calling it again does nothing.
+    pub fn finish(&self) {
+        let cancelled = {
+            let mut st = self.lock();
+            if st.ended.is_some() {
+                false
+            } else {
+                st.ended = Some(Ended::Cancelled);
+                st.accumulator = None;
+                let received = st.received;
+                drop(st);
+                self.log_received("finished early", received);
+                true
+            }
+        };
+        if cancelled {
+            self.notify();
+        }
+    }
+
+    /// Waits until [`is_finished`](Self::is_finished) holds.
+    pub async fn wait_finished(&self) {
+        let mut rx = self.changed.subscribe();
+        while !self.is_finished() {
+            if Self::wait(&mut rx).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic inside a reducer plugin must not take every other sender down with it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn notify(&self) {
+        self.changed.send_replace(());
+    }
+
+    async fn wait(rx: &mut watch::Receiver<()>) -> Result<()> {
+        rx.changed().await.map_err(|_| Error::Internal("the part reducer was dropped".into()))
+    }
+
+    fn begin(&self, k: usize, expected: usize) -> Result<Box<dyn PartAccumulator>> {
+        let (len, dtype) = self.parts[k];
+        self.reducer.begin(&PartSpec { len, dtype, expected_senders: expected })
+    }
+
+    /// Bans a sender whose contribution was refused, waking whoever that unblocks.
+    fn refuse(&self, sender: usize, reason: &str) {
+        tracing::debug!(sender, reason, "banning a sender whose part was refused");
+        self.sender_failed(sender);
+    }
+
+    /// Marks `sender` banned; returns whether anything changed that waiters must see.
+    fn ban(&self, st: &mut State, sender: usize) -> bool {
+        if st.banned[sender] {
+            return false;
+        }
+        st.banned[sender] = true;
+        st.num_banned += 1;
+        if st.ended.is_none() && !st.contributed[sender] {
+            st.expected = st.expected.saturating_sub(1);
+            self.complete_ready(st);
+        }
+        true
+    }
+
+    /// Completes the current part while every expected sender has contributed, advancing (and
+    /// finishing after the last part); returns whether any part completed.
+    fn complete_ready(&self, st: &mut State) -> bool {
+        let mut advanced = false;
+        while st.ended.is_none() && st.num_contributed >= st.expected {
+            advanced = true;
+            let k = st.current;
+            let outcome = match st.accumulator.take() {
+                Some(acc) => acc.finish().map(Arc::new),
+                None => Err(Error::Internal("no accumulator for the current part".into())),
+            };
+            if let Err(e) = &outcome {
+                tracing::warn!(part = k, reducer = self.reducer.name(), "cannot reduce a part: {e}");
+            }
+            let unclaimed = st.num_contributed.saturating_sub(st.abandoned);
+            if unclaimed > 0 {
+                st.results.insert(k, Slot { outcome, unclaimed });
+            }
+
+            st.current = k + 1;
+            st.contributed.iter_mut().for_each(|c| *c = false);
+            st.num_contributed = 0;
+            st.abandoned = 0;
+            if st.current == self.parts.len() {
+                st.ended = Some(Ended::Completed);
+                self.log_received("done", st.received);
+                break;
+            }
+            st.expected = self.num_senders - st.num_banned;
+            match self.begin(st.current, st.expected) {
+                Ok(acc) => st.accumulator = Some(acc),
+                Err(e) => {
+                    tracing::warn!(
+                        part = st.current,
+                        reducer = self.reducer.name(),
+                        "cannot begin a part: {e}"
+                    );
+                    st.ended = Some(Ended::Failed(e));
+                }
+            }
+        }
+        advanced
+    }
+
+    fn log_received(&self, how: &str, received: usize) {
+        let expected = self.parts.len().saturating_mul(self.num_senders);
+        let percent = 100.0 * fraction(received, expected);
+        if received < expected {
+            tracing::info!("part reducer {how}: received {percent:.1}% of the expected parts");
+        } else {
+            tracing::debug!("part reducer {how}: received {percent:.1}% of the expected parts");
+        }
+    }
+}
+
+fn fraction(received: usize, expected: usize) -> f64 {
+    if expected == 0 { 1.0 } else { received as f64 / expected as f64 }
+}
+
+impl fmt::Debug for PartReducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.lock();
+        f.debug_struct("PartReducer")
+            .field("reducer", &self.reducer)
+            .field("num_parts", &self.parts.len())
+            .field("num_senders", &self.num_senders)
+            .field("current", &st.current)
+            .field("ended", &st.ended)
+            .field("num_banned", &st.num_banned)
+            .finish()
+    }
+}
+
+/// A contributor's right to one copy of its part's result, given back if it stops waiting.
+struct Claim<'a> {
+    reducer: &'a PartReducer,
+    part: usize,
+    claimed: bool,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if self.claimed {
+            return;
+        }
+        let mut st = self.reducer.lock();
+        if st.claim(self.part).is_none() && st.ended.is_none() && st.current == self.part {
+            // The part is still open: take this contributor out of the copies it will keep.
+            st.abandoned += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::future::join_all;
+    use futures::poll;
+
+    use super::*;
+    use crate::reduce::MeanReducer;
+    use crate::tensor::Tensor;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn mean() -> Arc<dyn Reducer> {
+        Arc::new(MeanReducer)
+    }
+
+    fn f32s(values: &[f32]) -> Tensor {
+        Tensor::from_f32(vec![values.len()], values.to_vec()).unwrap()
+    }
+
+    fn values(outcome: &PartOutcome) -> Vec<f32> {
+        match outcome {
+            PartOutcome::Reduced(t) => t.as_f32().unwrap().to_vec(),
+            PartOutcome::KeepLocal => panic!("expected a reduced part"),
+        }
+    }
+
+    async fn within<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(WAIT, f).await.expect("timed out")
+    }
+
+    /// Sender `s` sends `[10 * s + k; 2]` as part k.
+    fn part(s: usize, k: usize) -> Tensor {
+        let x = (10 * s + k) as f32;
+        f32s(&[x, -x])
+    }
+
+    fn mean_of(senders: &[usize], k: usize) -> Vec<f32> {
+        let x = senders.iter().map(|&s| (10 * s + k) as f32).sum::<f32>() / senders.len() as f32;
+        vec![x, -x]
+    }
+
+    #[tokio::test]
+    async fn senders_in_any_order_get_the_mean() {
+        let pr = Arc::new(PartReducer::new(mean(), vec![(2, DType::F32); 3], 3).unwrap());
+        let mut tasks = Vec::new();
+        for s in 0..3 {
+            for k in (0..3).rev() {
+                let pr = pr.clone();
+                tasks.push(tokio::spawn(async move {
+                    let t = part(s, k);
+                    (k, pr.accumulate(s, k, &t.view(), 1.0).await)
+                }));
+            }
+        }
+        for task in within(join_all(tasks)).await {
+            let (k, outcome) = task.unwrap();
+            assert_eq!(values(&outcome.unwrap()), mean_of(&[0, 1, 2], k));
+        }
+        assert!(pr.is_finished());
+        assert_eq!(pr.received_fraction(), 1.0);
+        assert!(pr.lock().results.is_empty(), "results are kept only until taken");
+    }
+
+    /// SPEC 11.4: the reference keeps expecting a sender banned while it waits to submit a part.
+    #[tokio::test]
+    async fn sender_banned_while_waiting_to_submit_does_not_stall() {
+        let pr = PartReducer::new(mean(), vec![(2, DType::F32); 3], 3).unwrap();
+        let (p0, p1) = (part(2, 0), part(2, 1));
+        let (v0, v1) = (p0.view(), p1.view());
+        let mut f0 = Box::pin(pr.accumulate(2, 0, &v0, 1.0));
+        assert!(poll!(&mut f0).is_pending());
+        let mut f1 = Box::pin(pr.accumulate(2, 1, &v1, 1.0));
+        assert!(poll!(&mut f1).is_pending());
+        assert_eq!(pr.lock().received, 1, "part 1 of sender 2 is waiting, not contributed");
+
+        // Its handler is cancelled and the sender banned, as the runner does.
+        drop(f1);
+        pr.sender_failed(2);
+
+        let others = (0..2).map(|s| {
+            let pr = &pr;
+            async move {
+                let mut out = Vec::new();
+                for k in 0..3 {
+                    let t = part(s, k);
+                    out.push(pr.accumulate(s, k, &t.view(), 1.0).await.unwrap());
+                }
+                out
+            }
+        });
+        let results = within(join_all(others)).await;
+        for out in &results {
+            assert_eq!(values(&out[0]), mean_of(&[0, 1, 2], 0));
+            assert_eq!(values(&out[1]), mean_of(&[0, 1], 1));
+            assert_eq!(values(&out[2]), mean_of(&[0, 1], 2));
+        }
+        // Banned after contributing: still counted for part 0 and still gets its result.
+        assert_eq!(values(&within(f0).await.unwrap()), mean_of(&[0, 1, 2], 0));
+        assert!(pr.is_finished());
+        assert!(pr.lock().results.is_empty());
+        assert!((pr.received_fraction() - 7.0 / 9.0).abs() < 1e-12);
+    }
+
+    #[tokio::test]
+    async fn finish_wakes_waiters_with_an_error() {
+        let pr = Arc::new(PartReducer::new(mean(), vec![(2, DType::F32); 2], 3).unwrap());
+        let mut tasks = Vec::new();
+        for (s, k) in [(0, 0), (0, 1), (1, 0)] {
+            let pr = pr.clone();
+            tasks.push(tokio::spawn(async move {
+                let t = part(s, k);
+                pr.accumulate(s, k, &t.view(), 1.0).await
+            }));
+        }
+        // Let the three tasks reach their waits; sender 2 never comes.
+        while pr.lock().received < 2 {
+            tokio::task::yield_now().await;
+        }
+        pr.finish();
+        for task in within(join_all(tasks)).await {
+            assert!(matches!(task.unwrap(), Err(Error::Cancelled(_))));
+        }
+        assert!(pr.is_finished());
+        within(pr.wait_finished()).await;
+        let t = part(2, 0);
+        assert!(matches!(pr.accumulate(2, 0, &t.view(), 1.0).await, Err(Error::Cancelled(_))));
+        pr.finish();
+    }
+
+    #[tokio::test]
+    async fn bad_inputs_are_errors() {
+        let pr = PartReducer::new(mean(), vec![(2, DType::F32); 2], 2).unwrap();
+        let good = part(0, 0);
+        assert!(matches!(pr.accumulate(2, 0, &good.view(), 1.0).await, Err(Error::Reducer(_))));
+        assert!(matches!(pr.accumulate(0, 2, &good.view(), 1.0).await, Err(Error::Reducer(_))));
+
+        // The same part twice: the second submission fails, the first still counts.
+        let good_view = good.view();
+        let mut first = Box::pin(pr.accumulate(0, 0, &good_view, 1.0));
+        assert!(poll!(&mut first).is_pending());
+        assert!(matches!(pr.accumulate(0, 0, &good.view(), 1.0).await, Err(Error::Reducer(_))));
+        assert!(!pr.is_banned(0));
+
+        let other = part(1, 0);
+        let other_view = other.view();
+        let second = pr.accumulate(1, 0, &other_view, 1.0);
+        let (a, b) = within(futures::future::join(first, second)).await;
+        assert_eq!(values(&a.unwrap()), mean_of(&[0, 1], 0));
+        assert_eq!(values(&b.unwrap()), mean_of(&[0, 1], 0));
+        // Part 0 was reduced already.
+        assert!(matches!(pr.accumulate(0, 0, &good.view(), 1.0).await, Err(Error::Reducer(_))));
+
+        // A wrong length bans the sender, so part 1 completes with sender 0 alone.
+        let short = f32s(&[1.0]);
+        assert!(matches!(pr.accumulate(1, 1, &short.view(), 1.0).await, Err(Error::Reducer(_))));
+        assert!(pr.is_banned(1));
+        let late = part(1, 1);
+        assert!(pr.accumulate(1, 1, &late.view(), 1.0).await.is_err(), "a banned sender is refused");
+        let p = part(0, 1);
+        assert_eq!(values(&within(pr.accumulate(0, 1, &p.view(), 1.0)).await.unwrap()), mean_of(&[0], 1));
+        assert!(pr.is_finished());
+        assert!(matches!(pr.accumulate(0, 1, &p.view(), 1.0).await, Err(Error::Reducer(_))));
+    }
+
+    #[tokio::test]
+    async fn wrong_dtype_and_bad_weight_ban_the_sender() {
+        let pr = PartReducer::new(mean(), vec![(2, DType::F32)], 3).unwrap();
+        let wrong = Tensor::from_f64(vec![2], vec![1.0, 2.0]).unwrap();
+        assert!(pr.accumulate(0, 0, &wrong.view(), 1.0).await.is_err());
+        let p = part(1, 0);
+        assert!(pr.accumulate(1, 0, &p.view(), f64::NAN).await.is_err());
+        assert!(pr.is_banned(0) && pr.is_banned(1) && !pr.is_banned(2));
+        let p = part(2, 0);
+        assert_eq!(values(&within(pr.accumulate(2, 0, &p.view(), 1.0)).await.unwrap()), mean_of(&[2], 0));
+    }
+
+    #[tokio::test]
+    async fn empty_and_abandoned_parts() {
+        let pr = PartReducer::new(mean(), Vec::new(), 3).unwrap();
+        assert!(pr.is_finished());
+        assert_eq!(pr.num_parts(), 0);
+        within(pr.wait_finished()).await;
+
+        let pr = PartReducer::new(mean(), vec![(2, DType::F32); 4], 0).unwrap();
+        assert!(pr.is_finished(), "with no senders every part completes at once");
+        assert!(pr.lock().results.is_empty());
+
+        // Everyone banned: the remaining parts complete (as KeepLocal) and the reducer finishes.
+        let pr = PartReducer::new(mean(), vec![(2, DType::F32); 3], 2).unwrap();
+        pr.sender_failed(0);
+        pr.sender_failed(0);
+        pr.sender_failed(7);
+        assert!(!pr.is_finished());
+        pr.sender_failed(1);
+        assert!(pr.is_finished());
+
+        // A contributor that stops waiting does not leave its part's result behind.
+        let pr = PartReducer::new(mean(), vec![(2, DType::F32)], 2).unwrap();
+        let (p0, p1) = (part(0, 0), part(1, 0));
+        let v0 = p0.view();
+        let mut gone = Box::pin(pr.accumulate(0, 0, &v0, 1.0));
+        assert!(poll!(&mut gone).is_pending());
+        drop(gone);
+        let last = within(pr.accumulate(1, 0, &p1.view(), 1.0)).await.unwrap();
+        assert_eq!(values(&last), mean_of(&[0, 1], 0));
+        assert!(pr.lock().results.is_empty());
+    }
+
+    #[tokio::test]
+    async fn all_zero_weights_keep_local() {
+        let pr = PartReducer::new(mean(), vec![(2, DType::F32)], 2).unwrap();
+        let (p0, p1) = (part(0, 0), part(1, 0));
+        let (a, b) = within(futures::future::join(
+            pr.accumulate(0, 0, &p0.view(), 0.0),
+            pr.accumulate(1, 0, &p1.view(), 0.0),
+        ))
+        .await;
+        assert_eq!(*a.unwrap(), PartOutcome::KeepLocal);
+        assert_eq!(*b.unwrap(), PartOutcome::KeepLocal);
+    }
+}
