@@ -59,92 +59,31 @@ where
 #[macro_export]
 macro_rules! reducer_suite {
     ($name:ident, $factory:expr $(,)?) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
+        $crate::__reducer_cases! { __suite_tests! { reducer, $name, $factory, } }
+    };
+}
 
-            #[test]
-            fn concurrent_senders_get_the_aggregate() {
-                $crate::run_case("concurrent_senders_get_the_aggregate", async {
-                    let f = $factory;
-                    $crate::reducer::concurrent_senders_get_the_aggregate(&f).await
-                })
-            }
-
-            #[test]
-            fn weighted_mean_uses_weights() {
-                $crate::run_case("weighted_mean_uses_weights", async {
-                    let f = $factory;
-                    $crate::reducer::weighted_mean_uses_weights(&f).await
-                })
-            }
-
-            #[test]
-            fn all_zero_weights_keep_local() {
-                $crate::run_case("all_zero_weights_keep_local", async {
-                    let f = $factory;
-                    $crate::reducer::all_zero_weights_keep_local(&f).await
-                })
-            }
-
-            #[test]
-            fn precision_is_kept_per_dtype() {
-                $crate::run_case("precision_is_kept_per_dtype", async {
-                    let f = $factory;
-                    $crate::reducer::precision_is_kept_per_dtype(&f).await
-                })
-            }
-
-            #[test]
-            fn banned_sender_counts_for_earlier_parts_only() {
-                $crate::run_case("banned_sender_counts_for_earlier_parts_only", async {
-                    let f = $factory;
-                    $crate::reducer::banned_sender_counts_for_earlier_parts_only(&f).await
-                })
-            }
-
-            #[test]
-            fn banned_waiting_sender_does_not_stall() {
-                $crate::run_case("banned_waiting_sender_does_not_stall", async {
-                    let f = $factory;
-                    $crate::reducer::banned_waiting_sender_does_not_stall(&f).await
-                })
-            }
-
-            #[test]
-            fn wrong_length_part_is_refused() {
-                $crate::run_case("wrong_length_part_is_refused", async {
-                    let f = $factory;
-                    $crate::reducer::wrong_length_part_is_refused(&f).await
-                })
-            }
-
-            #[test]
-            fn finish_ends_pending_waits() {
-                $crate::run_case("finish_ends_pending_waits", async {
-                    let f = $factory;
-                    $crate::reducer::finish_ends_pending_waits(&f).await
-                })
-            }
-        }
+/// Lists every case once, for [`reducer_suite!`](crate::reducer_suite) and [`run_all`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __reducer_cases {
+    ($callback:ident ! { $($args:tt)* }) => {
+        $crate::$callback! { $($args)* [
+            concurrent_senders_get_the_aggregate,
+            weighted_mean_uses_weights,
+            all_zero_weights_keep_local,
+            precision_is_kept_per_dtype,
+            banned_sender_counts_for_earlier_parts_only,
+            banned_waiting_sender_does_not_stall,
+            wrong_length_part_is_refused,
+            finish_ends_pending_waits,
+        ] }
     };
 }
 
 /// Runs every case in turn and returns each one's name and outcome.
 pub async fn run_all(factory: &impl ReducerFactory) -> Vec<(&'static str, Outcome)> {
-    vec![
-        ("concurrent_senders_get_the_aggregate", concurrent_senders_get_the_aggregate(factory).await),
-        ("weighted_mean_uses_weights", weighted_mean_uses_weights(factory).await),
-        ("all_zero_weights_keep_local", all_zero_weights_keep_local(factory).await),
-        ("precision_is_kept_per_dtype", precision_is_kept_per_dtype(factory).await),
-        (
-            "banned_sender_counts_for_earlier_parts_only",
-            banned_sender_counts_for_earlier_parts_only(factory).await,
-        ),
-        ("banned_waiting_sender_does_not_stall", banned_waiting_sender_does_not_stall(factory).await),
-        ("wrong_length_part_is_refused", wrong_length_part_is_refused(factory).await),
-        ("finish_ends_pending_waits", finish_ends_pending_waits(factory).await),
-    ]
+    crate::__reducer_cases! { __suite_run_all! { reducer, factory, } }
 }
 
 /// SPEC 10.3 scenario 19: senders {1, 2, 4, 10} × parts {0, 1, 100} (part `i` is `[i]` random
