@@ -251,7 +251,104 @@ impl TensorData {
     }
 }
 
+/// `out[i] = f(a[i], b[i])` for two slices of one element type.
+fn zip_map<T: Copy, U>(a: &[T], b: &[T], f: impl Fn(T, T) -> U) -> Vec<U> {
+    a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+}
+
+/// `dst[i] = f(dst[i], src[i])` for two slices of one element type.
+fn zip_apply<T: Copy>(dst: &mut [T], src: &[T], f: impl Fn(T, T) -> T) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f(*d, s);
+    }
+}
+
+fn mismatch(what: &str, a: (usize, DType), b: (usize, DType)) -> Error {
+    Error::Tensor(format!("{what}: {} x {} and {} x {} differ", a.0, a.1, b.0, b.1))
+}
+
+impl TensorData {
+    /// `self[offset..offset + delta.len()] += alpha * delta`, in the elements' own type
+    /// (integers round to nearest, bool stays 0/1 by `!= 0`); SPEC 4.8's update.
+    ///
+    /// # Errors
+    /// [`Error::Tensor`] when the dtypes differ or the range is out of bounds.
+    pub fn add_scaled_at(&mut self, offset: usize, delta: TensorSlice<'_>, alpha: f64) -> Result<()> {
+        let (len, dtype) = (self.len(), self.dtype());
+        let end = offset.checked_add(delta.len()).filter(|&e| e <= len);
+        let Some(end) = end else {
+            return Err(Error::Tensor(format!("range {offset}+{} out of bounds for {len}", delta.len())));
+        };
+        if delta.dtype() != dtype {
+            return Err(mismatch("add_scaled_at", (len, dtype), (delta.len(), delta.dtype())));
+        }
+        let a32 = alpha as f32;
+        match (self, delta) {
+            (TensorData::F32(d), TensorSlice::F32(s)) => zip_apply(&mut d[offset..end], s, |x, y| x + a32 * y),
+            (TensorData::F64(d), TensorSlice::F64(s)) => zip_apply(&mut d[offset..end], s, |x, y| x + alpha * y),
+            (TensorData::F16(d), TensorSlice::F16(s)) => zip_apply(&mut d[offset..end], s, |x, y| {
+                f16::from_f32(x.to_f32() + a32 * y.to_f32())
+            }),
+            (TensorData::BF16(d), TensorSlice::BF16(s)) => zip_apply(&mut d[offset..end], s, |x, y| {
+                bf16::from_f32(x.to_f32() + a32 * y.to_f32())
+            }),
+            (TensorData::I64(d), TensorSlice::I64(s)) => {
+                zip_apply(&mut d[offset..end], s, |x, y| (x as f64 + alpha * y as f64).round() as i64)
+            }
+            (TensorData::I32(d), TensorSlice::I32(s)) => {
+                zip_apply(&mut d[offset..end], s, |x, y| (x as f64 + alpha * y as f64).round() as i32)
+            }
+            (TensorData::I16(d), TensorSlice::I16(s)) => {
+                zip_apply(&mut d[offset..end], s, |x, y| (x as f64 + alpha * y as f64).round() as i16)
+            }
+            (TensorData::I8(d), TensorSlice::I8(s)) => {
+                zip_apply(&mut d[offset..end], s, |x, y| (x as f64 + alpha * y as f64).round() as i8)
+            }
+            (TensorData::U8(d), TensorSlice::U8(s)) => {
+                zip_apply(&mut d[offset..end], s, |x, y| (x as f64 + alpha * y as f64).round() as u8)
+            }
+            (TensorData::Bool(d), TensorSlice::Bool(s)) => zip_apply(&mut d[offset..end], s, |x, y| {
+                (x as u8 as f64 + alpha * y as u8 as f64).round() != 0.0
+            }),
+            (TensorData::Complex64(d), TensorSlice::Complex64(s)) => {
+                zip_apply(&mut d[offset..end], s, |x, y| [x[0] + a32 * y[0], x[1] + a32 * y[1]])
+            }
+            _ => return Err(Error::Internal("dtype check let a mismatched pair through".into())),
+        }
+        Ok(())
+    }
+}
+
 impl<'a> TensorSlice<'a> {
+    /// `self - other`, element by element, in the elements' own type (SPEC 4.5: the delta a
+    /// reducer sends back is `average - part`). Integer differences may be negative and saturate
+    /// at the type's bounds (`uint8` and `bool` deltas therefore cannot go below zero; average
+    /// them as a wider dtype if that matters).
+    ///
+    /// # Errors
+    /// [`Error::Tensor`] when dtype or length differ.
+    pub fn difference(&self, other: TensorSlice<'_>) -> Result<TensorData> {
+        if self.dtype() != other.dtype() || self.len() != other.len() {
+            return Err(mismatch("difference", (self.len(), self.dtype()), (other.len(), other.dtype())));
+        }
+        Ok(match (*self, other) {
+            (TensorSlice::F32(a), TensorSlice::F32(b)) => TensorData::F32(zip_map(a, b, |x, y| x - y)),
+            (TensorSlice::F64(a), TensorSlice::F64(b)) => TensorData::F64(zip_map(a, b, |x, y| x - y)),
+            (TensorSlice::F16(a), TensorSlice::F16(b)) => TensorData::F16(zip_map(a, b, |x, y| x - y)),
+            (TensorSlice::BF16(a), TensorSlice::BF16(b)) => TensorData::BF16(zip_map(a, b, |x, y| x - y)),
+            (TensorSlice::I64(a), TensorSlice::I64(b)) => TensorData::I64(zip_map(a, b, i64::saturating_sub)),
+            (TensorSlice::I32(a), TensorSlice::I32(b)) => TensorData::I32(zip_map(a, b, i32::saturating_sub)),
+            (TensorSlice::I16(a), TensorSlice::I16(b)) => TensorData::I16(zip_map(a, b, i16::saturating_sub)),
+            (TensorSlice::I8(a), TensorSlice::I8(b)) => TensorData::I8(zip_map(a, b, i8::saturating_sub)),
+            (TensorSlice::U8(a), TensorSlice::U8(b)) => TensorData::U8(zip_map(a, b, u8::saturating_sub)),
+            (TensorSlice::Bool(a), TensorSlice::Bool(b)) => TensorData::Bool(zip_map(a, b, |x, y| x && !y)),
+            (TensorSlice::Complex64(a), TensorSlice::Complex64(b)) => {
+                TensorData::Complex64(zip_map(a, b, |x, y| [x[0] - y[0], x[1] - y[1]]))
+            }
+            _ => return Err(Error::Internal("dtype check let a mismatched pair through".into())),
+        })
+    }
+
     /// The dtype of these elements.
     pub fn dtype(&self) -> DType {
         match self {
@@ -391,6 +488,29 @@ mod tests {
             assert_eq!(TensorData::from_le_bytes(d, &bytes).unwrap(), data, "{d}");
         }
         assert!(TensorData::from_le_bytes(DType::F32, &[0, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn difference_then_scaled_add_moves_towards_the_average() {
+        for d in [DType::F32, DType::F64, DType::F16, DType::BF16, DType::I64, DType::I32, DType::Complex64] {
+            let local = TensorData::from_f64(d, &[1.0, 2.0, 3.0, 4.0]).unwrap();
+            let average = TensorData::from_f64(d, &[3.0, 2.0, 5.0, 0.0]).unwrap();
+            let delta = average.as_slice().difference(local.as_slice()).unwrap();
+            let mut full = local.clone();
+            full.add_scaled_at(0, delta.as_slice(), 1.0).unwrap();
+            assert_eq!(full, average, "{d}");
+            let mut half = local.clone();
+            half.add_scaled_at(0, delta.as_slice(), 0.5).unwrap();
+            let expected = TensorData::from_f64(d, &[2.0, 2.0, 4.0, 2.0]).unwrap();
+            assert_eq!(half, expected, "{d}");
+        }
+        let mut t = TensorData::F32(vec![0.0; 4]);
+        t.add_scaled_at(2, TensorSlice::F32(&[1.0, 2.0]), 1.0).unwrap();
+        assert_eq!(t, TensorData::F32(vec![0.0, 0.0, 1.0, 2.0]));
+        assert!(t.add_scaled_at(3, TensorSlice::F32(&[1.0, 2.0]), 1.0).is_err());
+        assert!(t.add_scaled_at(usize::MAX, TensorSlice::F32(&[1.0]), 1.0).is_err());
+        assert!(t.add_scaled_at(0, TensorSlice::F64(&[1.0]), 1.0).is_err());
+        assert!(t.as_slice().difference(TensorSlice::F32(&[1.0])).is_err());
     }
 
     #[test]
