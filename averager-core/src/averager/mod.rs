@@ -2,5 +2,7 @@
 //! state sharing and shutdown next.
 
 mod config;
+mod schema;
 
 pub use config::{AveragerConfig, AveragerConfigBuilder, CodecSpec, TensorSettings};
+pub use schema::schema_hash;

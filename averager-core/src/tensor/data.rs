@@ -284,14 +284,18 @@ impl TensorData {
         }
         let a32 = alpha as f32;
         match (self, delta) {
-            (TensorData::F32(d), TensorSlice::F32(s)) => zip_apply(&mut d[offset..end], s, |x, y| x + a32 * y),
-            (TensorData::F64(d), TensorSlice::F64(s)) => zip_apply(&mut d[offset..end], s, |x, y| x + alpha * y),
-            (TensorData::F16(d), TensorSlice::F16(s)) => zip_apply(&mut d[offset..end], s, |x, y| {
-                f16::from_f32(x.to_f32() + a32 * y.to_f32())
-            }),
-            (TensorData::BF16(d), TensorSlice::BF16(s)) => zip_apply(&mut d[offset..end], s, |x, y| {
-                bf16::from_f32(x.to_f32() + a32 * y.to_f32())
-            }),
+            (TensorData::F32(d), TensorSlice::F32(s)) => {
+                zip_apply(&mut d[offset..end], s, |x, y| x + a32 * y)
+            }
+            (TensorData::F64(d), TensorSlice::F64(s)) => {
+                zip_apply(&mut d[offset..end], s, |x, y| x + alpha * y)
+            }
+            (TensorData::F16(d), TensorSlice::F16(s)) => {
+                zip_apply(&mut d[offset..end], s, |x, y| f16::from_f32(x.to_f32() + a32 * y.to_f32()))
+            }
+            (TensorData::BF16(d), TensorSlice::BF16(s)) => {
+                zip_apply(&mut d[offset..end], s, |x, y| bf16::from_f32(x.to_f32() + a32 * y.to_f32()))
+            }
             (TensorData::I64(d), TensorSlice::I64(s)) => {
                 zip_apply(&mut d[offset..end], s, |x, y| (x as f64 + alpha * y as f64).round() as i64)
             }
