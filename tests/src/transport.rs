@@ -1,10 +1,13 @@
 //! The [`Transport`] conformance suite (SPEC 2.2): one `pub async fn` per promise of the trait, and
 //! [`transport_suite!`](crate::transport_suite) to turn them into tests.
 //!
-//! ```ignore
+//! ```
+//! # use std::sync::Arc;
+//! # use averager_core::transport::{MemoryTransport as MyTransport, Transport};
 //! averager_conformance::transport_suite!(my_transport, || async {
-//!     Arc::new(MyTransport::new()) as Arc<dyn Transport>
+//!     Arc::new(MyTransport::default()) as Arc<dyn Transport>
 //! });
+//! # fn main() {}
 //! ```
 //!
 //! The factory makes one transport per peer; a case calls it several times (a server peer and a
@@ -12,21 +15,25 @@
 //! "promptly" are bounded by [`PROMPT`]; no case sleeps to synchronise.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use averager_core::Error;
-use averager_core::proto::{
-    AveragingData, DownloadData, DownloadRequest, JoinRequest, MessageCode, MessageFromLeader, Tensor,
-};
-use averager_core::transport::{
-    AveragingClient, AveragingService, CallContext, MessageStream, RequestStream, ServerHandle, Transport,
-};
-use bytes::Bytes;
+use averager_core::proto::{AveragingData, DownloadData, DownloadRequest, JoinRequest};
+use averager_core::transport::{AveragingClient, MessageStream, RequestStream, ServerHandle, Transport};
 use futures::{StreamExt, stream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::{Failure, Outcome, ensure};
+
+mod messages;
+mod service;
+
+use self::messages::{
+    download_metadata_len, filler, full_download, full_join_request, full_leader_message, full_part,
+    join_gather_len, numbered_download, sized_part, tagged_part,
+};
+use self::service::{AggregateScript, DownloadScript, DropSignal, JoinScript, TestService};
 
 /// How long anything that must happen "promptly" may take before a case fails.
 pub const PROMPT: Duration = Duration::from_secs(10);
@@ -569,326 +576,4 @@ fn channel_requests() -> (mpsc::UnboundedSender<AveragingData>, RequestStream<Av
     let (tx, rx) = mpsc::unbounded_channel();
     let requests = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|part| (part, rx)) });
     (tx, Box::pin(requests))
-}
-
-/// Fires its receiver when dropped; held by streams whose dropping a case observes.
-struct DropSignal(Option<oneshot::Sender<()>>);
-
-impl DropSignal {
-    fn new() -> (DropSignal, oneshot::Receiver<()>) {
-        let (tx, rx) = oneshot::channel();
-        (DropSignal(Some(tx)), rx)
-    }
-}
-
-impl Drop for DropSignal {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-impl std::fmt::Debug for DropSignal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DropSignal")
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Messages. The conformance crate has no protobuf encoder, so the sized messages are built from
-// the protobuf length rules directly (a transport that measures with prost agrees to the byte,
-// which `message_at_the_cap_passes` and the oversize cases check from both sides).
-// ---------------------------------------------------------------------------------------------
-
-fn varint_len(mut value: usize) -> usize {
-    let mut len = 1;
-    while value >= 0x80 {
-        value >>= 7;
-        len += 1;
-    }
-    len
-}
-
-/// The encoded length of a length-delimited field holding `len` bytes (omitted when empty).
-fn bytes_field_len(len: usize) -> usize {
-    if len == 0 { 0 } else { 1 + varint_len(len) + len }
-}
-
-/// The encoded length of a length-delimited field holding a (present) sub-message of `len` bytes.
-fn message_field_len(len: usize) -> usize {
-    1 + varint_len(len) + len
-}
-
-fn filler(len: usize) -> Bytes {
-    Bytes::from(vec![0xA5; len])
-}
-
-/// An `AveragingData` whose encoded size is exactly `size` bytes: a tensor buffer plus an
-/// `endpoint` string that takes up the slack a varint boundary leaves.
-fn sized_part(size: usize) -> Result<AveragingData, Failure> {
-    // `code` is a one-byte varint after a one-byte tag.
-    let code = MessageCode::PartForAveraging as i32;
-    let code_len = 2;
-    for buffer in (size.saturating_sub(32)..=size.saturating_sub(4)).rev() {
-        let base = code_len + message_field_len(bytes_field_len(buffer));
-        if base > size {
-            continue;
-        }
-        let slack = size - base;
-        let endpoint_len = match slack {
-            0 => 0,
-            1 => continue,
-            s if s - 2 < 0x80 => s - 2,
-            _ => continue,
-        };
-        if bytes_field_len(endpoint_len) != slack {
-            continue;
-        }
-        return Ok(AveragingData {
-            code,
-            endpoint: "e".repeat(endpoint_len),
-            tensor_part: Some(Tensor { buffer: filler(buffer), ..Default::default() }),
-            ..Default::default()
-        });
-    }
-    Err(Failure::new(format!("cannot build a message of exactly {size} bytes")))
-}
-
-/// The `gather` length that makes a `JoinRequest` holding only `gather` at least `size` bytes.
-fn join_gather_len(size: usize) -> usize {
-    (size.saturating_sub(8)..).find(|&len| bytes_field_len(len) >= size).unwrap_or(size)
-}
-
-/// The `metadata` length that makes a `DownloadData` holding only `metadata` at least `size` bytes.
-fn download_metadata_len(size: usize) -> usize {
-    join_gather_len(size)
-}
-
-fn full_tensor(i: usize) -> Tensor {
-    Tensor {
-        buffer: Bytes::from(format!("tensor buffer {i}").into_bytes()),
-        size: vec![2, 3, i as u32 + 1],
-        requires_grad: true,
-        dtype: "float32".into(),
-        compression: 2,
-        chunks: 3,
-        codec: "float16".into(),
-    }
-}
-
-fn full_join_request(i: usize) -> JoinRequest {
-    JoinRequest {
-        endpoint: format!("follower-{i}"),
-        schema_hash: Bytes::from_static(b"schema hash"),
-        expiration: 1234.5 + i as f64,
-        gather: Bytes::from(format!("gather {i}").into_bytes()),
-        client_mode: true,
-        group_key: format!("run.0b{i:b}"),
-    }
-}
-
-fn full_leader_message(i: usize) -> MessageFromLeader {
-    MessageFromLeader {
-        code: MessageCode::BeginAllreduce as i32,
-        group_id: Bytes::from(format!("group {i}").into_bytes()),
-        suggested_leader: format!("leader-{i}"),
-        ordered_group_endpoints: vec!["a".into(), format!("b{i}")],
-        gathered: vec![Bytes::from_static(b"ga"), Bytes::from(vec![i as u8; 3])],
-    }
-}
-
-fn full_part(i: usize) -> AveragingData {
-    AveragingData {
-        code: MessageCode::PartForAveraging as i32,
-        group_id: Bytes::from(format!("group {i}").into_bytes()),
-        endpoint: format!("sender-{i}"),
-        tensor_part: Some(full_tensor(i)),
-        metadata: Bytes::from(format!("metadata {i}").into_bytes()),
-        weight: 0.5 + i as f64,
-    }
-}
-
-fn tagged_part(caller: usize, k: usize) -> AveragingData {
-    AveragingData { endpoint: format!("caller-{caller}"), weight: k as f64, ..full_part(k) }
-}
-
-fn full_download(i: usize) -> DownloadData {
-    DownloadData {
-        metadata: Bytes::from(format!("state metadata {i}").into_bytes()),
-        tensor_part: Some(full_tensor(i)),
-    }
-}
-
-fn numbered_download(i: usize, size: usize) -> DownloadData {
-    let mut metadata = vec![(i % 251) as u8; size];
-    metadata[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    DownloadData { metadata: Bytes::from(metadata), tensor_part: None }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The scriptable service the cases serve.
-// ---------------------------------------------------------------------------------------------
-
-/// What `rpc_join_group` does.
-enum JoinScript {
-    Replies(Vec<MessageFromLeader>),
-    Fail(Error),
-}
-
-/// What `rpc_aggregate_part` does.
-enum AggregateScript {
-    /// Echo every request as it arrives; end when the input ends.
-    Echo {
-        guard: Option<DropSignal>,
-    },
-    /// Echo the first request, then end the call.
-    ReplyOnce,
-    Fail(Error),
-}
-
-/// What `rpc_download_state` does.
-enum DownloadScript {
-    Replies(Vec<DownloadData>),
-    /// Stream messages of `size` bytes until dropped.
-    Endless {
-        size: usize,
-        guard: Option<DropSignal>,
-    },
-    Fail(Error),
-}
-
-struct Script {
-    join: JoinScript,
-    aggregate: AggregateScript,
-    download: DownloadScript,
-}
-
-#[derive(Default)]
-struct Log {
-    contexts: Vec<CallContext>,
-    join_requests: Vec<JoinRequest>,
-    /// Small requests of `rpc_aggregate_part`, in arrival order.
-    parts: Vec<AveragingData>,
-    /// The tensor buffer length of every request of `rpc_aggregate_part`.
-    part_buffer_lens: Vec<usize>,
-    downloads: usize,
-}
-
-/// The service a case serves; its behaviour is scripted per case.
-struct TestService {
-    script: Mutex<Script>,
-    log: Arc<Mutex<Log>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl TestService {
-    fn new() -> Arc<TestService> {
-        Arc::new(TestService {
-            script: Mutex::new(Script {
-                join: JoinScript::Replies(vec![full_leader_message(0)]),
-                aggregate: AggregateScript::Echo { guard: None },
-                download: DownloadScript::Replies(vec![full_download(0)]),
-            }),
-            log: Arc::default(),
-        })
-    }
-
-    fn script(&self) -> MutexGuard<'_, Script> {
-        lock(&self.script)
-    }
-
-    fn log(&self) -> MutexGuard<'_, Log> {
-        lock(&self.log)
-    }
-}
-
-fn record_part(log: &Mutex<Log>, part: &AveragingData) {
-    let size = part.tensor_part.as_ref().map_or(0, |t| t.buffer.len());
-    let mut log = lock(log);
-    log.part_buffer_lens.push(size);
-    if size < 1024 * 1024 {
-        log.parts.push(part.clone());
-    }
-}
-
-#[async_trait::async_trait]
-impl AveragingService for TestService {
-    async fn rpc_join_group(
-        &self,
-        call: CallContext,
-        request: JoinRequest,
-    ) -> averager_core::Result<MessageStream<MessageFromLeader>> {
-        {
-            let mut log = self.log();
-            log.contexts.push(call);
-            log.join_requests.push(request);
-        }
-        match &self.script().join {
-            JoinScript::Replies(replies) => Ok(Box::pin(stream::iter(replies.clone()).map(Ok))),
-            JoinScript::Fail(e) => Err(e.clone()),
-        }
-    }
-
-    async fn rpc_aggregate_part(
-        &self,
-        call: CallContext,
-        requests: MessageStream<AveragingData>,
-    ) -> averager_core::Result<MessageStream<AveragingData>> {
-        self.log().contexts.push(call);
-        let log = self.log.clone();
-        let script = std::mem::replace(&mut self.script().aggregate, AggregateScript::Echo { guard: None });
-        match script {
-            AggregateScript::Echo { guard } => {
-                // An error in the input ends the echo; the transport reports the failure itself.
-                let echo = requests.take_while(|r| std::future::ready(r.is_ok())).map(move |r| {
-                    let _keep = &guard;
-                    if let Ok(part) = &r {
-                        record_part(&log, part);
-                    }
-                    r
-                });
-                Ok(Box::pin(echo))
-            }
-            AggregateScript::ReplyOnce => {
-                let once = requests.take(1).map(move |r| {
-                    if let Ok(part) = &r {
-                        record_part(&log, part);
-                    }
-                    r
-                });
-                Ok(Box::pin(once))
-            }
-            AggregateScript::Fail(e) => Err(e),
-        }
-    }
-
-    async fn rpc_download_state(
-        &self,
-        call: CallContext,
-        _request: DownloadRequest,
-    ) -> averager_core::Result<MessageStream<DownloadData>> {
-        {
-            let mut log = self.log();
-            log.contexts.push(call);
-            log.downloads += 1;
-        }
-        let mut script = self.script();
-        match &mut script.download {
-            DownloadScript::Replies(replies) => Ok(Box::pin(stream::iter(replies.clone()).map(Ok))),
-            DownloadScript::Endless { size, guard } => {
-                let guard = guard.take();
-                let size = *size;
-                let endless = stream::iter(0..).map(move |i| {
-                    let _keep = &guard;
-                    Ok(numbered_download(i, size))
-                });
-                Ok(Box::pin(endless))
-            }
-            DownloadScript::Fail(e) => Err(e.clone()),
-        }
-    }
 }

@@ -197,8 +197,12 @@ impl AveragingClient for FaultyClient {
         self.check_alive()?;
         let mut killed = self.plan.killed_rx();
         let shared = CallAbort::new();
-        let requests =
-            faulty_requests(requests, self.plan.clone(), self.selector(Rpc::AggregatePart), Arc::downgrade(&shared));
+        let requests = faulty_requests(
+            requests,
+            self.plan.clone(),
+            self.selector(Rpc::AggregatePart),
+            Arc::downgrade(&shared),
+        );
         let responses = tokio::select! {
             biased;
             () = wait_killed(&mut killed) => return Err(killed_error()),
