@@ -23,7 +23,9 @@ pub mod memory {
     pub use averager_core::compression::NoCompression;
     pub use averager_core::dht::MemoryDht;
     pub use averager_core::reduce::MeanReducer;
-    pub use averager_core::transport::{FaultPlan, FaultyTransport, MemoryNetwork, MemoryTransport};
+    pub use averager_core::transport::{
+        Fault, FaultPlan, FaultRule, FaultyTransport, MemoryNetwork, MemorySettings, MemoryTransport, Rpc,
+    };
 }
 
 /// The gRPC transport (feature `grpc`).

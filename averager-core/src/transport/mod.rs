@@ -17,8 +17,8 @@ use async_trait::async_trait;
 pub use averager_proto::{AveragingData, DownloadData, DownloadRequest, JoinRequest, MessageFromLeader};
 use futures::Stream;
 
-pub use faults::{Fault, FaultPlan, FaultyTransport, Rpc};
-pub use memory::{MemoryNetwork, MemoryTransport};
+pub use faults::{Fault, FaultPlan, FaultRule, FaultyTransport, Rpc, RuleId};
+pub use memory::{MemoryNetwork, MemorySettings, MemoryTransport};
 
 use crate::error::Result;
 
