@@ -97,6 +97,11 @@ impl PartitionPlan {
         self.by_owner.get(owner).map(|r| &self.parts[r.clone()]).unwrap_or(&[])
     }
 
+    /// Index in [`PartitionPlan::parts`] of member `owner`'s first part (its parts follow it).
+    pub fn first_index_of(&self, owner: usize) -> usize {
+        self.by_owner.get(owner).map(|r| r.start).unwrap_or(self.parts.len())
+    }
+
     /// Number of members the plan was made for.
     pub fn num_members(&self) -> usize {
         self.by_owner.len()

@@ -273,20 +273,26 @@ impl Registry {
         (record.build)(config).await
     }
 
-    /// Decodes a wire tensor with the codec it names: `codec` when set, else the `compression`
-    /// enum's built-in codec.
+    /// The codec a wire tensor names: `codec` when set, else the `compression` enum's built-in codec.
     ///
     /// # Errors
-    /// [`Error::UnknownPlugin`] when this process lacks the codec, or the codec's decoding error.
+    /// [`Error::UnknownPlugin`] when this process lacks the codec, [`Error::Codec`] for an unknown
+    /// enum id.
+    pub fn codec_for(&self, message: &WireTensor) -> Result<Arc<dyn Compression>> {
+        if !message.codec.is_empty() {
+            return self.codec(&message.codec);
+        }
+        let wire = averager_proto::CompressionType::try_from(message.compression)
+            .map_err(|_| Error::codec("?", format!("unknown compression id {}", message.compression)))?;
+        self.codec(builtin_codec_name(wire))
+    }
+
+    /// Decodes a wire tensor with the codec it names (see [`Registry::codec_for`]).
+    ///
+    /// # Errors
+    /// As [`Registry::codec_for`], or the codec's decoding error.
     pub fn decode(&self, message: &WireTensor) -> Result<Tensor> {
-        let name = if message.codec.is_empty() {
-            let wire = averager_proto::CompressionType::try_from(message.compression)
-                .map_err(|_| Error::codec("?", format!("unknown compression id {}", message.compression)))?;
-            builtin_codec_name(wire)
-        } else {
-            message.codec.as_str()
-        };
-        self.codec(name)?.extract(message)
+        self.codec_for(message)?.extract(message)
     }
 }
 

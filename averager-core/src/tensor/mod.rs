@@ -192,6 +192,14 @@ impl TensorDataMut<'_> {
         Ok(())
     }
 
+    /// `self[offset..offset + delta.len()] += alpha * delta` (see [`TensorData::add_scaled_at`]).
+    ///
+    /// # Errors
+    /// [`Error::Tensor`] when the dtypes differ or the range is out of bounds.
+    pub fn add_scaled_at(&mut self, offset: usize, delta: TensorSlice<'_>, alpha: f64) -> Result<()> {
+        self.0.add_scaled_at(offset, delta, alpha)
+    }
+
     /// The elements (read-only).
     pub fn get(&self) -> &TensorData {
         self.0

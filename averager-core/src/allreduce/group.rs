@@ -1,0 +1,134 @@
+//! SPEC 4.1 and 4.2: who is in an all-reduce group and what each member does.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::matchmaking::{GatherPayload, PeerMode};
+
+/// One member of a formed group, as the leader ordered it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupMember {
+    /// The endpoint at which it accepts RPCs (a CLIENT's is only a unique name).
+    pub endpoint: String,
+    /// How it takes part.
+    pub mode: PeerMode,
+    /// The bandwidth it declared (`None`: unspecified).
+    pub bandwidth: Option<f64>,
+}
+
+/// A formed group: its id, its ordered members, and which one is this peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllReduceGroup {
+    /// The group id from `BEGIN_ALLREDUCE`.
+    pub group_id: Bytes,
+    /// Members in the leader's order (it fixes who reduces which span).
+    pub members: Vec<GroupMember>,
+    /// This peer's position in `members`.
+    pub me: usize,
+}
+
+impl AllReduceGroup {
+    /// A group from the leader's ordered endpoints and gathered payloads (SPEC 4.1).
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] when the lists differ in length or a payload is malformed;
+    /// [`Error::Config`] when `me` is not in the group.
+    pub fn from_gathered(
+        group_id: Bytes,
+        endpoints: &[String],
+        gathered: &[Bytes],
+        me: &str,
+    ) -> Result<Self> {
+        if endpoints.len() != gathered.len() {
+            return Err(Error::protocol(
+                averager_proto::MessageCode::ProtocolViolation,
+                format!("{} endpoints but {} gathered payloads", endpoints.len(), gathered.len()),
+            ));
+        }
+        let members = endpoints
+            .iter()
+            .zip(gathered)
+            .map(|(endpoint, bytes)| {
+                let payload = GatherPayload::decode(bytes)?;
+                Ok(GroupMember {
+                    endpoint: endpoint.clone(),
+                    mode: payload.mode,
+                    bandwidth: payload.bandwidth,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let me = endpoints
+            .iter()
+            .position(|e| e == me)
+            .ok_or_else(|| Error::Config(format!("{me} is not a member of the group")))?;
+        Ok(AllReduceGroup { group_id, members, me })
+    }
+
+    /// Group positions of the senders (members that are not AUX), in group order.
+    pub fn senders(&self) -> Vec<usize> {
+        (0..self.members.len()).filter(|&i| self.members[i].mode != PeerMode::Aux).collect()
+    }
+
+    /// The sender index (position among [`AllReduceGroup::senders`]) of group position `member`.
+    pub fn sender_index(&self, member: usize) -> Option<usize> {
+        self.senders().iter().position(|&m| m == member)
+    }
+
+    /// The group position of the member with `endpoint`.
+    pub fn position_of(&self, endpoint: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.endpoint == endpoint)
+    }
+
+    /// Bandwidths for load balancing: CLIENTs download nothing (0), others as declared (SPEC 4.1).
+    pub fn download_bandwidths(&self) -> Vec<Option<f64>> {
+        self.members
+            .iter()
+            .map(|m| if m.mode == PeerMode::Client { Some(0.0) } else { m.bandwidth })
+            .collect()
+    }
+
+    /// This peer's mode.
+    pub fn my_mode(&self) -> PeerMode {
+        self.members[self.me].mode
+    }
+
+    /// The refusals of SPEC 4.2: a group needs a non-CLIENT member, a CLIENT must have share 0,
+    /// and `reducer_timeout` needs a smaller `sender_timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for the first broken rule.
+    pub fn validate(
+        &self,
+        shares: &[f64],
+        sender_timeout: Option<Duration>,
+        reducer_timeout: Option<Duration>,
+    ) -> Result<()> {
+        if self.me >= self.members.len() {
+            return Err(Error::Config(format!(
+                "position {} outside a group of {}",
+                self.me,
+                self.members.len()
+            )));
+        }
+        if self.members.iter().all(|m| m.mode == PeerMode::Client) {
+            return Err(Error::Config("a group needs at least one member that is not a CLIENT".into()));
+        }
+        if let Some(i) =
+            (0..self.members.len()).find(|&i| self.members[i].mode == PeerMode::Client && shares[i] > 0.0)
+        {
+            return Err(Error::Config(format!(
+                "CLIENT {} was given a nonzero share",
+                self.members[i].endpoint
+            )));
+        }
+        match (sender_timeout, reducer_timeout) {
+            (None, Some(_)) => Err(Error::Config("reducer_timeout is set but sender_timeout is not".into())),
+            (Some(s), Some(r)) if r <= s => {
+                Err(Error::Config(format!("reducer_timeout {r:?} must exceed sender_timeout {s:?}")))
+            }
+            _ => Ok(()),
+        }
+    }
+}

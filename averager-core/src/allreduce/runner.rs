@@ -1,0 +1,413 @@
+//! SPEC 4: one all-reduce in one formed group, the sender side and the bookkeeping; the reducer
+//! side of each incoming stream is in `serve.rs`.
+//!
+//! The runner owns nothing it does not need: the local tensors come in an `Arc` (the caller holds
+//! the tensor lock for the whole all-reduce and takes them back afterwards), so parts are encoded
+//! straight from tensor memory on blocking threads, without a copy per peer.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::join_all;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::deltas::Deltas;
+use super::group::AllReduceGroup;
+use super::load_balancing::load_balance;
+use super::part_reducer::PartReducer;
+use super::partition::{PartitionPlan, PlannedPart, TensorLayout};
+use crate::compression::{Compression, CompressionInfo, WireTensor};
+use crate::error::{Error, Result};
+use crate::matchmaking::PeerMode;
+use crate::reduce::{PartOutcome, Reducer};
+use crate::registry::Registry;
+use crate::tensor::{Tensor, TensorData};
+use crate::transport::{AveragingData, Transport};
+
+/// The settings of one all-reduce (from the averager's config and the step).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllReduceSettings {
+    /// Parts are at most this many bytes on the wire.
+    pub part_size_bytes: usize,
+    /// Members whose share would be under this many elements get none.
+    pub min_vector_size: usize,
+    /// A sender silent this long is dropped (`None`: never).
+    pub sender_timeout: Option<Duration>,
+    /// A reducer silent this long is dropped (`None`: never).
+    pub reducer_timeout: Option<Duration>,
+    /// This peer's averaging weight (ignored for AUX).
+    pub weight: f64,
+}
+
+/// What one all-reduce produced for this peer.
+#[derive(Debug)]
+pub struct AllReduceOutcome {
+    /// The deltas to apply (`tensor += alpha * delta`), one per part that came back.
+    pub deltas: Deltas,
+    /// The plan the deltas follow.
+    pub plan: PartitionPlan,
+    /// Endpoints of reducers that failed (their remaining parts keep local values).
+    pub failed_reducers: Vec<String>,
+}
+
+/// One all-reduce in one group (SPEC 4), driven by [`AllReduceRunner::run`] and fed incoming
+/// streams by [`AllReduceRunner::serve`].
+pub struct AllReduceRunner {
+    pub(super) group: AllReduceGroup,
+    pub(super) plan: PartitionPlan,
+    pub(super) shares: Vec<f64>,
+    pub(super) tensors: Arc<Vec<Tensor>>,
+    pub(super) infos: Vec<CompressionInfo>,
+    codec: Arc<dyn Compression>,
+    pub(super) registry: &'static Registry,
+    transport: Arc<dyn Transport>,
+    pub(super) settings: AllReduceSettings,
+    /// The part reducer for this peer's span, when it has one.
+    pub(super) reducer: Option<PartReducer>,
+    /// Per sender index: whether its stream to us has opened (the missing-sender watchdog).
+    pub(super) opened: Mutex<Vec<bool>>,
+    pub(super) cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for AllReduceRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AllReduceRunner")
+            .field("group", &self.group)
+            .field("shares", &self.shares)
+            .field("parts", &self.plan.parts().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AllReduceRunner {
+    /// Plans the all-reduce: load balancing (SPEC 5), the partition (SPEC 4.3) and, when this
+    /// peer reduces a span, its part reducer (SPEC 4.6).
+    ///
+    /// `infos[i]` describes `tensors[i]` for the codec; every member must pass the same shapes,
+    /// codec ratios and settings (the schema hash guarantees it), since nothing about the plan is
+    /// exchanged.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for the refusals of SPEC 4.2 or an impossible plan.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        group: AllReduceGroup,
+        tensors: Arc<Vec<Tensor>>,
+        infos: Vec<CompressionInfo>,
+        codec: Arc<dyn Compression>,
+        reducer: Arc<dyn Reducer>,
+        transport: Arc<dyn Transport>,
+        registry: &'static Registry,
+        settings: AllReduceSettings,
+    ) -> Result<Arc<Self>> {
+        let total: usize = tensors.iter().map(Tensor::numel).sum();
+        let shares = load_balance(total, &group.download_bandwidths(), settings.min_vector_size)?;
+        let shares = shares.into_iter().map(|s| s as f64).collect();
+        Self::with_shares(group, shares, tensors, infos, codec, reducer, transport, registry, settings)
+    }
+
+    /// As [`AllReduceRunner::new`], with the members' shares given (relative weights, in group
+    /// order) instead of load-balanced: for tests and for callers with their own balancing.
+    ///
+    /// # Errors
+    /// As [`AllReduceRunner::new`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_shares(
+        group: AllReduceGroup,
+        shares: Vec<f64>,
+        tensors: Arc<Vec<Tensor>>,
+        infos: Vec<CompressionInfo>,
+        codec: Arc<dyn Compression>,
+        reducer: Arc<dyn Reducer>,
+        transport: Arc<dyn Transport>,
+        registry: &'static Registry,
+        settings: AllReduceSettings,
+    ) -> Result<Arc<Self>> {
+        if infos.len() != tensors.len() {
+            return Err(Error::Config(format!("{} tensors but {} infos", tensors.len(), infos.len())));
+        }
+        if shares.len() != group.members.len() {
+            return Err(Error::Config(format!(
+                "{} shares for {} members",
+                shares.len(),
+                group.members.len()
+            )));
+        }
+        group.validate(&shares, settings.sender_timeout, settings.reducer_timeout)?;
+        let layouts: Vec<TensorLayout> = tensors
+            .iter()
+            .zip(&infos)
+            .map(|(t, info)| TensorLayout {
+                numel: t.numel(),
+                bytes_per_value: t.dtype().size_bytes() as f64 * codec.estimate_compression_ratio(info),
+            })
+            .collect();
+        let plan = PartitionPlan::new(&layouts, &shares, settings.part_size_bytes)?;
+        let my_parts = plan.parts_of(group.me);
+        let num_senders = group.senders().len();
+        let reducer = if my_parts.is_empty() {
+            None
+        } else {
+            let specs = my_parts.iter().map(|p| (p.range.len(), tensors[p.tensor].dtype()));
+            Some(PartReducer::new(reducer, specs, num_senders)?)
+        };
+        let mut opened = vec![false; num_senders];
+        if let Some(s) = group.sender_index(group.me) {
+            opened[s] = true;
+        }
+        Ok(Arc::new(AllReduceRunner {
+            group,
+            plan,
+            shares,
+            tensors,
+            infos,
+            codec,
+            registry,
+            transport,
+            settings,
+            reducer,
+            opened: Mutex::new(opened),
+            cancel: CancellationToken::new(),
+        }))
+    }
+
+    /// The group this runner averages in.
+    pub fn group(&self) -> &AllReduceGroup {
+        &self.group
+    }
+
+    /// The members' shares (element counts when load-balanced), in group order.
+    pub fn shares(&self) -> &[f64] {
+        &self.shares
+    }
+
+    /// Stops the all-reduce: [`AllReduceRunner::run`] returns [`Error::Cancelled`], pending
+    /// reductions end, and incoming streams are answered `CANCELLED` (SPEC 4.7, 11.12).
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+        if let Some(reducer) = &self.reducer {
+            reducer.finish();
+        }
+    }
+
+    /// Whether [`AllReduceRunner::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Runs this peer's part of the all-reduce: sends its parts to every reducer (itself
+    /// included) and collects the deltas, and reduces its own span for the others. Returns when
+    /// both are done.
+    ///
+    /// # Errors
+    /// [`Error::Cancelled`] when cancelled. A failed reducer is not an error: its remaining parts
+    /// simply have no delta (SPEC 4.4).
+    pub async fn run(self: &Arc<Self>) -> Result<AllReduceOutcome> {
+        let _watchdog = self.spawn_missing_sender_watchdog();
+        let sends = self.group.my_mode() != PeerMode::Aux;
+        let exchanges = (0..self.group.members.len())
+            .filter(|&j| sends && !self.plan.parts_of(j).is_empty())
+            .map(|j| self.exchange_with(j));
+        let results = tokio::select! {
+            results = join_all(exchanges) => results,
+            _ = self.cancel.cancelled() => return Err(Error::Cancelled("all-reduce cancelled".into())),
+        };
+        let mut deltas = Deltas::new(self.plan.parts().len());
+        let mut failed_reducers = Vec::new();
+        for (j, received, failure) in results {
+            for (index, delta) in received {
+                deltas.set(index, delta)?;
+            }
+            if let Some(reason) = failure {
+                let endpoint = &self.group.members[j].endpoint;
+                tracing::warn!(reducer = %endpoint, %reason, "reducer failed; its remaining parts keep local values");
+                failed_reducers.push(endpoint.clone());
+            }
+        }
+        if let Some(reducer) = &self.reducer {
+            tokio::select! {
+                _ = reducer.wait_finished() => {}
+                _ = self.cancel.cancelled() => return Err(Error::Cancelled("all-reduce cancelled".into())),
+            }
+        }
+        Ok(AllReduceOutcome { deltas, plan: self.plan.clone(), failed_reducers })
+    }
+
+    /// SPEC 4.7: a reducer bans every sender whose stream has not opened within `sender_timeout`.
+    fn spawn_missing_sender_watchdog(self: &Arc<Self>) -> Option<AbortOnDrop> {
+        let (Some(timeout), Some(_)) = (self.settings.sender_timeout, &self.reducer) else { return None };
+        let this = Arc::clone(self);
+        Some(AbortOnDrop(tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let missing: Vec<usize> = {
+                let opened = this.opened.lock().unwrap_or_else(PoisonError::into_inner);
+                (0..opened.len()).filter(|&s| !opened[s]).collect()
+            };
+            if let Some(reducer) = &this.reducer {
+                for s in missing {
+                    tracing::warn!(sender = s, "sender did not start within sender_timeout; excluded");
+                    reducer.sender_failed(s);
+                }
+            }
+        })))
+    }
+
+    /// Sends this peer's parts of member `j`'s span and collects the deltas: `(plan index, delta)`
+    /// pairs, and why the exchange stopped early, if it did.
+    async fn exchange_with(self: &Arc<Self>, j: usize) -> (usize, Vec<(usize, TensorData)>, Option<String>) {
+        let mut received = Vec::new();
+        let outcome = if j == self.group.me {
+            self.reduce_own_parts(&mut received).await
+        } else {
+            self.exchange_with_remote(j, &mut received).await
+        };
+        (j, received, outcome.err().map(|e| e.to_string()))
+    }
+
+    /// Feeds this peer's raw parts of its own span into its part reducer (SPEC 4.4 "itself").
+    async fn reduce_own_parts(&self, received: &mut Vec<(usize, TensorData)>) -> Result<()> {
+        let (Some(reducer), Some(sender)) = (&self.reducer, self.group.sender_index(self.group.me)) else {
+            return Ok(());
+        };
+        let first = self.plan.first_index_of(self.group.me);
+        for (k, part) in self.plan.parts_of(self.group.me).iter().enumerate() {
+            let view = self.tensors[part.tensor].flat_view(part.range.clone())?;
+            let outcome = reducer.accumulate(sender, k, &view, self.settings.weight).await?;
+            if let PartOutcome::Reduced(average) = outcome.as_ref() {
+                received.push((first + k, average.view().data().difference(view.data())?));
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams this peer's parts of member `j`'s span to it and reads back one delta per part
+    /// (SPEC 4.4 "another peer").
+    async fn exchange_with_remote(
+        self: &Arc<Self>,
+        j: usize,
+        received: &mut Vec<(usize, TensorData)>,
+    ) -> Result<()> {
+        let parts = self.plan.parts_of(j);
+        let first = self.plan.first_index_of(j);
+        let client = self.transport.connect(&self.group.members[j].endpoint).await?;
+        // Capacity 1 plus the part being encoded: one part of prefetch (SPEC 9).
+        let (tx, rx) = mpsc::channel(1);
+        let mut producer = AbortOnDrop(tokio::spawn(Arc::clone(self).produce_parts(j, tx)));
+        let requests = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let mut replies = client.rpc_aggregate_part(Box::pin(requests)).await?;
+        if self.shares[self.group.me] == 0.0 {
+            // Delayed results (SPEC 4.2): the reducer answers only after our input ended, so the
+            // reply timeout starts once everything is sent.
+            producer.join().await;
+        }
+        for (k, part) in parts.iter().enumerate() {
+            let next =
+                with_timeout(self.settings.reducer_timeout, replies.next(), "the reducer's next reply")
+                    .await?;
+            let reply = next.ok_or_else(|| {
+                Error::Transport(format!("reply stream ended after {k} of {} parts", parts.len()))
+            })??;
+            received.push((first + k, self.check_reply(part, reply)?));
+        }
+        Ok(())
+    }
+
+    /// Checks a reducer's reply for `part` and decodes its delta.
+    fn check_reply(&self, part: &PlannedPart, reply: AveragingData) -> Result<TensorData> {
+        let code =
+            averager_proto::MessageCode::try_from(reply.code).unwrap_or(averager_proto::MessageCode::NoCode);
+        if code != averager_proto::MessageCode::AveragedPart {
+            return Err(Error::protocol(code, "reducer replied with a code other than AVERAGED_PART"));
+        }
+        let wire = reply.tensor_part.ok_or_else(|| {
+            Error::protocol(averager_proto::MessageCode::ProtocolViolation, "AVERAGED_PART without a tensor")
+        })?;
+        let delta = self.registry.decode(&wire)?;
+        let dtype = self.tensors[part.tensor].dtype();
+        if delta.numel() != part.range.len() || delta.dtype() != dtype {
+            return Err(Error::protocol(
+                averager_proto::MessageCode::ProtocolViolation,
+                format!(
+                    "delta of {} x {} for a part of {} x {dtype}",
+                    delta.numel(),
+                    delta.dtype(),
+                    part.range.len()
+                ),
+            ));
+        }
+        Ok(delta.into_parts().1)
+    }
+
+    /// Encodes member `j`'s parts off the async threads and queues them for sending.
+    async fn produce_parts(self: Arc<Self>, j: usize, tx: mpsc::Sender<AveragingData>) {
+        for (k, part) in self.plan.parts_of(j).iter().enumerate() {
+            let this = Arc::clone(&self);
+            let part = part.clone();
+            let encoded = tokio::task::spawn_blocking(move || this.encode_part(&part)).await;
+            let tensor = match encoded {
+                Ok(Ok(tensor)) => tensor,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot encode a part; ending the stream early");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "encoding task failed; ending the stream early");
+                    return;
+                }
+            };
+            let first = k == 0;
+            let message = AveragingData {
+                code: if first { averager_proto::MessageCode::PartForAveraging as i32 } else { 0 },
+                group_id: if first { self.group.group_id.clone() } else { Default::default() },
+                endpoint: if first {
+                    self.group.members[self.group.me].endpoint.clone()
+                } else {
+                    String::new()
+                },
+                tensor_part: Some(tensor),
+                metadata: Default::default(),
+                weight: self.settings.weight,
+            };
+            if tx.send(message).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Encodes one part straight from the tensor's memory.
+    fn encode_part(&self, part: &PlannedPart) -> Result<WireTensor> {
+        let view = self.tensors[part.tensor].flat_view(part.range.clone())?;
+        let info = self.infos[part.tensor].for_part(part.part_index, part.part_size);
+        self.codec.compress(&view, &info)
+    }
+}
+
+/// Awaits `future`, failing with [`Error::Timeout`] after `limit` when one is set.
+pub(super) async fn with_timeout<T>(
+    limit: Option<Duration>,
+    future: impl std::future::Future<Output = T>,
+    what: &str,
+) -> Result<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, future).await.map_err(|_| Error::timeout(what, limit)),
+        None => Ok(future.await),
+    }
+}
+
+/// A spawned task that is aborted when this guard is dropped.
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Waits for the task to finish.
+    async fn join(&mut self) {
+        let _ = (&mut self.0).await;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
