@@ -12,7 +12,7 @@
 
 pub use averager_core::{
     Compression, CompressionInfo, DType, Dht, Error, Reducer, Registry, Result, Tensor, TensorRole,
-    TensorView, Transport, allreduce, error, reduce, registry, tensor, time, transport,
+    TensorView, Transport, allreduce, error, matchmaking, reduce, registry, tensor, time, transport,
 };
 #[doc(inline)]
 pub use averager_core::{register_codec, register_dht, register_reducer, register_transport};
