@@ -1,9 +1,21 @@
-//! SPEC 3: matchmaking: group keys, the Moshpit bucket rule, and (next) the leader/follower
-//! state machine.
+//! SPEC 3: matchmaking: group keys and declarations in the DHT, the leader/follower state
+//! machine, join validation, assembly, disbanding, and the Moshpit bucket rule.
 
+mod declarations;
+mod follower;
 mod gather;
 mod group_key;
+mod leader;
 mod python_random;
+mod queue;
+mod search;
+mod state;
 
+pub use declarations::{declare, declared_peers, undeclare};
 pub use gather::{GatherPayload, PeerMode};
 pub use group_key::{donors_key, group_key, next_group_bits, validate_bits, validate_prefix};
+pub use search::SearchRequest;
+pub use state::{FormedGroup, Matchmaker, MatchmakingConfig};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+//! The matchmaker: one per averager, shared by its own search (SPEC 3.2-3.4) and by the
+//! `rpc_join_group` handlers it serves (SPEC 3.5).
+//!
+//! `JoinState` sits behind the *join lock* (a tokio mutex, because a follower holds it while it
+//! waits for a leader's first reply, SPEC 3.4). Changes that waiters care about (a group
+//! assembled, followers disbanded, this peer accepted by a leader, the search ended) bump the
+//! `changed` counter, so waiters re-check the state instead of trusting a message.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::group_key::group_key;
+use crate::dht::Dht;
+use crate::transport::{JoinRequest, Transport};
+
+/// What matchmaking needs to know of its averager.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchmakingConfig {
+    /// This peer's endpoint (a unique name for a CLIENT).
+    pub endpoint: String,
+    /// The run's prefix.
+    pub prefix: String,
+    /// Whether this peer is a CLIENT (never declares, never leads).
+    pub client_mode: bool,
+    /// Groups never exceed this size.
+    pub target_group_size: Option<usize>,
+    /// A leader whose time is up assembles only with this many members.
+    pub min_group_size: usize,
+    /// Minimum lifetime of a declaration.
+    pub min_matchmaking_time: Duration,
+    /// How long to wait for a leader's first reply.
+    pub request_timeout: Duration,
+    /// Hash of what the partition depends on; peers with different hashes never group.
+    pub schema_hash: Bytes,
+}
+
+/// A group as matchmaking formed it (SPEC 3.6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormedGroup {
+    /// 20 random bytes chosen by the leader.
+    pub group_id: Bytes,
+    /// Members in the leader's shuffled order.
+    pub endpoints: Vec<String>,
+    /// Each member's gather payload, in the same order.
+    pub gathered: Vec<Bytes>,
+}
+
+/// A follower accepted by this peer.
+#[derive(Debug, Clone)]
+pub(super) struct Follower {
+    pub(super) endpoint: String,
+    pub(super) request: JoinRequest,
+}
+
+/// The state under the join lock.
+#[derive(Debug)]
+pub(super) struct JoinState {
+    pub(super) searching: bool,
+    pub(super) declared_key: Option<String>,
+    /// `+inf` when not declared (and always for a CLIENT).
+    pub(super) declared_expiration: f64,
+    pub(super) followers: Vec<Follower>,
+    pub(super) current_leader: Option<String>,
+    pub(super) assembled: Option<FormedGroup>,
+    /// This peer's gather payload for the current search.
+    pub(super) gather: Bytes,
+}
+
+impl Default for JoinState {
+    fn default() -> Self {
+        JoinState {
+            searching: false,
+            declared_key: None,
+            declared_expiration: f64::INFINITY,
+            followers: Vec::new(),
+            current_leader: None,
+            assembled: None,
+            gather: Bytes::new(),
+        }
+    }
+}
+
+/// Matchmaking for one averager (SPEC 3).
+pub struct Matchmaker {
+    pub(super) config: MatchmakingConfig,
+    pub(super) dht: Arc<dyn Dht>,
+    pub(super) transport: Arc<dyn Transport>,
+    pub(super) bits: Arc<Mutex<String>>,
+    pub(super) state: tokio::sync::Mutex<JoinState>,
+    /// Bumped whenever a waiter should re-check the state.
+    pub(super) changed: watch::Sender<u64>,
+    /// Bumped at every (re-)declaration: interrupts a leader pick (SPEC 3.3).
+    pub(super) declared: watch::Sender<u64>,
+    /// Whether the search is paused (this peer follows a leader).
+    pub(super) paused: watch::Sender<bool>,
+    /// Number of `rpc_join_group` handlers running.
+    pub(super) handlers: watch::Sender<usize>,
+    /// Only one search at a time (SPEC 3.1).
+    pub(super) search_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Matchmaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Matchmaker").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Matchmaker {
+    /// A matchmaker whose group bits live in `bits` (shared with the averager's bits API).
+    pub fn new(
+        config: MatchmakingConfig,
+        dht: Arc<dyn Dht>,
+        transport: Arc<dyn Transport>,
+        bits: Arc<Mutex<String>>,
+    ) -> Arc<Self> {
+        Arc::new(Matchmaker {
+            config,
+            dht,
+            transport,
+            bits,
+            state: tokio::sync::Mutex::new(JoinState::default()),
+            changed: watch::channel(0).0,
+            declared: watch::channel(0).0,
+            paused: watch::channel(false).0,
+            handlers: watch::channel(0).0,
+            search_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MatchmakingConfig {
+        &self.config
+    }
+
+    /// The current group bits.
+    pub fn group_bits(&self) -> String {
+        self.bits.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The current group key (`<prefix>.0b<bits>`).
+    pub fn current_key(&self) -> String {
+        group_key(&self.config.prefix, &self.group_bits())
+    }
+
+    pub(super) fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
