@@ -3,6 +3,10 @@
 
 mod config;
 mod schema;
+mod step_control;
+mod step_options;
 
 pub use config::{AveragerConfig, AveragerConfigBuilder, CodecSpec, TensorSettings};
 pub use schema::schema_hash;
+pub use step_control::{Stage, StepControl};
+pub use step_options::StepOptions;

@@ -1,0 +1,611 @@
+//! SPEC 8.2: `StepControl`, the handle of one averaging step that the user and the averager's round
+//! loop share.
+//!
+//! All mutable state lives in one `watch` channel: every waiter (a stage, the trigger, the cancel
+//! signal, the result) wakes on exactly the change it waits for, without polling, and any number of
+//! clones can wait at once.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::step_options::check_weight;
+use crate::error::{Error, Result};
+use crate::time::DhtTime;
+
+/// Where a step is (SPEC 8.2); the numbers are hivemind's `AveragingStage` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Stage {
+    /// Created; the round loop has not started.
+    Idle = 0,
+    /// Matchmaking: looking for a group.
+    LookingForGroup = 1,
+    /// A group was found; all-reduce waits for [`StepControl::allow_allreduce`].
+    AwaitingTrigger = 2,
+    /// All-reduce runs; weight and schedule are fixed and cancellation is no longer observed.
+    RunningAllreduce = 3,
+    /// The round loop is over; the result is set.
+    Finished = 4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Pending,
+    Allowed,
+    Cancelled,
+}
+
+struct State<T> {
+    stage: Stage,
+    /// A retry moves the stage back to `LookingForGroup`; waiters compare with the highest stage so
+    /// that a stage that was entered and left before they looked still counts.
+    highest: Stage,
+    began_allreduce: bool,
+    scheduled_time: DhtTime,
+    weight: f64,
+    trigger: Trigger,
+    cancel_requested: bool,
+    cancelled: bool,
+    result: Option<Result<T>>,
+}
+
+struct Shared<T> {
+    state: watch::Sender<State<T>>,
+    deadline: Option<DhtTime>,
+    allow_retries: bool,
+    require_trigger: bool,
+    data_for_gather: Vec<u8>,
+}
+
+/// Held only by user-side handles, so that its drop means "the user let go of the step".
+struct UserGuard<T>(Arc<Shared<T>>);
+
+#[cfg(test)]
+thread_local! {
+    static UNTRIGGERED_DROPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl<T> Drop for UserGuard<T> {
+    fn drop(&mut self) {
+        let state = self.0.state.borrow();
+        if state.trigger == Trigger::Pending && state.result.is_none() {
+            tracing::warn!(
+                "a StepControl awaiting its trigger was dropped without allow_allreduce() or cancel(); \
+                 its group will likely time out waiting for this peer"
+            );
+            #[cfg(test)]
+            UNTRIGGERED_DROPS.with(|n| n.set(n.get() + 1));
+        }
+    }
+}
+
+/// The handle of one averaging step (hivemind's `StepControl`), returned by
+/// `Averager::step_background`.
+///
+/// Clones are cheap and share the step. `T` is the step's output: for the averager the gathered
+/// map (endpoint to that member's gather bytes); generic so that the control neither depends on the
+/// averager's result type nor decodes anything.
+///
+/// Methods marked *averager side* are for the round loop; users only read what they change.
+pub struct StepControl<T> {
+    shared: Arc<Shared<T>>,
+    /// `None` in handles made by [`StepControl::averager_handle`].
+    user: Option<Arc<UserGuard<T>>>,
+}
+
+impl<T> Clone for StepControl<T> {
+    fn clone(&self) -> Self {
+        StepControl { shared: self.shared.clone(), user: self.user.clone() }
+    }
+}
+
+impl<T> fmt::Debug for StepControl<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.shared.state.borrow();
+        f.debug_struct("StepControl")
+            .field("stage", &s.stage)
+            .field("scheduled_time", &s.scheduled_time)
+            .field("weight", &s.weight)
+            .field("trigger", &s.trigger)
+            .field("done", &s.result.is_some())
+            .field("deadline", &self.shared.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> StepControl<T> {
+    /// A user-side control in stage [`Stage::Idle`]; usually made by `StepOptions::into_control`.
+    ///
+    /// `deadline` is in DHT time (`None`: no deadline). Without `require_trigger` the trigger is set
+    /// at once. `data_for_gather` is the SPEC 2.4 payload, fixed for the whole step.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `weight` is negative or not finite, or `scheduled_time` is not finite.
+    pub fn new(
+        scheduled_time: DhtTime,
+        weight: f64,
+        deadline: Option<DhtTime>,
+        allow_retries: bool,
+        require_trigger: bool,
+        data_for_gather: Vec<u8>,
+    ) -> Result<Self> {
+        check_weight(weight)?;
+        if !scheduled_time.is_finite() {
+            return Err(Error::Config(format!("scheduled time {scheduled_time} is not finite")));
+        }
+        let state = State {
+            stage: Stage::Idle,
+            highest: Stage::Idle,
+            began_allreduce: false,
+            scheduled_time,
+            weight,
+            trigger: if require_trigger { Trigger::Pending } else { Trigger::Allowed },
+            cancel_requested: false,
+            cancelled: false,
+            result: None,
+        };
+        let shared = Arc::new(Shared {
+            state: watch::Sender::new(state),
+            deadline,
+            allow_retries,
+            require_trigger,
+            data_for_gather,
+        });
+        Ok(StepControl { user: Some(Arc::new(UserGuard(shared.clone()))), shared })
+    }
+
+    /// *Averager side.* A handle to the same step that does not count as the user's, so that the
+    /// round loop holding it does not hide a user's drop of an untriggered control.
+    pub fn averager_handle(&self) -> Self {
+        StepControl { shared: self.shared.clone(), user: None }
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&State<T>) -> R) -> R {
+        f(&self.shared.state.borrow())
+    }
+
+    /// The current stage.
+    pub fn stage(&self) -> Stage {
+        self.read(|s| s.stage)
+    }
+
+    /// Resolves once the step has reached `stage` or a later one (at any time since its creation, so
+    /// a stage left again by a retry still counts). The future does not borrow the control.
+    pub fn wait_for_stage(&self, stage: Stage) -> impl Future<Output = ()> + Send + use<T> {
+        // The future keeps the sender alive, so the channel cannot close under the wait.
+        let shared = self.shared.clone();
+        async move {
+            let mut rx = shared.state.subscribe();
+            let _ = rx.wait_for(|s| s.highest >= stage).await;
+        }
+    }
+
+    /// When all-reduce is to start, in DHT time.
+    pub fn scheduled_time(&self) -> DhtTime {
+        self.read(|s| s.scheduled_time)
+    }
+
+    /// Moves the start of all-reduce. Ignored with a warning once all-reduce has begun, or when
+    /// `time` is not finite.
+    pub fn set_scheduled_time(&self, time: DhtTime) {
+        if !time.is_finite() {
+            tracing::warn!(time, "ignoring a scheduled time that is not finite");
+            return;
+        }
+        self.change_unless_running("scheduled time", |s| s.scheduled_time = time);
+    }
+
+    /// This peer's weight in the average.
+    pub fn weight(&self) -> f64 {
+        self.read(|s| s.weight)
+    }
+
+    /// Changes the weight. Ignored with a warning once all-reduce has begun.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `weight` is negative or not finite.
+    pub fn set_weight(&self, weight: f64) -> Result<()> {
+        check_weight(weight)?;
+        self.change_unless_running("weight", |s| s.weight = weight);
+        Ok(())
+    }
+
+    fn change_unless_running(&self, what: &str, change: impl FnOnce(&mut State<T>)) {
+        let changed = self.shared.state.send_if_modified(|s| {
+            if s.began_allreduce {
+                return false;
+            }
+            change(s);
+            true
+        });
+        if !changed {
+            tracing::warn!("changing the {what} has no effect after all-reduce has begun");
+        }
+    }
+
+    /// Whether all-reduce has begun (in this or an earlier attempt); stays true.
+    pub fn began_allreduce(&self) -> bool {
+        self.read(|s| s.began_allreduce)
+    }
+
+    /// The step's deadline in DHT time; `None`: no deadline.
+    pub fn deadline(&self) -> Option<DhtTime> {
+        self.shared.deadline
+    }
+
+    /// Whether a failed round may be retried with a new group while time remains.
+    pub fn allow_retries(&self) -> bool {
+        self.shared.allow_retries
+    }
+
+    /// Whether the step was created with `require_trigger`.
+    pub fn require_trigger(&self) -> bool {
+        self.shared.require_trigger
+    }
+
+    /// The SPEC 2.4 gather payload sent to the group; fixed for the whole step.
+    pub fn data_for_gather(&self) -> &[u8] {
+        &self.shared.data_for_gather
+    }
+
+    /// Whether all-reduce is allowed: [`StepControl::allow_allreduce`] was called, or the step did
+    /// not require a trigger. Unlike hivemind, a cancelled trigger does not count as triggered.
+    pub fn triggered(&self) -> bool {
+        self.read(|s| s.trigger == Trigger::Allowed)
+    }
+
+    /// Lets all-reduce begin once a group is found. Calling it again, or after a cancel, only logs a
+    /// warning.
+    pub fn allow_allreduce(&self) {
+        let set = self.shared.state.send_if_modified(|s| {
+            let pending = s.trigger == Trigger::Pending;
+            if pending {
+                s.trigger = Trigger::Allowed;
+            }
+            pending
+        });
+        if !set {
+            tracing::warn!("the trigger is already set (or the step was cancelled)");
+        }
+    }
+
+    /// Cancels the step: cancels a pending trigger, signals the round loop, and completes the result
+    /// with [`Error::Cancelled`] unless it is already set. Returns whether it did the latter.
+    ///
+    /// The round loop observes the cancellation only during matchmaking and while awaiting the
+    /// trigger; a running all-reduce still finishes (SPEC 11.19), although the result stays
+    /// cancelled.
+    pub fn cancel(&self) -> bool {
+        let mut cancelled = false;
+        self.shared.state.send_modify(|s| {
+            s.cancel_requested = true;
+            if s.trigger == Trigger::Pending {
+                s.trigger = Trigger::Cancelled;
+            }
+            if s.result.is_none() {
+                s.result = Some(Err(Error::Cancelled("the step was cancelled".into())));
+                s.cancelled = true;
+                cancelled = true;
+            }
+        });
+        cancelled
+    }
+
+    /// Whether [`StepControl::cancel`] completed the result (a cancel after the result does not).
+    pub fn cancelled(&self) -> bool {
+        self.read(|s| s.cancelled)
+    }
+
+    /// Whether the result is set (success, failure or cancellation).
+    pub fn is_done(&self) -> bool {
+        self.read(|s| s.result.is_some())
+    }
+
+    /// Waits for the step's result; any number of callers and clones may wait.
+    ///
+    /// # Errors
+    /// The step's error: [`Error::Cancelled`] after [`StepControl::cancel`], or why the round loop
+    /// failed (for example, no group was found before the deadline).
+    pub async fn result(&self) -> Result<T> {
+        let mut rx = self.shared.state.subscribe();
+        let result = match rx.wait_for(|s| s.result.is_some()).await {
+            Ok(state) => state.result.clone(),
+            Err(_) => None,
+        };
+        // The sender lives in `self.shared`, so the channel cannot close while `self` is borrowed.
+        result.unwrap_or_else(|| Err(Error::Internal("step control channel closed".into())))
+    }
+
+    /// *Averager side.* Moves the step to `stage`.
+    ///
+    /// Stages move forward, except that [`Stage::LookingForGroup`] may be re-entered (a retry
+    /// starts a new round); [`Stage::Idle`] is never re-entered and [`Stage::Finished`] is final.
+    /// Other moves are ignored. Entering [`Stage::RunningAllreduce`] sets `began_allreduce`;
+    /// entering [`Stage::Finished`] without a result sets [`Error::Internal`], so a finished step is
+    /// always done.
+    pub fn set_stage(&self, stage: Stage) {
+        self.shared.state.send_if_modified(|s| {
+            let allowed = match (s.stage, stage) {
+                (Stage::Finished, _) | (_, Stage::Idle) => false,
+                (current, Stage::LookingForGroup) => current != Stage::LookingForGroup,
+                (current, next) => next > current,
+            };
+            if !allowed {
+                if s.stage != stage {
+                    tracing::debug!(from = ?s.stage, to = ?stage, "ignoring a backward stage change");
+                }
+                return false;
+            }
+            s.stage = stage;
+            s.highest = s.highest.max(stage);
+            match stage {
+                Stage::RunningAllreduce => s.began_allreduce = true,
+                Stage::Finished if s.result.is_none() => {
+                    s.result = Some(Err(Error::Internal("the round loop finished without a result".into())));
+                }
+                _ => {}
+            }
+            true
+        });
+    }
+
+    /// *Averager side.* Waits until all-reduce is allowed.
+    ///
+    /// # Errors
+    /// [`Error::Cancelled`] when the step was cancelled before the trigger was set.
+    pub async fn wait_for_trigger(&self) -> Result<()> {
+        let mut rx = self.shared.state.subscribe();
+        let trigger = rx.wait_for(|s| s.trigger != Trigger::Pending).await.map(|s| s.trigger);
+        match trigger {
+            Ok(Trigger::Allowed) => Ok(()),
+            _ => Err(Error::Cancelled("the step was cancelled while awaiting its trigger".into())),
+        }
+    }
+
+    /// *Averager side.* Resolves once [`StepControl::cancel`] has been called (even after the result
+    /// was set), so matchmaking can be raced against it.
+    pub async fn cancelled_signal(&self) {
+        let mut rx = self.shared.state.subscribe();
+        let _ = rx.wait_for(|s| s.cancel_requested).await;
+    }
+
+    /// *Averager side.* Completes the step; the first result wins (a cancel counts), later ones are
+    /// ignored. Returns whether this one was taken.
+    pub fn set_result(&self, result: Result<T>) -> bool {
+        self.shared.state.send_if_modified(|s| {
+            let first = s.result.is_none();
+            if first {
+                s.result = Some(result);
+            }
+            first
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::time::Duration;
+
+    use futures::FutureExt;
+
+    use super::*;
+
+    /// A guard against a hang, not a synchronisation: every wait here is woken by a state change.
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    fn control(require_trigger: bool) -> StepControl<u32> {
+        StepControl::new(10.0, 1.0, Some(100.0), true, require_trigger, vec![1, 2]).unwrap()
+    }
+
+    async fn within<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(LIMIT, f).await.expect("waited too long")
+    }
+
+    #[test]
+    fn new_refuses_bad_values() {
+        assert!(matches!(
+            StepControl::<u32>::new(0.0, -1.0, None, true, false, vec![]),
+            Err(Error::Config(_))
+        ));
+        assert!(StepControl::<u32>::new(f64::NAN, 1.0, None, true, false, vec![]).is_err());
+    }
+
+    #[test]
+    fn stages_only_move_forward_except_a_retry() {
+        let c = control(false);
+        assert_eq!((c.stage(), c.began_allreduce()), (Stage::Idle, false));
+        c.set_stage(Stage::RunningAllreduce);
+        assert!(c.began_allreduce());
+        c.set_stage(Stage::AwaitingTrigger);
+        assert_eq!(c.stage(), Stage::RunningAllreduce);
+        c.set_stage(Stage::Idle);
+        assert_eq!(c.stage(), Stage::RunningAllreduce);
+        // A retry starts a new round; began_allreduce stays set.
+        c.set_stage(Stage::LookingForGroup);
+        assert_eq!((c.stage(), c.began_allreduce()), (Stage::LookingForGroup, true));
+        assert!(!c.is_done());
+        c.set_stage(Stage::Finished);
+        assert_eq!(c.stage(), Stage::Finished);
+        for later in [Stage::LookingForGroup, Stage::RunningAllreduce, Stage::Idle] {
+            c.set_stage(later);
+            assert_eq!(c.stage(), Stage::Finished);
+        }
+    }
+
+    #[tokio::test]
+    async fn finishing_without_a_result_is_an_internal_error() {
+        let c = control(false);
+        c.set_stage(Stage::Finished);
+        assert!(c.is_done() && !c.cancelled());
+        assert!(matches!(c.result().await, Err(Error::Internal(_))));
+        // A result set before finishing is kept.
+        let c = control(false);
+        assert!(c.set_result(Ok(7)));
+        c.set_stage(Stage::Finished);
+        assert_eq!(c.result().await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn wait_for_stage_resolves() {
+        let c = control(false);
+        let mut awaiting = pin!(c.wait_for_stage(Stage::AwaitingTrigger));
+        c.set_stage(Stage::LookingForGroup);
+        assert!(awaiting.as_mut().now_or_never().is_none());
+        // The future is 'static: it can be moved to another task.
+        let running = tokio::spawn(c.wait_for_stage(Stage::RunningAllreduce));
+        c.averager_handle().set_stage(Stage::AwaitingTrigger);
+        within(awaiting).await;
+        c.set_stage(Stage::RunningAllreduce);
+        within(running).await.unwrap();
+        // A stage left again by a retry still counts for a late waiter.
+        c.set_stage(Stage::LookingForGroup);
+        within(c.wait_for_stage(Stage::RunningAllreduce)).await;
+        assert!(c.wait_for_stage(Stage::Finished).now_or_never().is_none());
+    }
+
+    #[tokio::test]
+    async fn trigger_is_idempotent() {
+        let c = control(true);
+        assert!(!c.triggered() && c.require_trigger());
+        let mut waiting = pin!(c.wait_for_trigger());
+        assert!(waiting.as_mut().now_or_never().is_none());
+        c.allow_allreduce();
+        assert!(c.triggered());
+        c.allow_allreduce();
+        assert!(c.triggered());
+        within(waiting).await.unwrap();
+        // A cancel after the trigger leaves it set.
+        c.cancel();
+        assert!(c.triggered());
+        c.wait_for_trigger().await.unwrap();
+
+        let untriggered = control(false);
+        assert!(untriggered.triggered());
+        untriggered.allow_allreduce();
+        untriggered.wait_for_trigger().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn cancel_before_a_result() {
+        let c = control(true);
+        let round = c.averager_handle();
+        let trigger = tokio::spawn({
+            let round = round.clone();
+            async move { round.wait_for_trigger().await }
+        });
+        let signal = tokio::spawn({
+            let round = round.clone();
+            async move { round.cancelled_signal().await }
+        });
+        let result = tokio::spawn({
+            let c = c.clone();
+            async move { c.result().await }
+        });
+        assert!(c.cancel());
+        assert!(c.cancelled() && c.is_done() && !c.triggered());
+        assert!(matches!(within(trigger).await.unwrap(), Err(Error::Cancelled(_))));
+        within(signal).await.unwrap();
+        assert!(matches!(within(result).await.unwrap(), Err(Error::Cancelled(_))));
+        // The round loop's late result and a second cancel change nothing.
+        assert!(!round.set_result(Ok(1)));
+        assert!(!c.cancel());
+        c.allow_allreduce();
+        assert!(!c.triggered());
+        assert!(matches!(c.result().await, Err(Error::Cancelled(_))));
+    }
+
+    #[tokio::test]
+    async fn cancel_after_a_result_keeps_it() {
+        let c = control(false);
+        c.set_stage(Stage::RunningAllreduce);
+        assert!(c.averager_handle().set_result(Ok(42)));
+        assert!(!c.set_result(Ok(0)));
+        assert!(!c.cancel());
+        assert!(!c.cancelled() && c.is_done());
+        assert_eq!(c.result().await.unwrap(), 42);
+        // The round loop still hears the cancel, as in hivemind.
+        within(c.cancelled_signal()).await;
+    }
+
+    #[test]
+    fn weight_and_schedule_are_fixed_once_allreduce_begins() {
+        let c = control(false);
+        c.set_weight(2.5).unwrap();
+        c.set_scheduled_time(20.0);
+        assert_eq!((c.weight(), c.scheduled_time()), (2.5, 20.0));
+        assert!(matches!(c.set_weight(-1.0), Err(Error::Config(_))));
+        assert!(c.set_weight(f64::INFINITY).is_err());
+        c.set_scheduled_time(f64::NAN);
+        assert_eq!((c.weight(), c.scheduled_time()), (2.5, 20.0));
+        c.set_stage(Stage::AwaitingTrigger);
+        c.set_weight(3.0).unwrap();
+        assert_eq!(c.weight(), 3.0);
+        c.set_stage(Stage::RunningAllreduce);
+        c.set_weight(9.0).unwrap();
+        c.set_scheduled_time(99.0);
+        assert_eq!((c.weight(), c.scheduled_time()), (3.0, 20.0));
+        // A retry does not reopen them: began_allreduce stays set.
+        c.set_stage(Stage::LookingForGroup);
+        c.set_weight(9.0).unwrap();
+        assert_eq!(c.weight(), 3.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_awaiters_all_get_the_result() {
+        let c = control(false);
+        let waiters: Vec<_> = (0..16)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.result().await })
+            })
+            .collect();
+        c.averager_handle().set_result(Ok(5));
+        for waiter in waiters {
+            assert_eq!(within(waiter).await.unwrap().unwrap(), 5);
+        }
+    }
+
+    #[test]
+    fn accessors_and_debug() {
+        let c = control(false);
+        assert_eq!(
+            (c.deadline(), c.allow_retries(), c.data_for_gather()),
+            (Some(100.0), true, &[1u8, 2][..])
+        );
+        assert!(format!("{c:?}").contains("Idle"));
+        assert_eq!(Stage::RunningAllreduce as u8, 3);
+    }
+
+    fn untriggered_drops() -> usize {
+        UNTRIGGERED_DROPS.with(|n| n.get())
+    }
+
+    #[test]
+    fn dropping_the_last_user_handle_of_an_untriggered_step_warns() {
+        let before = untriggered_drops();
+        drop(control(false));
+        let cancelled = control(true);
+        cancelled.cancel();
+        drop(cancelled);
+        let triggered = control(true);
+        triggered.allow_allreduce();
+        drop(triggered);
+        assert_eq!(untriggered_drops(), before);
+
+        let c = control(true);
+        let second = c.clone();
+        let round = c.averager_handle();
+        drop(c);
+        drop(round.clone());
+        assert_eq!(untriggered_drops(), before);
+        drop(second);
+        assert_eq!(untriggered_drops(), before + 1);
+        // The round loop's handle is not the user's: dropping it says nothing.
+        drop(round);
+        assert_eq!(untriggered_drops(), before + 1);
+    }
+}
