@@ -8,6 +8,7 @@ pub mod error;
 pub mod matchmaking;
 pub mod reduce;
 pub mod registry;
+pub mod state;
 pub mod tensor;
 pub mod time;
 pub mod transport;
