@@ -92,6 +92,9 @@ pub enum Error {
         /// Where the second record was submitted and what it says of itself.
         second: String,
     },
+    /// Matchmaking reached the step's deadline without forming a group (SPEC 8.1 step 2).
+    #[error("could not find a group: {0}")]
+    NoGroup(String),
     /// The operation was cancelled, locally or by the peer.
     #[error("cancelled: {0}")]
     Cancelled(String),
@@ -136,7 +139,7 @@ impl Error {
     pub fn is_temporary(&self) -> bool {
         match self {
             Error::Timeout { .. } | Error::Unreachable { .. } | Error::Transport(_) => true,
-            Error::Dht(_) => true,
+            Error::Dht(_) | Error::NoGroup(_) => true,
             Error::Protocol { code, .. } => matches!(
                 code,
                 MessageCode::NotLookingForGroup

@@ -1,0 +1,163 @@
+//! SPEC 8.1: the round loop of one step: matchmaking, the trigger, the all-reduce, retries.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Inner;
+use super::gathered::Gathered;
+use super::step_control::{Stage, StepControl};
+use crate::allreduce::{AllReduceGroup, AllReduceRunner, AllReduceSettings};
+use crate::error::{Error, Result};
+use crate::matchmaking::{FormedGroup, GatherPayload, PeerMode, SearchRequest};
+use crate::tensor::Tensor;
+use crate::time::dht_now;
+
+impl Inner {
+    /// Runs a step to its end and reports through its control (SPEC 8.1 round loop).
+    pub(super) async fn run_step(self: Arc<Self>, control: StepControl<Gathered>) {
+        // A second step queues behind the first (SPEC 3.1).
+        let _one_at_a_time = self.step_lock.lock().await;
+        let result = self.round_loop(&control).await;
+        control.set_result(result);
+        control.set_stage(Stage::Finished);
+    }
+
+    async fn round_loop(&self, control: &StepControl<Gathered>) -> Result<Gathered> {
+        loop {
+            if control.is_done() {
+                return Err(Error::Cancelled("the step was cancelled".into()));
+            }
+            control.set_stage(Stage::LookingForGroup);
+            let error = match self.round(control).await {
+                Ok(gathered) => return Ok(gathered),
+                Err(e) => e,
+            };
+            let in_time = control.deadline().is_none_or(|d| dht_now() < d);
+            if !(control.allow_retries() && !control.is_done() && in_time && retryable(&error)) {
+                return Err(error);
+            }
+            tracing::warn!(%error, "averaging round failed; retrying with a new group");
+        }
+    }
+
+    /// One attempt: find a group, await the trigger, run the all-reduce, apply the result.
+    async fn round(&self, control: &StepControl<Gathered>) -> Result<Gathered> {
+        let group = self.find_group(control).await?;
+        if !control.triggered() {
+            control.set_stage(Stage::AwaitingTrigger);
+            tokio::select! {
+                triggered = control.wait_for_trigger() => triggered?,
+                _ = self.shutdown.cancelled() => return Err(Error::Cancelled("the averager shut down".into())),
+            }
+        }
+        let gathered = Gathered::new(
+            group
+                .endpoints
+                .iter()
+                .zip(&group.gathered)
+                .map(|(e, g)| Ok((e.clone(), GatherPayload::decode(g)?)))
+                .collect::<Result<_>>()?,
+        );
+        let group =
+            AllReduceGroup::from_gathered(group.group_id, &group.endpoints, &group.gathered, &self.endpoint)?;
+        self.all_reduce(group, control).await?;
+        Ok(gathered)
+    }
+
+    /// Matchmaking, cancelled by the control or by shutdown (cleanly: followers are disbanded and
+    /// the declaration withdrawn).
+    async fn find_group(&self, control: &StepControl<Gathered>) -> Result<FormedGroup> {
+        let cancel = CancellationToken::new();
+        let schedule = control.averager_handle();
+        let request = SearchRequest {
+            gather: control.data_for_gather().to_vec().into(),
+            scheduled_time: Arc::new(move || schedule.scheduled_time()),
+            deadline: control.deadline(),
+        };
+        let search = self.matchmaker.look_for_group(request, &cancel);
+        tokio::pin!(search);
+        let found = loop {
+            tokio::select! {
+                found = &mut search => break found?,
+                _ = control.cancelled_signal(), if !cancel.is_cancelled() => cancel.cancel(),
+                _ = self.shutdown.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
+            }
+        };
+        found.ok_or_else(|| Error::NoGroup("the step's deadline passed while matchmaking".into()))
+    }
+
+    /// SPEC 4.1 and 4.8: holds the tensor lock from load balancing until the result is applied.
+    async fn all_reduce(&self, group: AllReduceGroup, control: &StepControl<Gathered>) -> Result<()> {
+        let group_id = group.group_id.clone();
+        let mut guard = self.tensors.lock().await;
+        self.check_schema(&guard)?;
+        // The runner (and its spawned reducer tasks) get the tensors without a copy; they come
+        // back when the all-reduce is over.
+        let tensors = Arc::new(std::mem::take(&mut *guard));
+        let settings = AllReduceSettings {
+            part_size_bytes: self.config.part_size_bytes,
+            min_vector_size: self.config.min_vector_size,
+            sender_timeout: self.config.effective_sender_timeout(),
+            reducer_timeout: self.config.effective_reducer_timeout(),
+            weight: if self.mode == PeerMode::Aux { 0.0 } else { control.weight() },
+        };
+        let runner = AllReduceRunner::new(
+            group,
+            Arc::clone(&tensors),
+            self.infos.clone(),
+            Arc::clone(&self.codec),
+            Arc::clone(&self.reducer),
+            Arc::clone(&self.transport),
+            self.registry,
+            settings,
+        );
+        let runner = match runner {
+            Ok(runner) => runner,
+            Err(e) => {
+                *guard = take_back(tensors);
+                return Err(e);
+            }
+        };
+        self.router.register(Arc::clone(&runner));
+        control.set_stage(Stage::RunningAllreduce);
+        let timeout = self.config.allreduce_timeout;
+        let outcome = tokio::select! {
+            outcome = super::with_timeout(timeout, runner.run(), "the all-reduce") => outcome.and_then(|o| o),
+            _ = self.shutdown.cancelled() => Err(Error::Cancelled("the averager shut down".into())),
+        };
+        if outcome.is_err() {
+            runner.cancel();
+        }
+        self.router.unregister(&group_id);
+        drop(runner);
+        let mut tensors = take_back(tensors);
+        let applied = outcome.and_then(|outcome| {
+            if self.mode == PeerMode::Aux {
+                return Ok(());
+            }
+            outcome.deltas.apply(&outcome.plan, &mut tensors, self.config.averaging_alpha)
+        });
+        *guard = tensors;
+        drop(guard);
+        applied?;
+        self.after_update();
+        Ok(())
+    }
+}
+
+/// The tensors back from the runner: without a copy when no reducer task still holds them (the
+/// usual case), else a copy, so a slow reply cannot block the step.
+fn take_back(tensors: Arc<Vec<Tensor>>) -> Vec<Tensor> {
+    Arc::try_unwrap(tensors).unwrap_or_else(|shared| (*shared).clone())
+}
+
+/// Which failures a step retries with a new group (SPEC 8.1 step 4). An `allreduce_timeout` is
+/// not retried, as in hivemind (SPEC 11.11); neither are configuration errors or cancellation.
+fn retryable(error: &Error) -> bool {
+    match error {
+        Error::Timeout { what, .. } => what != "the all-reduce",
+        Error::Config(_) | Error::Cancelled(_) | Error::Tensor(_) => false,
+        _ => true,
+    }
+}
