@@ -94,7 +94,7 @@ async fn scenario_4_allreduce_once_in_every_mix_of_modes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_5_allreduce_weighted() {
     let mut rng = rng(5);
-    let mut clients = vec![true, true, false, false];
+    let mut clients = [true, true, false, false];
     clients.shuffle(&mut rng);
     let inputs: Vec<Vec<Tensor>> = (0..4).map(|i| scenario_4_tensors(i, &mut rng)).collect();
     let weights: Vec<f64> = (0..4).map(|_| rng.random_range(0.01..10.01)).collect();
