@@ -1,9 +1,12 @@
 //! SPEC 4.5 (before the runner): routing an incoming `rpc_aggregate_part` stream to the runner of
 //! its group.
 //!
-//! **\[averager\]** (SPEC 11.8): a stream whose group is not registered waits at most a bounded
-//! time (the averager uses `request_timeout`) for that group to register, then gets
-//! `BAD_GROUP_ID`; hivemind waits without a limit.
+//! **\[averager\]** (SPEC 11.8): a stream whose group is unknown waits at most a bounded time (the
+//! averager uses `request_timeout`) for that group to register, then gets `BAD_GROUP_ID`;
+//! hivemind waits without a limit. A group this peer has formed but not registered yet (its step
+//! awaits the trigger, SPEC 8.2) is *expected*: its streams wait until it registers or is
+//! abandoned. A group this peer abandoned (its step was cancelled after the group formed) is
+//! answered `CANCELLED` at once, so its members stop counting on this peer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,10 +31,24 @@ use crate::transport::{
 /// (SPEC 6.2: nothing to share). The averager's own handler delegates `rpc_aggregate_part` here.
 #[derive(Debug)]
 pub struct RunnerRouter {
-    runners: Mutex<HashMap<Bytes, Arc<AllReduceRunner>>>,
+    runners: Mutex<HashMap<Bytes, Route>>,
     changed: watch::Sender<u64>,
     wait: Duration,
 }
+
+/// Where a group id leads.
+#[derive(Debug, Clone)]
+enum Route {
+    /// Formed here, not registered yet: wait for it.
+    Expected,
+    /// Registered: hand the stream over.
+    Running(Arc<AllReduceRunner>),
+    /// Abandoned by this peer: answer `CANCELLED`.
+    Abandoned,
+}
+
+/// How many abandoned group ids are remembered (they only matter for a few seconds).
+const ABANDONED_KEPT: usize = 64;
 
 impl Default for RunnerRouter {
     fn default() -> Self {
@@ -46,28 +63,66 @@ impl RunnerRouter {
         RunnerRouter { runners: Mutex::new(HashMap::new()), changed: watch::channel(0).0, wait }
     }
 
-    /// Makes `runner` reachable by its group id (waking streams that wait for it).
-    pub fn register(&self, runner: Arc<AllReduceRunner>) {
-        let id = runner.group().group_id.clone();
-        self.runners.lock().unwrap_or_else(PoisonError::into_inner).insert(id, runner);
+    fn set(&self, group_id: Bytes, route: Option<Route>) {
+        {
+            let mut runners = self.runners.lock().unwrap_or_else(PoisonError::into_inner);
+            match route {
+                Some(route) => {
+                    runners.insert(group_id, route);
+                }
+                None => {
+                    runners.remove(&group_id);
+                }
+            }
+            let abandoned: Vec<Bytes> = runners
+                .iter()
+                .filter(|(_, r)| matches!(r, Route::Abandoned))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if abandoned.len() > ABANDONED_KEPT {
+                // Any old one will do: they are kept only to answer late streams quickly.
+                for id in abandoned.into_iter().take(ABANDONED_KEPT / 2) {
+                    runners.remove(&id);
+                }
+            }
+        }
         self.changed.send_modify(|n| *n += 1);
     }
 
-    /// Forgets the runner of `group_id`.
+    /// Announces that this peer formed `group_id` and will register its runner: streams for it
+    /// wait without the unknown-group bound (SPEC 8.2).
+    pub fn expect(&self, group_id: Bytes) {
+        self.set(group_id, Some(Route::Expected));
+    }
+
+    /// Makes `runner` reachable by its group id (waking streams that wait for it).
+    pub fn register(&self, runner: Arc<AllReduceRunner>) {
+        let id = runner.group().group_id.clone();
+        self.set(id, Some(Route::Running(runner)));
+    }
+
+    /// Forgets `group_id` (after its all-reduce ended).
     pub fn unregister(&self, group_id: &[u8]) {
-        self.runners.lock().unwrap_or_else(PoisonError::into_inner).remove(group_id);
+        self.set(Bytes::copy_from_slice(group_id), None);
+    }
+
+    /// Marks `group_id` abandoned by this peer: its streams are answered `CANCELLED` at once.
+    pub fn abandon(&self, group_id: Bytes) {
+        self.set(group_id, Some(Route::Abandoned));
     }
 
     /// Cancels every registered runner (SPEC 8.3 shutdown, **\[averager\]** 11.12).
     pub fn cancel_all(&self) {
-        let runners: Vec<_> =
+        let routes: Vec<_> =
             self.runners.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
-        for runner in runners {
-            runner.cancel();
+        for route in routes {
+            if let Route::Running(runner) = route {
+                runner.cancel();
+            }
         }
     }
 
-    fn find(&self, group_id: &[u8]) -> Option<Arc<AllReduceRunner>> {
+    fn find(&self, group_id: &[u8]) -> Option<Route> {
         self.runners.lock().unwrap_or_else(PoisonError::into_inner).get(group_id).cloned()
     }
 
@@ -90,16 +145,24 @@ impl RunnerRouter {
                 Error::protocol(MessageCode::ProtocolViolation, "stream ended before its first part")
             })??;
         let mut changed = self.changed.subscribe();
-        loop {
-            if let Some(runner) = self.find(&first.group_id) {
-                return Ok(runner.serve(first, requests));
+        let code = loop {
+            let bound = match self.find(&first.group_id) {
+                Some(Route::Running(runner)) => return Ok(runner.serve(first, requests)),
+                Some(Route::Abandoned) => break MessageCode::Cancelled,
+                Some(Route::Expected) => None,
+                None => Some(deadline),
+            };
+            let woke = match bound {
+                Some(deadline) => {
+                    tokio::time::timeout_at(deadline, changed.changed()).await.is_ok_and(|r| r.is_ok())
+                }
+                None => changed.changed().await.is_ok(),
+            };
+            if !woke {
+                break MessageCode::BadGroupId;
             }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => break,
-            }
-        }
-        let reply = AveragingData { code: MessageCode::BadGroupId as i32, ..Default::default() };
+        };
+        let reply = AveragingData { code: code as i32, ..Default::default() };
         Ok(Box::pin(futures::stream::once(async move { Ok(reply) })))
     }
 }

@@ -96,6 +96,11 @@ impl AllReduceRunner {
                 || Stop::new(MessageCode::ProtocolViolation, format!("{} is not a sender", first.endpoint)),
             )?;
         self.opened.lock().unwrap_or_else(PoisonError::into_inner)[sender] = true;
+        if first.code == MessageCode::Cancelled as i32 {
+            // The sender abandoned the group: stop counting on it at once.
+            reducer.sender_failed(sender);
+            return Err(Stop::new(MessageCode::Cancelled, "the sender left the group"));
+        }
         if first.code != MessageCode::PartForAveraging as i32 {
             reducer.sender_failed(sender);
             return Err(Stop::new(MessageCode::InternalError, "first message is not PART_FOR_AVERAGING"));

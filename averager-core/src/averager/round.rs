@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use averager_proto::MessageCode;
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
@@ -12,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::matchmaking::{FormedGroup, GatherPayload, PeerMode, SearchRequest};
 use crate::tensor::Tensor;
 use crate::time::dht_now;
+use crate::transport::AveragingData;
 
 impl Inner {
     /// Runs a step to its end and reports through its control (SPEC 8.1 round loop).
@@ -44,25 +47,79 @@ impl Inner {
     /// One attempt: find a group, await the trigger, run the all-reduce, apply the result.
     async fn round(&self, control: &StepControl<Gathered>) -> Result<Gathered> {
         let group = self.find_group(control).await?;
+        if control.is_done() || self.shutdown.is_cancelled() {
+            // Cancelled while the group formed: tell its members instead of vanishing.
+            self.abandon(&group);
+            return Err(Error::Cancelled("the step was cancelled".into()));
+        }
+        // Members may stream to us before our trigger fires; their streams wait (SPEC 8.2).
+        self.router.expect(group.group_id.clone());
         if !control.triggered() {
             control.set_stage(Stage::AwaitingTrigger);
-            tokio::select! {
-                triggered = control.wait_for_trigger() => triggered?,
-                _ = self.shutdown.cancelled() => return Err(Error::Cancelled("the averager shut down".into())),
+            let triggered = tokio::select! {
+                triggered = control.wait_for_trigger() => triggered,
+                _ = self.shutdown.cancelled() => Err(Error::Cancelled("the averager shut down".into())),
+            };
+            if let Err(e) = triggered {
+                self.abandon(&group);
+                return Err(e);
             }
         }
-        let gathered = Gathered::new(
-            group
-                .endpoints
-                .iter()
-                .zip(&group.gathered)
-                .map(|(e, g)| Ok((e.clone(), GatherPayload::decode(g)?)))
-                .collect::<Result<_>>()?,
-        );
-        let group =
-            AllReduceGroup::from_gathered(group.group_id, &group.endpoints, &group.gathered, &self.endpoint)?;
-        self.all_reduce(group, control).await?;
+        let decoded = group
+            .endpoints
+            .iter()
+            .zip(&group.gathered)
+            .map(|(e, g)| Ok((e.clone(), GatherPayload::decode(g)?)))
+            .collect::<Result<Vec<_>>>()
+            .and_then(|members| {
+                let all_reduce_group = AllReduceGroup::from_gathered(
+                    group.group_id.clone(),
+                    &group.endpoints,
+                    &group.gathered,
+                    &self.endpoint,
+                )?;
+                Ok((Gathered::new(members), all_reduce_group))
+            });
+        let (gathered, all_reduce_group) = match decoded {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                self.abandon(&group);
+                return Err(e);
+            }
+        };
+        self.all_reduce(all_reduce_group, control, &group).await?;
         Ok(gathered)
+    }
+
+    /// **\[averager\]** leaving a formed group without running its all-reduce: streams for it are
+    /// answered `CANCELLED`, and every member is told with a one-message `CANCELLED` stream, so
+    /// none of them waits for this peer's parts or replies (hivemind leaves them to their
+    /// timeouts, or forever without any).
+    fn abandon(&self, group: &FormedGroup) {
+        self.router.abandon(group.group_id.clone());
+        let members: Vec<String> = group.endpoints.iter().filter(|e| **e != self.endpoint).cloned().collect();
+        let (transport, group_id, me) =
+            (Arc::clone(&self.transport), group.group_id.clone(), self.endpoint.clone());
+        let limit = self.config.request_timeout;
+        tokio::spawn(async move {
+            let goodbyes = members.into_iter().map(|member| {
+                let (transport, group_id, me) = (Arc::clone(&transport), group_id.clone(), me.clone());
+                async move {
+                    let goodbye = AveragingData {
+                        code: MessageCode::Cancelled as i32,
+                        group_id,
+                        endpoint: me,
+                        ..Default::default()
+                    };
+                    let client = transport.connect(&member).await?;
+                    let mut replies =
+                        client.rpc_aggregate_part(Box::pin(futures::stream::iter([goodbye]))).await?;
+                    let _ = replies.next().await;
+                    Ok::<_, Error>(())
+                }
+            });
+            let _ = tokio::time::timeout(limit, futures::future::join_all(goodbyes)).await;
+        });
     }
 
     /// Matchmaking, cancelled by the control or by shutdown (cleanly: followers are disbanded and
@@ -88,10 +145,18 @@ impl Inner {
     }
 
     /// SPEC 4.1 and 4.8: holds the tensor lock from load balancing until the result is applied.
-    async fn all_reduce(&self, group: AllReduceGroup, control: &StepControl<Gathered>) -> Result<()> {
+    async fn all_reduce(
+        &self,
+        group: AllReduceGroup,
+        control: &StepControl<Gathered>,
+        formed: &FormedGroup,
+    ) -> Result<()> {
         let group_id = group.group_id.clone();
         let mut guard = self.tensors.lock().await;
-        self.check_schema(&guard)?;
+        if let Err(e) = self.check_schema(&guard) {
+            self.abandon(formed);
+            return Err(e);
+        }
         // The runner (and its spawned reducer tasks) get the tensors without a copy; they come
         // back when the all-reduce is over.
         let tensors = Arc::new(std::mem::take(&mut *guard));
@@ -116,6 +181,7 @@ impl Inner {
             Ok(runner) => runner,
             Err(e) => {
                 *guard = take_back(tensors);
+                self.abandon(formed);
                 return Err(e);
             }
         };

@@ -42,6 +42,7 @@ enum Pick {
     Timeout,
     Assembled(FormedGroup),
     Deadline,
+    Cancelled,
 }
 
 /// Ends the search when the search future is dropped before it could clean up itself.
@@ -76,9 +77,15 @@ impl Matchmaker {
     /// Only one search runs at a time; a second call waits for the first, and a new search
     /// starts only when every join handler of the previous one has answered (SPEC 3.7).
     ///
+    /// Cancellation is cooperative: a join request under way is finished first (it is bounded
+    /// by `request_timeout` and the leader's expiration), because its leader may already count
+    /// this peer in. If that request, or this peer's own followers, formed a group, the group is
+    /// returned even though `cancel` fired, so the caller can tell its members it leaves; no
+    /// member is left waiting for a peer that never learned it was in the group.
+    ///
     /// # Errors
-    /// [`Error::Cancelled`] when `cancel` fires (followers are disbanded and the declaration is
-    /// withdrawn first); DHT errors are logged and retried, not returned.
+    /// [`Error::Cancelled`] when `cancel` fires and no group formed (followers are disbanded and
+    /// the declaration is withdrawn first); DHT errors are logged and retried, not returned.
     pub async fn look_for_group(
         self: &Arc<Self>,
         request: SearchRequest,
@@ -104,10 +111,7 @@ impl Matchmaker {
         let declaring = (!self.config.client_mode).then(|| {
             Task(tokio::spawn(Arc::clone(self).declare_loop(request.scheduled_time.clone(), search_end)))
         });
-        let result = tokio::select! {
-            result = self.search_loop(&request, search_end, declared) => result,
-            _ = cancel.cancelled() => Err(Error::Cancelled("matchmaking cancelled".into())),
-        };
+        let result = self.search_loop(&request, search_end, declared, cancel).await;
         drop(declaring);
         guard.armed = false;
         self.end_search(matches!(result, Ok(Some(_)))).await;
@@ -152,6 +156,7 @@ impl Matchmaker {
         request: &SearchRequest,
         search_end: DhtTime,
         mut declared: tokio::sync::watch::Receiver<u64>,
+        cancel: &CancellationToken,
     ) -> Result<Option<FormedGroup>> {
         let mut queue = LeaderQueue::default();
         let mut last_refresh: Option<tokio::time::Instant> = None;
@@ -161,10 +166,11 @@ impl Matchmaker {
             tokio::select! {
                 _ = declared.changed() => {}
                 _ = sleep_until(end) => return Ok(None),
+                _ = cancel.cancelled() => return Err(Error::Cancelled("matchmaking cancelled".into())),
             }
         }
         loop {
-            match self.pick(&mut queue, &mut last_refresh, &mut declared, search_end).await {
+            match self.pick(&mut queue, &mut last_refresh, &mut declared, search_end, cancel).await {
                 Pick::Leader(candidate) => {
                     let scheduled = (request.scheduled_time)();
                     if let Some(group) = self.request_join(candidate.endpoint, scheduled, search_end).await? {
@@ -183,6 +189,14 @@ impl Matchmaker {
                 }
                 Pick::Assembled(group) => return Ok(Some(group)),
                 Pick::Deadline => return Ok(None),
+                Pick::Cancelled => {
+                    // Followers may already have been told BEGIN_ALLREDUCE.
+                    let state = self.state.lock().await;
+                    return match &state.assembled {
+                        Some(group) => Ok(Some(group.clone())),
+                        None => Err(Error::Cancelled("matchmaking cancelled".into())),
+                    };
+                }
             }
         }
     }
@@ -194,10 +208,14 @@ impl Matchmaker {
         last_refresh: &mut Option<tokio::time::Instant>,
         declared: &mut tokio::sync::watch::Receiver<u64>,
         search_end: DhtTime,
+        cancel: &CancellationToken,
     ) -> Pick {
         let mut changed = self.changed.subscribe();
         let end = until(search_end).map(|d| tokio::time::Instant::now() + d);
         loop {
+            if cancel.is_cancelled() {
+                return Pick::Cancelled;
+            }
             let now = dht_now();
             if now >= search_end {
                 return Pick::Deadline;
@@ -241,6 +259,7 @@ impl Matchmaker {
                 _ = changed.changed() => {}
                 _ = sleep_until(refresh_at) => {}
                 _ = sleep_until(end) => return Pick::Deadline,
+                _ = cancel.cancelled() => return Pick::Cancelled,
             }
         }
     }
