@@ -137,9 +137,13 @@ impl StepOptions {
     /// `data_for_gather` is the SPEC 2.4 payload the averager built from
     /// [`StepOptions::gather_bytes`], its bandwidth and its mode; the control only carries it.
     ///
+    /// The default scheduled time is `now + min_matchmaking_time`, clamped to the deadline: a
+    /// timeout shorter than `min_matchmaking_time` only shortens matchmaking (declarations expire
+    /// at the deadline anyway), whereas an explicit scheduled time at or after the deadline is
+    /// an error. (hivemind reads its clock twice and lets the default pass by microseconds.)
+    ///
     /// # Errors
-    /// As [`StepOptions::validate`]; also when the default scheduled time
-    /// (`now + min_matchmaking_time`) is not before the deadline.
+    /// As [`StepOptions::validate`].
     pub fn into_control<T: Clone + Send + Sync + 'static>(
         self,
         now: DhtTime,
@@ -148,8 +152,10 @@ impl StepOptions {
         data_for_gather: Vec<u8>,
     ) -> Result<StepControl<T>> {
         self.validate(now, is_aux)?;
-        let scheduled_time = self.scheduled_time.unwrap_or(now + min_matchmaking_time.as_secs_f64());
-        self.check_schedule(scheduled_time, now)?;
+        let scheduled_time = self.scheduled_time.unwrap_or_else(|| {
+            let default = now + min_matchmaking_time.as_secs_f64();
+            self.deadline(now).map_or(default, |deadline| default.min(deadline))
+        });
         let weight = self.weight.unwrap_or(if is_aux { 0.0 } else { 1.0 });
         StepControl::new(
             scheduled_time,
@@ -248,9 +254,12 @@ mod tests {
         assert!(is_config(o.clone().scheduled_time(102.0).validate(100.0, false)));
         assert!(is_config(o.clone().scheduled_time(f64::NAN).validate(100.0, false)));
         assert!(StepOptions::default().scheduled_time(1e12).validate(100.0, false).is_ok());
-        // The default schedule (now + min_matchmaking_time) is checked too, as in hivemind.
-        let late = o.into_control::<()>(100.0, false, Duration::from_secs(5), vec![]);
-        assert!(matches!(late, Err(Error::Config(_))));
+        // A default schedule past the deadline is clamped to it, not refused.
+        let clamped = o.clone().into_control::<()>(100.0, false, Duration::from_secs(5), vec![]).unwrap();
+        assert_eq!(clamped.scheduled_time(), 102.0);
+        let explicit =
+            o.scheduled_time(103.0).into_control::<()>(100.0, false, Duration::from_secs(5), vec![]);
+        assert!(matches!(explicit, Err(Error::Config(_))));
     }
 
     #[test]
