@@ -31,6 +31,7 @@ impl Inner {
             if control.is_done() {
                 return Err(Error::Cancelled("the step was cancelled".into()));
             }
+            control.set_group(None);
             control.set_stage(Stage::LookingForGroup);
             let error = match self.round(control).await {
                 Ok(gathered) => return Ok(gathered),
@@ -54,6 +55,7 @@ impl Inner {
         }
         // Members may stream to us before our trigger fires; their streams wait (SPEC 8.2).
         self.router.expect(group.group_id.clone());
+        control.set_group(Some(group.endpoints.clone()));
         if !control.triggered() {
             control.set_stage(Stage::AwaitingTrigger);
             let triggered = tokio::select! {

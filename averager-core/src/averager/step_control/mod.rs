@@ -50,6 +50,8 @@ struct State<T> {
     cancel_requested: bool,
     cancelled: bool,
     result: Option<Result<T>>,
+    /// The endpoints of the group the current attempt formed, in group order.
+    group: Option<Vec<String>>,
 }
 
 struct Shared<T> {
@@ -146,6 +148,7 @@ impl<T: Clone + Send + Sync + 'static> StepControl<T> {
             cancel_requested: false,
             cancelled: false,
             result: None,
+            group: None,
         };
         let shared = Arc::new(Shared {
             state: watch::Sender::new(state),
@@ -224,6 +227,18 @@ impl<T: Clone + Send + Sync + 'static> StepControl<T> {
         if !changed {
             tracing::warn!("changing the {what} has no effect after all-reduce has begun");
         }
+    }
+
+    /// The members of the group the current attempt formed, in group order (the order that fixes
+    /// who reduces which span); `None` while looking for one.
+    pub fn group(&self) -> Option<Vec<String>> {
+        self.read(|s| s.group.clone())
+    }
+
+    /// *Averager side.* Records the group the current attempt formed (`None` when a retry starts
+    /// looking again).
+    pub fn set_group(&self, group: Option<Vec<String>>) {
+        self.shared.state.send_modify(|s| s.group = group);
     }
 
     /// Whether all-reduce has begun (in this or an earlier attempt); stays true.
