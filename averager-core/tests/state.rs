@@ -89,7 +89,7 @@ async fn scenario_10_load_state_from_peers() {
     let tensors =
         vec![f32s(&[3], (0..3).map(|_| randn(&mut rng))), Tensor::from_i64(vec![3], vec![1, 4, 2]).unwrap()];
     *donor.state.lock().unwrap() = StateSnapshot::with_metadata(&Meta { x: 123 }, tensors.clone()).unwrap();
-    let (peers, dht) = averagers(2, &[donor.clone()]).await;
+    let (peers, dht) = averagers(2, std::slice::from_ref(&donor)).await;
     peers[1].set_allow_state_sharing(false).unwrap();
     donor_record_is(&dht, &peers[0], Some(0.0)).await;
 
