@@ -199,3 +199,12 @@ async fn scenario_7_allgather_returns_every_members_payload() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_3_group_bits_round_trip() {
+    let swarm = swarm(vec![(vec![f32s(&[1], [0.0])], config())]).await;
+    swarm.peers[0].set_group_bits("00101011101010").await.unwrap();
+    assert_eq!(swarm.peers[0].group_bits().await, "00101011101010");
+    assert!(swarm.peers[0].set_group_bits("0012").await.is_err());
+    assert_eq!(swarm.peers[0].group_bits().await, "00101011101010");
+}

@@ -22,4 +22,8 @@ pub use runner::{AllReduceOutcome, AllReduceRunner, AllReduceSettings};
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
+mod pipeline_tests;
+#[cfg(test)]
+mod roundtrip_tests;
+#[cfg(test)]
 mod tests;

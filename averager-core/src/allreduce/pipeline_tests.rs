@@ -1,0 +1,129 @@
+//! SPEC 10.3 scenario 18 (ordering part): replies come back while parts are still being sent, so
+//! reading the output starts before writing the input ends (the timing half of the scenario is a
+//! benchmark, not a test).
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use super::tests::{infos, settings};
+use super::*;
+use crate::compression::NoCompression;
+use crate::error::Result;
+use crate::matchmaking::PeerMode;
+use crate::reduce::MeanReducer;
+use crate::registry::Registry;
+use crate::tensor::Tensor;
+use crate::transport::{
+    AveragingClient, AveragingData, AveragingService, DownloadData, DownloadRequest, JoinRequest,
+    MemoryNetwork, MemorySettings, MemoryTransport, MessageFromLeader, MessageStream, RequestStream,
+    ServerHandle, Transport, TransportCapabilities,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Event {
+    Sent,
+    Received,
+}
+
+/// Wraps a transport and records, in order, every part a client sends and every reply it reads.
+struct Recording {
+    inner: Arc<dyn Transport>,
+    log: Arc<Mutex<Vec<Event>>>,
+}
+
+struct RecordingClient {
+    inner: Arc<dyn AveragingClient>,
+    log: Arc<Mutex<Vec<Event>>>,
+}
+
+#[async_trait]
+impl Transport for Recording {
+    fn scheme(&self) -> &str {
+        self.inner.scheme()
+    }
+    fn capabilities(&self) -> TransportCapabilities {
+        self.inner.capabilities()
+    }
+    async fn serve(&self, service: Arc<dyn AveragingService>) -> Result<ServerHandle> {
+        self.inner.serve(service).await
+    }
+    async fn connect(&self, endpoint: &str) -> Result<Arc<dyn AveragingClient>> {
+        Ok(Arc::new(RecordingClient { inner: self.inner.connect(endpoint).await?, log: self.log.clone() }))
+    }
+}
+
+#[async_trait]
+impl AveragingClient for RecordingClient {
+    async fn rpc_join_group(&self, request: JoinRequest) -> Result<MessageStream<MessageFromLeader>> {
+        self.inner.rpc_join_group(request).await
+    }
+    async fn rpc_aggregate_part(
+        &self,
+        requests: RequestStream<AveragingData>,
+    ) -> Result<MessageStream<AveragingData>> {
+        let (sent, received) = (self.log.clone(), self.log.clone());
+        let requests = requests.inspect(move |_| sent.lock().unwrap().push(Event::Sent));
+        let replies = self.inner.rpc_aggregate_part(Box::pin(requests)).await?;
+        Ok(Box::pin(replies.inspect(move |_| received.lock().unwrap().push(Event::Received))))
+    }
+    async fn rpc_download_state(&self, request: DownloadRequest) -> Result<MessageStream<DownloadData>> {
+        self.inner.rpc_download_state(request).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_18_output_reading_starts_before_input_writing_ends() {
+    let network = MemoryNetwork::new();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
+    let mut routers = Vec::new();
+    let mut servers = Vec::new();
+    for i in 0..2 {
+        let settings = MemorySettings { name: Some(format!("peer{i}")), ..Default::default() };
+        let memory: Arc<dyn Transport> = Arc::new(MemoryTransport::with_settings(network.clone(), settings));
+        let transport: Arc<dyn Transport> = Arc::new(Recording { inner: memory, log: log.clone() });
+        let router = Arc::new(RunnerRouter::default());
+        servers.push(transport.serve(router.clone()).await.unwrap());
+        transports.push(transport);
+        routers.push(router);
+    }
+    let members: Vec<GroupMember> = servers
+        .iter()
+        .map(|s| GroupMember { endpoint: s.endpoint().to_string(), mode: PeerMode::Node, bandwidth: None })
+        .collect();
+    // 64 parts of 1 KiB for each reducer: far more than the channels between them can buffer.
+    let tensors: Vec<Vec<Tensor>> = (0..2)
+        .map(|i| vec![Tensor::from_f32(vec![2 * 64 * 256], vec![i as f32; 2 * 64 * 256]).unwrap()])
+        .collect();
+    let mut runners = Vec::new();
+    for i in 0..2 {
+        let group = AllReduceGroup {
+            group_id: bytes::Bytes::from_static(b"pipeline"),
+            members: members.clone(),
+            me: i,
+        };
+        let runner = AllReduceRunner::with_shares(
+            group,
+            vec![1.0, 1.0],
+            Arc::new(tensors[i].clone()),
+            infos(&tensors[i]),
+            Arc::new(NoCompression),
+            Arc::new(MeanReducer),
+            transports[i].clone(),
+            Registry::global(),
+            settings(1024, 1.0),
+        )
+        .unwrap();
+        routers[i].register(runner.clone());
+        runners.push(runner);
+    }
+    let outcomes = futures::future::join_all(runners.iter().map(|r| r.run())).await;
+    assert!(outcomes.iter().all(|o| o.as_ref().is_ok_and(|o| o.failed_reducers.is_empty())));
+    let log = log.lock().unwrap();
+    let first_received = log.iter().position(|e| *e == Event::Received).unwrap();
+    let last_sent = log.iter().rposition(|e| *e == Event::Sent).unwrap();
+    assert_eq!(log.iter().filter(|e| **e == Event::Sent).count(), 128);
+    assert!(first_received < last_sent, "every part was sent before any reply was read");
+}
