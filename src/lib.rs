@@ -11,8 +11,9 @@
 //! [`Registry::global`] finds every backend whose feature is on.
 
 pub use averager_core::{
-    Compression, CompressionInfo, DType, Dht, Error, Reducer, Registry, Result, Tensor, TensorRole,
-    TensorView, Transport, allreduce, error, matchmaking, reduce, registry, tensor, time, transport,
+    Averager, AveragerConfig, Compression, CompressionInfo, DType, Dht, Error, Gathered, Reducer, Registry,
+    Result, Stage, StepControl, StepOptions, Tensor, TensorRole, TensorView, Transport, allreduce, averager,
+    error, matchmaking, reduce, registry, state, tensor, time, transport,
 };
 #[doc(inline)]
 pub use averager_core::{register_codec, register_dht, register_reducer, register_transport};
