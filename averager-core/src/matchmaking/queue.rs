@@ -1,12 +1,24 @@
 //! SPEC 3.3: the queue of potential leaders, best first.
 //!
 //! Priority is `(expiration, endpoint bytes)`, smaller is better (**\[averager\]** raw bytes both
-//! in the queue and in the comparison with oneself). A `(peer, expiration)` pair is tried at most
-//! once per search; a peer that re-declares with a new expiration becomes eligible again.
+//! in the queue and in the comparison with oneself). A tried `(peer, expiration)` pair leaves the
+//! queue; a peer that re-declares with a new expiration becomes eligible again.
+//!
+//! **\[averager\]** a tried pair also becomes eligible again after [`RETRY_AFTER`]. In SPEC 3.3
+//! it stays tried for the whole search, which strands peers: Y asks X while X briefly follows a
+//! leader whose group then fills without it; X is free again, but Y never asks it again, and X,
+//! ranking itself above Y, waits for followers too; neither re-declares before the deadline, and
+//! both fail (the "elasticity" weakness of SPEC 11.10, scenario 9).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::time::DhtTime;
+
+/// How long a tried candidate stays out of the queue.
+pub(crate) const RETRY_AFTER: Duration = Duration::from_millis(250);
 
 /// A candidate leader: its declared expiration and endpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +45,8 @@ pub(crate) fn better(a_exp: DhtTime, a: &str, b_exp: DhtTime, b: &str) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct LeaderQueue {
     queue: BTreeSet<(Key, String)>,
-    tried: HashSet<Key>,
+    /// Tried pairs, with when they become eligible again.
+    tried: HashMap<Key, Instant>,
     /// No leader better than this can appear unseen (SPEC 3.3, refresh step 2).
     pub(crate) max_assured_time: DhtTime,
 }
@@ -49,12 +62,14 @@ impl LeaderQueue {
     ) {
         self.max_assured_time = self.max_assured_time.max(now + min_matchmaking_time - 3.0);
         self.queue.clear();
+        let clock = Instant::now();
+        self.tried.retain(|_, eligible_at| *eligible_at > clock);
         for (endpoint, expiration) in declared {
             if endpoint == me || expiration <= now {
                 continue;
             }
             let k = key(expiration, &endpoint);
-            if self.tried.contains(&k) {
+            if self.tried.contains_key(&k) {
                 continue;
             }
             self.max_assured_time = self.max_assured_time.max(expiration - 3.0);
@@ -78,7 +93,7 @@ impl LeaderQueue {
     pub(crate) fn pop(&mut self) -> Option<Candidate> {
         let (k, endpoint) = self.queue.pop_first()?;
         let expiration = f64::from_bits(k.0);
-        self.tried.insert(k);
+        self.tried.insert(k, Instant::now() + RETRY_AFTER);
         Some(Candidate { expiration, endpoint })
     }
 }
@@ -87,8 +102,21 @@ impl LeaderQueue {
 mod tests {
     use super::*;
 
-    #[test]
-    fn best_first_without_self_expired_or_tried() {
+    #[tokio::test(start_paused = true)]
+    async fn a_tried_candidate_comes_back_after_the_retry_delay() {
+        let mut q = LeaderQueue::default();
+        let declared = vec![("a".to_string(), 1010.0)];
+        q.refresh(declared.clone(), "me", 1000.0, 5.0);
+        assert_eq!(q.pop().unwrap().endpoint, "a");
+        q.refresh(declared.clone(), "me", 1000.0, 5.0);
+        assert!(q.head(1000.0).is_none());
+        tokio::time::advance(RETRY_AFTER).await;
+        q.refresh(declared, "me", 1000.0, 5.0);
+        assert_eq!(q.head(1000.0).unwrap().endpoint, "a");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn best_first_without_self_expired_or_tried() {
         let mut q = LeaderQueue::default();
         let now = 1000.0;
         let declared = vec![

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::declarations::{declare, declared_peers, undeclare};
 use super::leader::sleep_until;
-use super::queue::{Candidate, LeaderQueue, better};
+use super::queue::{Candidate, LeaderQueue, RETRY_AFTER, better};
 use super::state::{FormedGroup, Matchmaker};
 use crate::error::{Error, Result};
 use crate::time::{DhtTime, dht_now, until};
@@ -232,7 +232,13 @@ impl Matchmaker {
                 .as_ref()
                 .is_none_or(|h| queue.max_assured_time <= h.expiration && h.expiration <= search_end);
             let next_refresh = last_refresh.map(|t| t + MIN_REFRESH_INTERVAL);
-            if want_refresh && next_refresh.is_none_or(|t| t <= tokio::time::Instant::now()) {
+            // **\[averager\]** while nobody better is known, the declarations are still re-read
+            // now and then: a snapshot goes stale (its head may have paired up meanwhile), and
+            // a tried peer becomes eligible again only through a refresh (see `queue`).
+            let next_idle_refresh = last_refresh.map(|t| t + RETRY_AFTER);
+            let clock = tokio::time::Instant::now();
+            let due = if want_refresh { next_refresh } else { next_idle_refresh };
+            if due.is_none_or(|t| t <= clock) {
                 *last_refresh = Some(tokio::time::Instant::now());
                 match declared_peers(self.dht.as_ref(), &self.current_key(), true).await {
                     Ok(peers) => {
@@ -253,11 +259,10 @@ impl Matchmaker {
             }
             // No better leader known: wait for a re-declaration (then lead or disband), a state
             // change (a handler may have assembled our group), the next refresh, or the end.
-            let refresh_at = if want_refresh { next_refresh } else { None };
             tokio::select! {
                 _ = declared.changed() => return Pick::Timeout,
                 _ = changed.changed() => {}
-                _ = sleep_until(refresh_at) => {}
+                _ = sleep_until(due) => {}
                 _ = sleep_until(end) => return Pick::Deadline,
                 _ = cancel.cancelled() => return Pick::Cancelled,
             }
