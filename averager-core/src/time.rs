@@ -38,6 +38,20 @@ pub fn until(t: DhtTime) -> Option<Duration> {
     Some(Duration::from_secs_f64((t - dht_now()).max(0.0)))
 }
 
+/// Awaits `future`, failing with [`Error::Timeout`] naming `what` after `limit` when one is set.
+pub(crate) async fn with_timeout<T>(
+    limit: Option<Duration>,
+    future: impl std::future::Future<Output = T>,
+    what: &str,
+) -> crate::Result<T> {
+    match limit {
+        Some(limit) => {
+            tokio::time::timeout(limit, future).await.map_err(|_| crate::Error::timeout(what, limit))
+        }
+        None => Ok(future.await),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

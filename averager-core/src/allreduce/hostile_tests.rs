@@ -40,15 +40,17 @@ async fn setup(sender_timeout: Option<Duration>) -> Setup {
     let honest = (0..2)
         .map(|i| {
             let runner = AllReduceRunner::with_shares(
-                swarm.group(&modes, i),
+                AllReduceInputs {
+                    group: swarm.group(&modes, i),
+                    tensors: Arc::new(inputs[i].clone()),
+                    infos: infos(&inputs[i]),
+                    codec: Arc::new(NoCompression),
+                    reducer: Arc::new(MeanReducer),
+                    transport: swarm.transports[i].clone(),
+                    registry: Registry::global(),
+                    settings: settings.clone(),
+                },
                 vec![1.0, 1.0, 0.0],
-                Arc::new(inputs[i].clone()),
-                infos(&inputs[i]),
-                Arc::new(NoCompression),
-                Arc::new(MeanReducer),
-                swarm.transports[i].clone(),
-                Registry::global(),
-                settings.clone(),
             )
             .unwrap();
             swarm.routers[i].register(runner.clone());

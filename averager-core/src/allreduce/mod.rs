@@ -17,7 +17,7 @@ pub use load_balancing::{hagenbach_bischoff, load_balance};
 pub use part_reducer::PartReducer;
 pub use partition::{PartitionPlan, PlannedPart, TensorLayout};
 pub use router::RunnerRouter;
-pub use runner::{AllReduceOutcome, AllReduceRunner, AllReduceSettings};
+pub use runner::{AllReduceInputs, AllReduceOutcome, AllReduceRunner, AllReduceSettings};
 
 #[cfg(test)]
 mod hostile_tests;

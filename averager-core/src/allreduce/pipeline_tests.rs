@@ -105,15 +105,17 @@ async fn scenario_18_output_reading_starts_before_input_writing_ends() {
             me: i,
         };
         let runner = AllReduceRunner::with_shares(
-            group,
+            AllReduceInputs {
+                group,
+                tensors: Arc::new(tensors[i].clone()),
+                infos: infos(&tensors[i]),
+                codec: Arc::new(NoCompression),
+                reducer: Arc::new(MeanReducer),
+                transport: transports[i].clone(),
+                registry: Registry::global(),
+                settings: settings(1024, 1.0),
+            },
             vec![1.0, 1.0],
-            Arc::new(tensors[i].clone()),
-            infos(&tensors[i]),
-            Arc::new(NoCompression),
-            Arc::new(MeanReducer),
-            transports[i].clone(),
-            Registry::global(),
-            settings(1024, 1.0),
         )
         .unwrap();
         routers[i].register(runner.clone());

@@ -24,6 +24,7 @@ use crate::matchmaking::PeerMode;
 use crate::reduce::{PartOutcome, Reducer};
 use crate::registry::Registry;
 use crate::tensor::{Tensor, TensorData};
+use crate::time::with_timeout;
 use crate::transport::{AveragingData, Transport};
 
 /// The settings of one all-reduce (from the averager's config and the step).
@@ -39,6 +40,35 @@ pub struct AllReduceSettings {
     pub reducer_timeout: Option<Duration>,
     /// This peer's averaging weight (ignored for AUX).
     pub weight: f64,
+}
+
+/// Everything a runner averages with, besides the members' shares.
+pub struct AllReduceInputs {
+    /// The formed group and this peer's place in it.
+    pub group: AllReduceGroup,
+    /// This peer's tensors (taken from the averager for the duration of the all-reduce).
+    pub tensors: Arc<Vec<Tensor>>,
+    /// `infos[i]` describes `tensors[i]` for the codec.
+    pub infos: Vec<CompressionInfo>,
+    /// The codec parts are sent with.
+    pub codec: Arc<dyn Compression>,
+    /// The reducer of this peer's span.
+    pub reducer: Arc<dyn Reducer>,
+    /// How members reach each other.
+    pub transport: Arc<dyn Transport>,
+    /// Where incoming parts' codecs are found.
+    pub registry: &'static Registry,
+    /// Part size, timeouts and weight.
+    pub settings: AllReduceSettings,
+}
+
+impl std::fmt::Debug for AllReduceInputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AllReduceInputs")
+            .field("group", &self.group)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What one all-reduce produced for this peer.
@@ -85,27 +115,16 @@ impl AllReduceRunner {
     /// Plans the all-reduce: load balancing (SPEC 5), the partition (SPEC 4.3) and, when this
     /// peer reduces a span, its part reducer (SPEC 4.6).
     ///
-    /// `infos[i]` describes `tensors[i]` for the codec; every member must pass the same shapes,
-    /// codec ratios and settings (the schema hash guarantees it), since nothing about the plan is
-    /// exchanged.
+    /// Every member must pass the same shapes, codec ratios and settings (the schema hash
+    /// guarantees it), since nothing about the plan is exchanged.
     ///
     /// # Errors
     /// [`Error::Config`] for the refusals of SPEC 4.2 or an impossible plan.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        group: AllReduceGroup,
-        tensors: Arc<Vec<Tensor>>,
-        infos: Vec<CompressionInfo>,
-        codec: Arc<dyn Compression>,
-        reducer: Arc<dyn Reducer>,
-        transport: Arc<dyn Transport>,
-        registry: &'static Registry,
-        settings: AllReduceSettings,
-    ) -> Result<Arc<Self>> {
-        let total: usize = tensors.iter().map(Tensor::numel).sum();
-        let shares = load_balance(total, &group.download_bandwidths(), settings.min_vector_size)?;
-        let shares = shares.into_iter().map(|s| s as f64).collect();
-        Self::with_shares(group, shares, tensors, infos, codec, reducer, transport, registry, settings)
+    pub fn new(inputs: AllReduceInputs) -> Result<Arc<Self>> {
+        let total: usize = inputs.tensors.iter().map(Tensor::numel).sum();
+        let bandwidths = inputs.group.download_bandwidths();
+        let shares = load_balance(total, &bandwidths, inputs.settings.min_vector_size)?;
+        Self::with_shares(inputs, shares.into_iter().map(|s| s as f64).collect())
     }
 
     /// As [`AllReduceRunner::new`], with the members' shares given (relative weights, in group
@@ -113,18 +132,8 @@ impl AllReduceRunner {
     ///
     /// # Errors
     /// As [`AllReduceRunner::new`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn with_shares(
-        group: AllReduceGroup,
-        shares: Vec<f64>,
-        tensors: Arc<Vec<Tensor>>,
-        infos: Vec<CompressionInfo>,
-        codec: Arc<dyn Compression>,
-        reducer: Arc<dyn Reducer>,
-        transport: Arc<dyn Transport>,
-        registry: &'static Registry,
-        settings: AllReduceSettings,
-    ) -> Result<Arc<Self>> {
+    pub fn with_shares(inputs: AllReduceInputs, shares: Vec<f64>) -> Result<Arc<Self>> {
+        let AllReduceInputs { group, tensors, infos, codec, reducer, transport, registry, settings } = inputs;
         if infos.len() != tensors.len() {
             return Err(Error::Config(format!("{} tensors but {} infos", tensors.len(), infos.len())));
         }
@@ -381,18 +390,6 @@ impl AllReduceRunner {
         let view = self.tensors[part.tensor].flat_view(part.range.clone())?;
         let info = self.infos[part.tensor].for_part(part.part_index, part.part_size);
         self.codec.compress(&view, &info)
-    }
-}
-
-/// Awaits `future`, failing with [`Error::Timeout`] after `limit` when one is set.
-pub(super) async fn with_timeout<T>(
-    limit: Option<Duration>,
-    future: impl std::future::Future<Output = T>,
-    what: &str,
-) -> Result<T> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, future).await.map_err(|_| Error::timeout(what, limit)),
-        None => Ok(future.await),
     }
 }
 

@@ -11,10 +11,11 @@ use averager_proto::MessageCode;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::runner::{AllReduceRunner, with_timeout};
+use super::runner::AllReduceRunner;
 use crate::error::{Error, Result};
 use crate::reduce::PartOutcome;
 use crate::tensor::TensorData;
+use crate::time::with_timeout;
 use crate::transport::{AveragingData, MessageStream};
 
 /// How a sender's stream ended on this side, and what to tell it.

@@ -97,15 +97,17 @@ async fn run_case(
     let mut runners = Vec::new();
     for i in 0..modes.len() {
         let runner = AllReduceRunner::with_shares(
-            swarm.group(modes, i),
+            AllReduceInputs {
+                group: swarm.group(modes, i),
+                tensors: Arc::new(inputs[i].clone()),
+                infos: infos(&inputs[i]),
+                codec: Arc::new(NoCompression),
+                reducer: Arc::new(MeanReducer),
+                transport: swarm.transports[i].clone(),
+                registry: Registry::global(),
+                settings: settings(part_size_bytes, weights[i]),
+            },
             shares.to_vec(),
-            Arc::new(inputs[i].clone()),
-            infos(&inputs[i]),
-            Arc::new(NoCompression),
-            Arc::new(MeanReducer),
-            swarm.transports[i].clone(),
-            Registry::global(),
-            settings(part_size_bytes, weights[i]),
         )
         .unwrap();
         swarm.routers[i].register(runner.clone());

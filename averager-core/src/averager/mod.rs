@@ -12,7 +12,6 @@ mod step_control;
 mod step_options;
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -342,16 +341,4 @@ fn tensor_infos(tensors: &[Tensor], config: &AveragerConfig) -> Vec<CompressionI
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Awaits `future`, failing with [`Error::Timeout`] naming `what` after `limit` when one is set.
-async fn with_timeout<T>(
-    limit: Option<Duration>,
-    future: impl std::future::Future<Output = T>,
-    what: &str,
-) -> Result<T> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, future).await.map_err(|_| Error::timeout(what, limit)),
-        None => Ok(future.await),
-    }
 }

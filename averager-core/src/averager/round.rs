@@ -9,11 +9,11 @@ use tokio_util::sync::CancellationToken;
 use super::Inner;
 use super::gathered::Gathered;
 use super::step_control::{Stage, StepControl};
-use crate::allreduce::{AllReduceGroup, AllReduceRunner, AllReduceSettings};
+use crate::allreduce::{AllReduceGroup, AllReduceInputs, AllReduceRunner, AllReduceSettings};
 use crate::error::{Error, Result};
 use crate::matchmaking::{FormedGroup, GatherPayload, PeerMode, SearchRequest};
 use crate::tensor::Tensor;
-use crate::time::dht_now;
+use crate::time::{dht_now, with_timeout};
 use crate::transport::AveragingData;
 
 impl Inner {
@@ -169,16 +169,16 @@ impl Inner {
             reducer_timeout: self.config.effective_reducer_timeout(),
             weight: if self.mode == PeerMode::Aux { 0.0 } else { control.weight() },
         };
-        let runner = AllReduceRunner::new(
+        let runner = AllReduceRunner::new(AllReduceInputs {
             group,
-            Arc::clone(&tensors),
-            self.infos.clone(),
-            Arc::clone(&self.codec),
-            Arc::clone(&self.reducer),
-            Arc::clone(&self.transport),
-            self.registry,
+            tensors: Arc::clone(&tensors),
+            infos: self.infos.clone(),
+            codec: Arc::clone(&self.codec),
+            reducer: Arc::clone(&self.reducer),
+            transport: Arc::clone(&self.transport),
+            registry: self.registry,
             settings,
-        );
+        });
         let runner = match runner {
             Ok(runner) => runner,
             Err(e) => {
@@ -191,7 +191,7 @@ impl Inner {
         control.set_stage(Stage::RunningAllreduce);
         let timeout = self.config.allreduce_timeout;
         let outcome = tokio::select! {
-            outcome = super::with_timeout(timeout, runner.run(), "the all-reduce") => outcome.and_then(|o| o),
+            outcome = with_timeout(timeout, runner.run(), "the all-reduce") => outcome.and_then(|o| o),
             _ = self.shutdown.cancelled() => Err(Error::Cancelled("the averager shut down".into())),
         };
         if outcome.is_err() {
