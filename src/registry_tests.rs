@@ -8,9 +8,13 @@ use crate::Registry;
 
 /// (kind, name) of every plugin the enabled features should register.
 fn expected() -> BTreeSet<(&'static str, &'static str)> {
-    // The core's in-process plugins are always there. Each backend adds its names here, under its
-    // feature, when it starts registering plugins.
-    BTreeSet::from([("codec", "none"), ("reducer", "mean"), ("transport", "mem"), ("dht", "memory")])
+    // The core's in-process plugins are always there; each backend adds its names under its
+    // feature.
+    let mut expected =
+        BTreeSet::from([("codec", "none"), ("reducer", "mean"), ("transport", "mem"), ("dht", "memory")]);
+    #[cfg(feature = "compression")]
+    expected.extend([("codec", "float16"), ("codec", "uniform8")]);
+    expected
 }
 
 fn registered() -> Vec<(&'static str, &'static str)> {

@@ -188,17 +188,30 @@ impl Matchmaker {
                     self.disband(&mut state);
                 }
                 Pick::Assembled(group) => return Ok(Some(group)),
-                Pick::Deadline => return Ok(None),
+                Pick::Deadline => return Ok(self.stop_accepting().await),
                 Pick::Cancelled => {
-                    // Followers may already have been told BEGIN_ALLREDUCE.
-                    let state = self.state.lock().await;
-                    return match &state.assembled {
-                        Some(group) => Ok(Some(group.clone())),
+                    return match self.stop_accepting().await {
+                        // Followers were already told BEGIN_ALLREDUCE: hand the group over so
+                        // the caller can tell them it leaves.
+                        Some(group) => Ok(Some(group)),
                         None => Err(Error::Cancelled("matchmaking cancelled".into())),
                     };
                 }
             }
         }
+    }
+
+    /// Ends the search's leading side in one step under the join lock: the group if one was
+    /// assembled, else no group ever will be (join handlers refuse from now on). Deciding
+    /// "no group" and then letting a late join request assemble one would leave that follower
+    /// waiting for a leader that already left.
+    async fn stop_accepting(&self) -> Option<FormedGroup> {
+        let mut state = self.state.lock().await;
+        if let Some(group) = &state.assembled {
+            return Some(group.clone());
+        }
+        state.searching = false;
+        None
     }
 
     /// SPEC 3.3, picking the next leader.
