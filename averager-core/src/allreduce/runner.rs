@@ -238,8 +238,13 @@ impl AllReduceRunner {
         if let Some(reducer) = &self.reducer {
             tokio::select! {
                 _ = reducer.wait_finished() => {}
-                _ = self.cancel.cancelled() => return Err(Error::Cancelled("all-reduce cancelled".into())),
+                _ = self.cancel.cancelled() => {}
             }
+        }
+        // Cancelling ends the exchanges too (their waits fail at once), so they may complete in
+        // the same instant: a cancelled run never reports success.
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled("all-reduce cancelled".into()));
         }
         Ok(AllReduceOutcome { deltas, plan: self.plan.clone(), failed_reducers })
     }
