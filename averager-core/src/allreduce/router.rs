@@ -6,7 +6,10 @@
 //! hivemind waits without a limit. A group this peer has formed but not registered yet (its step
 //! awaits the trigger, SPEC 8.2) is *expected*: its streams wait until it registers or is
 //! abandoned. A group this peer abandoned (its step was cancelled after the group formed) is
-//! answered `CANCELLED` at once, so its members stop counting on this peer.
+//! answered `CANCELLED` at once, so its members stop counting on this peer. A member's goodbye
+//! (a stream whose first message is `CANCELLED`) for a group that is not running yet is kept and
+//! applied when the group's runner registers: whether it arrives before or after, the member is
+//! excluded, so no arrival order leaves a reducer waiting for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,6 +35,8 @@ use crate::transport::{
 #[derive(Debug)]
 pub struct RunnerRouter {
     runners: Mutex<HashMap<Bytes, Route>>,
+    /// `(group id, endpoint)` of members that left groups not running here yet.
+    goodbyes: Mutex<std::collections::VecDeque<(Bytes, String)>>,
     changed: watch::Sender<u64>,
     wait: Duration,
 }
@@ -50,6 +55,9 @@ enum Route {
 /// How many abandoned group ids are remembered (they only matter for a few seconds).
 const ABANDONED_KEPT: usize = 64;
 
+/// How many early goodbyes are kept for groups that are not running yet.
+const GOODBYES_KEPT: usize = 256;
+
 impl Default for RunnerRouter {
     fn default() -> Self {
         Self::new(Duration::from_secs(3))
@@ -60,7 +68,12 @@ impl RunnerRouter {
     /// An empty router whose incoming streams wait at most `wait` for their first message and
     /// their group (the averager passes `request_timeout`).
     pub fn new(wait: Duration) -> Self {
-        RunnerRouter { runners: Mutex::new(HashMap::new()), changed: watch::channel(0).0, wait }
+        RunnerRouter {
+            runners: Mutex::new(HashMap::new()),
+            goodbyes: Mutex::new(std::collections::VecDeque::new()),
+            changed: watch::channel(0).0,
+            wait,
+        }
     }
 
     fn set(&self, group_id: Bytes, route: Option<Route>) {
@@ -95,10 +108,29 @@ impl RunnerRouter {
         self.set(group_id, Some(Route::Expected));
     }
 
-    /// Makes `runner` reachable by its group id (waking streams that wait for it).
+    /// Makes `runner` reachable by its group id (waking streams that wait for it), and excludes
+    /// the members that already said goodbye to that group.
     pub fn register(&self, runner: Arc<AllReduceRunner>) {
         let id = runner.group().group_id.clone();
-        self.set(id, Some(Route::Running(runner)));
+        self.set(id.clone(), Some(Route::Running(Arc::clone(&runner))));
+        let left: Vec<String> = {
+            let mut goodbyes = self.goodbyes.lock().unwrap_or_else(PoisonError::into_inner);
+            let (mine, others): (Vec<_>, Vec<_>) = goodbyes.drain(..).partition(|(g, _)| *g == id);
+            goodbyes.extend(others);
+            mine.into_iter().map(|(_, endpoint)| endpoint).collect()
+        };
+        for endpoint in left {
+            runner.sender_left(&endpoint);
+        }
+    }
+
+    /// Keeps a goodbye for a group that is not running here yet.
+    fn keep_goodbye(&self, group_id: Bytes, endpoint: String) {
+        let mut goodbyes = self.goodbyes.lock().unwrap_or_else(PoisonError::into_inner);
+        if goodbyes.len() >= GOODBYES_KEPT {
+            goodbyes.pop_front();
+        }
+        goodbyes.push_back((group_id, endpoint));
     }
 
     /// Forgets `group_id` (after its all-reduce ended).
@@ -144,6 +176,18 @@ impl RunnerRouter {
             .ok_or_else(|| {
                 Error::protocol(MessageCode::ProtocolViolation, "stream ended before its first part")
             })??;
+        if first.code == MessageCode::Cancelled as i32 {
+            // A member's goodbye: hand it to the running group, or keep it for when it runs.
+            if let Some(Route::Running(runner)) = self.find(&first.group_id) {
+                return Ok(runner.serve(first, requests));
+            }
+            self.keep_goodbye(first.group_id.clone(), first.endpoint.clone());
+            // Registration may have raced the lookup: apply it now if the group is running.
+            if let Some(Route::Running(runner)) = self.find(&first.group_id) {
+                runner.sender_left(&first.endpoint);
+            }
+            return Ok(Box::pin(futures::stream::empty()));
+        }
         let mut changed = self.changed.subscribe();
         let code = loop {
             let bound = match self.find(&first.group_id) {

@@ -201,6 +201,17 @@ impl AllReduceRunner {
         }
     }
 
+    /// Excludes the sender at `endpoint` from the rest of the reduction (it left the group).
+    pub fn sender_left(&self, endpoint: &str) {
+        let Some(sender) = self.group.position_of(endpoint).and_then(|p| self.group.sender_index(p)) else {
+            return;
+        };
+        self.opened.lock().unwrap_or_else(PoisonError::into_inner)[sender] = true;
+        if let Some(reducer) = &self.reducer {
+            reducer.sender_failed(sender);
+        }
+    }
+
     /// Whether [`AllReduceRunner::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
