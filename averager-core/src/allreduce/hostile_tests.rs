@@ -207,3 +207,56 @@ async fn a_stream_that_stalls_forever_is_dropped_after_sender_timeout() {
     let refused = tokio::time::timeout(Duration::from_secs(10), silent).await.expect("silent stream hung");
     assert!(matches!(refused.unwrap(), Err(crate::Error::Timeout { .. })));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goodbye_that_arrives_before_the_group_registers_still_excludes_the_sender() {
+    // Runners exist but are not registered yet; no timeouts at all, so only the goodbye can
+    // release the reducers from waiting for the attacker (who leaves instead of sending).
+    let swarm = Swarm::with_wait(3, Duration::from_millis(200)).await;
+    let modes = [PeerMode::Node; 3];
+    let inputs: Vec<Vec<Tensor>> = (0..2)
+        .map(|i| vec![Tensor::from_f32(vec![8], (0..8).map(|e| (10 * i + e) as f32).collect()).unwrap()])
+        .collect();
+    let runners: Vec<Arc<AllReduceRunner>> = (0..2)
+        .map(|i| {
+            AllReduceRunner::with_shares(
+                AllReduceInputs {
+                    group: swarm.group(&modes, i),
+                    tensors: Arc::new(inputs[i].clone()),
+                    infos: infos(&inputs[i]),
+                    codec: Arc::new(NoCompression),
+                    reducer: Arc::new(MeanReducer),
+                    transport: swarm.transports[i].clone(),
+                    registry: Registry::global(),
+                    settings: settings(16, 1.0),
+                },
+                vec![1.0, 1.0, 0.0],
+            )
+            .unwrap()
+        })
+        .collect();
+    let leaver = swarm.endpoints[2].clone();
+    for target in 0..2 {
+        let goodbye = AveragingData {
+            code: MessageCode::Cancelled as i32,
+            group_id: Bytes::from_static(GROUP),
+            endpoint: leaver.clone(),
+            ..Default::default()
+        };
+        let client = swarm.transports[2].connect(&swarm.endpoints[target]).await.unwrap();
+        let replies = client.rpc_aggregate_part(Box::pin(futures::stream::iter([goodbye]))).await.unwrap();
+        assert!(codes(replies).await.is_empty(), "a goodbye gets no reply");
+    }
+    for (router, runner) in swarm.routers.iter().zip(&runners) {
+        router.register(runner.clone());
+    }
+    let runs = futures::future::join_all(runners.iter().map(|r| r.run()));
+    let outcomes =
+        tokio::time::timeout(Duration::from_secs(20), runs).await.expect("a reducer waited for the leaver");
+    for (outcome, input) in outcomes.into_iter().zip(&inputs) {
+        let outcome = outcome.unwrap();
+        let mut tensors = input.clone();
+        outcome.deltas.apply(&outcome.plan, &mut tensors, 1.0).unwrap();
+        assert_eq!(tensors[0].as_f32().unwrap(), honest_mean().as_slice());
+    }
+}
