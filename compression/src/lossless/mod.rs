@@ -45,7 +45,7 @@ const MAX_BYTES_PER_ELEMENT: usize = 16;
 /// Fixed headroom for headers such as codebooks (UNIFORM_8BIT's is 1032 bytes).
 const HEADER_HEADROOM: usize = 64 * 1024;
 
-/// The most decompressed bytes a message of `codec` may hold: [`MAX_BYTES_PER_ELEMENT`] per
+/// The most decompressed bytes a message of `codec` may hold: 16 bytes per
 /// declared element plus 64 KiB, overflow-checked and never above [`MAX_DECODED_BYTES`].
 ///
 /// # Errors
