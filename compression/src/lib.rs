@@ -19,3 +19,18 @@ averager_core::register_codec!(
     "8-bit uniform bins over ±3 sigma with a codebook of bin means (SPEC 7.2 UNIFORM_8BIT)",
     |_| Ok(Arc::new(Uniform8Bit))
 );
+
+#[cfg(any(feature = "zstd", feature = "lz4"))]
+mod lossless;
+mod select;
+
+#[cfg(feature = "lz4")]
+pub use lossless::{Lz4, Lz4Settings};
+#[cfg(any(feature = "zstd", feature = "lz4"))]
+pub use lossless::{MAX_DECODED_BYTES, decoded_cap};
+#[cfg(feature = "zstd")]
+pub use lossless::{Zstd, ZstdSettings};
+pub use select::{
+    PerTensor, PerTensorCodecs, PerTensorSettings, RoleAdaptive, RoleAdaptiveSettings, SizeAdaptive,
+    SizeAdaptiveSettings,
+};
