@@ -87,6 +87,16 @@ pub trait Compression: Send + Sync + Debug + 'static {
     /// How close a round trip stays to the input for `dtype`.
     fn error_bound(&self, dtype: DType) -> ErrorBound;
 
+    /// Whether this codec's messages name another registered codec rather than this one.
+    ///
+    /// # Behavior
+    /// A selector (SPEC 7.3) names the codec it chose, and a wrapper built from settings names
+    /// its concrete form (`zstd+uniform8`); receivers decode by the name on the wire, so every
+    /// name such a codec writes must be registered too. Plain codecs write their own name.
+    fn delegates(&self) -> bool {
+        false
+    }
+
     /// What the codec offers.
     fn capabilities(&self) -> CodecCapabilities {
         CodecCapabilities { lossless: false }

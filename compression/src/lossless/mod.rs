@@ -218,6 +218,12 @@ macro_rules! wrapper_compression {
             fn capabilities(&self) -> averager_core::compression::CodecCapabilities {
                 self.0.inner.capabilities()
             }
+
+            /// A wrapper built from settings (`zstd`, `lz4`) writes its concrete name
+            /// (`zstd+<inner>`), as does any wrapper around a selector.
+            fn delegates(&self) -> bool {
+                !self.0.name.contains('+') || self.0.inner.delegates()
+            }
         }
     };
 }

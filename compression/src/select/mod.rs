@@ -153,6 +153,11 @@ macro_rules! selector_compression {
             fn capabilities(&self) -> averager_core::compression::CodecCapabilities {
                 $crate::select::all_lossless(self.choices())
             }
+
+            /// Messages name the codec chosen (SPEC 7.3).
+            fn delegates(&self) -> bool {
+                true
+            }
         }
     };
 }

@@ -71,13 +71,28 @@ pub fn extract_caught(codec: &dyn Compression, message: &WireTensor, input: &str
 /// # Errors
 /// A [`Failure`] naming the first wrong field.
 pub fn check_wire_header(codec: &dyn Compression, original: &TensorView<'_>, wire: &WireTensor) -> Outcome {
-    ensure!(wire.codec == codec.name(), "message names codec {:?}, expected {:?}", wire.codec, codec.name());
+    // A delegating codec (a selector, a wrapper built from settings) names the registered codec
+    // it encoded with; the header must match that codec instead of the delegating one.
+    let (name, wire_type) = if codec.delegates() {
+        match averager_core::Registry::global().codec(&wire.codec) {
+            Ok(named) => (named.name().to_string(), named.wire_type()),
+            Err(e) => {
+                return Err(Failure::new(format!(
+                    "a delegating codec's message names {:?}, which the registry cannot build: {e}",
+                    wire.codec
+                )));
+            }
+        }
+    } else {
+        (codec.name().to_string(), codec.wire_type())
+    };
+    ensure!(wire.codec == name, "message names codec {:?}, expected {:?}", wire.codec, name);
     ensure!(
-        wire.compression == codec.wire_type() as i32,
+        wire.compression == wire_type as i32,
         "message has compression {}, expected {} ({:?})",
         wire.compression,
-        codec.wire_type() as i32,
-        codec.wire_type()
+        wire_type as i32,
+        wire_type
     );
     ensure!(
         wire.dtype == original.dtype().name(),
