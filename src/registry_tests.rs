@@ -7,27 +7,43 @@ use std::collections::BTreeSet;
 use crate::Registry;
 
 /// (kind, name) of every plugin the enabled features should register.
-fn expected() -> BTreeSet<(&'static str, &'static str)> {
+fn expected() -> BTreeSet<(&'static str, String)> {
     // The core's in-process plugins are always there; each backend adds its names under its
     // feature.
-    let mut expected =
-        BTreeSet::from([("codec", "none"), ("reducer", "mean"), ("transport", "mem"), ("dht", "memory")]);
-    #[cfg(feature = "compression")]
-    expected.extend([("codec", "float16"), ("codec", "uniform8")]);
+    let mut names = vec![("codec", "none"), ("reducer", "mean"), ("transport", "mem"), ("dht", "memory")];
+    if cfg!(feature = "compression") {
+        let codecs = ["float16", "meanstd16", "uniform8", "quantile8", "blockwise8"];
+        names.extend(
+            codecs.iter().chain(&["size-adaptive", "role-adaptive", "per-tensor"]).map(|c| ("codec", *c)),
+        );
+    }
+    let mut expected: BTreeSet<(&'static str, String)> =
+        names.into_iter().map(|(k, n)| (k, n.to_string())).collect();
+    for (wrapper, enabled) in [("zstd", cfg!(feature = "zstd")), ("lz4", cfg!(feature = "lz4"))] {
+        if enabled {
+            expected.insert(("codec", wrapper.to_string()));
+            for inner in ["none", "float16", "meanstd16", "uniform8", "quantile8", "blockwise8"] {
+                expected.insert(("codec", format!("{wrapper}+{inner}")));
+            }
+        }
+    }
     expected
 }
 
-fn registered() -> Vec<(&'static str, &'static str)> {
+fn registered() -> Vec<(&'static str, String)> {
     let r = Registry::global();
     let kinds =
         [("codec", r.codecs()), ("reducer", r.reducers()), ("transport", r.transports()), ("dht", r.dhts())];
-    kinds.into_iter().flat_map(|(kind, infos)| infos.into_iter().map(move |i| (kind, i.name))).collect()
+    kinds
+        .into_iter()
+        .flat_map(|(kind, infos)| infos.into_iter().map(move |i| (kind, i.name.to_string())))
+        .collect()
 }
 
 #[test]
 fn registry_holds_exactly_the_enabled_plugins() {
     let registered = registered();
-    let unique: BTreeSet<_> = registered.iter().copied().collect();
+    let unique: BTreeSet<_> = registered.iter().cloned().collect();
     assert_eq!(unique.len(), registered.len(), "a name is registered twice: {registered:?}");
     assert_eq!(unique, expected());
     Registry::global().check().expect("no duplicate names");

@@ -2,11 +2,16 @@
 
 use std::sync::Arc;
 
-use averager_compression::{Float16, PerTensor, RoleAdaptive, SizeAdaptive, Uniform8Bit};
+use averager_compression::{
+    Blockwise8Bit, Float16, MeanStd16Bit, PerTensor, Quantile8Bit, RoleAdaptive, SizeAdaptive, Uniform8Bit,
+};
 use averager_core::compression::Compression;
 
 averager_conformance::compression_suite!(float16, || Arc::new(Float16) as Arc<dyn Compression>);
 averager_conformance::compression_suite!(uniform8, || Arc::new(Uniform8Bit) as Arc<dyn Compression>);
+averager_conformance::compression_suite!(meanstd16, || Arc::new(MeanStd16Bit) as Arc<dyn Compression>);
+averager_conformance::compression_suite!(quantile8, || Arc::new(Quantile8Bit) as Arc<dyn Compression>);
+averager_conformance::compression_suite!(blockwise8, || Arc::new(Blockwise8Bit) as Arc<dyn Compression>);
 
 // The lossless wrappers, built by their wire names as a receiver builds them.
 #[cfg(feature = "zstd")]
