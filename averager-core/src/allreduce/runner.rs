@@ -99,6 +99,8 @@ pub struct AllReduceRunner {
     /// Per sender index: whether its stream to us has opened (the missing-sender watchdog).
     pub(super) opened: Mutex<Vec<bool>>,
     pub(super) cancel: CancellationToken,
+    /// Group positions of members that left (a goodbye, or `CANCELLED` from their span).
+    left: Mutex<std::collections::BTreeSet<usize>>,
 }
 
 impl std::fmt::Debug for AllReduceRunner {
@@ -179,6 +181,7 @@ impl AllReduceRunner {
             reducer,
             opened: Mutex::new(opened),
             cancel: CancellationToken::new(),
+            left: Mutex::new(std::collections::BTreeSet::new()),
         }))
     }
 
@@ -201,14 +204,21 @@ impl AllReduceRunner {
         }
     }
 
-    /// Excludes the sender at `endpoint` from the rest of the reduction (it left the group).
+    /// Records that the member at `endpoint` left the group, and excludes it from the rest of the
+    /// reduction if it was a sender.
     pub fn sender_left(&self, endpoint: &str) {
-        let Some(sender) = self.group.position_of(endpoint).and_then(|p| self.group.sender_index(p)) else {
-            return;
-        };
+        let Some(position) = self.group.position_of(endpoint) else { return };
+        self.mark_left(position);
+        let Some(sender) = self.group.sender_index(position) else { return };
         self.opened.lock().unwrap_or_else(PoisonError::into_inner)[sender] = true;
         if let Some(reducer) = &self.reducer {
             reducer.sender_failed(sender);
+        }
+    }
+
+    fn mark_left(&self, position: usize) {
+        if position != self.group.me {
+            self.left.lock().unwrap_or_else(PoisonError::into_inner).insert(position);
         }
     }
 
@@ -256,6 +266,13 @@ impl AllReduceRunner {
         // the same instant: a cancelled run never reports success.
         if self.cancel.is_cancelled() {
             return Err(Error::Cancelled("all-reduce cancelled".into()));
+        }
+        // **\[averager\]** when every other member left (cancelled after the group formed), nothing
+        // was averaged: that is a failed round, which the step may retry with a new group, not a
+        // success with this peer's own values.
+        let others = self.group.members.len().saturating_sub(1);
+        if others > 0 && self.left.lock().unwrap_or_else(PoisonError::into_inner).len() >= others {
+            return Err(Error::NoGroup("every other member left the group before averaging".into()));
         }
         Ok(AllReduceOutcome { deltas, plan: self.plan.clone(), failed_reducers })
     }
@@ -334,6 +351,9 @@ impl AllReduceRunner {
             let reply = next.ok_or_else(|| {
                 Error::Transport(format!("reply stream ended after {k} of {} parts", parts.len()))
             })??;
+            if reply.code == averager_proto::MessageCode::Cancelled as i32 {
+                self.mark_left(j);
+            }
             received.push((first + k, self.check_reply(part, reply)?));
         }
         Ok(())

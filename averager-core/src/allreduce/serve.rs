@@ -83,6 +83,11 @@ impl AllReduceRunner {
         if first.group_id != self.group.group_id {
             return Err(Stop::new(MessageCode::BadGroupId, "group id does not match"));
         }
+        if first.code == MessageCode::Cancelled as i32 {
+            // A member's goodbye: it left the group; stop counting on it at once.
+            self.sender_left(&first.endpoint);
+            return Err(Stop::new(MessageCode::Cancelled, "the member left the group"));
+        }
         if self.is_cancelled() {
             return Err(Stop::new(MessageCode::Cancelled, "the all-reduce was cancelled"));
         }
@@ -97,11 +102,6 @@ impl AllReduceRunner {
                 || Stop::new(MessageCode::ProtocolViolation, format!("{} is not a sender", first.endpoint)),
             )?;
         self.opened.lock().unwrap_or_else(PoisonError::into_inner)[sender] = true;
-        if first.code == MessageCode::Cancelled as i32 {
-            // The sender abandoned the group: stop counting on it at once.
-            reducer.sender_failed(sender);
-            return Err(Stop::new(MessageCode::Cancelled, "the sender left the group"));
-        }
         if first.code != MessageCode::PartForAveraging as i32 {
             reducer.sender_failed(sender);
             return Err(Stop::new(MessageCode::InternalError, "first message is not PART_FOR_AVERAGING"));
