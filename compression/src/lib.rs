@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod blockwise8;
+mod codebook;
 mod float16;
 #[cfg(any(feature = "zstd", feature = "lz4"))]
 mod lossless;

@@ -3,25 +3,19 @@
 //!
 //! Buffer: `K (i64 LE, = 256) || codebook (f32 LE x K) || q (u8 x numel)`.
 
+use averager_core::Result;
 use averager_core::compression::{
-    CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor, wire_dtype,
-    wire_shape,
+    CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
 };
-use averager_core::tensor::{DType, Tensor, TensorData, TensorView};
-use averager_core::{Error, Result};
-use half::{bf16, f16};
+use averager_core::tensor::{DType, Tensor, TensorView};
 
-/// Number of buckets (and codebook entries).
-const BINS: usize = 256;
+use crate::codebook::{self, BINS};
 
 /// Number of quantile levels, `linspace(0, 1, 257)`: the two ends and 255 inner borders.
 const LEVELS: usize = BINS + 1;
 
 /// The smallest chunk of the quantile-of-quantiles estimate (hivemind's `min_chunk_size`).
 const MIN_CHUNK: usize = 100_000;
-
-/// Bytes before the bucket indices: `K` and the codebook.
-const HEADER: usize = 8 + 4 * BINS;
 
 /// Elements per step of the bucketing pass: indices of a chunk are computed first (independent
 /// searches the CPU overlaps), then accumulated into the codebook sums.
@@ -186,9 +180,8 @@ fn bucketize(borders: &[f32; BINS], src: &[f32], dst: &mut [u8]) {
 /// Writes the bucket of every value to `q` and returns the codebook: the mean of the values in
 /// each bucket, 0 for empty buckets.
 fn quantize(values: &[f32], q: &mut [u8]) -> [f32; BINS] {
-    let mut codebook = [0f32; BINS];
     if values.is_empty() {
-        return codebook;
+        return [0f32; BINS];
     }
     let borders = borders(values);
     let mut sums = [0f64; BINS];
@@ -200,17 +193,7 @@ fn quantize(values: &[f32], q: &mut [u8]) -> [f32; BINS] {
             counts[usize::from(b)] += 1;
         }
     }
-    for ((entry, &s), &c) in codebook.iter_mut().zip(&sums).zip(&counts) {
-        if c > 0 {
-            *entry = (s / c as f64) as f32;
-        }
-    }
-    codebook
-}
-
-/// `out[i] = table[q[i]]`: the decoding gather, in the output's own type.
-fn gather<T: Copy>(q: &[u8], table: &[T; BINS]) -> Vec<T> {
-    q.iter().map(|&b| table[usize::from(b)]).collect()
+    codebook::means(&sums, &counts)
 }
 
 impl Compression for Quantile8Bit {
@@ -227,75 +210,16 @@ impl Compression for Quantile8Bit {
     }
 
     fn compress(&self, tensor: &TensorView<'_>, _info: &CompressionInfo) -> Result<WireTensor> {
-        let dtype = tensor.dtype();
-        if !dtype.is_floating() {
-            return Err(Error::codec(
-                Self::NAME,
-                format!("{dtype} tensors are not accepted (floating dtypes only)"),
-            ));
-        }
-        let values = tensor.data().to_f32()?;
-        let n = values.len();
-        let mut buffer = vec![0u8; HEADER + n];
-        let (header, q) = buffer.split_at_mut(HEADER);
-        let codebook = quantize(&values, q);
-        let (k, entries) = header.split_at_mut(8);
-        k.copy_from_slice(&(BINS as i64).to_le_bytes());
-        for (entry, out) in codebook.iter().zip(entries.chunks_exact_mut(4)) {
-            out.copy_from_slice(&entry.to_le_bytes());
-        }
-        Ok(WireTensor {
-            buffer: buffer.into(),
-            size: tensor.shape().iter().map(|&d| d as u32).collect(),
-            requires_grad: tensor.requires_grad(),
-            dtype: dtype.name().to_string(),
-            compression: CompressionType::Quantile8bit as i32,
-            chunks: 0,
-            codec: Self::NAME.to_string(),
-        })
+        codebook::encode(Self::NAME, CompressionType::Quantile8bit, tensor, quantize)
     }
 
     fn extract(&self, message: &WireTensor) -> Result<Tensor> {
-        let dtype = wire_dtype(Self::NAME, message)?;
-        if !dtype.is_floating() {
-            return Err(Error::codec(Self::NAME, format!("{dtype} is not a floating dtype")));
-        }
-        let (shape, numel) = wire_shape(Self::NAME, message)?;
-        let bytes = &message.buffer[..];
-        if numel.checked_add(HEADER) != Some(bytes.len()) {
-            return Err(Error::codec(
-                Self::NAME,
-                format!(
-                    "buffer of {} bytes does not hold {numel} values and a {HEADER}-byte header",
-                    bytes.len()
-                ),
-            ));
-        }
-        let (header, q) = bytes.split_at(HEADER);
-        let (k, entries) = header.split_at(8);
-        let mut k_bytes = [0u8; 8];
-        k_bytes.copy_from_slice(k);
-        let k = i64::from_le_bytes(k_bytes);
-        if k != BINS as i64 {
-            return Err(Error::codec(Self::NAME, format!("codebook of {k} entries, expected {BINS}")));
-        }
-        let mut codebook = [0f32; BINS];
-        for (entry, b) in codebook.iter_mut().zip(entries.chunks_exact(4)) {
-            *entry = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        let data = match dtype {
-            DType::F32 => TensorData::F32(gather(q, &codebook)),
-            DType::F64 => TensorData::F64(gather(q, &codebook.map(f64::from))),
-            DType::F16 => TensorData::F16(gather(q, &codebook.map(f16::from_f32))),
-            _ => TensorData::BF16(gather(q, &codebook.map(bf16::from_f32))),
-        };
-        Ok(Tensor::new(shape, data)?.with_requires_grad(message.requires_grad))
+        codebook::decode(Self::NAME, message)
     }
 
-    /// `8 / bits(dtype)` (SPEC 7.1; the 1032-byte header is not counted, as in hivemind); a
-    /// descriptor without a dtype counts as float32.
+    /// `8 / bits(dtype)` (SPEC 7.1; the 1032-byte header is not counted, as in hivemind).
     fn estimate_compression_ratio(&self, info: &CompressionInfo) -> f64 {
-        8.0 / info.descriptor.dtype.unwrap_or(DType::F32).bits() as f64
+        codebook::ratio(info)
     }
 
     /// 2e-2 for every dtype: no standard-normal input of any size exceeded it in 100000 seeded
@@ -324,6 +248,10 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use averager_core::Error;
+    use half::bf16;
+
+    use crate::codebook::HEADER;
 
     fn encode(t: &Tensor) -> WireTensor {
         Quantile8Bit.compress(&t.view(), &CompressionInfo::for_tensor(0, &t.view())).unwrap()

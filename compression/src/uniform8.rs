@@ -3,25 +3,19 @@
 //!
 //! Buffer: `K (i64 LE, = 256) || codebook (f32 LE x K) || q (u8 x numel)`.
 
+use averager_core::Result;
 use averager_core::compression::{
-    CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor, wire_dtype,
-    wire_shape,
+    CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
 };
-use averager_core::tensor::{DType, Tensor, TensorData, TensorView};
-use averager_core::{Error, Result};
-use half::{bf16, f16};
+use averager_core::tensor::{DType, Tensor, TensorView};
 
-/// Number of bins (and codebook entries).
-const BINS: usize = 256;
+use crate::codebook::{self, BINS};
 
 /// The bin that holds the mean (hivemind's zero point, `n_bins / 2`).
 const ZERO_POINT: f32 = 128.0;
 
 /// The quantized range, in standard deviations (hivemind's `RANGE_IN_SIGMAS`).
 const RANGE_IN_SIGMAS: f64 = 6.0;
-
-/// Bytes before the bin indices: `K` and the codebook.
-const HEADER: usize = 8 + 4 * BINS;
 
 /// Elements per step of the quantizing pass: bin indices of a chunk are computed in a loop the
 /// compiler can vectorize, then accumulated into the codebook sums.
@@ -129,18 +123,7 @@ fn quantize(values: &[f32], q: &mut [u8]) -> [f32; BINS] {
         counts[ZERO_POINT as usize] = n as u64;
     }
 
-    let mut codebook = [0f32; BINS];
-    for ((entry, &s), &c) in codebook.iter_mut().zip(&sums).zip(&counts) {
-        if c > 0 {
-            *entry = (s / c as f64) as f32;
-        }
-    }
-    codebook
-}
-
-/// `out[i] = table[q[i]]`: the decoding gather, in the output's own type.
-fn gather<T: Copy>(q: &[u8], table: &[T; BINS]) -> Vec<T> {
-    q.iter().map(|&b| table[usize::from(b)]).collect()
+    codebook::means(&sums, &counts)
 }
 
 impl Compression for Uniform8Bit {
@@ -157,77 +140,16 @@ impl Compression for Uniform8Bit {
     }
 
     fn compress(&self, tensor: &TensorView<'_>, _info: &CompressionInfo) -> Result<WireTensor> {
-        let dtype = tensor.dtype();
-        if !dtype.is_floating() {
-            return Err(Error::codec(
-                Self::NAME,
-                format!("{dtype} tensors are not accepted (floating dtypes only)"),
-            ));
-        }
-        // Borrowed for float32 input; other dtypes are converted once, as the three passes over
-        // the values would otherwise convert them three times.
-        let values = tensor.data().to_f32()?;
-        let n = values.len();
-        let mut buffer = vec![0u8; HEADER + n];
-        let (header, q) = buffer.split_at_mut(HEADER);
-        let codebook = quantize(&values, q);
-        let (k, entries) = header.split_at_mut(8);
-        k.copy_from_slice(&(BINS as i64).to_le_bytes());
-        for (entry, out) in codebook.iter().zip(entries.chunks_exact_mut(4)) {
-            out.copy_from_slice(&entry.to_le_bytes());
-        }
-        Ok(WireTensor {
-            buffer: buffer.into(),
-            size: tensor.shape().iter().map(|&d| d as u32).collect(),
-            requires_grad: tensor.requires_grad(),
-            dtype: dtype.name().to_string(),
-            compression: CompressionType::Uniform8bit as i32,
-            chunks: 0,
-            codec: Self::NAME.to_string(),
-        })
+        codebook::encode(Self::NAME, CompressionType::Uniform8bit, tensor, quantize)
     }
 
     fn extract(&self, message: &WireTensor) -> Result<Tensor> {
-        let dtype = wire_dtype(Self::NAME, message)?;
-        if !dtype.is_floating() {
-            return Err(Error::codec(Self::NAME, format!("{dtype} is not a floating dtype")));
-        }
-        let (shape, numel) = wire_shape(Self::NAME, message)?;
-        let bytes = &message.buffer[..];
-        if numel.checked_add(HEADER) != Some(bytes.len()) {
-            return Err(Error::codec(
-                Self::NAME,
-                format!(
-                    "buffer of {} bytes does not hold {numel} values and a {HEADER}-byte header",
-                    bytes.len()
-                ),
-            ));
-        }
-        let (header, q) = bytes.split_at(HEADER);
-        let (k, entries) = header.split_at(8);
-        let mut k_bytes = [0u8; 8];
-        k_bytes.copy_from_slice(k);
-        let k = i64::from_le_bytes(k_bytes);
-        if k != BINS as i64 {
-            return Err(Error::codec(Self::NAME, format!("codebook of {k} entries, expected {BINS}")));
-        }
-        let mut codebook = [0f32; BINS];
-        for (entry, b) in codebook.iter_mut().zip(entries.chunks_exact(4)) {
-            *entry = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        let data = match dtype {
-            DType::F32 => TensorData::F32(gather(q, &codebook)),
-            DType::F64 => TensorData::F64(gather(q, &codebook.map(f64::from))),
-            DType::F16 => TensorData::F16(gather(q, &codebook.map(f16::from_f32))),
-            _ => TensorData::BF16(gather(q, &codebook.map(bf16::from_f32))),
-        };
-        Ok(Tensor::new(shape, data)?.with_requires_grad(message.requires_grad))
+        codebook::decode(Self::NAME, message)
     }
 
-    /// `8 / bits(dtype)` (SPEC 7.1; the 1032-byte header is not counted, as in hivemind); a
-    /// descriptor without a dtype counts as float32.
+    /// `8 / bits(dtype)` (SPEC 7.1; the 1032-byte header is not counted, as in hivemind).
     fn estimate_compression_ratio(&self, info: &CompressionInfo) -> f64 {
-        8.0 / info.descriptor.dtype.unwrap_or(DType::F32).bits() as f64
+        codebook::ratio(info)
     }
 
     /// 1e-2 for every dtype: it holds for all but about one in 200000 standard-normal samples of
@@ -255,6 +177,10 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use averager_core::Error;
+    use half::bf16;
+
+    use crate::codebook::HEADER;
 
     fn encode(t: &Tensor) -> WireTensor {
         Uniform8Bit.compress(&t.view(), &CompressionInfo::for_tensor(0, &t.view())).unwrap()
