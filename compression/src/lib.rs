@@ -8,6 +8,7 @@ mod lossless;
 mod meanstd16;
 mod quantile8;
 mod select;
+mod sums;
 mod uniform8;
 
 use std::sync::Arc;

@@ -13,6 +13,8 @@ use averager_core::{Error, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use crate::sums::{centred_sum_of_squares, sum};
+
 /// Elements converted per step: the stack buffers stay small (a few KiB), and the slice
 /// conversions of `half` use the CPU's f16 instructions on whole chunks.
 const CHUNK: usize = 1024;
@@ -23,10 +25,6 @@ const F16_MAX: f32 = 65504.0;
 /// The smallest standard deviation (float32's machine epsilon, hivemind's `FP32_EPS`): rows
 /// without spread divide by it instead of by zero.
 const MIN_STD: f32 = 1.192_092_9e-7;
-
-/// Independent accumulators of the sums: they break the dependency chain of one running sum, so
-/// the loops vectorize (and the rounding error grows more slowly).
-const LANES: usize = 8;
 
 /// Half precision after normalizing each row: 2 bytes per value plus 8 bytes per row.
 ///
@@ -51,33 +49,6 @@ impl MeanStd16Bit {
 
     /// The declared mean squared error of float16, whose decoding rounds once more.
     const MSE_F16: f64 = 3e-6;
-}
-
-/// Sum of `values` in f64.
-fn sum(values: &[f32]) -> f64 {
-    let mut lanes = [0f64; LANES];
-    let mut chunks = values.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (acc, &x) in lanes.iter_mut().zip(chunk) {
-            *acc += f64::from(x);
-        }
-    }
-    let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
-    lanes.iter().sum::<f64>() + tail
-}
-
-/// Sum of `(x - mean)^2` in f64, with the difference taken in f32 as the scaling pass takes it.
-fn centred_sum_of_squares(values: &[f32], mean: f32) -> f64 {
-    let mut lanes = [0f64; LANES];
-    let mut chunks = values.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (acc, &x) in lanes.iter_mut().zip(chunk) {
-            let c = f64::from(x - mean);
-            *acc += c * c;
-        }
-    }
-    let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x - mean).powi(2)).sum();
-    lanes.iter().sum::<f64>() + tail
 }
 
 /// The mean and the clamped standard deviation of one row, as transmitted (f32).

@@ -10,6 +10,7 @@ use averager_core::compression::{
 use averager_core::tensor::{DType, Tensor, TensorView};
 
 use crate::codebook::{self, BINS};
+use crate::sums::{centred_sum_of_squares, sum};
 
 /// The bin that holds the mean (hivemind's zero point, `n_bins / 2`).
 const ZERO_POINT: f32 = 128.0;
@@ -20,10 +21,6 @@ const RANGE_IN_SIGMAS: f64 = 6.0;
 /// Elements per step of the quantizing pass: bin indices of a chunk are computed in a loop the
 /// compiler can vectorize, then accumulated into the codebook sums.
 const CHUNK: usize = 1024;
-
-/// Independent accumulators of the sums: they break the dependency chain of one running sum, so
-/// the loops vectorize (and the rounding error grows more slowly).
-const LANES: usize = 8;
 
 /// 8-bit uniform quantization with a codebook of bin means: 1 byte per value plus a 1032-byte
 /// header.
@@ -50,33 +47,6 @@ impl Uniform8Bit {
     /// `randn(128, 128, 64)` but not for every small one.
     #[cfg(test)]
     const SCENARIO_23_MSE: f64 = 8e-4;
-}
-
-/// Sum of `values` in f64.
-fn sum(values: &[f32]) -> f64 {
-    let mut lanes = [0f64; LANES];
-    let mut chunks = values.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (acc, &x) in lanes.iter_mut().zip(chunk) {
-            *acc += f64::from(x);
-        }
-    }
-    let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
-    lanes.iter().sum::<f64>() + tail
-}
-
-/// Sum of `(x - mu)^2` in f64, with the difference taken in f32 as SPEC 7.2's `c = f32(x) - mu`.
-fn centred_sum_of_squares(values: &[f32], mu: f32) -> f64 {
-    let mut lanes = [0f64; LANES];
-    let mut chunks = values.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (acc, &x) in lanes.iter_mut().zip(chunk) {
-            let c = f64::from(x - mu);
-            *acc += c * c;
-        }
-    }
-    let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x - mu).powi(2)).sum();
-    lanes.iter().sum::<f64>() + tail
 }
 
 /// Adding and subtracting 1.5 * 2^23 rounds an f32 of magnitude below 2^22 to an integer in the
