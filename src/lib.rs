@@ -4,7 +4,7 @@
 //!
 //! This facade re-exports the core ([`averager_core`]) at its root and each backend crate as a
 //! module under the Cargo feature that enables it: [`grpc`] (`grpc`, default), [`quic`]
-//! (`quic`), [`dht`] (`kad`, default), [`compression`] (`compression`, default; `zstd` and `lz4`
+//! (`quic`), [`dht`] (`kad`, default), [`codecs`] (`compression`, default; `zstd` and `lz4`
 //! add the lossless wrappers). The in-process backends are always there, in [`memory`].
 //!
 //! Mentioning a backend crate here is also what links its plugin records into a binary, so
@@ -13,7 +13,7 @@
 pub use averager_core::{
     Averager, AveragerConfig, Compression, CompressionInfo, DType, Dht, Error, Gathered, Reducer, Registry,
     Result, Stage, StepControl, StepOptions, Tensor, TensorRole, TensorView, Transport, allreduce, averager,
-    error, matchmaking, reduce, registry, state, tensor, time, transport,
+    compression, error, matchmaking, reduce, registry, state, tensor, time, transport,
 };
 #[doc(inline)]
 pub use averager_core::{register_codec, register_dht, register_reducer, register_transport};
@@ -44,10 +44,10 @@ pub use averager_transport_quic as quic;
 #[doc(inline)]
 pub use averager_dht as dht;
 
-/// The codecs (feature `compression`).
+/// The codecs of SPEC 7 (feature `compression`); the codec interface itself is [`compression`].
 #[cfg(feature = "compression")]
 #[doc(inline)]
-pub use averager_compression as compression;
+pub use averager_compression as codecs;
 
 #[cfg(test)]
 mod registry_tests;
