@@ -1,0 +1,182 @@
+//! Single-thread throughput of every codec on one 64 MB float32 tensor.
+//!
+//! Encodes and decodes 16,777,216 seeded standard-normal values with each codec, keeps the best of
+//! up to [`MAX_RUNS`] runs (fewer once a codec has used [`BUDGET`]), and prints, per codec, encode
+//! and decode throughput in GB/s of the original tensor (1e9 bytes, so 0.067 GB per pass), the
+//! encoded size over the original size and the mean squared error of the round trip.
+//!
+//! ```text
+//! cargo bench -p averager-compression --all-features            # a table
+//! cargo bench -p averager-compression --all-features -- --json  # JSON lines
+//! ```
+//!
+//! Without `--all-features` the `zstd+*` and `lz4+*` rows are skipped.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use averager_compression as _;
+use averager_conformance::compression::fixtures::{case_rng, standard_normal};
+use averager_core::Registry;
+use averager_core::compression::{Compression, CompressionInfo, NoCompression, WireTensor};
+use averager_core::tensor::{Tensor, TensorSlice, TensorView};
+
+/// Elements of the benchmarked tensor: 64 MiB of float32.
+const NUMEL: usize = 1 << 24;
+
+/// The 2-D shape meanstd16 is given (it normalizes each last-axis row).
+const MATRIX: [usize; 2] = [4096, 4096];
+
+/// Most runs per codec; the best one counts.
+const MAX_RUNS: usize = 5;
+
+/// Once a codec's runs (encode and decode together) have taken this long, no more are started.
+const BUDGET: Duration = Duration::from_secs(6);
+
+/// Codecs and the shape each is given; `None` is the flat `[NUMEL]`.
+const CODECS: &[(&str, Option<[usize; 2]>)] = &[
+    ("none", None),
+    ("float16", None),
+    ("meanstd16", Some(MATRIX)),
+    ("uniform8", None),
+    ("quantile8", None),
+    ("blockwise8", None),
+    #[cfg(feature = "zstd")]
+    ("zstd+float16", None),
+    #[cfg(feature = "zstd")]
+    ("zstd+uniform8", None),
+    #[cfg(feature = "lz4")]
+    ("lz4+float16", None),
+    #[cfg(feature = "lz4")]
+    ("lz4+uniform8", None),
+];
+
+/// One codec's measurements.
+struct Row {
+    codec: String,
+    runs: usize,
+    encode_gbps: f64,
+    decode_gbps: f64,
+    ratio: f64,
+    mse: f64,
+}
+
+fn codec(name: &str) -> std::sync::Arc<dyn Compression> {
+    if name == "none" {
+        return std::sync::Arc::new(NoCompression);
+    }
+    Registry::global().codec(name).unwrap_or_else(|e| panic!("codec {name} is not available: {e}"))
+}
+
+/// Mean squared error of `decoded` against `original`, checking the decoded shape first.
+fn check(name: &str, decoded: &Tensor, shape: &[usize], original: &[f32]) -> f64 {
+    assert_eq!(
+        decoded.shape(),
+        shape,
+        "{name}: round trip decoded to shape {:?}, expected {shape:?}",
+        decoded.shape()
+    );
+    let values = decoded.as_f32().unwrap_or_else(|e| panic!("{name}: round trip is not float32: {e}"));
+    assert_eq!(
+        values.len(),
+        original.len(),
+        "{name}: round trip has {} elements, expected {}",
+        values.len(),
+        original.len()
+    );
+    let sum: f64 = values
+        .iter()
+        .zip(original)
+        .map(|(&d, &x)| {
+            let e = f64::from(d) - f64::from(x);
+            e * e
+        })
+        .sum();
+    sum / original.len() as f64
+}
+
+fn bench(name: &str, shape: &[usize], values: &[f32]) -> Row {
+    let codec = codec(name);
+    let view = TensorView::new(shape.to_vec(), TensorSlice::F32(values))
+        .unwrap_or_else(|e| panic!("{name}: cannot view the tensor as {shape:?}: {e}"));
+    let info = CompressionInfo::for_tensor(0, &view);
+    let bytes = std::mem::size_of_val(values) as f64;
+
+    let (mut best_encode, mut best_decode) = (Duration::MAX, Duration::MAX);
+    let mut encoded_len = 0;
+    let mut mse = f64::NAN;
+    let mut runs = 0;
+    let started = Instant::now();
+    while runs < MAX_RUNS && (runs == 0 || started.elapsed() < BUDGET) {
+        let t = Instant::now();
+        let wire: WireTensor =
+            codec.compress(black_box(&view), &info).unwrap_or_else(|e| panic!("{name}: encode: {e}"));
+        best_encode = best_encode.min(t.elapsed());
+
+        let t = Instant::now();
+        let decoded = codec.extract(black_box(&wire)).unwrap_or_else(|e| panic!("{name}: decode: {e}"));
+        best_decode = best_decode.min(t.elapsed());
+
+        encoded_len = wire.buffer.len();
+        if runs == 0 {
+            mse = check(name, &decoded, shape, values);
+        } else {
+            assert_eq!(decoded.shape(), shape, "{name}: round trip decoded to the wrong shape");
+        }
+        runs += 1;
+        // Both are dropped here, outside the timed sections.
+        drop((wire, decoded));
+    }
+    Row {
+        codec: name.to_string(),
+        runs,
+        encode_gbps: bytes / best_encode.as_secs_f64() / 1e9,
+        decode_gbps: bytes / best_decode.as_secs_f64() / 1e9,
+        ratio: encoded_len as f64 / bytes,
+        mse,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything but `--json` is ignored.
+    let json = std::env::args().skip(1).any(|a| a == "--json");
+
+    let values: Vec<f32> =
+        standard_normal(&mut case_rng("bench codecs"), NUMEL).into_iter().map(|x| x as f32).collect();
+    let flat = [NUMEL];
+
+    if !json {
+        println!(
+            "{NUMEL} standard-normal f32 values ({:.1} MB), one thread, best of up to {MAX_RUNS} runs; GB = 1e9 bytes of the f32 input",
+            (NUMEL * 4) as f64 / 1e6
+        );
+        println!(
+            "{:<14} {:>10} {:>10} {:>8} {:>11} {:>5}",
+            "codec", "enc GB/s", "dec GB/s", "ratio", "mse", "runs"
+        );
+    }
+    for &(name, shape) in CODECS {
+        let shape: &[usize] = match &shape {
+            Some(s) => s,
+            None => &flat,
+        };
+        let r = bench(name, shape, &values);
+        if json {
+            let line = serde_json::json!({
+                "codec": r.codec,
+                "shape": shape,
+                "runs": r.runs,
+                "encode_gbps": r.encode_gbps,
+                "decode_gbps": r.decode_gbps,
+                "ratio": r.ratio,
+                "mse": r.mse,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{:<14} {:>10.3} {:>10.3} {:>8.4} {:>11.3e} {:>5}",
+                r.codec, r.encode_gbps, r.decode_gbps, r.ratio, r.mse, r.runs
+            );
+        }
+    }
+}
