@@ -52,13 +52,28 @@ const HEADER_HEADROOM: usize = 64 * 1024;
 /// [`Error::Codec`] when the declared shape's element count overflows.
 pub fn decoded_cap(codec: &str, message: &WireTensor) -> Result<usize> {
     let (_, numel) = wire_shape(codec, message)?;
-    let cap = numel.checked_mul(MAX_BYTES_PER_ELEMENT).and_then(|b| b.checked_add(HEADER_HEADROOM));
-    Ok(cap.map_or(MAX_DECODED_BYTES, |c| c.min(MAX_DECODED_BYTES)))
+    // A shape whose bytes do not even fit a usize is forged: refuse it rather than granting the
+    // largest cap.
+    let cap = numel
+        .checked_mul(MAX_BYTES_PER_ELEMENT)
+        .and_then(|b| b.checked_add(HEADER_HEADROOM))
+        .ok_or_else(|| Error::codec(codec, format!("a shape of {numel} elements cannot be decoded")))?;
+    Ok(cap.min(MAX_DECODED_BYTES))
+}
+
+/// Whether `name` is a lossless wrapper (plain or `<format>+<inner>`): wrappers do not nest, since
+/// compressing compressed bytes gains nothing and nesting would let a forged name chain
+/// decompressions.
+fn is_wrapper(name: &str) -> bool {
+    ["zstd", "lz4"].iter().any(|p| name == *p || name.strip_prefix(p).is_some_and(|r| r.starts_with('+')))
 }
 
 /// The inner codec of a wrapper built from settings: the named (and configured) codec, looked
 /// up in the global registry so that codecs of other crates work once they are linked.
 fn build_inner(spec: &CodecSpec) -> Result<Arc<dyn Compression>> {
+    if is_wrapper(spec.name()) {
+        return Err(Error::Config(format!("lossless wrappers do not nest (inner codec {:?})", spec.name())));
+    }
     Registry::global().build_codec(spec.name(), &spec.settings())
 }
 
@@ -150,6 +165,9 @@ impl<F: Framing> Wrapped<F> {
                     format!("message names codec {:?}, not {}+<inner>", message.codec, F::PREFIX),
                 )
             })?;
+        if is_wrapper(inner_name) {
+            return Err(Error::codec(&self.name, format!("nested wrapper {:?} refused", message.codec)));
+        }
         let cap = decoded_cap(&self.name, message)?;
         let buffer = self.framing.decompress(&message.buffer, cap)?;
         let (codec, wire_type) = if inner_name == self.inner.name() {
@@ -253,6 +271,24 @@ macro_rules! register_wrappers {
     };
 }
 pub(crate) use register_wrappers;
+
+#[cfg(test)]
+mod nesting_tests {
+    use super::*;
+
+    #[test]
+    fn wrappers_do_not_nest_and_overflowing_shapes_get_no_cap() {
+        assert!(is_wrapper("zstd") && is_wrapper("lz4+none") && is_wrapper("zstd+lz4+none"));
+        assert!(!is_wrapper("none") && !is_wrapper("zstdx") && !is_wrapper("uniform8"));
+        let forged = WireTensor {
+            size: vec![u32::MAX, u32::MAX, u32::MAX],
+            dtype: "float32".into(),
+            ..Default::default()
+        };
+        assert!(decoded_cap("lz4+none", &forged).is_err());
+        assert!(build_inner(&CodecSpec::from("lz4+none")).is_err());
+    }
+}
 
 #[cfg(test)]
 mod tests {
