@@ -11,6 +11,9 @@ fn expected() -> BTreeSet<(&'static str, String)> {
     // The core's in-process plugins are always there; each backend adds its names under its
     // feature.
     let mut names = vec![("codec", "none"), ("reducer", "mean"), ("transport", "mem"), ("dht", "memory")];
+    if cfg!(feature = "grpc") {
+        names.push(("transport", "grpc"));
+    }
     if cfg!(feature = "compression") {
         let codecs = ["float16", "meanstd16", "uniform8", "quantile8", "blockwise8"];
         names.extend(
