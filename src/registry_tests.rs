@@ -14,6 +14,9 @@ fn expected() -> BTreeSet<(&'static str, String)> {
     if cfg!(feature = "grpc") {
         names.push(("transport", "grpc"));
     }
+    if cfg!(feature = "quic") {
+        names.push(("transport", "quic"));
+    }
     if cfg!(feature = "compression") {
         let codecs = ["float16", "meanstd16", "uniform8", "quantile8", "blockwise8"];
         names.extend(

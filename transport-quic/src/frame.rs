@@ -1,0 +1,191 @@
+//! The wire format of one call on one bidirectional QUIC stream (see the crate docs, "Framing").
+
+use averager_core::{Error, Result};
+use quinn::{ConnectionError, ReadError, ReadExactError, RecvStream, SendStream, VarInt, WriteError};
+
+/// The method byte of `rpc_join_group`.
+pub(crate) const METHOD_JOIN: u8 = 1;
+/// The method byte of `rpc_aggregate_part`.
+pub(crate) const METHOD_AGGREGATE: u8 = 2;
+/// The method byte of `rpc_download_state`.
+pub(crate) const METHOD_DOWNLOAD: u8 = 3;
+
+/// A length prefix with this value starts an error frame instead of a message (responses only).
+const ERROR_MARKER: u32 = u32::MAX;
+/// Error frame kind: the remote handler (or the remote transport) failed; the payload is UTF-8 text.
+const ERROR_REMOTE: u8 = 1;
+/// Error frame kind: a message over the cap; the payload is `size` and `limit` as u64 LE.
+const ERROR_TOO_LARGE: u8 = 2;
+/// The largest error payload read or written.
+const MAX_ERROR_PAYLOAD: usize = 4096;
+
+/// The largest `max_message_bytes` the framing can carry (the marker value is reserved).
+pub(crate) const MAX_FRAME_BYTES: usize = (u32::MAX - 1) as usize;
+
+/// Stream error code: the call was cancelled (the response stream or the request stream dropped).
+pub(crate) const CODE_CANCELLED: VarInt = VarInt::from_u32(1);
+/// Stream error code: the request stream carried a message over the caller's cap.
+pub(crate) const CODE_TOO_LARGE: VarInt = VarInt::from_u32(2);
+
+/// One frame read from a stream.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    /// An encoded prost message.
+    Message(Vec<u8>),
+    /// An error frame sent by the peer.
+    Failure(Error),
+    /// The peer finished its send stream at a frame boundary.
+    End,
+}
+
+/// The error a caller sees when the connection to `peer` is lost.
+pub(crate) fn connection_lost(peer: &str, e: &ConnectionError) -> Error {
+    Error::Unreachable { endpoint: peer.to_string(), reason: format!("connection lost: {e}") }
+}
+
+fn read_error(peer: &str, e: &ReadError) -> Error {
+    match e {
+        ReadError::Reset(code) => Error::Transport(format!("{peer} reset the stream (code {code})")),
+        ReadError::ConnectionLost(e) => connection_lost(peer, e),
+        other => Error::Transport(format!("reading from {peer}: {other}")),
+    }
+}
+
+/// Maps a write failure to the core's error.
+pub(crate) fn write_error(peer: &str, e: &WriteError) -> Error {
+    match e {
+        WriteError::Stopped(code) => Error::Cancelled(format!("{peer} stopped reading (code {code})")),
+        WriteError::ConnectionLost(e) => connection_lost(peer, e),
+        other => Error::Transport(format!("writing to {peer}: {other}")),
+    }
+}
+
+async fn read_exact(recv: &mut RecvStream, buf: &mut [u8], peer: &str) -> Result<()> {
+    recv.read_exact(buf).await.map_err(|e| match e {
+        ReadExactError::FinishedEarly(n) => {
+            Error::Transport(format!("{peer} ended its stream inside a frame ({n} of {} bytes)", buf.len()))
+        }
+        ReadExactError::ReadError(e) => read_error(peer, &e),
+    })
+}
+
+/// Reads one method byte; `None` when the stream ended or failed before it.
+pub(crate) async fn read_method(recv: &mut RecvStream) -> Option<u8> {
+    let mut method = [0u8; 1];
+    recv.read_exact(&mut method).await.ok().map(|()| method[0])
+}
+
+/// Reads the next frame. A length over `limit` is refused before anything is allocated. Error
+/// frames are recognised only when `allow_error` (the response direction).
+pub(crate) async fn read_frame(
+    recv: &mut RecvStream,
+    limit: usize,
+    allow_error: bool,
+    peer: &str,
+) -> Result<Frame> {
+    let mut header = [0u8; 4];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Ok(Frame::End),
+        Err(ReadExactError::FinishedEarly(n)) => {
+            return Err(Error::Transport(format!(
+                "{peer} ended its stream inside a frame header ({n} of 4 bytes)"
+            )));
+        }
+        Err(ReadExactError::ReadError(e)) => return Err(read_error(peer, &e)),
+    }
+    let len = u32::from_le_bytes(header);
+    if len == ERROR_MARKER && allow_error {
+        return read_error_frame(recv, peer).await.map(Frame::Failure);
+    }
+    let size = usize::try_from(len).unwrap_or(usize::MAX);
+    if size > limit {
+        return Err(Error::MessageTooLarge { size, limit });
+    }
+    let mut buf = vec![0u8; size];
+    read_exact(recv, &mut buf, peer).await?;
+    Ok(Frame::Message(buf))
+}
+
+async fn read_error_frame(recv: &mut RecvStream, peer: &str) -> Result<Error> {
+    let mut head = [0u8; 5];
+    read_exact(recv, &mut head, peer).await?;
+    let kind = head[0];
+    let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > MAX_ERROR_PAYLOAD {
+        return Err(Error::Transport(format!("{peer} sent an error frame of {len} bytes")));
+    }
+    let mut payload = vec![0u8; len];
+    read_exact(recv, &mut payload, peer).await?;
+    match kind {
+        ERROR_TOO_LARGE if payload.len() == 16 => {
+            let mut size = [0u8; 8];
+            let mut limit = [0u8; 8];
+            size.copy_from_slice(&payload[..8]);
+            limit.copy_from_slice(&payload[8..]);
+            Ok(Error::MessageTooLarge {
+                size: usize::try_from(u64::from_le_bytes(size)).unwrap_or(usize::MAX),
+                limit: usize::try_from(u64::from_le_bytes(limit)).unwrap_or(usize::MAX),
+            })
+        }
+        ERROR_REMOTE => {
+            Ok(Error::Transport(format!("{peer} failed the call: {}", String::from_utf8_lossy(&payload))))
+        }
+        other => Err(Error::Transport(format!("{peer} sent an error frame of unknown kind {other}"))),
+    }
+}
+
+/// Encodes `message`, refusing it when its encoded size is over `limit`.
+pub(crate) fn encode<T: prost::Message>(message: &T, limit: usize) -> Result<Vec<u8>> {
+    let size = message.encoded_len();
+    if size > limit {
+        return Err(Error::MessageTooLarge { size, limit });
+    }
+    Ok(message.encode_to_vec())
+}
+
+/// Decodes a message frame.
+pub(crate) fn decode<T: prost::Message + Default>(bytes: &[u8], peer: &str) -> Result<T> {
+    T::decode(bytes).map_err(|e| Error::Transport(format!("{peer} sent an undecodable message: {e}")))
+}
+
+/// Writes one message frame (`u32` LE length, then the bytes).
+pub(crate) async fn write_frame(send: &mut SendStream, bytes: &[u8], peer: &str) -> Result<()> {
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|len| *len != ERROR_MARKER)
+        .ok_or(Error::MessageTooLarge { size: bytes.len(), limit: MAX_FRAME_BYTES })?;
+    send.write_all(&len.to_le_bytes()).await.map_err(|e| write_error(peer, &e))?;
+    send.write_all(bytes).await.map_err(|e| write_error(peer, &e))
+}
+
+/// Writes an error frame carrying `error`.
+pub(crate) async fn write_error_frame(send: &mut SendStream, error: &Error, peer: &str) -> Result<()> {
+    let (kind, payload) = match error {
+        Error::MessageTooLarge { size, limit } => {
+            let mut payload = Vec::with_capacity(16);
+            payload.extend_from_slice(&(*size as u64).to_le_bytes());
+            payload.extend_from_slice(&(*limit as u64).to_le_bytes());
+            (ERROR_TOO_LARGE, payload)
+        }
+        other => {
+            let mut text = other.to_string();
+            if text.len() > MAX_ERROR_PAYLOAD {
+                let mut end = MAX_ERROR_PAYLOAD;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+            }
+            (ERROR_REMOTE, text.into_bytes())
+        }
+    };
+    let mut frame = Vec::with_capacity(9 + payload.len());
+    frame.extend_from_slice(&ERROR_MARKER.to_le_bytes());
+    frame.push(kind);
+    // The payload is at most MAX_ERROR_PAYLOAD bytes, so its length fits a u32.
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    send.write_all(&frame).await.map_err(|e| write_error(peer, &e))
+}
