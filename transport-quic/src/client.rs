@@ -295,7 +295,14 @@ fn response_stream<R: prost::Message + Default + 'static>(
                 Ok(message) => Some((Ok(message), Some(state))),
                 Err(e) => Some((Err(e), None)),
             },
-            Ok(Frame::End) => None,
+            // The server ends its replies when our reset reaches it; the pump reported the
+            // oversize request before resetting, so a clean end may still owe the caller that error.
+            Ok(Frame::End) => {
+                match state.pump.as_mut().and_then(|p| p.failed.as_mut()).map(|rx| rx.try_recv()) {
+                    Some(Ok(e)) => Some((Err(e), None)),
+                    _ => None,
+                }
+            }
             Ok(Frame::Failure(e)) | Err(e) => Some((Err(e), None)),
         }
     }))
