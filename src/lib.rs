@@ -3,9 +3,9 @@
 //! # Crate layout
 //!
 //! This facade re-exports the core ([`averager_core`]) at its root and each backend crate as a
-//! module under the Cargo feature that enables it: [`grpc`] (`grpc`, default), [`quic`]
-//! (`quic`), [`dht`] (`kad`, default), [`codecs`] (`compression`, default; `zstd` and `lz4`
-//! add the lossless wrappers). The in-process backends are always there, in [`memory`].
+//! module under the Cargo feature that enables it: `grpc` (feature `grpc`, default), `quic`
+//! (`quic`), `dht` (`kad`, default), `codecs` (`compression`, default; `zstd` and `lz4` add the
+//! lossless wrappers). The in-process backends are always there, in [`memory`].
 //!
 //! Mentioning a backend crate here is also what links its plugin records into a binary, so
 //! [`Registry::global`] finds every backend whose feature is on.
