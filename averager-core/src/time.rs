@@ -38,6 +38,55 @@ pub fn until(t: DhtTime) -> Option<Duration> {
     Some(Duration::from_secs_f64((t - dht_now()).max(0.0)))
 }
 
+/// A `Duration` as seconds (`f64`) in serde formats, as hivemind's settings are written:
+/// `#[serde(with = "averager_core::time::secs")]`. Negative or non-finite values are refused.
+pub mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the duration as seconds.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    /// Reads seconds; refuses negative or non-finite values.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(|_| {
+            serde::de::Error::custom(format!("{secs} is not a non-negative, finite number of seconds"))
+        })
+    }
+}
+
+/// An optional `Duration` as seconds (`f64`, or null), like [`secs`].
+pub mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the duration as seconds, or null.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::secs::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads seconds or null; refuses negative or non-finite values.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(|secs| {
+                Duration::try_from_secs_f64(secs).map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{secs} is not a non-negative, finite number of seconds"
+                    ))
+                })
+            })
+            .transpose()
+    }
+}
+
 /// Awaits `future`, failing with [`Error::Timeout`] naming `what` after `limit` when one is set.
 pub(crate) async fn with_timeout<T>(
     limit: Option<Duration>,

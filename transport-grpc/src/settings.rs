@@ -15,11 +15,11 @@ pub struct GrpcSettings {
     /// The largest encoded message this peer sends or accepts, in bytes.
     pub max_message_bytes: usize,
     /// How long a dial may take before it fails with `Error::Unreachable`.
-    #[serde(with = "secs")]
+    #[serde(with = "averager_core::time::secs")]
     pub connect_timeout: Duration,
     /// The HTTP/2 keep-alive ping interval (also the ping's timeout), on both sides; none when
     /// `None`.
-    #[serde(with = "opt_secs")]
+    #[serde(with = "averager_core::time::opt_secs")]
     pub keep_alive: Option<Duration>,
 }
 
@@ -31,48 +31,6 @@ impl Default for GrpcSettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             keep_alive: None,
         }
-    }
-}
-
-mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(|_| {
-            serde::de::Error::custom(format!("{secs} is not a non-negative, finite number of seconds"))
-        })
-    }
-}
-
-mod opt_secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&d.as_secs_f64()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<f64>::deserialize(d)?
-            .map(|secs| {
-                Duration::try_from_secs_f64(secs).map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "{secs} is not a non-negative, finite number of seconds"
-                    ))
-                })
-            })
-            .transpose()
     }
 }
 

@@ -33,7 +33,7 @@ pub struct QuicSettings {
     /// The largest encoded message this peer sends or accepts, in bytes (at most `u32::MAX - 1`).
     pub max_message_bytes: usize,
     /// How long a dial (resolution and QUIC handshake) may take, in seconds.
-    #[serde(with = "secs")]
+    #[serde(with = "averager_core::time::secs")]
     pub connect_timeout: Duration,
     /// A SHA-256 certificate fingerprint (64 hex digits) every dialed server must present when its
     /// endpoint carries no `#<sha256>` pin of its own; `None`: such servers are not checked.
@@ -49,23 +49,6 @@ impl Default for QuicSettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pin: None,
         }
-    }
-}
-
-mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(|_| {
-            serde::de::Error::custom(format!("{secs} is not a non-negative, finite number of seconds"))
-        })
     }
 }
 

@@ -92,28 +92,28 @@ pub struct AveragerConfig {
     /// Initial group bits (`0`/`1`), the bucket index.
     pub initial_group_bits: String,
     /// Minimum lifetime of a declaration, and how long a leader keeps a partial group open.
-    #[serde(with = "secs")]
+    #[serde(with = "crate::time::secs")]
     pub min_matchmaking_time: Duration,
     /// How long to wait for a potential leader's first reply.
-    #[serde(with = "secs")]
+    #[serde(with = "crate::time::secs")]
     pub request_timeout: Duration,
     /// Local tensors move this fraction of the way to the average (1 = set to the average).
     pub averaging_alpha: f64,
     /// Parts are at most this many bytes on the wire (after compression).
     pub part_size_bytes: usize,
     /// Bound on the whole aggregation after a group forms.
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::time::opt_secs")]
     pub allreduce_timeout: Option<Duration>,
     /// Default for `sender_timeout` (and, doubled, `reducer_timeout`); also the per-chunk timeout
     /// of state downloads.
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::time::opt_secs")]
     pub next_chunk_timeout: Option<Duration>,
     /// A sender silent this long after its previous part is dropped; defaults to `next_chunk_timeout`.
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::time::opt_secs")]
     pub sender_timeout: Option<Duration>,
     /// A reducer silent this long after its previous reply is dropped; defaults to twice
     /// `sender_timeout`. Must exceed `sender_timeout`.
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::time::opt_secs")]
     pub reducer_timeout: Option<Duration>,
     /// Codec for all-reduce parts.
     pub compression: CodecSpec,
@@ -134,12 +134,12 @@ pub struct AveragerConfig {
     /// Donors with higher priority are preferred by downloaders.
     pub state_sharing_priority: f64,
     /// Re-declare this peer as a state donor every this often.
-    #[serde(with = "secs")]
+    #[serde(with = "crate::time::secs")]
     pub declare_state_period: Duration,
     /// Accept no incoming requests (CLIENT mode); `None`: the DHT node's client mode.
     pub client_mode: Option<bool>,
     /// `shutdown` waits this long for running work before stopping it forcibly.
-    #[serde(with = "secs")]
+    #[serde(with = "crate::time::secs")]
     pub shutdown_timeout: Duration,
 }
 
@@ -318,48 +318,6 @@ impl AveragerConfigBuilder {
     pub fn build(self) -> Result<AveragerConfig> {
         self.0.validate()?;
         Ok(self.0)
-    }
-}
-
-mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(|_| {
-            serde::de::Error::custom(format!("{secs} is not a non-negative, finite number of seconds"))
-        })
-    }
-}
-
-mod opt_secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&d.as_secs_f64()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<f64>::deserialize(d)?
-            .map(|secs| {
-                Duration::try_from_secs_f64(secs).map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "{secs} is not a non-negative, finite number of seconds"
-                    ))
-                })
-            })
-            .transpose()
     }
 }
 
