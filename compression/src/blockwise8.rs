@@ -321,6 +321,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use crate::test_support::{mse, randn};
 
     /// Offset of the code in a buffer of `blocks` blocks.
     fn code_offset(blocks: usize) -> usize {
@@ -329,19 +330,6 @@ mod tests {
 
     fn encode(t: &Tensor) -> WireTensor {
         Blockwise8Bit.compress(&t.view(), &CompressionInfo::for_tensor(0, &t.view())).unwrap()
-    }
-
-    fn randn(rng: &mut impl Rng, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let (u, v): (f32, f32) = (rng.random_range(1e-7..1.0), rng.random());
-                (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-            })
-            .collect()
-    }
-
-    fn mse(a: &[f32], b: &[f32]) -> f64 {
-        a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum::<f64>() / a.len() as f64
     }
 
     /// The nearest code entry by a scan (the lower one on a tie).

@@ -9,6 +9,8 @@ mod meanstd16;
 mod quantile8;
 mod select;
 mod sums;
+#[cfg(test)]
+mod test_support;
 mod uniform8;
 
 use std::sync::Arc;

@@ -259,26 +259,14 @@ impl Compression for MeanStd16Bit {
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng;
     use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
 
     use super::*;
+    use crate::test_support::{mse, randn};
 
     fn encode(t: &Tensor) -> WireTensor {
         MeanStd16Bit.compress(&t.view(), &CompressionInfo::for_tensor(0, &t.view())).unwrap()
-    }
-
-    fn randn(rng: &mut impl Rng, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let (u, v): (f32, f32) = (rng.random_range(1e-7..1.0), rng.random());
-                (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-            })
-            .collect()
-    }
-
-    fn mse(a: &[f32], b: &[f32]) -> f64 {
-        a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum::<f64>() / a.len() as f64
     }
 
     #[test]

@@ -147,6 +147,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use crate::test_support::{mse, randn};
     use averager_core::Error;
     use half::bf16;
 
@@ -158,19 +159,6 @@ mod tests {
 
     fn codebook(wire: &WireTensor) -> Vec<f32> {
         wire.buffer[8..HEADER].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-    }
-
-    fn randn(rng: &mut impl Rng, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let (u, v): (f32, f32) = (rng.random_range(1e-7..1.0), rng.random());
-                (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-            })
-            .collect()
-    }
-
-    fn mse(a: &[f32], b: &[f32]) -> f64 {
-        a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum::<f64>() / a.len() as f64
     }
 
     #[test]
