@@ -1,0 +1,78 @@
+//! Running the binary with a deadline.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+/// What a finished run printed.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Run {
+    /// The last non-empty stdout line.
+    pub(crate) fn last_line(&self) -> &str {
+        self.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+    }
+}
+
+/// The binary under test, with logs kept to warnings so that stderr stays short.
+pub(crate) fn averager() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_averager"));
+    command.env("RUST_LOG", "warn").env_remove("RUST_BACKTRACE");
+    command
+}
+
+/// Runs `args` to the end; a run longer than `limit` is killed and fails the test.
+pub(crate) fn run(args: &[&str], limit: Duration) -> Run {
+    let mut child = averager()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the averager binary starts");
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let status = wait_or_kill(child, limit, &format!("averager {}", args.join(" ")));
+    Run { status, stdout: join(stdout), stderr: join(stderr) }
+}
+
+/// Waits for `child`, killing it (and failing the test) after `limit`.
+pub(crate) fn wait_or_kill(mut child: Child, limit: Duration, what: &str) -> ExitStatus {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(status) => status.expect("waiting for the child"),
+        Err(_) => {
+            kill(pid, "KILL");
+            panic!("{what} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// Sends a signal by name (`INT`, `KILL`, ...) with the `kill` command.
+pub(crate) fn kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+/// Reads a pipe to its end on a thread.
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+fn join(handle: thread::JoinHandle<String>) -> String {
+    handle.join().expect("the pipe reader does not panic")
+}

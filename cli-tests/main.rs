@@ -1,0 +1,7 @@
+//! End-to-end tests of the `averager` binary: each runs the built program as a person or a script
+//! would, with small tensors so the suite stays quick on a 2-core machine.
+
+mod bench;
+mod common;
+mod demo;
+mod errors;

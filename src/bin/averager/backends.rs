@@ -1,0 +1,182 @@
+//! Choosing backends by name on the command line: transports (gRPC, QUIC, in-process), DHTs
+//! (Kademlia, in-process) and codecs (any registry name). A backend whose Cargo feature is off
+//! is a clear error naming the feature, not a missing flag value.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use averager::memory::{MemoryDht, MemoryNetwork, MemorySettings, MemoryTransport};
+use averager::{Compression, Dht, Registry, Transport};
+use clap::ValueEnum;
+
+use crate::Result;
+use crate::failure::{Context, Failure};
+
+/// How peers reach each other for the all-reduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TransportKind {
+    /// gRPC over HTTP/2 (TCP).
+    Grpc,
+    /// QUIC (UDP, TLS 1.3); needs the `quic` feature.
+    Quic,
+    /// In-process channels: only between peers of one process.
+    Memory,
+}
+
+impl TransportKind {
+    /// The name used on the command line and in reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TransportKind::Grpc => "grpc",
+            TransportKind::Quic => "quic",
+            TransportKind::Memory => "memory",
+        }
+    }
+}
+
+/// Where peers find each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DhtKind {
+    /// Kademlia over libp2p, one node per peer; needs the `kad` feature.
+    Kad,
+    /// One in-process table shared by the peers of one process.
+    Memory,
+}
+
+impl DhtKind {
+    /// The name used on the command line and in reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            DhtKind::Kad => "kad",
+            DhtKind::Memory => "memory",
+        }
+    }
+
+    /// The demo's default: Kademlia when it is compiled in, so the demo shows the real thing.
+    pub(crate) fn demo_default() -> Self {
+        if kad::AVAILABLE { DhtKind::Kad } else { DhtKind::Memory }
+    }
+}
+
+/// Makes the transports of the peers in this process.
+pub(crate) struct Transports {
+    kind: TransportKind,
+    /// Shared by every in-process transport, so they can reach each other.
+    network: Arc<MemoryNetwork>,
+}
+
+impl Transports {
+    /// A factory for `kind`.
+    ///
+    /// # Errors
+    /// When `kind` is not compiled into this binary.
+    pub(crate) fn new(kind: TransportKind) -> Result<Self> {
+        if kind == TransportKind::Quic && !cfg!(feature = "quic") {
+            return Err(Failure::new(
+                "this binary has no QUIC transport: rebuild with `--features quic` (or `--features full`)",
+            ));
+        }
+        if kind == TransportKind::Grpc && !cfg!(feature = "grpc") {
+            return Err(Failure::new("this binary has no gRPC transport: rebuild with `--features grpc`"));
+        }
+        Ok(Transports { kind, network: MemoryNetwork::new() })
+    }
+
+    /// The transport of peer `index`, serving on `listen` (ignored by the in-process transport).
+    ///
+    /// # Errors
+    /// When the transport rejects its settings.
+    pub(crate) fn build(&self, index: usize, listen: SocketAddr) -> Result<Arc<dyn Transport>> {
+        let _ = listen;
+        Ok(match self.kind {
+            #[cfg(feature = "grpc")]
+            TransportKind::Grpc => Arc::new(averager::grpc::GrpcTransport::bind(listen)),
+            #[cfg(feature = "quic")]
+            TransportKind::Quic => {
+                let settings = averager::quic::QuicSettings { listen, ..Default::default() };
+                Arc::new(averager::quic::QuicTransport::with_settings(settings)?)
+            }
+            TransportKind::Memory => {
+                let settings = MemorySettings { name: Some(format!("peer{index}")), ..Default::default() };
+                Arc::new(MemoryTransport::with_settings(self.network.clone(), settings))
+            }
+            #[allow(unreachable_patterns)]
+            other => return Err(Failure::new(format!("transport {} is not compiled in", other.name()))),
+        })
+    }
+}
+
+/// The codec registered as `name`, with an error that lists the known names.
+///
+/// # Errors
+/// When no codec of that name is linked into this binary.
+pub(crate) fn codec(name: &str) -> Result<Arc<dyn Compression>> {
+    Registry::global().codec(name).context("--compression")
+}
+
+/// The DHT side of peers in one process: one shared in-process table, or one Kademlia node per
+/// peer (all bootstrapping from the first, or from the given addresses).
+pub(crate) enum Dhts {
+    /// Every peer uses the same table.
+    Memory(Arc<MemoryDht>),
+    /// One node per peer.
+    Kad(kad::KadNodes),
+}
+
+impl Dhts {
+    /// Starts the DHT side for `kind`; `bootstrap` are multiaddrs of running Kademlia nodes
+    /// (ignored by the in-process table).
+    ///
+    /// # Errors
+    /// When `kind` is not compiled in, or a bootstrap address does not parse.
+    pub(crate) fn new(kind: DhtKind, bootstrap: &[String]) -> Result<Self> {
+        match kind {
+            DhtKind::Memory => Ok(Dhts::Memory(Arc::new(MemoryDht::new()))),
+            DhtKind::Kad => Ok(Dhts::Kad(kad::KadNodes::new(bootstrap)?)),
+        }
+    }
+
+    /// The DHT handle for one more peer (for Kademlia: a new node, listening on loopback).
+    ///
+    /// # Errors
+    /// When a Kademlia node cannot start.
+    pub(crate) async fn node(&mut self) -> Result<Arc<dyn Dht>> {
+        match self {
+            Dhts::Memory(table) => Ok(Arc::clone(table) as Arc<dyn Dht>),
+            Dhts::Kad(nodes) => nodes.start_node("/ip4/127.0.0.1/tcp/0").await,
+        }
+    }
+
+    /// The DHT handle for a long-running peer, its Kademlia node listening on `listen` (a
+    /// multiaddr).
+    ///
+    /// # Errors
+    /// For the in-process table (a node must be reachable from other processes), or when the
+    /// node cannot start.
+    pub(crate) async fn node_at(&mut self, listen: &str) -> Result<Arc<dyn Dht>> {
+        match self {
+            Dhts::Memory(_) => Err(Failure::new("a node needs the Kademlia DHT")),
+            Dhts::Kad(nodes) => nodes.start_node(listen).await,
+        }
+    }
+
+    /// The multiaddrs (with `/p2p/<peer id>`) others can bootstrap from: the first node's.
+    pub(crate) fn bootstrap_addrs(&self) -> Vec<String> {
+        match self {
+            Dhts::Memory(_) => Vec::new(),
+            Dhts::Kad(nodes) => nodes.first_addrs(),
+        }
+    }
+
+    /// Stops every Kademlia node this process started.
+    pub(crate) async fn shutdown(self) {
+        if let Dhts::Kad(nodes) = self {
+            nodes.shutdown().await;
+        }
+    }
+}
+
+/// Kademlia. Until the `averager-dht` crate has its `KadDht`, a stand-in whose every use is an
+/// error that says so.
+#[path = "no_kad.rs"]
+pub(crate) mod kad;

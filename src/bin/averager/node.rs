@@ -1,0 +1,215 @@
+//! `averager node`: one long-running networked peer. It serves its averaging transport and a
+//! Kademlia node, shares its state with newcomers, averages its tensors every `--every` seconds,
+//! and stops cleanly on Ctrl+C (SIGINT) or SIGTERM.
+//!
+//! stdout carries the lines other programs need, each once: `averaging endpoint <endpoint>`,
+//! `dht address <multiaddr>` per address (bootstrap other peers from any of them), `ready`, and
+//! `stopped`. Step progress is logged to stderr.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use averager::{Averager, AveragerConfig, Dht, StepOptions, Tensor};
+use rand::Rng;
+
+use crate::Result;
+use crate::backends::{self, DhtKind, Dhts, TransportKind, Transports};
+use crate::bench::seconds;
+use crate::cli::NodeArgs;
+use crate::failure::{Context, Failure};
+use crate::tensors::{read_f32_file, write_f32_file};
+
+/// Default tensor size of a node without `--tensors`: 1 Mi f32 (4 MiB).
+const NODE_FLOATS: usize = 1 << 20;
+
+/// How long a state download at start may take.
+const LOAD_STATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the node until Ctrl+C, SIGTERM, or `--steps` steps.
+///
+/// # Errors
+/// Bad flags or config, a tensor file that cannot be read, or backends that cannot start.
+pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
+    let every = seconds("--every", args.every)?;
+    let config = config(&args)?;
+    if args.transport == TransportKind::Memory {
+        return Err(Failure::new("a node talks to other processes: use --transport grpc or quic"));
+    }
+    let tensors = initial_tensors(&args)?;
+    let transport = Transports::new(args.transport)?.build(0, args.listen)?;
+    let mut dhts = Dhts::new(DhtKind::Kad, &args.bootstrap)?;
+    let dht = dhts.node_at(&args.dht_listen).await?;
+    let outcome = serve(&args, config, tensors, transport, dht, &dhts, every).await;
+    dhts.shutdown().await;
+    if outcome.is_ok() {
+        say("stopped");
+    }
+    outcome
+}
+
+/// The averager's configuration: the TOML file's (or the defaults), then the flags on top.
+fn config(args: &NodeArgs) -> Result<AveragerConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).context(format!("reading {}", path.display()))?;
+            AveragerConfig::from_toml(&text).context(format!("{}", path.display()))?
+        }
+        None => AveragerConfig::default(),
+    };
+    if let Some(prefix) = &args.prefix {
+        config.prefix = prefix.clone();
+    }
+    if let Some(size) = args.group_size {
+        config.target_group_size = Some(size);
+    }
+    if let Some(codec) = &args.compression {
+        config.compression = codec.as_str().into();
+    }
+    config.validate().context("configuration")?;
+    backends::codec(config.compression.name())?;
+    Ok(config)
+}
+
+/// The tensors to average: the file's, or random values.
+fn initial_tensors(args: &NodeArgs) -> Result<Vec<Tensor>> {
+    let values = match &args.tensors {
+        Some(path) => read_f32_file(path)?,
+        None => {
+            let floats = args.size.floats(NODE_FLOATS);
+            if floats == 0 {
+                return Err(Failure::new("--floats must be at least 1"));
+            }
+            let mut rng = rand::rng();
+            (0..floats).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+        }
+    };
+    Ok(vec![Tensor::from_f32(vec![values.len()], values)?])
+}
+
+async fn serve(
+    args: &NodeArgs,
+    config: AveragerConfig,
+    tensors: Vec<Tensor>,
+    transport: Arc<dyn averager::Transport>,
+    dht: Arc<dyn Dht>,
+    dhts: &Dhts,
+    every: Duration,
+) -> Result<ExitCode> {
+    let prefix = config.prefix.clone();
+    let averager = Averager::new(tensors, dht, transport, config).await?;
+    averager.set_allow_state_sharing(true)?;
+    say(&format!("averaging endpoint {}", averager.endpoint()));
+    for addr in dhts.bootstrap_addrs() {
+        say(&format!("dht address {addr}"));
+    }
+    tracing::info!(%prefix, "node running; Ctrl+C stops it");
+    say("ready");
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let outcome = tokio::select! {
+        outcome = work(args, &averager, every) => outcome,
+        () = &mut shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    };
+    let stopped = averager.shutdown().await;
+    outcome?;
+    stopped.context("shutting the averager down")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads state if asked, then steps every `every` until `--steps` steps (or forever).
+async fn work(args: &NodeArgs, averager: &Averager, every: Duration) -> Result<()> {
+    if args.load_state {
+        load_state(averager).await?;
+    }
+    // A step may outlive the period (matchmaking waits for others); it just delays the next.
+    let timeout = every.max(Duration::from_secs(30));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut step = 0u64;
+    while args.steps.is_none_or(|n| step < n) {
+        ticks.tick().await;
+        step += 1;
+        let start = Instant::now();
+        match averager.step(StepOptions::default().timeout(timeout)).await {
+            Ok(gathered) => {
+                tracing::info!(
+                    step,
+                    group = gathered.len(),
+                    seconds = start.elapsed().as_secs_f64(),
+                    "averaged"
+                );
+                if args.write_back
+                    && let Some(path) = &args.tensors
+                {
+                    let tensors = averager.tensors().await;
+                    let values = tensors.first().ok_or("the node holds no tensor")?.as_f32()?;
+                    write_f32_file(path, values)?;
+                }
+            }
+            // Being alone, or a group that fell apart, is normal for a long-running peer.
+            Err(e) => tracing::warn!(step, error = %e, "step failed"),
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the tensors with a donor's, when one answers and its tensors fit.
+async fn load_state(averager: &Averager) -> Result<()> {
+    let Some(state) = averager.load_state_from_peers(Some(LOAD_STATE_TIMEOUT)).await? else {
+        tracing::warn!("no peer shared its state; starting from the local tensors");
+        return Ok(());
+    };
+    let mut tensors = averager.tensors().await;
+    let fits = state.tensors.len() == tensors.len()
+        && state
+            .tensors
+            .iter()
+            .zip(tensors.iter())
+            .all(|(a, b)| a.shape() == b.shape() && a.dtype() == b.dtype());
+    if !fits {
+        tracing::warn!("the downloaded state has other tensor shapes; keeping the local tensors");
+        return Ok(());
+    }
+    for (mine, theirs) in tensors.iter_mut().zip(state.tensors) {
+        *mine = theirs;
+    }
+    tracing::info!("loaded the state of a peer");
+    Ok(())
+}
+
+/// Resolves on Ctrl+C (SIGINT) or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    () = ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => ctrl_c().await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c().await;
+}
+
+/// Resolves on Ctrl+C; never, if the handler cannot be installed (rather than stopping at once).
+async fn ctrl_c() {
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::warn!(error = %e, "cannot listen for Ctrl+C");
+        std::future::pending::<()>().await;
+    }
+}
+
+/// One line on stdout (Rust's stdout is line-buffered, also into a pipe, so a reader sees it at
+/// once).
+fn say(line: &str) {
+    println!("{line}");
+}
