@@ -90,9 +90,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     swarm.shutdown().await;
     if args.json {
-        println!("{}", summary.json());
+        crate::out!("{}", summary.json());
     } else {
-        println!("{}", summary.table());
+        crate::out!("{}", summary.table());
     }
     if summary.rounds == 0 {
         return Err(Failure::new("no measured round succeeded on every peer (see the warnings above)"));

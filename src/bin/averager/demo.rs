@@ -71,6 +71,15 @@ impl DemoPlan {
         {
             return Err(Failure::new(format!("--tolerance {t}: must be a finite number >= 0")));
         }
+        let full = default_bits(args.peers, args.group_size);
+        if bits > full {
+            tracing::warn!(
+                "with {} peers in groups of {} and {bits} group bits, buckets hold fewer than 2 peers after the \
+                 first round and groups cannot form; --bits {full} fills every bucket",
+                args.peers,
+                args.group_size
+            );
+        }
         let dht = args.dht.unwrap_or_else(DhtKind::demo_default);
         if args.processes {
             if args.transport == TransportKind::Memory {
@@ -109,6 +118,21 @@ impl DemoPlan {
         self.tolerance.unwrap_or_else(|| {
             if self.lossless { 1e-4 } else { 0.02 * mean.iter().fold(1.0f64, |m, v| m.max(v.abs())) }
         })
+    }
+
+    /// A one-line title for the plot.
+    pub(crate) fn title(&self) -> String {
+        format!(
+            "{} peers x {} f32 ({:.1} MB), groups of {}, {} bits, {} + {} DHT, compression {}",
+            self.args.peers,
+            self.floats,
+            tensor_bytes(self.floats) / 1e6,
+            self.args.group_size,
+            self.bits,
+            self.args.transport.name(),
+            self.dht.name(),
+            self.args.compression
+        )
     }
 
     /// The header line.
@@ -163,7 +187,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         return crate::processes::run(plan).await;
     }
     let started = Instant::now();
-    println!("{}", plan.header());
+    crate::out!("{}", plan.header());
     let spec = SwarmSpec {
         transport: plan.args.transport,
         dht: plan.dht,
@@ -183,7 +207,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     for round in 1..=plan.args.rounds {
         let stats = swarm.round(plan.timeout, &format!("round {round}")).await;
         let agreement = swarm.agreement(&mean).await?;
-        println!("{}", log.record(round, &stats, agreement, plan.floats));
+        crate::out!("{}", log.record(round, &stats, agreement, plan.floats));
         if agreement.deviation <= tolerance {
             break;
         }
@@ -203,7 +227,7 @@ pub(crate) struct RoundLog {
 impl RoundLog {
     /// A log that starts at the initial agreement, and prints it.
     pub(crate) fn new(initial: Agreement) -> Self {
-        println!("round 0: spread {:.3e} (max over elements of max - min across peers)", initial.spread);
+        crate::out!("round 0: spread {:.3e} (max over elements of max - min across peers)", initial.spread);
         RoundLog { spreads: vec![initial.spread], last: initial }
     }
 
@@ -239,12 +263,12 @@ impl RoundLog {
 /// Plots, prints the verdict line, and picks the exit status.
 pub(crate) fn finish(plan: &DemoPlan, log: &RoundLog, tolerance: f64, started: Instant) -> Result<ExitCode> {
     if let Some(path) = &plan.args.plot {
-        plot::spread_svg(path, &log.spreads, &plan.header())?;
+        plot::spread_svg(path, &log.spreads, &plan.title())?;
         tracing::info!(path = %path.display(), "wrote the spread plot");
     }
     tracing::info!("demo took {:.1} s", started.elapsed().as_secs_f64());
     let agree = log.last.deviation <= tolerance;
-    println!(
+    crate::out!(
         "every peer holds the global mean: {} (largest |peer - exact f64 mean| {:.2e}, tolerance {:.1e}, after {} \
          rounds)",
         if agree { "yes" } else { "NO" },

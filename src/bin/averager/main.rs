@@ -28,6 +28,16 @@ use clap::Parser;
 
 pub(crate) use failure::Result;
 
+/// `println!` for result lines, except that a closed stdout (`averager demo | head -3`) is not a
+/// panic: the run goes on (and still writes its plot) with nobody reading.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+pub(crate) use out;
+
 fn main() -> ExitCode {
     // clap prints its own message and exits with status 2 on bad flags.
     let cli = cli::Cli::parse();

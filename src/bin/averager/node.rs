@@ -209,7 +209,7 @@ async fn ctrl_c() {
 }
 
 /// One line on stdout (Rust's stdout is line-buffered, also into a pipe, so a reader sees it at
-/// once).
+/// once; a closed stdout is ignored).
 fn say(line: &str) {
-    println!("{line}");
+    crate::out!("{line}");
 }

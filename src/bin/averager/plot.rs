@@ -34,7 +34,7 @@ fn draw(path: &Path, spreads: &[f64], title: &str) -> std::result::Result<(), Bo
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let (head, body) = root.split_vertically(60);
-    head.draw(&Text::new(short(title, 110), (10, 10), ("sans-serif", 14).into_font()))?;
+    head.draw(&Text::new(short(title, 100), (10, 10), ("sans-serif", 16).into_font()))?;
     let note = if hit_floor {
         format!("spread across peers per round (a spread of 0 is drawn at {FLOOR:.0e})")
     } else {

@@ -64,7 +64,7 @@ impl Worker {
 /// When the bootstrap node or a worker cannot start, or a worker stops answering.
 pub(crate) async fn run(plan: DemoPlan) -> Result<ExitCode> {
     let started = Instant::now();
-    println!("{}", plan.header());
+    crate::out!("{}", plan.header());
     let mut dhts = Dhts::new(plan.dht, &[])?;
     // The bootstrap node holds no averager: it only introduces the workers to each other.
     let _bootstrap = dhts.node().await?;
@@ -162,7 +162,7 @@ async fn rounds(plan: &DemoPlan, workers: &mut [Worker], started: Instant) -> Re
             meter.add(&read_f32_file(&worker.dump)?)?;
         }
         let agreement = meter.finish();
-        println!("{}", log.record(round, &stats, agreement, plan.floats));
+        crate::out!("{}", log.record(round, &stats, agreement, plan.floats));
         if agreement.deviation <= tolerance {
             break;
         }
