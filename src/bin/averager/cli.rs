@@ -41,7 +41,12 @@ impl Command {
         match self {
             // A worker's stderr is the demo's stderr: only what needs attention.
             Command::Worker(_) => "warn",
-            _ => "warn,averager=info",
+            // Target filters match by prefix, so `averager` alone would also let the library
+            // crates' (`averager_core`, `averager_dht`, ...) info logs through.
+            _ => {
+                "warn,averager=info,averager_core=warn,averager_dht=warn,averager_transport_grpc=warn,\
+                 averager_transport_quic=warn,averager_compression=warn,libp2p_kad=error"
+            }
         }
     }
 }

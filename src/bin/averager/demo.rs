@@ -246,9 +246,10 @@ impl RoundLog {
         let algbw = stats
             .allreduce()
             .map_or("-".to_string(), |d| format!("{:.1} MB/s", algbw_mb_s(tensor_bytes(floats), secs(d))));
+        let matchmaking = stats.matchmaking().map_or("-".to_string(), |d| format!("{:.2} s", secs(d)));
         let mut line = format!(
-            "round {round}: {} groups, all-reduce {allreduce}, algbw {algbw} per peer, spread {:.3e} (round took \
-             {:.2} s)",
+            "round {round}: {} groups, all-reduce {allreduce}, algbw {algbw} per peer, spread {:.3e} \
+             (matchmaking {matchmaking}, round {:.2} s)",
             stats.groups(),
             agreement.spread,
             secs(stats.wall),
