@@ -72,7 +72,9 @@ impl PartAccumulator for MeanAccumulator {
             return Ok(PartOutcome::KeepLocal);
         }
         let inv = 1.0 / self.total_weight;
-        let mean: Vec<f64> = self.sum.into_iter().map(|s| s * inv).collect();
+        let mut mean = self.sum;
+        // In place: a part's sum is megabytes, and this runs once per part.
+        mean.iter_mut().for_each(|s| *s *= inv);
         let data = TensorData::from_f64(self.dtype, &mean)?;
         Ok(PartOutcome::Reduced(Tensor::new(vec![self.len], data)?))
     }

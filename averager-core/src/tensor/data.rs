@@ -88,6 +88,17 @@ trait Element: Copy + Default {
     const SIZE: usize;
     fn write_le(self, out: &mut [u8]);
     fn read_le(bytes: &[u8]) -> Self;
+
+    /// The elements' little-endian bytes without a conversion, where memory already holds them so.
+    fn le_bytes(_values: &[Self]) -> Option<&[u8]> {
+        None
+    }
+
+    /// The elements of little-endian `bytes` (a whole number of them), copied at memory speed
+    /// where memory holds elements in that form.
+    fn from_le_slice(_bytes: &[u8]) -> Option<Vec<Self>> {
+        None
+    }
 }
 
 macro_rules! element {
@@ -99,6 +110,17 @@ macro_rules! element {
                 let mut a = [0u8; std::mem::size_of::<$t>()];
                 a.copy_from_slice(bytes);
                 <$t>::from_le_bytes(a)
+            }
+            // Parts are megabytes of numbers: on little-endian machines they are copied whole
+            // instead of converted one element at a time.
+            #[cfg(target_endian = "little")]
+            fn le_bytes(values: &[Self]) -> Option<&[u8]> {
+                Some(bytemuck::cast_slice(values))
+            }
+            #[cfg(target_endian = "little")]
+            fn from_le_slice(bytes: &[u8]) -> Option<Vec<Self>> {
+                // Copies into a fresh, aligned buffer: `bytes` (a network buffer) may be unaligned.
+                Some(bytemuck::pod_collect_to_vec(bytes))
             }
         }
     )*};
@@ -124,9 +146,21 @@ impl Element for [f32; 2] {
     fn read_le(bytes: &[u8]) -> Self {
         [f32::read_le(&bytes[..4]), f32::read_le(&bytes[4..])]
     }
+    #[cfg(target_endian = "little")]
+    fn le_bytes(values: &[Self]) -> Option<&[u8]> {
+        Some(bytemuck::cast_slice(values))
+    }
+    #[cfg(target_endian = "little")]
+    fn from_le_slice(bytes: &[u8]) -> Option<Vec<Self>> {
+        Some(bytemuck::pod_collect_to_vec(bytes))
+    }
 }
 
 fn write_all<T: Element>(values: &[T], out: &mut Vec<u8>) {
+    if let Some(bytes) = T::le_bytes(values) {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let start = out.len();
     out.resize(start + values.len() * T::SIZE, 0);
     for (v, chunk) in values.iter().zip(out[start..].chunks_exact_mut(T::SIZE)) {
@@ -135,7 +169,8 @@ fn write_all<T: Element>(values: &[T], out: &mut Vec<u8>) {
 }
 
 fn read_all<T: Element>(bytes: &[u8]) -> Vec<T> {
-    bytes.chunks_exact(T::SIZE).map(T::read_le).collect()
+    let whole = &bytes[..bytes.len() - bytes.len() % T::SIZE];
+    T::from_le_slice(whole).unwrap_or_else(|| whole.chunks_exact(T::SIZE).map(T::read_le).collect())
 }
 
 impl TensorData {
