@@ -72,7 +72,11 @@ pub(crate) async fn run(plan: DemoPlan) -> Result<ExitCode> {
     tracing::info!(?bootstrap, "bootstrap DHT node");
     let dir = std::env::temp_dir().join(format!("averager-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).context(format!("creating {}", dir.display()))?;
-    let outcome = drive(&plan, &bootstrap, &dir, started).await;
+    // On Ctrl+C the workers are killed (dropping them does) and the files still removed.
+    let outcome = tokio::select! {
+        outcome = drive(&plan, &bootstrap, &dir, started) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(Failure::new("interrupted")),
+    };
     let _ = std::fs::remove_dir_all(&dir);
     dhts.shutdown().await;
     outcome
