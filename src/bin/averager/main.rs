@@ -18,6 +18,7 @@ mod plot;
 mod processes;
 mod progress;
 mod report;
+mod signals;
 mod swarm;
 mod tensors;
 mod worker;

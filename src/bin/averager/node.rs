@@ -105,7 +105,7 @@ async fn serve(
     }
     tracing::info!(%prefix, "node running; Ctrl+C stops it");
     say("ready");
-    let shutdown = shutdown_signal();
+    let shutdown = crate::signals::shutdown_signal();
     tokio::pin!(shutdown);
     let outcome = tokio::select! {
         outcome = work(args, &averager, every) => outcome,
@@ -179,33 +179,6 @@ async fn load_state(averager: &Averager) -> Result<()> {
     }
     tracing::info!("loaded the state of a peer");
     Ok(())
-}
-
-/// Resolves on Ctrl+C (SIGINT) or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    () = ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => ctrl_c().await,
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c().await;
-}
-
-/// Resolves on Ctrl+C; never, if the handler cannot be installed (rather than stopping at once).
-async fn ctrl_c() {
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::warn!(error = %e, "cannot listen for Ctrl+C");
-        std::future::pending::<()>().await;
-    }
 }
 
 /// One line on stdout (Rust's stdout is line-buffered, also into a pipe, so a reader sees it at

@@ -75,7 +75,7 @@ pub(crate) async fn run(plan: DemoPlan) -> Result<ExitCode> {
     // On Ctrl+C the workers are killed (dropping them does) and the files still removed.
     let outcome = tokio::select! {
         outcome = drive(&plan, &bootstrap, &dir, started) => outcome,
-        _ = tokio::signal::ctrl_c() => Err(Failure::new("interrupted")),
+        () = crate::signals::ctrl_c() => Err(Failure::new("interrupted")),
     };
     let _ = std::fs::remove_dir_all(&dir);
     dhts.shutdown().await;
