@@ -56,10 +56,11 @@ def kill_session(pgid):
 
 
 def last_line(path):
-    """The last non-empty line of a log file, shortened: the usual reason a command failed."""
+    """The last non-empty line of a log file after its first line (the command, written by
+    run_one or build_averager), shortened: the usual reason a command failed."""
     try:
         with open(path, errors="replace") as file:
-            next(file, None)  # the command line that run_one wrote first
+            next(file, None)
             lines = [line.strip() for line in file if line.strip()]
     except OSError:
         return ""
@@ -124,6 +125,8 @@ def build_averager(args):
     log_path = os.path.join(args.log_dir, "cargo-build.log")
     log(f"averager: cargo build --release (log: {log_path})")
     with open(log_path, "w") as log_file:
+        log_file.write(f"$ (cd {REPO} && cargo build --release)\n")
+        log_file.flush()
         try:
             proc = subprocess.Popen(
                 ["cargo", "build", "--release"], cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
