@@ -260,7 +260,7 @@ async fn silent_and_garbage_connections_to_a_tls_server_are_closed_while_it_serv
     let pki = Pki::new();
     let settings = GrpcSettings {
         tls: Some(pki.settings()),
-        first_request_timeout: Duration::from_secs(2),
+        first_request_timeout: Duration::from_secs(5),
         ..GrpcSettings::default()
     };
     let server = GrpcTransport::with_settings(settings).expect("valid settings");
