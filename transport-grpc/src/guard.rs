@@ -1,16 +1,18 @@
-//! The request guard: a tower layer in front of tonic that reads each call's request body as gRPC
-//! frames (a flag byte, a `u32` big-endian length, the message) before tonic does.
+//! The guards: bodies read as gRPC frames (a flag byte, a `u32` big-endian length, the message)
+//! before tonic reads them, on the server (request bodies, a tower layer) and on the client (reply
+//! bodies, a wrapper of the channel).
 //!
-//! - tonic reserves a message's announced length as soon as it reads the length prefix, so a
-//!   caller that announces 16 MiB and sends 5 bytes would cost the cap in memory, per stream. The
-//!   guard holds each message's bytes back until all of them have arrived (tonic cannot decode a
-//!   message before that anyway): what tonic reserves is then what the caller actually sent. A
-//!   length over the cap fails the call at once, worded as tonic words it.
-//! - tonic waits without a limit for the request of a unary call (`rpc_join_group`,
-//!   `rpc_download_state`). The guard fails a call whose first message is not whole within
-//!   `first_request_timeout` with `DEADLINE_EXCEEDED`; for `rpc_aggregate_part` the handler's
-//!   request stream ends with that error, when the handler reads it. Later messages may come at
-//!   any pace.
+//! - tonic reserves a message's announced length as soon as it reads the length prefix, so a peer
+//!   that announces 16 MiB and sends 5 bytes would cost the cap in memory, per stream. A guard
+//!   holds each message's bytes back until all of them have arrived (tonic cannot decode a message
+//!   before that anyway): what tonic reserves is then what the peer actually sent. A length over
+//!   the cap fails the call at once, worded as tonic words it; a body that ends inside a message
+//!   fails it too, without handing tonic the partial message.
+//! - On the server only: tonic waits without a limit for the request of a unary call
+//!   (`rpc_join_group`, `rpc_download_state`). The guard fails a call whose first message is not
+//!   whole within `first_request_timeout` with `DEADLINE_EXCEEDED`; for `rpc_aggregate_part` the
+//!   handler's request stream ends with that error, when the handler reads it. Later messages may
+//!   come at any pace, and replies have no deadline (a caller bounds its own waits).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -24,13 +26,14 @@ use http_body::Frame;
 use tokio::time::{Sleep, sleep};
 use tonic::Status;
 use tonic::body::Body;
+use tonic::transport::Channel;
 
 use crate::status::too_large;
 
 /// The gRPC frame header: a compression flag and a `u32` big-endian length.
 const HEADER_LEN: usize = 5;
 
-/// Wraps tonic's routes in a [`Guard`].
+/// Wraps tonic's routes in a [`Guard`] (the server side).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GuardLayer {
     limit: usize,
@@ -73,7 +76,37 @@ where
 
     fn call(&mut self, request: Request<Body>) -> S::Future {
         let GuardLayer { limit, wait } = self.layer;
-        self.inner.call(request.map(|body| Body::new(Guarded::new(body, limit, wait))))
+        self.inner.call(request.map(|body| Body::new(Guarded::new(body, limit, Some(wait)))))
+    }
+}
+
+/// A client channel whose replies' bodies are [`Guarded`], without a deadline.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplyGuard {
+    inner: Channel,
+    limit: usize,
+}
+
+impl ReplyGuard {
+    /// Guards the replies of `inner`, whose messages may be up to `limit` bytes.
+    pub(crate) fn new(inner: Channel, limit: usize) -> Self {
+        ReplyGuard { inner, limit }
+    }
+}
+
+impl tower_service::Service<Request<Body>> for ReplyGuard {
+    type Response = http::Response<Guarded>;
+    type Error = tonic::transport::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Guarded>, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let limit = self.limit;
+        let reply = self.inner.call(request);
+        Box::pin(async move { Ok(reply.await?.map(|body| Guarded::new(body, limit, None))) })
     }
 }
 
@@ -88,13 +121,12 @@ enum State {
     Failed,
 }
 
-/// A request body released to tonic one whole gRPC message at a time.
+/// A body released to tonic one whole gRPC message at a time.
 pub(crate) struct Guarded {
     inner: Body,
     limit: usize,
-    wait: Duration,
-    /// Until the first message is whole: when the call fails for want of it.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// Until the first message is whole, if it has a deadline: when the call fails for want of it.
+    deadline: Option<Deadline>,
     /// Data received and not released yet.
     held: VecDeque<Bytes>,
     held_len: usize,
@@ -105,13 +137,18 @@ pub(crate) struct Guarded {
     state: State,
 }
 
+/// When a body's first message must be whole.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    wait: Duration,
+}
+
 impl Guarded {
-    fn new(inner: Body, limit: usize, wait: Duration) -> Self {
+    fn new(inner: Body, limit: usize, wait: Option<Duration>) -> Self {
         Guarded {
             inner,
             limit,
-            wait,
-            deadline: Some(Box::pin(sleep(wait))),
+            deadline: wait.map(|wait| Deadline { sleep: Box::pin(sleep(wait)), wait }),
             held: VecDeque::new(),
             held_len: 0,
             ready: 0,
@@ -179,16 +216,23 @@ impl http_body::Body for Guarded {
                     Err(frame) => this.trailers = frame.into_trailers().ok(),
                 },
                 Poll::Ready(Some(Err(status))) => return this.fail(status),
+                Poll::Ready(None) if this.held_len > 0 => {
+                    // Handing tonic the partial message would make it reserve the whole announced
+                    // length just to report the truncation.
+                    let held = this.held_len;
+                    return this.fail(Status::internal(format!(
+                        "the stream ended inside a gRPC message, {held} bytes into it"
+                    )));
+                }
                 Poll::Ready(None) => {
-                    // A partial message goes to tonic too, which reports the truncation.
                     this.state = State::Ended;
-                    this.ready = this.held_len;
                     this.deadline = None;
                 }
                 Poll::Pending => {
-                    let late = this.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
-                    if late {
-                        let wait = this.wait;
+                    if let Some(deadline) = &mut this.deadline
+                        && deadline.sleep.as_mut().poll(cx).is_ready()
+                    {
+                        let wait = deadline.wait;
                         return this.fail(Status::deadline_exceeded(format!(
                             "the caller's first request was not whole within {wait:?}"
                         )));

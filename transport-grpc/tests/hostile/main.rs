@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use averager_core::Error;
-use averager_core::transport::{AveragingData, DEFAULT_MAX_MESSAGE_BYTES, ServerHandle, Transport};
+use averager_core::transport::{
+    AveragingData, DEFAULT_MAX_MESSAGE_BYTES, DownloadData, DownloadRequest, ServerHandle, Transport,
+};
 use averager_transport_grpc::{GrpcSettings, GrpcTransport};
 use futures::StreamExt;
 use rand::rngs::StdRng;
@@ -38,6 +40,10 @@ const CAP: usize = DEFAULT_MAX_MESSAGE_BYTES;
 
 /// The most the server may allocate (live, at once) during a hostile phase.
 const MEMORY_BOUND: usize = 64 << 20;
+
+/// The most a client may allocate while a hostile server answers it: under the cap, so that a
+/// single reservation of an announced length would show.
+const CLIENT_MEMORY_BOUND: usize = 8 << 20;
 
 /// A bound on waits that end on an event: generous, so a loaded machine does not fail a test.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -93,9 +99,13 @@ async fn honest_call(endpoint: &str) {
 
 /// Checks the peak of `watermark` against [`MEMORY_BOUND`], and prints it for the report.
 fn assert_bounded(watermark: &Watermark, phase: &str) {
+    assert_bounded_by(watermark, phase, MEMORY_BOUND);
+}
+
+fn assert_bounded_by(watermark: &Watermark, phase: &str, bound: usize) {
     let peak = watermark.peak();
     eprintln!("{phase}: peak live heap above the start: {:.1} MiB", peak as f64 / f64::from(1 << 20));
-    assert!(peak < MEMORY_BOUND, "{phase}: the heap grew by {peak} bytes (bound {MEMORY_BOUND})");
+    assert!(peak < bound, "{phase}: the heap grew by {peak} bytes (bound {bound})");
 }
 
 /// Reads `connection` until the server closes it (an end or an error).
@@ -260,4 +270,45 @@ async fn silent_connections_and_streams_are_timed_out_while_an_honest_client_is_
         &format!("{CONNECTIONS} silent connections and {} silent streams", H2_CONNECTIONS * STREAMS),
     );
     honest_call(server.endpoint()).await;
+}
+
+/// The first reply (or error) of an `rpc_download_state` call to `endpoint`.
+async fn first_download(
+    client: &GrpcTransport,
+    endpoint: &str,
+) -> Option<averager_core::Result<DownloadData>> {
+    let client = within("connect", client.connect(endpoint)).await.expect("connect");
+    let mut replies =
+        within("the call", client.rpc_download_state(DownloadRequest {})).await.expect("the call");
+    within("the first reply", replies.next()).await
+}
+
+#[tokio::test]
+async fn a_reply_that_announces_the_cap_costs_the_client_only_what_arrives() {
+    const CALLS: usize = 16;
+    let _serial = SERIAL.lock().await;
+    // Each reply announces a message of exactly the cap, sends 1 KiB of it and ends the call.
+    let truncated = raw::hostile_server(raw::frame(CAP as u32, &[0xAB; 1024])).await;
+    let huge = raw::hostile_server(raw::frame(u32::MAX, b"x")).await;
+    let client = GrpcTransport::default();
+
+    let watermark = Watermark::start();
+    let calls = (0..CALLS).map(|_| first_download(&client, &truncated));
+    for (i, first) in futures::future::join_all(calls).await.into_iter().enumerate() {
+        match first {
+            Some(Err(Error::Transport(text))) if text.contains("ended inside a gRPC message") => {}
+            other => panic!("call {i}: expected the truncation, got {other:?}"),
+        }
+    }
+    match first_download(&client, &huge).await {
+        Some(Err(Error::MessageTooLarge { size, limit })) => {
+            assert_eq!((size, limit), (u32::MAX as usize, CAP));
+        }
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    assert_bounded_by(
+        &watermark,
+        &format!("{CALLS} replies announcing {CAP} bytes each"),
+        CLIENT_MEMORY_BOUND,
+    );
 }

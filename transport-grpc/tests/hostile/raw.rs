@@ -129,3 +129,31 @@ fn percent_decoded(text: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A hostile server on a free port: answers every call with response headers, `reply` as its
+/// data, and an OK status. Returns its endpoint; it serves until the runtime ends.
+pub(crate) async fn hostile_server(reply: Vec<u8>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a listener");
+    let address = listener.local_addr().expect("an address");
+    let reply = Bytes::from(reply);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else { return };
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    let response = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .expect("a response");
+                    let Ok(mut send) = respond.send_response(response, false) else { continue };
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    let _ = send.send_data(reply.clone(), false);
+                    let _ = send.send_trailers(trailers);
+                }
+            });
+        }
+    });
+    format!("grpc://{address}")
+}
