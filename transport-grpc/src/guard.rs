@@ -113,9 +113,9 @@ impl tower_service::Service<Request<Body>> for ReplyGuard {
 /// Where a body stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Reading the caller's frames.
+    /// Reading the peer's frames.
     Open,
-    /// The caller's body ended: release what is held, then the trailers, then the end.
+    /// The peer's body ended at a message boundary: the trailers, if any, then the end.
     Ended,
     /// The body failed (and said so once): nothing more.
     Failed,
@@ -160,6 +160,9 @@ impl Guarded {
 
     /// Holds `data`, marking whatever it completes as ready.
     fn receive(&mut self, data: Bytes) -> Result<(), Status> {
+        if data.is_empty() {
+            return Ok(());
+        }
         if let Some(end) = self.frames.scan(&data, self.limit)? {
             self.ready = self.held_len + end;
             self.deadline = None;
