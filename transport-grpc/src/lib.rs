@@ -141,7 +141,11 @@ impl GrpcTransport {
         // `https` URI it did not configure TLS for itself.
         let target = Endpoint::from_shared(format!("http://{authority}"))
             .map_err(|e| Error::Config(format!("endpoint {endpoint:?} is not grpc://host:port: {e}")))?;
-        let mut target = target.connect_timeout(self.settings.connect_timeout);
+        let mut target = target
+            .connect_timeout(self.settings.connect_timeout)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES));
         if let Some(interval) = self.settings.keep_alive {
             target = target
                 .http2_keep_alive_interval(interval)
@@ -151,6 +155,16 @@ impl GrpcTransport {
         Ok(target)
     }
 }
+
+/// HTTP/2 flow-control windows, both directions. h2's default (64 KiB) makes a sender of
+/// half-megabyte parts stop for a window update every few frames, even on loopback; a window of a
+/// few parts keeps the pipe full, and is still a bound on what a peer can make us buffer per stream.
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+/// Four streams' windows per connection (a peer sends to one reducer over one stream at a time
+/// per group, so a connection rarely carries more).
+const CONNECTION_WINDOW_BYTES: u32 = 4 * STREAM_WINDOW_BYTES;
+/// The largest HTTP/2 DATA frame this side accepts: fewer, larger frames for megabyte messages.
+const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 #[async_trait]
 impl Transport for GrpcTransport {

@@ -47,7 +47,10 @@ pub(crate) async fn serve(
     let grpc = DecentralizedAveragingServer::new(adapter)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(crate::STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(crate::CONNECTION_WINDOW_BYTES))
+        .max_frame_size(Some(crate::MAX_FRAME_BYTES));
     if let Some(interval) = settings.keep_alive {
         builder = builder.http2_keepalive_interval(Some(interval)).http2_keepalive_timeout(Some(interval));
     }
