@@ -43,6 +43,8 @@ pub async fn averaging_trigger(factory: &impl NetworkFactory) -> Outcome {
         setups.push(PeerSetup::new(vec![f32s(&[4], [i as f32; 4])?], config));
     }
     let swarm = Peers::start(factory, setups).await?;
+    // The 0.3 s request_timeout assumes connected peers, as in hivemind (see `connect_all`).
+    swarm.connect_all().await?;
     let scheduled = dht_now() + 0.5;
     let triggered = |i: usize| i == 1 || i == 2;
     let mut controls = Vec::new();
@@ -95,6 +97,8 @@ pub async fn averaging_cancel(factory: &impl NetworkFactory, target: Option<usiz
         setups.push(PeerSetup::new(vec![f32s(&[4], [i as f32; 4])?], config));
     }
     let swarm = Peers::start(factory, setups).await?;
+    // The 0.5 s request_timeout assumes connected peers, as in hivemind (see `connect_all`).
+    swarm.connect_all().await?;
     let mut controls = Vec::new();
     for peer in &swarm.peers {
         controls.push(peer.step_background(StepOptions::default().require_trigger(true)).await?);

@@ -26,6 +26,11 @@
 //! factory afresh). Steps are bounded by [`STEP_WAIT`] and stage waits by ten seconds, inside the
 //! crate's [`CASE_TIMEOUT`](crate::CASE_TIMEOUT); no case sleeps to synchronise, it polls.
 //!
+//! Scenarios 12 and 13 dial every peer from every other before they start: their sub-second
+//! `request_timeout`s come from hivemind, whose peers are already connected through the DHT's
+//! libp2p node, and a cold handshake on a loaded machine (a QUIC one takes over 0.3 s there) would
+//! otherwise decide the case. The other scenarios dial inside matchmaking, within the default 3 s.
+//!
 //! In process a case takes a fraction of a second; over sockets a few seconds. Scenario 4 is one
 //! case per mix of modes, so that a failure names its mix and the mixes run in parallel.
 
