@@ -3,6 +3,7 @@
 pub mod compression;
 pub mod dht;
 pub mod reducer;
+pub mod scenarios;
 pub mod transport;
 
 use std::fmt;

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Response, Status, Streaming};
 
+use crate::guard::ReplyGuard;
 use crate::status::to_error;
 
 /// How many requests of one `rpc_aggregate_part` wait between the caller's stream and HTTP/2.
@@ -24,13 +25,13 @@ const REQUEST_BUFFER: usize = 4;
 /// A client of one `grpc://` endpoint, over the transport's shared channel.
 pub(crate) struct GrpcClient {
     endpoint: String,
-    inner: DecentralizedAveragingClient<Channel>,
+    inner: DecentralizedAveragingClient<ReplyGuard>,
     limit: usize,
 }
 
 impl GrpcClient {
     pub(crate) fn new(endpoint: &str, channel: Channel, limit: usize) -> Self {
-        let inner = DecentralizedAveragingClient::new(channel)
+        let inner = DecentralizedAveragingClient::new(ReplyGuard::new(channel, limit))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
         GrpcClient { endpoint: endpoint.to_string(), inner, limit }

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use averager_core::transport::{
     AveragingData, AveragingService, CallContext, DownloadData, DownloadRequest, JoinRequest,
@@ -17,19 +18,20 @@ use averager_core::{Error, Result};
 use averager_proto::server::{DecentralizedAveraging, DecentralizedAveragingServer};
 use futures::{Stream, StreamExt, stream};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::GrpcSettings;
+use crate::guard::GuardLayer;
 use crate::status::{request_error, to_status, too_large};
+use crate::{GrpcSettings, connections};
 
 /// A response stream as tonic sends it.
 type Outgoing<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Binds the listener, starts tonic on it and returns once it accepts calls.
+/// Binds the listener, starts tonic on it (over TLS with `tls`) and returns once it accepts calls.
 pub(crate) async fn serve(
     settings: &GrpcSettings,
+    tls: Option<Arc<rustls::ServerConfig>>,
     service: Arc<dyn AveragingService>,
 ) -> Result<ServerHandle> {
     let listener = TcpListener::bind(settings.listen)
@@ -39,18 +41,25 @@ pub(crate) async fn serve(
         .local_addr()
         .map_err(|e| Error::Transport(format!("the listener on {} has no address: {e}", settings.listen)))?;
     let limit = settings.max_message_bytes;
+    let wait = settings.first_request_timeout;
     let stop = CancellationToken::new();
-    let adapter = Adapter { service, limit, stop: stop.clone() };
+    let adapter = Adapter { service, limit, wait, stop: stop.clone() };
     let grpc = DecentralizedAveragingServer::new(adapter)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(crate::STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(crate::CONNECTION_WINDOW_BYTES))
+        .max_frame_size(Some(crate::MAX_FRAME_BYTES));
     if let Some(interval) = settings.keep_alive {
         builder = builder.http2_keepalive_interval(Some(interval)).http2_keepalive_timeout(Some(interval));
     }
+    let connections = connections::accept(listener, tls, wait, stop.clone());
     let shutdown = stop.clone().cancelled_owned();
-    let server =
-        builder.add_service(grpc).serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    let server = builder
+        .layer(GuardLayer::new(limit, wait))
+        .add_service(grpc)
+        .serve_with_incoming_shutdown(connections, shutdown);
     tokio::spawn(async move {
         if let Err(e) = server.await {
             log_server_failure(&local, &e);
@@ -77,6 +86,8 @@ fn log_server_failure(local: &SocketAddr, error: &tonic::transport::Error) {
 struct Adapter {
     service: Arc<dyn AveragingService>,
     limit: usize,
+    /// The first-request timeout, for the error a late request stream ends with.
+    wait: Duration,
     stop: CancellationToken,
 }
 
@@ -141,13 +152,17 @@ where
 
 /// The caller's request stream as the handler's: failures become errors, and the stream ends
 /// after the first one.
-fn incoming(requests: tonic::Streaming<AveragingData>, limit: usize) -> MessageStream<AveragingData> {
+fn incoming(
+    requests: tonic::Streaming<AveragingData>,
+    limit: usize,
+    wait: Duration,
+) -> MessageStream<AveragingData> {
     Box::pin(stream::unfold(Some(requests), move |state| async move {
         let mut requests = state?;
         match requests.message().await {
             Ok(Some(message)) => Some((Ok(message), Some(requests))),
             Ok(None) => None,
-            Err(status) => Some((Err(request_error(&status, limit)), None)),
+            Err(status) => Some((Err(request_error(&status, limit, wait)), None)),
         }
     }))
 }
@@ -172,7 +187,7 @@ impl DecentralizedAveraging for Adapter {
         request: Request<tonic::Streaming<AveragingData>>,
     ) -> Result<Response<Self::rpc_aggregate_partStream>, Status> {
         let call = Self::context(&request);
-        let requests = incoming(request.into_inner(), self.limit);
+        let requests = incoming(request.into_inner(), self.limit, self.wait);
         let service = self.service.clone();
         self.start(async move { service.rpc_aggregate_part(call, requests).await }).await
     }

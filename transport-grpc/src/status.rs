@@ -1,5 +1,7 @@
 //! Between the core's [`Error`] and tonic's [`Status`].
 
+use std::time::Duration;
+
 use averager_core::Error;
 use tonic::{Code, Status};
 
@@ -34,13 +36,31 @@ pub(crate) fn to_error(status: &Status, endpoint: &str, limit: usize) -> Error {
             Error::Unreachable { endpoint: endpoint.to_string(), reason: message.to_string() }
         }
         Code::Cancelled => Error::Cancelled(format!("{endpoint}: {message}")),
-        code => Error::Transport(format!("{endpoint}: {code:?}: {message}")),
+        // tonic's "transport error" says nothing by itself: what failed is in its sources.
+        code => Error::Transport(format!("{endpoint}: {code:?}: {}", with_sources(message, status))),
     }
 }
 
-/// The error a handler sees when its request stream fails with `status`.
-pub(crate) fn request_error(status: &Status, limit: usize) -> Error {
+/// `text`, then the display of each source of `error` that does not repeat what is written.
+fn with_sources(text: &str, error: &dyn std::error::Error) -> String {
+    let mut text = text.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let link = e.to_string();
+        if !text.ends_with(&link) {
+            text.push_str(": ");
+            text.push_str(&link);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// The error a handler sees when its request stream fails with `status`; `wait` is the server's
+/// first-request timeout, the only deadline the server puts on a request stream.
+pub(crate) fn request_error(status: &Status, limit: usize, wait: Duration) -> Error {
     match status.code() {
+        Code::DeadlineExceeded => Error::timeout("the caller's first request", wait),
         Code::OutOfRange | Code::ResourceExhausted
             if status.message().contains("message length too large") =>
         {
@@ -62,16 +82,10 @@ fn number_after(text: &str, prefix: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
-/// An error and its sources, as one line.
+/// An error and its sources, as one line; a source that only repeats the text before it (as
+/// wrappers that display their inner error do) is left out.
 pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+    with_sources(&error.to_string(), error)
 }
 
 #[cfg(test)]
@@ -89,6 +103,24 @@ mod tests {
         ));
         let ours = too_large(5, 4);
         assert!(matches!(to_error(&ours, "grpc://x:1", 99), Error::MessageTooLarge { size: 5, limit: 4 }));
+    }
+
+    #[test]
+    fn chains_leave_out_repeated_sources() {
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "transport error: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let error = Wrapper(std::io::Error::other("the TLS handshake failed"));
+        assert_eq!(chain(&error), "transport error: the TLS handshake failed");
     }
 
     #[test]

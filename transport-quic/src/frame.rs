@@ -19,6 +19,10 @@ const ERROR_TOO_LARGE: u8 = 2;
 /// The largest error payload read or written.
 const MAX_ERROR_PAYLOAD: usize = 4096;
 
+/// What a message buffer starts with: a length prefix is only a claim, so the buffer grows with
+/// the bytes that actually arrive (a 5-byte header must not cost the cap in memory).
+const INITIAL_MESSAGE_CAPACITY: usize = 64 * 1024;
+
 /// The largest `max_message_bytes` the framing can carry (the marker value is reserved).
 pub(crate) const MAX_FRAME_BYTES: usize = (u32::MAX - 1) as usize;
 
@@ -75,7 +79,8 @@ pub(crate) async fn read_method(recv: &mut RecvStream) -> Option<u8> {
     recv.read_exact(&mut method).await.ok().map(|()| method[0])
 }
 
-/// Reads the next frame. A length over `limit` is refused before anything is allocated. Error
+/// Reads the next frame. A length over `limit` is refused before anything is allocated, and a
+/// length within it is not trusted either: the buffer grows with the bytes that arrive. Error
 /// frames are recognised only when `allow_error` (the response direction).
 pub(crate) async fn read_frame(
     recv: &mut RecvStream,
@@ -102,9 +107,31 @@ pub(crate) async fn read_frame(
     if size > limit {
         return Err(Error::MessageTooLarge { size, limit });
     }
-    let mut buf = vec![0u8; size];
-    read_exact(recv, &mut buf, peer).await?;
-    Ok(Frame::Message(buf))
+    read_message(recv, size, peer).await.map(Frame::Message)
+}
+
+/// Reads a message body of `size` bytes, never holding more capacity than twice what arrived (or
+/// [`INITIAL_MESSAGE_CAPACITY`]).
+async fn read_message(recv: &mut RecvStream, size: usize, peer: &str) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(size.min(INITIAL_MESSAGE_CAPACITY));
+    while buf.len() < size {
+        let chunk = match recv.read_chunk(size - buf.len(), true).await {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) => {
+                return Err(Error::Transport(format!(
+                    "{peer} ended its stream inside a frame ({} of {size} bytes)",
+                    buf.len()
+                )));
+            }
+            Err(e) => return Err(read_error(peer, &e)),
+        };
+        if buf.capacity() - buf.len() < chunk.len() {
+            let target = (buf.capacity() * 2).max(buf.len() + chunk.len()).min(size);
+            buf.reserve_exact(target - buf.len());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
 }
 
 async fn read_error_frame(recv: &mut RecvStream, peer: &str) -> Result<Error> {

@@ -38,7 +38,18 @@ pub struct QuicSettings {
     /// A SHA-256 certificate fingerprint (64 hex digits) every dialed server must present when its
     /// endpoint carries no `#<sha256>` pin of its own; `None`: such servers are not checked.
     pub pin: Option<String>,
+    /// How long a served call waits, from the moment its stream arrives, for the caller's method
+    /// byte and its request (`rpc_join_group`, `rpc_download_state`) or first request
+    /// (`rpc_aggregate_part`), in seconds. A caller that opens a stream and sends nothing (or part
+    /// of a message) gets an error frame and the stream is freed; later requests of an aggregate
+    /// stream may come at any pace.
+    #[serde(with = "averager_core::time::secs")]
+    pub first_request_timeout: Duration,
 }
+
+/// The default [`QuicSettings::first_request_timeout`]: generous, as it only frees what a silent
+/// caller holds.
+pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for QuicSettings {
     fn default() -> Self {
@@ -48,6 +59,7 @@ impl Default for QuicSettings {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pin: None,
+            first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
         }
     }
 }
@@ -73,8 +85,8 @@ impl QuicTransport {
     /// A transport with `settings`.
     ///
     /// # Errors
-    /// [`Error::Config`] when `max_message_bytes` is 0 or over `u32::MAX - 1`, or `pin` is not 64
-    /// hex digits.
+    /// [`Error::Config`] when `max_message_bytes` is 0 or over `u32::MAX - 1`, `pin` is not 64
+    /// hex digits, or `first_request_timeout` is zero.
     pub fn with_settings(mut settings: QuicSettings) -> Result<Self> {
         if settings.max_message_bytes == 0 || settings.max_message_bytes > frame::MAX_FRAME_BYTES {
             return Err(Error::Config(format!(
@@ -82,6 +94,9 @@ impl QuicTransport {
                 frame::MAX_FRAME_BYTES,
                 settings.max_message_bytes
             )));
+        }
+        if settings.first_request_timeout.is_zero() {
+            return Err(Error::Config("quic first_request_timeout must be more than zero".into()));
         }
         settings.pin = settings.pin.as_deref().map(client::parse_pin).transpose()?;
         let dialer = Arc::new(Dialer::new(settings.connect_timeout, settings.pin.clone()));
@@ -135,7 +150,12 @@ impl Transport for QuicTransport {
         };
         let served = format!("{}://{host}:{}#{fingerprint}", Self::SCHEME, local.port());
         let (stop, stopped) = watch::channel(false);
-        let serving = Serving { service, limit: self.settings.max_message_bytes, stopped };
+        let serving = Serving {
+            service,
+            limit: self.settings.max_message_bytes,
+            first_request_timeout: self.settings.first_request_timeout,
+            stopped,
+        };
         let accept = tokio::spawn(server::accept_loop(endpoint.clone(), serving)).abort_handle();
         Ok(ServerHandle::new(served, move || {
             stop.send_replace(true);

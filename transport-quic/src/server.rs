@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use averager_core::transport::{AveragingData, AveragingService, CallContext, MessageStream};
 use averager_core::{Error, Result};
@@ -9,6 +10,7 @@ use averager_proto::{DownloadRequest, JoinRequest};
 use futures::StreamExt;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::{oneshot, watch};
+use tokio::time::{Instant, timeout_at};
 
 use crate::frame::{
     self, CODE_CANCELLED, Frame, METHOD_AGGREGATE, METHOD_DOWNLOAD, METHOD_JOIN, decode, encode, read_frame,
@@ -20,6 +22,8 @@ use crate::frame::{
 pub(crate) struct Serving {
     pub(crate) service: Arc<dyn AveragingService>,
     pub(crate) limit: usize,
+    /// How long a call's method byte and first request may take to arrive.
+    pub(crate) first_request_timeout: Duration,
     /// Becomes `true` when the server stops; every call task ends then.
     pub(crate) stopped: watch::Receiver<bool>,
 }
@@ -54,18 +58,29 @@ async fn serve_connection(connection: Connection, serving: Serving) {
 }
 
 /// Runs one call: reads the method byte and the request(s), runs the handler, streams its replies.
+///
+/// The method byte and the first request must arrive within the first-request timeout of the
+/// stream's arrival: a silent caller would otherwise hold the call's task (and, for a handler
+/// that waits on it, the handler's state) for as long as it keeps the connection alive.
 async fn serve_call(send: SendStream, mut recv: RecvStream, serving: Serving, context: CallContext) {
     let peer = context.remote_address.clone().unwrap_or_default();
-    let Some(method) = frame::read_method(&mut recv).await else {
-        return;
+    let Serving { service, limit, first_request_timeout: wait, .. } = serving;
+    let deadline = Instant::now() + wait;
+    let method = match timeout_at(deadline, frame::read_method(&mut recv)).await {
+        Ok(Some(method)) => method,
+        Ok(None) => return,
+        Err(_) => {
+            let e = Error::timeout("the caller's method byte", wait);
+            let _ = recv.stop(CODE_CANCELLED);
+            return fail(send, &e, &peer).await;
+        }
     };
-    let Serving { service, limit, .. } = serving;
     match method {
-        METHOD_JOIN => match read_one::<JoinRequest>(&mut recv, limit, &peer).await {
+        METHOD_JOIN => match read_one::<JoinRequest>(&mut recv, limit, deadline, wait, &peer).await {
             Ok(request) => respond(send, service.rpc_join_group(context, request), limit, None, &peer).await,
             Err(e) => fail(send, &e, &peer).await,
         },
-        METHOD_DOWNLOAD => match read_one::<DownloadRequest>(&mut recv, limit, &peer).await {
+        METHOD_DOWNLOAD => match read_one::<DownloadRequest>(&mut recv, limit, deadline, wait, &peer).await {
             Ok(request) => {
                 respond(send, service.rpc_download_state(context, request), limit, None, &peer).await
             }
@@ -73,19 +88,36 @@ async fn serve_call(send: SendStream, mut recv: RecvStream, serving: Serving, co
         },
         METHOD_AGGREGATE => {
             let (failed_tx, failed_rx) = oneshot::channel();
-            let requests = request_stream(recv, limit, peer.clone(), failed_tx);
+            let first = FirstRequest { deadline, wait };
+            let requests = request_stream(recv, limit, peer.clone(), first, failed_tx);
             respond(send, service.rpc_aggregate_part(context, requests), limit, Some(failed_rx), &peer).await;
         }
         other => {
             let e = Error::Transport(format!("unknown method byte {other}"));
+            let _ = recv.stop(CODE_CANCELLED);
             fail(send, &e, &peer).await;
         }
     }
 }
 
-/// Reads the single request of a unary call.
-async fn read_one<T: prost::Message + Default>(recv: &mut RecvStream, limit: usize, peer: &str) -> Result<T> {
-    match read_frame(recv, limit, false, peer).await? {
+/// The error a call whose first request did not come within `wait` ends with.
+fn first_request_timed_out(wait: Duration) -> Error {
+    Error::timeout("the caller's first request", wait)
+}
+
+/// Reads the single request of a unary call, by `deadline`.
+async fn read_one<T: prost::Message + Default>(
+    recv: &mut RecvStream,
+    limit: usize,
+    deadline: Instant,
+    wait: Duration,
+    peer: &str,
+) -> Result<T> {
+    let Ok(read) = timeout_at(deadline, read_frame(recv, limit, false, peer)).await else {
+        let _ = recv.stop(CODE_CANCELLED);
+        return Err(first_request_timed_out(wait));
+    };
+    match read? {
         Frame::Message(bytes) => decode(&bytes, peer),
         Frame::End | Frame::Failure(_) => Err(Error::Transport(format!("{peer} sent no request"))),
     }
@@ -97,25 +129,44 @@ async fn fail(mut send: SendStream, error: &Error, peer: &str) {
     let _ = send.finish();
 }
 
+/// When the first request of a stream must have arrived.
+struct FirstRequest {
+    deadline: Instant,
+    wait: Duration,
+}
+
 /// The handler's request stream of `rpc_aggregate_part`: frames read from `recv` until the caller
-/// finishes (clean end) or fails. An oversize or undecodable request is also reported on `failed`,
-/// so the caller's reply stream ends with it.
+/// finishes (clean end) or fails. The first frame must be there by `first.deadline`. An oversize,
+/// undecodable or late request is also reported on `failed`, so the caller's reply stream ends
+/// with it.
 fn request_stream(
     recv: RecvStream,
     limit: usize,
     peer: String,
+    first: FirstRequest,
     failed: oneshot::Sender<Error>,
 ) -> MessageStream<AveragingData> {
     struct State {
         recv: RecvStream,
         limit: usize,
         peer: String,
+        first: Option<FirstRequest>,
         failed: Option<oneshot::Sender<Error>>,
     }
-    let state = State { recv, limit, peer, failed: Some(failed) };
+    let state = State { recv, limit, peer, first: Some(first), failed: Some(failed) };
     Box::pin(futures::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
-        let read = read_frame(&mut state.recv, state.limit, false, &state.peer).await;
+        let reading = read_frame(&mut state.recv, state.limit, false, &state.peer);
+        let read = match state.first.take() {
+            None => reading.await,
+            Some(first) => match timeout_at(first.deadline, reading).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let _ = state.recv.stop(CODE_CANCELLED);
+                    Err(first_request_timed_out(first.wait))
+                }
+            },
+        };
         let error = match read {
             Ok(Frame::End) => return None,
             Ok(Frame::Message(bytes)) => match decode::<AveragingData>(&bytes, &state.peer) {
@@ -123,7 +174,7 @@ fn request_stream(
                 Err(e) => e,
             },
             Ok(Frame::Failure(e)) => e,
-            Err(e @ Error::MessageTooLarge { .. }) => e,
+            Err(e @ (Error::MessageTooLarge { .. } | Error::Timeout { .. })) => e,
             // A reset or a lost connection: the caller is gone, nobody to report to.
             Err(e) => return Some((Err(e), None)),
         };

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::matchmaking::PeerMode;
 use crate::reduce::{PartOutcome, Reducer};
 use crate::registry::Registry;
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{DType, Tensor, TensorData};
 use crate::time::with_timeout;
 use crate::transport::{AveragingData, Transport};
 
@@ -88,7 +88,12 @@ pub struct AllReduceRunner {
     pub(super) group: AllReduceGroup,
     pub(super) plan: PartitionPlan,
     pub(super) shares: Vec<f64>,
-    pub(super) tensors: Arc<Vec<Tensor>>,
+    /// This peer's tensors, until [`AllReduceRunner::run`] returns. Reducer tasks may outlive the
+    /// run (a last reply still being written), and if they held the tensors the averager would
+    /// have to copy them to take them back.
+    tensors: Mutex<Option<Arc<Vec<Tensor>>>>,
+    /// The tensors' dtypes, which is all the reducer side needs of them.
+    pub(super) dtypes: Vec<DType>,
     pub(super) infos: Vec<CompressionInfo>,
     codec: Arc<dyn Compression>,
     pub(super) registry: &'static Registry,
@@ -172,7 +177,8 @@ impl AllReduceRunner {
             group,
             plan,
             shares,
-            tensors,
+            dtypes: tensors.iter().map(Tensor::dtype).collect(),
+            tensors: Mutex::new(Some(tensors)),
             infos,
             codec,
             registry,
@@ -199,6 +205,8 @@ impl AllReduceRunner {
     /// reductions end, and incoming streams are answered `CANCELLED` (SPEC 4.7, 11.12).
     pub fn cancel(&self) {
         self.cancel.cancel();
+        // A caller that stops awaiting `run` (a timeout, a shutdown) cancels here instead.
+        self.tensors.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(reducer) = &self.reducer {
             reducer.finish();
         }
@@ -235,6 +243,19 @@ impl AllReduceRunner {
     /// [`Error::Cancelled`] when cancelled. A failed reducer is not an error: its remaining parts
     /// simply have no delta (SPEC 4.4).
     pub async fn run(self: &Arc<Self>) -> Result<AllReduceOutcome> {
+        let outcome = self.run_to_end().await;
+        // Nothing of this peer is sent after the run, so the tensors go back to the caller now.
+        self.tensors.lock().unwrap_or_else(PoisonError::into_inner).take();
+        outcome
+    }
+
+    /// This peer's tensors while the run lasts.
+    fn tensors(&self) -> Result<Arc<Vec<Tensor>>> {
+        let tensors = self.tensors.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        tensors.ok_or_else(|| Error::Cancelled("the all-reduce is over".into()))
+    }
+
+    async fn run_to_end(self: &Arc<Self>) -> Result<AllReduceOutcome> {
         let _watchdog = self.spawn_missing_sender_watchdog();
         let sends = self.group.my_mode() != PeerMode::Aux;
         let exchanges = (0..self.group.members.len())
@@ -314,8 +335,9 @@ impl AllReduceRunner {
             return Ok(());
         };
         let first = self.plan.first_index_of(self.group.me);
+        let tensors = self.tensors()?;
         for (k, part) in self.plan.parts_of(self.group.me).iter().enumerate() {
-            let view = self.tensors[part.tensor].flat_view(part.range.clone())?;
+            let view = tensors[part.tensor].flat_view(part.range.clone())?;
             let outcome = reducer.accumulate(sender, k, &view, self.settings.weight).await?;
             if let PartOutcome::Reduced(average) = outcome.as_ref() {
                 received.push((first + k, average.view().data().difference(view.data())?));
@@ -370,7 +392,7 @@ impl AllReduceRunner {
             Error::protocol(averager_proto::MessageCode::ProtocolViolation, "AVERAGED_PART without a tensor")
         })?;
         let delta = self.registry.decode(&wire)?;
-        let dtype = self.tensors[part.tensor].dtype();
+        let dtype = self.dtypes[part.tensor];
         if delta.numel() != part.range.len() || delta.dtype() != dtype {
             return Err(Error::protocol(
                 averager_proto::MessageCode::ProtocolViolation,
@@ -423,7 +445,8 @@ impl AllReduceRunner {
 
     /// Encodes one part straight from the tensor's memory.
     fn encode_part(&self, part: &PlannedPart) -> Result<WireTensor> {
-        let view = self.tensors[part.tensor].flat_view(part.range.clone())?;
+        let tensors = self.tensors()?;
+        let view = tensors[part.tensor].flat_view(part.range.clone())?;
         let info = self.infos[part.tensor].for_part(part.part_index, part.part_size);
         self.codec.compress(&view, &info)
     }

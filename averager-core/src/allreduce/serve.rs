@@ -178,7 +178,7 @@ impl AllReduceRunner {
         let wire = message.tensor_part.ok_or_else(|| violation(format!("part {k} has no tensor")))?;
         let codec = self.registry.codec_for(&wire).map_err(|e| violation(e.to_string()))?;
         let part = codec.extract(&wire).map_err(|e| violation(e.to_string()))?;
-        let dtype = self.tensors[planned.tensor].dtype();
+        let dtype = self.dtypes[planned.tensor];
         if part.numel() != planned.range.len() || part.dtype() != dtype {
             return Err(violation(format!(
                 "part {k} is {} x {}, the plan says {} x {dtype}",
