@@ -5,7 +5,8 @@
 //! confirmed external address, which peers on one host (or a private network) never get, and a
 //! client-mode node answers nobody's queries. Identify tells each side the other's listen
 //! addresses, which the node feeds into Kademlia's routing table: a connection alone gives only
-//! the ephemeral address of an inbound dialer, which nobody can dial back.
+//! the ephemeral address of an inbound dialer, which nobody can dial back. [`Unreachable`] keeps
+//! queries from waiting on peers that have just failed to answer a dial.
 
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
@@ -15,6 +16,7 @@ use averager_core::{Error, Result};
 
 use crate::settings::{KadSettings, MESSAGE_OVERHEAD_BYTES};
 use crate::store::MergingStore;
+use crate::unreachable::Unreachable;
 
 /// The Kademlia protocol of averager DHTs: a swarm of its own, apart from the IPFS DHT.
 pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/averager/kad/1.0.0");
@@ -27,6 +29,7 @@ const IDENTIFY_VERSION: &str = "/averager/id/1.0.0";
 pub(crate) struct Behaviour {
     pub(crate) kad: kad::Behaviour<MergingStore>,
     pub(crate) identify: identify::Behaviour,
+    pub(crate) unreachable: Unreachable,
 }
 
 /// A swarm for `keypair` with `settings`, not yet listening.
@@ -48,7 +51,7 @@ pub(crate) fn build_swarm(
             kad.set_mode(Some(kad::Mode::Server));
             let identify =
                 identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), key.public()));
-            Behaviour { kad, identify }
+            Behaviour { kad, identify, unreachable: Unreachable::default() }
         })
         .map_err(|e| Error::Config(format!("kad: cannot build the node's protocols: {e}")))?
         .with_swarm_config(|config| config.with_idle_connection_timeout(idle))

@@ -60,6 +60,8 @@ impl Shared {
 /// A read under way: the union of the answers so far.
 struct PendingGet {
     merged: DhtDictionary,
+    /// How many peers answered with a record, for the logs.
+    answers: usize,
     reply: oneshot::Sender<Result<DhtDictionary>>,
 }
 
@@ -119,26 +121,45 @@ impl Driver {
     /// Dials the bootstrap peers and returns once one of them is connected.
     ///
     /// # Errors
-    /// [`Error::Unreachable`] when every dial failed, or none connected within `limit`;
-    /// [`Error::Config`] for an address that cannot be dialled at all.
+    /// [`Error::Unreachable`] when every dial failed, or none connected within `limit`.
     pub(crate) async fn join(&mut self, bootstrap: &[Multiaddr], limit: Duration) -> Result<()> {
         if bootstrap.is_empty() {
             return Ok(());
         }
-        let mut dials = Vec::new();
+        // One dial per peer with all its addresses: a second dial to a peer already being
+        // dialled would be refused.
+        let mut by_peer: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+        let mut anonymous = Vec::new();
         for addr in bootstrap {
-            let opts = match split_peer_id(addr) {
-                Some((peer, transport_addr)) => {
-                    // Known up front, so the first query need not wait for identify.
-                    self.swarm.behaviour_mut().kad.add_address(&peer, transport_addr.clone());
-                    DialOpts::peer_id(peer).addresses(vec![transport_addr]).build()
-                }
-                None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
-            };
-            dials.push(opts.connection_id());
-            if let Err(e) = self.swarm.dial(opts) {
-                return Err(Error::Config(format!("kad: cannot dial bootstrap peer {addr}: {e}")));
+            match split_peer_id(addr) {
+                Some((peer, _)) if peer == *self.swarm.local_peer_id() => {}
+                Some((peer, transport_addr)) => match by_peer.iter_mut().find(|(p, _)| *p == peer) {
+                    Some((_, addrs)) => addrs.push(transport_addr),
+                    None => by_peer.push((peer, vec![transport_addr])),
+                },
+                None => anonymous.push(addr.clone()),
             }
+        }
+        let mut all_dials = Vec::new();
+        for (peer, addrs) in by_peer {
+            for addr in &addrs {
+                // Known up front, so the first query need not wait for identify.
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            all_dials.push(DialOpts::peer_id(peer).addresses(addrs).build());
+        }
+        all_dials.extend(anonymous.into_iter().map(|addr| DialOpts::unknown_peer_id().address(addr).build()));
+        let mut dials = Vec::new();
+        for opts in all_dials {
+            let id = opts.connection_id();
+            dials.push(id);
+            if let Err(e) = self.swarm.dial(opts) {
+                self.failed_dials.insert(id, e.to_string());
+            }
+        }
+        if dials.is_empty() {
+            // Only this node itself was named: it starts the swarm.
+            return Ok(());
         }
         let unreachable = |reason: String| Error::Unreachable {
             endpoint: bootstrap.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
@@ -263,12 +284,13 @@ impl Driver {
             return;
         }
         let id = kad.get_record(key);
-        self.gets.insert(id, PendingGet { merged: local, reply });
+        self.gets.insert(id, PendingGet { merged: local, answers: 0, reply });
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Unreachable(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -307,6 +329,7 @@ impl Driver {
                     // for that dial (seconds, for QUIC). A live peer that was only unreachable
                     // for a moment comes back as soon as it talks to this node again.
                     self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                    tracing::debug!(%peer, "removed an unreachable peer from the routing table");
                 }
                 self.failed_dials.insert(connection_id, error.to_string());
             }
@@ -330,8 +353,9 @@ impl Driver {
                 let Some(reply) = self.puts.remove(&id) else { return };
                 // The entry is in the local store whatever the replicas said; a peer that did
                 // not take it will get it from a read's answer or from replication.
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "kad store reached fewer replicas than asked");
+                match result {
+                    Ok(_) => tracing::debug!(?id, "kad store reached every replica asked"),
+                    Err(e) => tracing::debug!(?id, error = %e, "kad store finished"),
                 }
                 let _ = reply.send(Ok(true));
             }
@@ -342,23 +366,36 @@ impl Driver {
                 if let Some(pending) = self.gets.get_mut(&id) {
                     match result {
                         Ok(GetRecordOk::FoundRecord(PeerRecord { peer: Some(peer), record })) => {
+                            pending.answers += 1;
                             absorb(&mut pending.merged, peer, &record, &self.limits);
                         }
                         // The local replica's record; its entries were taken when the read began.
                         Ok(GetRecordOk::FoundRecord(PeerRecord { peer: None, .. })) => {}
                         Ok(GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => {}
                         Err(kad::GetRecordError::Timeout { .. }) => {
-                            tracing::debug!("kad read timed out; answering with the replicas that replied");
+                            tracing::debug!(
+                                ?id,
+                                "kad read timed out; answering with the replicas that replied"
+                            );
                         }
-                        Err(_) => {}
+                        Err(e) => tracing::debug!(?id, error = %e, "kad read finished"),
                     }
                 }
                 if finished && let Some(pending) = self.gets.remove(&id) {
+                    tracing::debug!(
+                        ?id,
+                        answers = pending.answers,
+                        entries = pending.merged.len(),
+                        "kad read done"
+                    );
                     let now = dht_now();
                     let mut merged = pending.merged;
                     merged.retain(|_, entry| entry.expiration > now);
                     let _ = pending.reply.send(Ok(merged));
                 }
+            }
+            kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
+                tracing::debug!(%peer, "a peer entered the routing table");
             }
             _ => {}
         }

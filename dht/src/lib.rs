@@ -7,6 +7,7 @@ mod node;
 mod record;
 mod settings;
 mod store;
+mod unreachable;
 
 use std::sync::Arc;
 

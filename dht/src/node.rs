@@ -12,6 +12,7 @@ use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::driver::{Command, Driver, Shared};
 use crate::error;
@@ -78,7 +79,9 @@ impl KadDht {
         driver.join(&settings.bootstrap, settings.query_timeout).await?;
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (stop, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(driver.run(command_rx, stop_rx));
+        let task = tokio::spawn(
+            driver.run(command_rx, stop_rx).instrument(tracing::debug_span!("kad", peer = %peer_id)),
+        );
         tracing::info!(%peer_id, addrs = ?shared.listen_addrs(), "kad node started");
         Ok(KadDht {
             peer_id,
