@@ -19,7 +19,8 @@ pub(crate) const MESSAGE_OVERHEAD_BYTES: usize = 64 << 10;
 /// let settings: KadSettings = serde_json::from_str(
 ///     r#"{"listen": ["/ip4/0.0.0.0/tcp/4001"], "bootstrap": ["/ip4/10.0.0.7/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"], "query_timeout": 5}"#,
 /// ).unwrap();
-/// assert_eq!(settings.replication, 5);
+/// assert_eq!(settings.replication.get(), 5);
+/// assert_eq!(settings.query_timeout, std::time::Duration::from_secs(5));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

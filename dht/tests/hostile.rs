@@ -25,7 +25,7 @@ struct Hostile {
 }
 
 fn hostile_swarm() -> Swarm<Hostile> {
-    let swarm = SwarmBuilder::with_new_identity()
+    SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
         .expect("tcp")
@@ -40,8 +40,7 @@ fn hostile_swarm() -> Swarm<Hostile> {
             Hostile { kad, identify }
         })
         .expect("behaviour")
-        .build();
-    swarm
+        .build()
 }
 
 fn record_key(key: &str) -> RecordKey {

@@ -38,10 +38,10 @@ async fn a_node_joining_late_finds_earlier_declarations() {
     let exp = dht_now() + 60.0;
     let keys: Vec<String> = (0..4).map(|i| format!("late.{i}.{:x}", rand_u64())).collect();
     for (i, key) in keys.iter().enumerate() {
-        for writer in 0..2 {
+        for (writer, node) in nodes.iter().enumerate().take(2) {
             let subkey = format!("peer {writer}");
-            let stored = nodes[writer].store(key, subkey.as_bytes(), Bytes::from(format!("v{i}")), exp).await;
-            assert_eq!(stored.expect("store"), true, "{key} through node {writer}");
+            let stored = node.store(key, subkey.as_bytes(), Bytes::from(format!("v{i}")), exp).await;
+            assert!(stored.expect("store"), "{key} through node {writer}");
         }
     }
 
