@@ -262,8 +262,12 @@ impl Driver {
                 return;
             }
         }
-        // Only the new entry travels: replicas merge it into what they hold, so it neither
-        // costs a whole dictionary per store nor erases entries this node has not seen.
+        // Only the new entry travels: replicas merge it into what they hold, so it never erases
+        // entries this node has not seen. Sending the whole merged dictionary instead would
+        // also bring a lagging replica up to date, but costs O(dictionary) per store: n writers
+        // of one key cost O(n^2) (1000 subkeys under one key took 60 s instead of 9 s in the
+        // conformance suite). Reads take the union of all replicas, and Kademlia's periodic
+        // replication re-sends whole dictionaries, so a lagging replica loses nothing.
         // `Quorum::All` keeps the query open until every closest peer has answered, so the
         // store returns once the replicas hold the entry.
         match kad.put_record(Record::new(key, delta), Quorum::All) {
