@@ -8,6 +8,8 @@
 //! the ephemeral address of an inbound dialer, which nobody can dial back. [`Unreachable`] keeps
 //! queries from waiting on peers that have just failed to answer a dial.
 
+use std::num::NonZeroU8;
+
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, kad, noise, tcp, yamux};
@@ -54,7 +56,12 @@ pub(crate) fn build_swarm(
             Behaviour { kad, identify, unreachable: Unreachable::default() }
         })
         .map_err(|e| Error::Config(format!("kad: cannot build the node's protocols: {e}")))?
-        .with_swarm_config(|config| config.with_idle_connection_timeout(idle))
+        .with_swarm_config(|config| {
+            // One address at a time: racing a peer's TCP and QUIC addresses opens a second
+            // connection that is closed as soon as the first wins, and a Kademlia request sent
+            // on it in between is lost without an error (the query waits out its timeout).
+            config.with_idle_connection_timeout(idle).with_dial_concurrency_factor(NonZeroU8::MIN)
+        })
         .build();
     Ok(swarm)
 }

@@ -23,9 +23,13 @@ use crate::store::{MergingStore, StoreLimits};
 /// Commands queued for the node's task before callers wait for room.
 const COMMAND_QUEUE: usize = 1024;
 
-/// Time a reply may take beyond the query timeout: the task may be busy with other work when
+/// Time a reply may take beyond its query's timeouts: the task may be busy with other work when
 /// the query ends.
 const REPLY_GRACE: Duration = Duration::from_secs(5);
+
+/// How many query timeouts a store may take: Kademlia runs it as two queries (find the closest
+/// peers, then send them the record), each with its own timeout.
+const STORE_PHASES: u32 = 2;
 
 /// How long [`KadDht::shutdown`] waits for the node's task to end.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
@@ -153,9 +157,10 @@ impl KadDht {
         what: &str,
         key: &str,
         command: Command,
+        phases: u32,
         reply: oneshot::Receiver<Result<T>>,
     ) -> Result<T> {
-        let limit = self.settings.query_timeout + REPLY_GRACE;
+        let limit = self.settings.query_timeout * phases + REPLY_GRACE;
         let round_trip = async {
             self.commands.send(command).await.map_err(|_| error::stopped())?;
             reply.await.map_err(|_| error::stopped())?
@@ -223,7 +228,7 @@ impl Dht for KadDht {
             entry,
             reply,
         };
-        self.call("store", key, command, answer).await
+        self.call("store", key, command, STORE_PHASES, answer).await
     }
 
     /// With `latest`, asks the `replication` peers closest to the key and returns the union of
@@ -232,6 +237,6 @@ impl Dht for KadDht {
     async fn get(&self, key: &str, latest: bool) -> Result<DhtDictionary> {
         let (reply, answer) = oneshot::channel();
         let command = Command::Get { key: record::record_key(key), latest, reply };
-        self.call("get", key, command, answer).await
+        self.call("get", key, command, 1, answer).await
     }
 }
