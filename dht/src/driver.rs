@@ -75,8 +75,10 @@ pub(crate) struct Driver {
     /// Listeners that have reported an address, and listeners that failed, with why.
     listening: HashSet<libp2p::core::transport::ListenerId>,
     listen_failures: Vec<String>,
-    /// Whether any connection has been established, and the dials that failed.
+    /// While joining: whether any connection has been established, the bootstrap dials, and
+    /// why those that failed did.
     connected: bool,
+    join_dials: HashSet<ConnectionId>,
     failed_dials: HashMap<ConnectionId, String>,
 }
 
@@ -91,6 +93,7 @@ impl Driver {
             listening: HashSet::new(),
             listen_failures: Vec::new(),
             connected: false,
+            join_dials: HashSet::new(),
             failed_dials: HashMap::new(),
         }
     }
@@ -149,15 +152,14 @@ impl Driver {
             all_dials.push(DialOpts::peer_id(peer).addresses(addrs).build());
         }
         all_dials.extend(anonymous.into_iter().map(|addr| DialOpts::unknown_peer_id().address(addr).build()));
-        let mut dials = Vec::new();
         for opts in all_dials {
             let id = opts.connection_id();
-            dials.push(id);
+            self.join_dials.insert(id);
             if let Err(e) = self.swarm.dial(opts) {
                 self.failed_dials.insert(id, e.to_string());
             }
         }
-        if dials.is_empty() {
+        if self.join_dials.is_empty() {
             // Only this node itself was named: it starts the swarm.
             return Ok(());
         }
@@ -170,11 +172,13 @@ impl Driver {
                 if d.connected {
                     return Some(Ok(()));
                 }
-                let failed: Vec<&String> = dials.iter().filter_map(|id| d.failed_dials.get(id)).collect();
-                (failed.len() == dials.len())
-                    .then(|| Err(unreachable(failed.into_iter().cloned().collect::<Vec<_>>().join("; "))))
+                (d.failed_dials.len() == d.join_dials.len()).then(|| {
+                    Err(unreachable(d.failed_dials.values().cloned().collect::<Vec<_>>().join("; ")))
+                })
             })
             .await;
+        self.join_dials.clear();
+        self.failed_dials.clear();
         match joined {
             Err(Error::Timeout { after, .. }) => {
                 return Err(unreachable(format!("no connection within {after:?}")));
@@ -333,7 +337,9 @@ impl Driver {
                     self.swarm.behaviour_mut().kad.remove_peer(&peer);
                     tracing::debug!(%peer, "removed an unreachable peer from the routing table");
                 }
-                self.failed_dials.insert(connection_id, error.to_string());
+                if self.join_dials.contains(&connection_id) {
+                    self.failed_dials.insert(connection_id, error.to_string());
+                }
             }
             _ => {}
         }

@@ -132,16 +132,22 @@ async fn nodes_talk_over_quic_alone() {
 /// A node whose bootstrap peers cannot be reached fails to start with `Error::Unreachable`.
 #[tokio::test]
 async fn unreachable_bootstrap_peers_fail_the_start() {
-    // A port just released by a listener of our own, so nobody listens on it.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
-    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{closed}").parse().expect("a multiaddr");
-    match KadDht::start(KadSettings::joining(vec![addr])).await {
+    match KadDht::start(KadSettings::joining(vec![closed_tcp_addr()])).await {
         Err(Error::Unreachable { .. }) => {}
         other => panic!("expected Error::Unreachable, got {other:?}"),
     }
+}
+
+/// One reachable bootstrap peer among dead ones is enough to join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_live_bootstrap_peer_is_enough() {
+    let live = KadDht::start(tcp_only()).await.expect("start");
+    let mut bootstrap = vec![closed_tcp_addr(), closed_tcp_addr()];
+    bootstrap.extend(live.listen_addrs());
+    let joined =
+        KadDht::start(KadSettings { bootstrap, ..tcp_only() }).await.expect("joins through the live peer");
+    joined.wait_for_peers(1, JOIN_LIMIT).await.expect("the live peer enters the table");
+    live.wait_for_peers(1, JOIN_LIMIT).await.expect("and the joined node enters the live peer's");
 }
 
 /// Invalid settings are a configuration error, before anything listens.
@@ -208,6 +214,15 @@ async fn the_registry_builds_joined_nodes() {
     let bad = PluginConfig::new(serde_json::json!({"listen": "not a list"}));
     assert!(matches!(Registry::global().dht(KadDht::NAME, bad).await, Err(Error::Config(_))));
     drop(first);
+}
+
+/// A TCP address nobody listens on: a port just released by a listener of our own.
+fn closed_tcp_addr() -> Multiaddr {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("a multiaddr")
 }
 
 fn rand_u64() -> u64 {
