@@ -17,6 +17,9 @@ fn expected() -> BTreeSet<(&'static str, String)> {
     if cfg!(feature = "quic") {
         names.push(("transport", "quic"));
     }
+    if cfg!(feature = "kad") {
+        names.push(("dht", "kad"));
+    }
     if cfg!(feature = "compression") {
         let codecs = ["float16", "meanstd16", "uniform8", "quantile8", "blockwise8"];
         names.extend(

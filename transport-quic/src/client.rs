@@ -12,7 +12,9 @@ use averager_core::transport::{
     MessageStream, RequestStream, split_endpoint,
 };
 use averager_core::{Error, Result};
+use futures::FutureExt;
 use futures::StreamExt;
+use futures::future::{BoxFuture, Shared};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::oneshot;
 
@@ -68,8 +70,16 @@ pub(crate) struct Dialer {
     pub(crate) default_pin: Option<String>,
     /// Client endpoints, IPv4 then IPv6, made on first use.
     endpoints: Mutex<[Option<Endpoint>; 2]>,
-    /// One connection slot per dialed endpoint string.
-    connections: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
+    /// The connection, or the dial under way, per dialed endpoint string.
+    connections: Mutex<HashMap<String, Slot>>,
+}
+
+/// A handshake shared by every caller that wants the same endpoint meanwhile.
+type Dialing = Shared<BoxFuture<'static, Result<Connection>>>;
+
+enum Slot {
+    Dialing(Dialing),
+    Connected(Connection),
 }
 
 impl Dialer {
@@ -97,23 +107,50 @@ impl Dialer {
     }
 
     /// The live connection to `endpoint`, dialing when there is none (or it closed).
-    pub(crate) async fn connection(&self, endpoint: &str, target: &Target) -> Result<Connection> {
-        let slot = {
+    ///
+    /// The handshake runs in a task of its own: a caller that gives up (its `request_timeout`
+    /// fired) does not throw the handshake away, so the next caller joins it instead of starting
+    /// over, which under load could otherwise never finish within any caller's patience.
+    pub(crate) async fn connection(self: &Arc<Self>, endpoint: &str, target: &Target) -> Result<Connection> {
+        let dialing = {
             let mut connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
-            // Forget endpoints whose connection is gone and that nobody is dialing.
-            connections.retain(|_, slot| {
-                slot.try_lock().map_or(true, |c| c.as_ref().is_some_and(|c| c.close_reason().is_none()))
+            // Forget endpoints whose connection is gone.
+            connections.retain(|_, slot| match slot {
+                Slot::Connected(c) => c.close_reason().is_none(),
+                Slot::Dialing(_) => true,
             });
-            connections.entry(endpoint.to_string()).or_default().clone()
+            match connections.get(endpoint) {
+                Some(Slot::Connected(connection)) => return Ok(connection.clone()),
+                Some(Slot::Dialing(dialing)) => dialing.clone(),
+                None => {
+                    let (this, name, target) = (Arc::clone(self), endpoint.to_string(), target.clone());
+                    let task = tokio::spawn(async move { this.dial(&name, &target).await });
+                    let dialing = async move {
+                        task.await.unwrap_or_else(|e| Err(Error::Internal(format!("QUIC dial task: {e}"))))
+                    }
+                    .boxed()
+                    .shared();
+                    connections.insert(endpoint.to_string(), Slot::Dialing(dialing.clone()));
+                    dialing
+                }
+            }
         };
-        let mut slot = slot.lock().await;
-        if let Some(connection) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
-            return Ok(connection.clone());
+        let outcome = dialing.clone().await;
+        let mut connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
+        // Whoever sees the handshake end first records it (unless a newer dial replaced it).
+        if let Some(Slot::Dialing(current)) = connections.get(endpoint)
+            && current.ptr_eq(&dialing)
+        {
+            match &outcome {
+                Ok(connection) => {
+                    connections.insert(endpoint.to_string(), Slot::Connected(connection.clone()));
+                }
+                Err(_) => {
+                    connections.remove(endpoint);
+                }
+            }
         }
-        *slot = None;
-        let connection = self.dial(endpoint, target).await?;
-        *slot = Some(connection.clone());
-        Ok(connection)
+        outcome
     }
 
     async fn dial(&self, endpoint: &str, target: &Target) -> Result<Connection> {
@@ -306,4 +343,35 @@ fn response_stream<R: prost::Message + Default + 'static>(
             Ok(Frame::Failure(e)) | Err(e) => Some((Err(e), None)),
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller that gives up mid-handshake leaves the handshake running, and the next caller for
+    /// that endpoint joins it instead of starting another.
+    #[tokio::test]
+    async fn a_handshake_outlives_a_caller_that_gave_up() {
+        let dialer = Arc::new(Dialer::new(Duration::from_secs(60), None));
+        // Nothing answers on the discard port, so the handshake stays under way.
+        let endpoint = "quic://127.0.0.1:9";
+        let target = parse_endpoint(endpoint).expect("a valid endpoint");
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), dialer.connection(endpoint, &target)).await;
+        assert!(gave_up.is_err(), "the dial cannot have finished");
+        let first = match dialer.connections.lock().unwrap_or_else(PoisonError::into_inner).get(endpoint) {
+            Some(Slot::Dialing(dialing)) => dialing.clone(),
+            _ => panic!("the handshake was dropped with its caller"),
+        };
+        let second = Arc::clone(&dialer);
+        let target2 = target.clone();
+        let waiting = tokio::spawn(async move { second.connection(endpoint, &target2).await });
+        tokio::task::yield_now().await;
+        match dialer.connections.lock().unwrap_or_else(PoisonError::into_inner).get(endpoint) {
+            Some(Slot::Dialing(dialing)) => assert!(dialing.ptr_eq(&first), "a second handshake was started"),
+            _ => panic!("the shared handshake disappeared"),
+        }
+        waiting.abort();
+    }
 }

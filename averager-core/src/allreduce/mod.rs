@@ -7,6 +7,7 @@ mod group;
 mod load_balancing;
 mod part_reducer;
 mod partition;
+mod presence;
 mod router;
 mod runner;
 mod serve;

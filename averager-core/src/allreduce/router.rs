@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::runner::AllReduceRunner;
 use crate::error::{Error, Result};
+use crate::time::with_timeout;
 use crate::transport::{
     AveragingData, AveragingService, CallContext, DownloadData, DownloadRequest, JoinRequest,
     MessageFromLeader, MessageStream,
@@ -38,7 +39,11 @@ pub struct RunnerRouter {
     /// `(group id, endpoint)` of members that left groups not running here yet.
     goodbyes: Mutex<std::collections::VecDeque<(Bytes, String)>>,
     changed: watch::Sender<u64>,
+    /// How long a stream's group may stay unknown here (`request_timeout`, SPEC 11.8).
     wait: Duration,
+    /// How long a stream's first part may take (`sender_timeout`, SPEC 4.5 step 2); `None`: the
+    /// transport's own deadline for a caller's first message is the only bound.
+    first_part_wait: Option<Duration>,
 }
 
 /// Where a group id leads.
@@ -66,14 +71,26 @@ impl Default for RunnerRouter {
 
 impl RunnerRouter {
     /// An empty router whose incoming streams wait at most `wait` for their first message and
-    /// their group (the averager passes `request_timeout`).
+    /// for an unknown group to register (the averager passes `request_timeout`).
     pub fn new(wait: Duration) -> Self {
         RunnerRouter {
             runners: Mutex::new(HashMap::new()),
             goodbyes: Mutex::new(std::collections::VecDeque::new()),
             changed: watch::channel(0).0,
             wait,
+            first_part_wait: Some(wait),
         }
+    }
+
+    /// Bounds the wait for a stream's first message by `wait` instead (the averager passes
+    /// `sender_timeout`, SPEC 4.5 step 2).
+    ///
+    /// A sender whose first part is merely late must not be cut: the stream carries no group id
+    /// until that part arrives, so the runner expecting the sender could never be told, and would
+    /// wait for it until its own timeouts (none by default).
+    pub fn first_part_wait(mut self, wait: Option<Duration>) -> Self {
+        self.first_part_wait = wait;
+        self
     }
 
     fn set(&self, group_id: Bytes, route: Option<Route>) {
@@ -158,8 +175,8 @@ impl RunnerRouter {
         self.runners.lock().unwrap_or_else(PoisonError::into_inner).get(group_id).cloned()
     }
 
-    /// Hands an incoming stream to its group's runner, waiting at most the router's wait for the
-    /// first message and for the group to register.
+    /// Hands an incoming stream to its group's runner, waiting at most the first-part wait for the
+    /// first message and then the router's wait for an unknown group to register.
     ///
     /// # Errors
     /// [`Error::Timeout`] when the first message does not come in time, [`Error::Protocol`] when
@@ -168,14 +185,16 @@ impl RunnerRouter {
         &self,
         mut requests: MessageStream<AveragingData>,
     ) -> Result<MessageStream<AveragingData>> {
-        let wait = self.wait;
-        let deadline = tokio::time::Instant::now() + wait;
-        let first = tokio::time::timeout_at(deadline, requests.next())
-            .await
-            .map_err(|_| Error::timeout("the first part of an rpc_aggregate_part stream", wait))?
-            .ok_or_else(|| {
-                Error::protocol(MessageCode::ProtocolViolation, "stream ended before its first part")
-            })??;
+        let first = with_timeout(
+            self.first_part_wait,
+            requests.next(),
+            "the first part of an rpc_aggregate_part stream",
+        )
+        .await?
+        .ok_or_else(|| {
+            Error::protocol(MessageCode::ProtocolViolation, "stream ended before its first part")
+        })??;
+        let deadline = tokio::time::Instant::now() + self.wait;
         if first.code == MessageCode::Cancelled as i32 {
             // A member's goodbye: hand it to the running group, or keep it for when it runs.
             if let Some(Route::Running(runner)) = self.find(&first.group_id) {

@@ -97,7 +97,7 @@ pub struct AllReduceRunner {
     pub(super) infos: Vec<CompressionInfo>,
     codec: Arc<dyn Compression>,
     pub(super) registry: &'static Registry,
-    transport: Arc<dyn Transport>,
+    pub(super) transport: Arc<dyn Transport>,
     pub(super) settings: AllReduceSettings,
     /// The part reducer for this peer's span, when it has one.
     pub(super) reducer: Option<PartReducer>,
@@ -257,6 +257,7 @@ impl AllReduceRunner {
 
     async fn run_to_end(self: &Arc<Self>) -> Result<AllReduceOutcome> {
         let _watchdog = self.spawn_missing_sender_watchdog();
+        let _probes = self.spawn_presence_probes();
         let sends = self.group.my_mode() != PeerMode::Aux;
         let exchanges = (0..self.group.members.len())
             .filter(|&j| sends && !self.plan.parts_of(j).is_empty())
@@ -375,6 +376,13 @@ impl AllReduceRunner {
             })??;
             if reply.code == averager_proto::MessageCode::Cancelled as i32 {
                 self.mark_left(j);
+            }
+            if reply.code == averager_proto::MessageCode::BadGroupId as i32 {
+                // **\[averager\]** the member does not know this group at all: the leader's reply
+                // reached it only after it gave up on the leader (a race hivemind shares, where the
+                // leader's all-reduce then waits for it forever), so it is averaging elsewhere and
+                // will never send its own parts either.
+                self.sender_left(&self.group.members[j].endpoint);
             }
             received.push((first + k, self.check_reply(part, reply)?));
         }

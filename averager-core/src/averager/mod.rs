@@ -159,7 +159,9 @@ impl Averager {
             StateSharing::new(allow_sharing, config.state_sharing_priority)?
         });
         let inner = Arc::new(Inner {
-            router: Arc::new(RunnerRouter::new(config.request_timeout)),
+            router: Arc::new(
+                RunnerRouter::new(config.request_timeout).first_part_wait(config.effective_sender_timeout()),
+            ),
             state: state::StateParts::new(dht, sharing, state_codec, provider),
             config,
             mode,
