@@ -1,6 +1,6 @@
-//! Running the binary with a deadline.
+//! Running the binary with a deadline, and reading a long-running one line by line.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -75,4 +75,48 @@ fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
 
 fn join(handle: thread::JoinHandle<String>) -> String {
     handle.join().expect("the pipe reader does not panic")
+}
+
+/// Lines of a running child's pipe, readable with a deadline.
+#[cfg_attr(not(feature = "kad"), allow(dead_code))]
+pub(crate) struct LineReader {
+    lines: mpsc::Receiver<String>,
+    pub(crate) seen: Vec<String>,
+}
+
+#[cfg_attr(not(feature = "kad"), allow(dead_code))]
+impl LineReader {
+    /// Starts reading `pipe` line by line on a thread.
+    pub(crate) fn new(pipe: impl Read + Send + 'static) -> Self {
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LineReader { lines, seen: Vec::new() }
+    }
+
+    /// Reads lines until one satisfies `wanted` and returns it; `None` when the pipe closes or
+    /// `limit` passes first.
+    pub(crate) fn until(&mut self, limit: Duration, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if wanted(&line) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Every line until the pipe closes (or no line comes for `limit`).
+    pub(crate) fn rest(&mut self, limit: Duration) -> Vec<String> {
+        while self.until(limit, |_| false).is_some() {}
+        self.seen.clone()
+    }
 }

@@ -5,3 +5,7 @@ mod bench;
 mod common;
 mod demo;
 mod errors;
+#[cfg(feature = "kad")]
+mod node;
+#[cfg(feature = "kad")]
+mod processes;

@@ -176,7 +176,7 @@ impl Dhts {
     }
 }
 
-/// Kademlia. Until the `averager-dht` crate has its `KadDht`, a stand-in whose every use is an
-/// error that says so.
-#[path = "no_kad.rs"]
+/// Kademlia (feature `kad`); without it a stand-in whose every use is an error that says so.
+#[cfg_attr(feature = "kad", path = "kad.rs")]
+#[cfg_attr(not(feature = "kad"), path = "no_kad.rs")]
 pub(crate) mod kad;
