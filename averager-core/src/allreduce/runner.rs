@@ -356,12 +356,17 @@ impl AllReduceRunner {
     ) -> Result<()> {
         let parts = self.plan.parts_of(j);
         let first = self.plan.first_index_of(j);
-        let client = self.transport.connect(&self.group.members[j].endpoint).await?;
+        // A reducer that cannot even be dialed is as silent as one that stopped replying: without
+        // this bound a dead peer costs the transport's whole connect timeout instead.
+        let dial = self.transport.connect(&self.group.members[j].endpoint);
+        let client = with_timeout(self.settings.reducer_timeout, dial, "dialing a reducer").await??;
         // Capacity 1 plus the part being encoded: one part of prefetch (SPEC 9).
         let (tx, rx) = mpsc::channel(1);
         let mut producer = AbortOnDrop(tokio::spawn(Arc::clone(self).produce_parts(j, tx)));
         let requests = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        let mut replies = client.rpc_aggregate_part(Box::pin(requests)).await?;
+        let open = client.rpc_aggregate_part(Box::pin(requests));
+        let mut replies =
+            with_timeout(self.settings.reducer_timeout, open, "opening a part stream").await??;
         if self.shares[self.group.me] == 0.0 {
             // Delayed results (SPEC 4.2): the reducer answers only after our input ended, so the
             // reply timeout starts once everything is sent.
