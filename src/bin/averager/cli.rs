@@ -229,6 +229,12 @@ pub(crate) struct WorkerArgs {
     /// Seconds one step may take.
     #[arg(long)]
     pub(crate) timeout: f64,
+    /// Seconds a silent sender is waited for (`sender_timeout`; none when absent).
+    #[arg(long)]
+    pub(crate) sender_timeout: Option<f64>,
+    /// Seconds a silent reducer is waited for (`reducer_timeout`; twice the sender's when absent).
+    #[arg(long, requires = "sender_timeout")]
+    pub(crate) reducer_timeout: Option<f64>,
 }
 
 /// Parses a byte size: a number with an optional decimal (k, M, G, kB, MB, GB) or binary (KiB,

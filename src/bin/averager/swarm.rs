@@ -165,6 +165,16 @@ impl Swarm {
 
 /// One peer's step, timed by its stages.
 pub(crate) async fn timed_step(peer: &Averager, timeout: Duration) -> PeerRound {
+    timed_step_reporting(peer, timeout, |_| ()).await
+}
+
+/// [`timed_step`], calling `formed(began_allreduce)` as soon as the group formed (or the step
+/// ended without one).
+pub(crate) async fn timed_step_reporting(
+    peer: &Averager,
+    timeout: Duration,
+    formed: impl FnOnce(bool),
+) -> PeerRound {
     let start = Instant::now();
     let control = match peer.step_background(StepOptions::default().timeout(timeout)).await {
         Ok(control) => control,
@@ -174,8 +184,9 @@ pub(crate) async fn timed_step(peer: &Averager, timeout: Duration) -> PeerRound 
     };
     // A failed step reaches `Finished` without `RunningAllreduce`; the wait covers both.
     control.wait_for_stage(Stage::RunningAllreduce).await;
-    let formed = start.elapsed();
     let began = control.began_allreduce();
+    formed(began);
+    let formed = start.elapsed();
     let result = control.result().await;
     let done = start.elapsed();
     match result {

@@ -3,8 +3,10 @@
 //! Protocol with the demo, one line each way: the worker prints `{"event":"ready",...}` on
 //! stdout once its averager serves and its DHT node has bootstrapped; then for every `round N`
 //! line on stdin it steps once, writes its tensor to the `--dump` file, and prints
-//! `{"event":"round","round":N,...}`. `quit` or the end of stdin shuts it down cleanly. stdout
-//! carries nothing else (logs go to stderr).
+//! `{"event":"round","round":N,...}`, after `{"event":"allreduce","round":N}` the moment its
+//! all-reduce begins (so a test can kill it mid-all-reduce). `quit` or the end of stdin shuts it
+//! down cleanly. stdout carries nothing else (logs go to stderr). The `--dump` file holds the
+//! initial tensor from the ready line on.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -19,7 +21,7 @@ use crate::bench::seconds;
 use crate::cli::WorkerArgs;
 use crate::demo::demo_config;
 use crate::failure::{Context, Failure};
-use crate::swarm::timed_step;
+use crate::swarm::timed_step_reporting;
 use crate::tensors::{peer_values, write_f32_file};
 
 /// Runs one worker until `quit` or the end of stdin.
@@ -34,7 +36,11 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
     let dht = dhts.node().await?;
     let mut config = demo_config(&args.prefix, args.group_size, &args.compression);
     config.initial_group_bits = args.bits.clone();
+    config.sender_timeout = args.sender_timeout.map(|s| seconds("--sender-timeout", s)).transpose()?;
+    config.reducer_timeout = args.reducer_timeout.map(|s| seconds("--reducer-timeout", s)).transpose()?;
+    config.validate()?;
     let values = peer_values(args.seed, args.index, args.floats);
+    write_f32_file(&args.dump, &values)?;
     let tensors = vec![Tensor::from_f32(vec![args.floats], values)?];
     let averager = Averager::new(tensors, dht, transport, config).await?;
     say(json!({"event": "ready", "index": args.index, "endpoint": averager.endpoint()}));
@@ -59,7 +65,12 @@ async fn serve_rounds(averager: &Averager, args: &WorkerArgs, timeout: std::time
         let Some(round) = line.strip_prefix("round ").and_then(|n| n.trim().parse::<u64>().ok()) else {
             return Err(Failure::new(format!("unknown worker command {line:?}")));
         };
-        let step = timed_step(averager, timeout).await;
+        let step = timed_step_reporting(averager, timeout, |began| {
+            if began {
+                say(json!({"event": "allreduce", "round": round}));
+            }
+        })
+        .await;
         {
             let tensors = averager.tensors().await;
             let values = tensors.first().ok_or("the worker holds no tensor")?.as_f32()?;
