@@ -2,6 +2,7 @@
 
 pub mod compression;
 pub mod dht;
+pub mod hostile;
 pub mod reducer;
 pub mod scenarios;
 pub mod transport;

@@ -7,9 +7,7 @@
 //! bytes above the level before the hostile phase), and that the server still serves an honest
 //! client afterwards. Tests run one at a time, as the allocation count is process-wide.
 
-mod alloc;
 mod raw;
-mod service;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,12 +23,11 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::alloc::Watermark;
 use crate::raw::{AGGREGATE, DEADLINE_EXCEEDED, DOWNLOAD, End, JOIN, OUT_OF_RANGE, UNIMPLEMENTED};
-use crate::service::Echo;
+use averager_conformance::hostile::{Counting, Echo, Watermark};
 
 #[global_allocator]
-static ALLOCATOR: alloc::Counting = alloc::Counting;
+static ALLOCATOR: Counting = Counting;
 
 /// Serialises the tests of this binary, so one test's allocations never count in another's peak.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

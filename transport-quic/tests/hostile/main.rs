@@ -7,9 +7,7 @@
 //! bytes above the level before the hostile phase), and that the server still serves an honest
 //! client afterwards. Tests run one at a time, as the allocation count is process-wide.
 
-mod alloc;
 mod raw;
-mod service;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +19,11 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::alloc::Watermark;
 use crate::raw::{AGGREGATE, DOWNLOAD, End, JOIN};
-use crate::service::Echo;
+use averager_conformance::hostile::{Counting, Echo, Watermark};
 
 #[global_allocator]
-static ALLOCATOR: alloc::Counting = alloc::Counting;
+static ALLOCATOR: Counting = Counting;
 
 /// Serialises the tests of this binary, so one test's allocations never count in another's peak.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

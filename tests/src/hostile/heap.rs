@@ -1,5 +1,9 @@
-//! A global allocator that counts live heap bytes and their peak, so a test can bound what the
+//! A global allocator that counts live heap bytes and their peak, so a test can bound what a
 //! server allocates while a hostile client works on it.
+//!
+//! A test binary installs it with
+//! `#[global_allocator] static ALLOCATOR: Counting = Counting;` and measures a phase with
+//! [`Watermark`].
 
 // `GlobalAlloc` is an unsafe trait; the impl only forwards to `System`.
 #![allow(unsafe_code)]
@@ -8,7 +12,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Forwards to [`System`], counting live bytes.
-pub(crate) struct Counting;
+pub struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
@@ -66,20 +70,20 @@ unsafe impl GlobalAlloc for Counting {
 }
 
 /// The peak of live heap bytes above the level when it was started.
-pub(crate) struct Watermark {
+pub struct Watermark {
     base: usize,
 }
 
 impl Watermark {
     /// Starts measuring from the live bytes now.
-    pub(crate) fn start() -> Self {
+    pub fn start() -> Self {
         let base = LIVE.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
         Watermark { base }
     }
 
     /// The most bytes that were live at once since the start, above what was live then.
-    pub(crate) fn peak(&self) -> usize {
+    pub fn peak(&self) -> usize {
         PEAK.load(Ordering::Relaxed).saturating_sub(self.base)
     }
 }

@@ -12,13 +12,13 @@ use futures::StreamExt;
 
 /// Echoes `rpc_aggregate_part`, answers the unary calls with one empty message each.
 #[derive(Default)]
-pub(crate) struct Echo {
+pub struct Echo {
     errors: Arc<Mutex<Vec<Error>>>,
 }
 
 impl Echo {
     /// The errors the handler's request streams ended with, so far.
-    pub(crate) fn errors(&self) -> Vec<Error> {
+    pub fn errors(&self) -> Vec<Error> {
         self.errors.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
