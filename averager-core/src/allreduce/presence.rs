@@ -53,13 +53,22 @@ impl AllReduceRunner {
             let mut replies = client.rpc_aggregate_part(Box::pin(futures::stream::iter([probe]))).await?;
             replies.next().await.transpose()
         };
-        let Ok(Some(reply)) = answer.await else { return };
-        // A member whose parts already arrived knows the group; if it answers BAD_GROUP_ID it has
-        // only finished and forgotten it.
+        if let Ok(Some(reply)) = answer.await
+            && reply.code == averager_proto::MessageCode::BadGroupId as i32
+        {
+            self.member_does_not_know_the_group(j);
+        }
+    }
+
+    /// Member `j` answered `BAD_GROUP_ID` (to a probe, or to this peer's parts): unless its parts
+    /// already arrived here (then it knew the group, finished and forgot it), it never got the
+    /// group, is averaging elsewhere, and is excluded like a member that left.
+    pub(super) fn member_does_not_know_the_group(&self, j: usize) {
         let opened = self.group.sender_index(j).is_some_and(|s| {
             self.opened.lock().unwrap_or_else(PoisonError::into_inner).get(s).copied().unwrap_or(false)
         });
-        if reply.code == averager_proto::MessageCode::BadGroupId as i32 && !opened {
+        if !opened {
+            let endpoint = &self.group.members[j].endpoint;
             tracing::warn!(member = %endpoint, "a member does not know this group; excluded");
             self.sender_left(endpoint);
         }

@@ -383,11 +383,9 @@ impl AllReduceRunner {
                 self.mark_left(j);
             }
             if reply.code == averager_proto::MessageCode::BadGroupId as i32 {
-                // **\[averager\]** the member does not know this group at all: the leader's reply
-                // reached it only after it gave up on the leader (a race hivemind shares, where the
-                // leader's all-reduce then waits for it forever), so it is averaging elsewhere and
-                // will never send its own parts either.
-                self.sender_left(&self.group.members[j].endpoint);
+                // **\[averager\]** the leader's acceptance reached it only after it gave up on
+                // the leader (see `presence.rs`).
+                self.member_does_not_know_the_group(j);
             }
             received.push((first + k, self.check_reply(part, reply)?));
         }
