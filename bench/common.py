@@ -121,3 +121,19 @@ def collect(result_queue, processes, count, timeout):
             raise RuntimeError(f"peer {rank}: {payload}")
         results[rank] = payload
     return results
+
+
+def run_peers(system, processes, result_queue, count, timeout, grace=5.0):
+    """Start the peer processes, wait for their results (see `collect`), and always stop them.
+
+    Returns {rank: payload}, or None after logging why the run failed.
+    """
+    try:
+        for proc in processes:
+            proc.start()
+        return collect(result_queue, processes, count, timeout)
+    except RuntimeError as error:
+        log(f"{system}: failed: {error}")
+        return None
+    finally:
+        stop_processes(processes, grace=grace)

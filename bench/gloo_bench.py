@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 
-from common import collect, emit, free_port, log, parse_size, stop_processes, summarize
+from common import emit, free_port, log, parse_size, run_peers, summarize
 
 DTYPES = {"none": "float32", "float16": "float16"}
 
@@ -74,15 +74,9 @@ def main():
     port = free_port()
     processes = [ctx.Process(target=peer, args=(rank, args, port, result_queue)) for rank in range(args.peers)]
     log(f"gloo: {args.peers} peers x {args.size} floats, {args.compression}, {args.repeats} rounds")
-    try:
-        for proc in processes:
-            proc.start()
-        results = collect(result_queue, processes, args.peers, args.timeout)
-    except RuntimeError as error:
-        log(f"gloo: failed: {error}")
+    results = run_peers("gloo", processes, result_queue, args.peers, args.timeout)
+    if results is None:
         return 1
-    finally:
-        stop_processes(processes)
     per_round = [[results[rank][i] for rank in range(args.peers)] for i in range(args.repeats)]
     import torch
 

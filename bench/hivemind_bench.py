@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 
-from common import collect, emit, log, parse_size, stop_processes, summarize
+from common import emit, log, parse_size, run_peers, summarize
 
 PREFIX = "bench"
 
@@ -136,15 +136,9 @@ def main():
         ctx.Process(target=peer, args=(rank, args, maddr_queue, barrier, result_queue)) for rank in range(args.peers)
     ]
     log(f"hivemind: {args.peers} peers x {args.size} floats, {args.compression}, {args.repeats} rounds")
-    try:
-        for proc in processes:
-            proc.start()
-        results = collect(result_queue, processes, args.peers, args.timeout)
-    except RuntimeError as error:
-        log(f"hivemind: failed: {error}")
+    results = run_peers("hivemind", processes, result_queue, args.peers, args.timeout, grace=15.0)
+    if results is None:
         return 1
-    finally:
-        stop_processes(processes, grace=15.0)
 
     per_round_allreduce = [[results[r][i][0] for r in range(args.peers)] for i in range(args.repeats)]
     # Matchmaking and step overhead: the step's wall time minus its all-reduce, per peer and round.
