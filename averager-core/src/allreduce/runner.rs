@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::join_all;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::deltas::Deltas;
@@ -18,6 +18,7 @@ use super::group::AllReduceGroup;
 use super::load_balancing::load_balance;
 use super::part_reducer::PartReducer;
 use super::partition::{PartitionPlan, PlannedPart, TensorLayout};
+use super::progress::{ReplyClock, is_pending};
 use crate::compression::{Compression, CompressionInfo, WireTensor};
 use crate::error::{Error, Result};
 use crate::matchmaking::PeerMode;
@@ -357,28 +358,62 @@ impl AllReduceRunner {
         let parts = self.plan.parts_of(j);
         let first = self.plan.first_index_of(j);
         // A reducer that cannot even be dialed is as silent as one that stopped replying: without
-        // this bound a dead peer costs the transport's whole connect timeout instead.
+        // this bound a dead peer costs the transport's whole connect timeout instead. Replies are
+        // timed by a `ReplyClock`, which a reducer waiting for other senders keeps running with
+        // `PART_PENDING` (see `progress.rs`).
         let dial = self.transport.connect(&self.group.members[j].endpoint);
         let client = with_timeout(self.settings.reducer_timeout, dial, "dialing a reducer").await??;
         // Capacity 1 plus the part being encoded: one part of prefetch (SPEC 9).
         let (tx, rx) = mpsc::channel(1);
         let mut producer = AbortOnDrop(tokio::spawn(Arc::clone(self).produce_parts(j, tx)));
-        let requests = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        // How many parts the transport has taken: the reply to a part cannot come before it.
+        let (taken_tx, mut taken) = watch::channel(0usize);
+        let requests = futures::stream::unfold((rx, taken_tx), |(mut rx, taken_tx)| async move {
+            let message = rx.recv().await?;
+            taken_tx.send_modify(|n| *n += 1);
+            Some((message, (rx, taken_tx)))
+        });
         let open = client.rpc_aggregate_part(Box::pin(requests));
         let mut replies =
             with_timeout(self.settings.reducer_timeout, open, "opening a part stream").await??;
+        let mut clock = ReplyClock::new(self.settings.reducer_timeout, self.settings.sender_timeout);
         if self.shares[self.group.me] == 0.0 {
             // Delayed results (SPEC 4.2): the reducer answers only after our input ended, so the
             // reply timeout starts once everything is sent.
             producer.join().await;
+            clock.reply();
         }
+        let (mut parts_taken, mut counting) = (0usize, true);
         for (k, part) in parts.iter().enumerate() {
-            let next =
-                with_timeout(self.settings.reducer_timeout, replies.next(), "the reducer's next reply")
-                    .await?;
-            let reply = next.ok_or_else(|| {
-                Error::Transport(format!("reply stream ended after {k} of {} parts", parts.len()))
-            })??;
+            let reply = loop {
+                tokio::select! {
+                    next = replies.next() => {
+                        let message = next.ok_or_else(|| {
+                            Error::Transport(format!("reply stream ended after {k} of {} parts", parts.len()))
+                        })??;
+                        if is_pending(&message) {
+                            clock.pending();
+                            continue;
+                        }
+                        break message;
+                    }
+                    changed = taken.changed(), if counting => {
+                        let now = *taken.borrow_and_update();
+                        counting = changed.is_ok();
+                        if parts_taken <= k && now > k {
+                            clock.part_sent();
+                        }
+                        parts_taken = now;
+                    }
+                    _ = sleep_until(clock.deadline()) => {
+                        return Err(Error::Timeout {
+                            what: "the reducer's next reply".into(),
+                            after: clock.timeout().unwrap_or_default(),
+                        });
+                    }
+                }
+            };
+            clock.reply();
             if reply.code == averager_proto::MessageCode::Cancelled as i32 {
                 self.mark_left(j);
             }
@@ -460,6 +495,14 @@ impl AllReduceRunner {
         let view = tensors[part.tensor].flat_view(part.range.clone())?;
         let info = self.infos[part.tensor].for_part(part.part_index, part.part_size);
         self.codec.compress(&view, &info)
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -11,6 +11,7 @@ use averager_proto::MessageCode;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::progress::{pending, progress_interval, with_pending};
 use super::runner::AllReduceRunner;
 use crate::error::{Error, Result};
 use crate::reduce::PartOutcome;
@@ -148,7 +149,7 @@ impl AllReduceRunner {
                     format!("more than the {expected} planned parts"),
                 ));
             }
-            let reply = self.reduce_part(sender, k, message).await?;
+            let reply = self.reduce_part(sender, k, message, tx).await?;
             if delayed {
                 buffered.push(reply);
             } else if tx.send(reply).await.is_err() {
@@ -166,12 +167,14 @@ impl AllReduceRunner {
     }
 
     /// Reduces part `k` of `sender` and builds the reply: `average - part`, encoded with the
-    /// codec the part came with (SPEC 4.5 step 3).
+    /// codec the part came with (SPEC 4.5 step 3). While the part waits for the other senders'
+    /// parts, the sender is told so on `tx` (see `progress.rs`), also when its replies are delayed.
     async fn reduce_part(
         &self,
         sender: usize,
         k: usize,
         message: AveragingData,
+        tx: &mpsc::Sender<AveragingData>,
     ) -> std::result::Result<AveragingData, Stop> {
         let violation = |reason: String| Stop::new(MessageCode::ProtocolViolation, reason);
         let planned = &self.plan.parts_of(self.group.me)[k];
@@ -190,11 +193,15 @@ impl AllReduceRunner {
         let Some(reducer) = &self.reducer else {
             return Err(Stop::new(MessageCode::InternalError, "no reducer"));
         };
-        let outcome =
-            reducer.accumulate(sender, k, &part.view(), message.weight).await.map_err(|e| match e {
-                Error::Cancelled(_) => Stop::new(MessageCode::Cancelled, e.to_string()),
-                other => Stop::new(MessageCode::InternalError, other.to_string()),
-            })?;
+        let every = progress_interval(self.settings.sender_timeout, self.settings.reducer_timeout);
+        let view = part.view();
+        let accumulated = with_pending(reducer.accumulate(sender, k, &view, message.weight), every, || {
+            let _ = tx.try_send(pending());
+        });
+        let outcome = accumulated.await.map_err(|e| match e {
+            Error::Cancelled(_) => Stop::new(MessageCode::Cancelled, e.to_string()),
+            other => Stop::new(MessageCode::InternalError, other.to_string()),
+        })?;
         let delta = match outcome.as_ref() {
             PartOutcome::Reduced(average) => average.view().data().difference(part.view().data()),
             PartOutcome::KeepLocal => Ok(TensorData::zeros(dtype, part.numel())),

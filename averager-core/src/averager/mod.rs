@@ -160,7 +160,12 @@ impl Averager {
         });
         let inner = Arc::new(Inner {
             router: Arc::new(
-                RunnerRouter::new(config.request_timeout).first_part_wait(config.effective_sender_timeout()),
+                RunnerRouter::new(config.request_timeout)
+                    .first_part_wait(config.effective_sender_timeout())
+                    .pending_every(crate::allreduce::progress_interval(
+                        config.effective_sender_timeout(),
+                        config.effective_reducer_timeout(),
+                    )),
             ),
             state: state::StateParts::new(dht, sharing, state_codec, provider),
             config,
