@@ -7,19 +7,21 @@
 //! dead one, stop reading its replies, get banned from its span in turn, and one death cascades
 //! into survivors averaging over arbitrary subsets.
 //!
-//! Here a reducer that holds a sender's part and waits for the others says so on that sender's
-//! reply stream: a `PART_PENDING` message (no tensor) every [`progress_interval`]. It sends the
-//! same while the stream waits for its group to be registered here. The sender's [`ReplyClock`]
-//! restarts its `reducer_timeout` at each of them, and at the moments its own part for the awaited
-//! reply is handed to the transport. Only a reducer that says nothing for a whole
-//! `reducer_timeout` (dead, hung, or cut off) is dropped, whatever the two timeouts are.
+//! Here a reducer says that it is alive on every sender's reply stream while it serves that
+//! stream: a `PART_PENDING` message (no tensor) every [`progress_interval`], whether it waits for
+//! the other senders' parts or for this sender's next part (which may still be crossing a slow
+//! link). It sends the same while the stream waits for its group to be registered here. The
+//! sender's [`ReplyClock`] restarts its `reducer_timeout` at each of them, and at the moment its own
+//! part for the awaited reply is handed to the transport. Only a reducer that says nothing for a
+//! whole `reducer_timeout` (dead, hung, or cut off) is dropped, whatever the two timeouts are.
 //!
 //! Patience is bounded, so a reducer cannot keep a sender forever with `PART_PENDING` alone:
-//! pending messages restart the wait for one reply only during `sender_timeout + reducer_timeout`
-//! after the first of them. An honest reducer needs at most `sender_timeout` once it holds the sender's
-//! part (every other sender's part arrives, or that sender is banned, within `sender_timeout` of
-//! its previous part, which had arrived before the previous reply was sent), plus its processing
-//! time, which the extra `reducer_timeout` covers.
+//! pending messages restart the wait for one reply only during `2 * sender_timeout +
+//! reducer_timeout` after the first of them. An honest reducer answers well within that: after
+//! its previous reply it waits at most `sender_timeout` for this sender's next part (or bans it
+//! and says so), then at most `sender_timeout` for the other senders' parts (each arrives, or its
+//! sender is banned, within `sender_timeout` of its previous part, which had arrived before the
+//! previous reply was sent); the extra `reducer_timeout` covers its processing time.
 
 use std::future::Future;
 use std::time::Duration;
@@ -91,7 +93,7 @@ impl ReplyClock {
     pub(crate) fn new(reducer_timeout: Option<Duration>, sender_timeout: Option<Duration>) -> Self {
         ReplyClock {
             timeout: reducer_timeout,
-            patience: reducer_timeout.unwrap_or_default() + sender_timeout.unwrap_or_default(),
+            patience: reducer_timeout.unwrap_or_default() + 2 * sender_timeout.unwrap_or_default(),
             since: Instant::now(),
             first_pending: None,
         }
@@ -143,13 +145,13 @@ mod tests {
         tokio::time::advance(second).await;
         clock.pending();
         assert_eq!(clock.deadline(), Some(start + 3 * second));
-        // Patience is reducer + sender timeout = 3 s after the first pending message.
-        tokio::time::advance(3 * second).await;
+        // Patience is reducer + 2 x sender timeout = 4 s after the first pending message.
+        tokio::time::advance(4 * second).await;
         clock.pending();
-        assert_eq!(clock.deadline(), Some(start + 6 * second));
+        assert_eq!(clock.deadline(), Some(start + 7 * second));
         tokio::time::advance(second / 2).await;
         clock.pending();
-        assert_eq!(clock.deadline(), Some(start + 6 * second), "past patience, pending no longer counts");
+        assert_eq!(clock.deadline(), Some(start + 7 * second), "past patience, pending no longer counts");
         // A reply resets patience; a part sent restarts the wait.
         clock.reply();
         tokio::time::advance(second).await;

@@ -65,7 +65,14 @@ impl AllReduceRunner {
         };
         let delayed = self.group.position_of(&first.endpoint).map(|p| self.shares[p] == 0.0).unwrap_or(false);
         let mut buffered = Vec::new();
-        if let Err(stop) = self.reduce_stream(sender, first, rest, &tx, delayed, &mut buffered).await {
+        // While this stream is served, its sender is told that this reducer is alive (see
+        // `progress.rs`), also while its replies are delayed.
+        let every = progress_interval(self.settings.sender_timeout, self.settings.reducer_timeout);
+        let served = self.reduce_stream(sender, first, rest, &tx, delayed, &mut buffered);
+        let served = with_pending(served, every, || {
+            let _ = tx.try_send(pending());
+        });
+        if let Err(stop) = served.await {
             if let Some(reducer) = &self.reducer {
                 reducer.sender_failed(sender);
             }
@@ -149,7 +156,7 @@ impl AllReduceRunner {
                     format!("more than the {expected} planned parts"),
                 ));
             }
-            let reply = self.reduce_part(sender, k, message, tx).await?;
+            let reply = self.reduce_part(sender, k, message).await?;
             if delayed {
                 buffered.push(reply);
             } else if tx.send(reply).await.is_err() {
@@ -167,14 +174,12 @@ impl AllReduceRunner {
     }
 
     /// Reduces part `k` of `sender` and builds the reply: `average - part`, encoded with the
-    /// codec the part came with (SPEC 4.5 step 3). While the part waits for the other senders'
-    /// parts, the sender is told so on `tx` (see `progress.rs`), also when its replies are delayed.
+    /// codec the part came with (SPEC 4.5 step 3).
     async fn reduce_part(
         &self,
         sender: usize,
         k: usize,
         message: AveragingData,
-        tx: &mpsc::Sender<AveragingData>,
     ) -> std::result::Result<AveragingData, Stop> {
         let violation = |reason: String| Stop::new(MessageCode::ProtocolViolation, reason);
         let planned = &self.plan.parts_of(self.group.me)[k];
@@ -193,15 +198,11 @@ impl AllReduceRunner {
         let Some(reducer) = &self.reducer else {
             return Err(Stop::new(MessageCode::InternalError, "no reducer"));
         };
-        let every = progress_interval(self.settings.sender_timeout, self.settings.reducer_timeout);
-        let view = part.view();
-        let accumulated = with_pending(reducer.accumulate(sender, k, &view, message.weight), every, || {
-            let _ = tx.try_send(pending());
-        });
-        let outcome = accumulated.await.map_err(|e| match e {
-            Error::Cancelled(_) => Stop::new(MessageCode::Cancelled, e.to_string()),
-            other => Stop::new(MessageCode::InternalError, other.to_string()),
-        })?;
+        let outcome =
+            reducer.accumulate(sender, k, &part.view(), message.weight).await.map_err(|e| match e {
+                Error::Cancelled(_) => Stop::new(MessageCode::Cancelled, e.to_string()),
+                other => Stop::new(MessageCode::InternalError, other.to_string()),
+            })?;
         let delta = match outcome.as_ref() {
             PartOutcome::Reduced(average) => average.view().data().difference(part.view().data()),
             PartOutcome::KeepLocal => Ok(TensorData::zeros(dtype, part.numel())),
