@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::deltas::Deltas;
 use super::group::AllReduceGroup;
-use super::load_balancing::load_balance;
 use super::part_reducer::PartReducer;
 use super::partition::{PartitionPlan, PlannedPart, TensorLayout};
+use super::plan::AllReducePlan;
 use super::progress::{ReplyClock, is_pending};
 use crate::compression::{Compression, CompressionInfo, WireTensor};
 use crate::error::{Error, Result};
@@ -120,8 +120,8 @@ impl std::fmt::Debug for AllReduceRunner {
 }
 
 impl AllReduceRunner {
-    /// Plans the all-reduce: load balancing (SPEC 5), the partition (SPEC 4.3) and, when this
-    /// peer reduces a span, its part reducer (SPEC 4.6).
+    /// Plans the all-reduce ([`AllReducePlan`]: load balancing, SPEC 5, and the partition, SPEC
+    /// 4.3) and, when this peer reduces a span, its part reducer (SPEC 4.6).
     ///
     /// Every member must pass the same shapes, codec ratios and settings (the schema hash
     /// guarantees it), since nothing about the plan is exchanged.
@@ -129,10 +129,14 @@ impl AllReduceRunner {
     /// # Errors
     /// [`Error::Config`] for the refusals of SPEC 4.2 or an impossible plan.
     pub fn new(inputs: AllReduceInputs) -> Result<Arc<Self>> {
-        let total: usize = inputs.tensors.iter().map(Tensor::numel).sum();
-        let bandwidths = inputs.group.download_bandwidths();
-        let shares = load_balance(total, &bandwidths, inputs.settings.min_vector_size)?;
-        Self::with_shares(inputs, shares.into_iter().map(|s| s as f64).collect())
+        let layouts = Self::layouts(&inputs);
+        let plan = AllReducePlan::new(
+            &inputs.group.members,
+            &layouts,
+            inputs.settings.part_size_bytes,
+            inputs.settings.min_vector_size,
+        )?;
+        Self::with_plan(inputs, plan)
     }
 
     /// As [`AllReduceRunner::new`], with the members' shares given (relative weights, in group
@@ -141,27 +145,38 @@ impl AllReduceRunner {
     /// # Errors
     /// As [`AllReduceRunner::new`].
     pub fn with_shares(inputs: AllReduceInputs, shares: Vec<f64>) -> Result<Arc<Self>> {
+        let layouts = Self::layouts(&inputs);
+        let plan = AllReducePlan::with_shares(
+            &inputs.group.members,
+            &layouts,
+            inputs.settings.part_size_bytes,
+            shares,
+        )?;
+        Self::with_plan(inputs, plan)
+    }
+
+    /// What the plan needs of each tensor: its size and its bytes per value on the wire.
+    fn layouts(inputs: &AllReduceInputs) -> Vec<TensorLayout> {
+        inputs
+            .tensors
+            .iter()
+            .zip(&inputs.infos)
+            .map(|(t, info)| TensorLayout {
+                numel: t.numel(),
+                bytes_per_value: t.dtype().size_bytes() as f64
+                    * inputs.codec.estimate_compression_ratio(info),
+            })
+            .collect()
+    }
+
+    fn with_plan(inputs: AllReduceInputs, planned: AllReducePlan) -> Result<Arc<Self>> {
         let AllReduceInputs { group, tensors, infos, codec, reducer, transport, registry, settings } = inputs;
         if infos.len() != tensors.len() {
             return Err(Error::Config(format!("{} tensors but {} infos", tensors.len(), infos.len())));
         }
-        if shares.len() != group.members.len() {
-            return Err(Error::Config(format!(
-                "{} shares for {} members",
-                shares.len(),
-                group.members.len()
-            )));
-        }
-        group.validate(&shares, settings.sender_timeout, settings.reducer_timeout)?;
-        let layouts: Vec<TensorLayout> = tensors
-            .iter()
-            .zip(&infos)
-            .map(|(t, info)| TensorLayout {
-                numel: t.numel(),
-                bytes_per_value: t.dtype().size_bytes() as f64 * codec.estimate_compression_ratio(info),
-            })
-            .collect();
-        let plan = PartitionPlan::new(&layouts, &shares, settings.part_size_bytes)?;
+        group.validate(settings.sender_timeout, settings.reducer_timeout)?;
+        let shares = planned.shares().to_vec();
+        let plan = planned.partition().clone();
         let my_parts = plan.parts_of(group.me);
         let num_senders = group.senders().len();
         let reducer = if my_parts.is_empty() {
