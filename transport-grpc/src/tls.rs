@@ -4,10 +4,11 @@
 //!
 //! tonic's own `ServerTlsConfig` and `ClientTlsConfig` build their rustls configurations from the
 //! process-wide default crypto provider: with both ring and aws-lc-rs linked into one binary
-//! (libp2p brings aws-lc-rs), rustls cannot pick one and panics, and a process that installed
-//! aws-lc-rs as its default would silently use it. So this crate drives tokio-rustls itself, with
-//! the ring provider passed explicitly to every configuration, and hands tonic streams that are
-//! already encrypted.
+//! (libp2p brings aws-lc-rs, other crates ring), rustls cannot pick one and panics, and a process
+//! that installed another default would silently use it. So this crate drives tokio-rustls
+//! itself, with the aws-lc-rs provider passed explicitly to every configuration, and hands tonic
+//! streams that are already encrypted. (aws-lc-rs rather than ring: rustls deprecates its ring
+//! provider, which lacks post-quantum key exchange; aws-lc-rs offers X25519MLKEM768 first.)
 
 use std::future::Future;
 use std::io;
@@ -122,9 +123,9 @@ fn config(reason: &str) -> Error {
     Error::Config(format!("grpc tls: {reason}"))
 }
 
-/// The ring provider, never the process default (see the module docs).
+/// The aws-lc-rs provider, never the process default (see the module docs).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn read(setting: &str, path: &Path) -> Result<Vec<u8>> {
@@ -179,7 +180,7 @@ fn roots(path: &Path) -> Result<Arc<RootCertStore>> {
 fn server_config(identity: &Identity, client_roots: Option<Arc<RootCertStore>>) -> Result<Arc<ServerConfig>> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| config(&format!("the ring provider offers no TLS version: {e}")))?;
+        .map_err(|e| config(&format!("the aws-lc-rs provider offers no TLS version: {e}")))?;
     let builder = match client_roots {
         None => builder.with_no_client_auth(),
         Some(roots) => {
@@ -200,7 +201,7 @@ fn server_config(identity: &Identity, client_roots: Option<Arc<RootCertStore>>) 
 fn client_config(roots: Arc<RootCertStore>, presented: Option<&Identity>) -> Result<Arc<ClientConfig>> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| config(&format!("the ring provider offers no TLS version: {e}")))?
+        .map_err(|e| config(&format!("the aws-lc-rs provider offers no TLS version: {e}")))?
         .with_root_certificates(roots);
     let mut client = match presented {
         None => builder.with_no_client_auth(),
