@@ -1,6 +1,6 @@
 """Four processes train a small torch model on scikit-learn's digits, each on its own shard,
-averaging parameters every few steps through averager.DecentralizedAverager (Kademlia DHT +
-gRPC on 127.0.0.1). A fifth run trains the same model on all the data in one process. Prints
+averaging parameters every few steps (and at the end of each epoch, before evaluating) through
+averager.DecentralizedAverager (Kademlia DHT + gRPC on 127.0.0.1). A fifth run trains the same model on all the data in one process. Prints
 both final test accuracies and saves a plot of the curves.
 
     pip install ./python scikit-learn matplotlib torch
@@ -40,7 +40,7 @@ def accuracy(net, x, y):
         return float((net(x).argmax(1) == y).float().mean())
 
 
-def train(net, x, y, x_te, y_te, epochs, batch, after_step=None, seed=0):
+def train(net, x, y, x_te, y_te, epochs, batch, after_step=None, before_eval=None, seed=0):
     """Plain SGD with momentum; returns the test accuracy after each epoch."""
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
@@ -53,6 +53,8 @@ def train(net, x, y, x_te, y_te, epochs, batch, after_step=None, seed=0):
             step += 1
             if after_step is not None:
                 after_step(step)
+        if before_eval is not None:
+            before_eval()
         curve.append(accuracy(net, x_te, y_te))
     return curve
 
@@ -72,13 +74,18 @@ def peer(args):
         )
         rounds = {"ok": 0, "failed": 0}
 
-        def after_step(step):
-            if step == 1 or step % args.every == 0:
-                ok = avg.step(timeout=60) is not None  # the parameters are averaged in place
-                rounds["ok" if ok else "failed"] += 1
+        def average():
+            ok = avg.step(timeout=60) is not None  # the parameters are averaged in place
+            rounds["ok" if ok else "failed"] += 1
 
-        after_step(1)  # start from one common model
-        curve = train(net, x[shard], y[shard], x_te, y_te, args.epochs, args.batch, after_step, seed=args.rank)
+        def after_step(step):
+            if step % args.every == 0:
+                average()
+
+        average()  # start from one common model
+        # Every epoch ends with a round too, so each peer evaluates the swarm's averaged model.
+        curve = train(net, x[shard], y[shard], x_te, y_te, args.epochs, args.batch, after_step, average,
+                      seed=args.rank)
         avg.shutdown()
     print(json.dumps({"rank": args.rank, "curve": curve, "rounds": rounds}), flush=True)
 
