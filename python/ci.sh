@@ -26,7 +26,8 @@ step "virtualenv with maturin, pytest, numpy, msgpack and torch"
 step "pip install ./python (dev profile)"
 # --no-build-isolation: maturin is already in the venv, no per-build download.
 # The dev profile reuses the root build's artifacts; release takes a full optimised build.
-(cd "$root" && MATURIN_PEP517_ARGS="--profile dev" \
+# maturin's build hook runs the `maturin` executable, found on PATH.
+(cd "$root" && PATH="$venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" \
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-build-isolation \
     --force-reinstall --no-deps ./python)
 

@@ -23,7 +23,8 @@ async fn main() -> averager::Result<()> {
     let floats = arg("--floats", 16 << 20);
     let rounds = arg("--rounds", 5);
     let listen = "/ip4/127.0.0.1/tcp/0".parse().map_err(|e| averager::Error::Config(format!("{e}")))?;
-    let dht: Arc<dyn Dht> = Arc::new(KadDht::start(KadSettings { listen: vec![listen], ..Default::default() }).await?);
+    let dht: Arc<dyn Dht> =
+        Arc::new(KadDht::start(KadSettings { listen: vec![listen], ..Default::default() }).await?);
     let config = AveragerConfig {
         prefix: "overhead".into(),
         target_group_size: Some(2),

@@ -35,6 +35,7 @@ def load_until_found(peer, limit=RESULT_TIMEOUT):
         state = peer.load_state_from_peers(timeout=30)
         if state is not None:
             return state
+        time.sleep(0.05)  # poll interval while the donor's record propagates, not a synchronisation
     raise AssertionError("no state downloaded")
 
 
