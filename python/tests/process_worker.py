@@ -21,6 +21,7 @@ def main() -> None:
             "peer_id": avg.peer_id,
             "gathered": None if result is None else {k: v for k, v in result.items()},
             "t0": tensors[0][:3].tolist(),
+            "t0_tail": tensors[0][-3:].tolist(),
             "t1": tensors[1].tolist(),
         }
         avg.shutdown()

@@ -39,6 +39,7 @@ def test_three_processes_average():
     ids = {o["peer_id"] for o in outs}
     assert len(ids) == PEERS
     for out in outs:
-        assert out["gathered"] == {o["peer_id"]: {"rank": rank} for rank, o in enumerate(outs)}
-        assert out["t0"] == [mean] * 3
-        assert out["t1"] == [0.0, mean, 2 * mean]
+        assert out["gathered"] == {o["peer_id"]: {"rank": rank} for rank, o in enumerate(outs)}, outs
+        assert out["t0"] == [mean] * 3, outs
+        assert out["t0_tail"] == [mean] * 3, outs
+        assert out["t1"] == [0.0, mean, 2 * mean], outs
