@@ -1,0 +1,238 @@
+//! `averager.DecentralizedAverager`'s engine: an [`Averager`] on the gRPC transport and the DHT's
+//! Kademlia node, plus the lock that `get_tensors()` and the copies to and from the user's
+//! buffers share.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ::averager::grpc::GrpcTransport;
+use ::averager::{Averager, AveragerConfig, Dht, Registry, StepOptions, Transport};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes};
+use tokio::sync::OwnedMutexGuard;
+
+use crate::buffers::{self, BufferSpec, UserBuffer, bytes_of};
+use crate::control::NativeControl;
+use crate::dht::NativeDht;
+use crate::errors::IntoPy;
+use crate::provider::PyStateProvider;
+use crate::runtime::Runtime;
+
+/// What steps and `get_tensors()` share.
+pub(crate) struct Shared {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) averager: Averager,
+    /// Taken by `get_tensors()` and by every copy between the user's buffers and the averager's
+    /// tensors, always before the averager's own tensor lock.
+    pub(crate) user_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Shared {
+    /// Copies the user's buffers into the averager's tensors under both locks.
+    pub(crate) async fn copy_in(&self, buffers: &[UserBuffer]) -> PyResult<()> {
+        let _user = self.user_lock.lock().await;
+        let mut tensors = self.averager.tensors().await;
+        buffers::copy_all_in(buffers, &mut tensors)
+    }
+
+    /// Copies the averager's tensors into the user's buffers under both locks.
+    pub(crate) async fn copy_out(&self, buffers: &[UserBuffer]) -> PyResult<()> {
+        let _user = self.user_lock.lock().await;
+        let mut tensors = self.averager.tensors().await;
+        buffers::copy_all_out(buffers, &mut tensors)
+    }
+}
+
+/// A running averager.
+#[pyclass(module = "averager._native", frozen)]
+pub(crate) struct NativeAverager {
+    shared: Arc<Shared>,
+    /// The guard `lock_tensors()` took, released by `unlock_tensors()`.
+    held: Mutex<Option<OwnedMutexGuard<()>>>,
+}
+
+fn secs(value: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
+    value
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .map_err(|_| PyValueError::new_err(format!("{what} must be a finite number >= 0, got {s}")))
+        })
+        .transpose()
+}
+
+#[pymethods]
+impl NativeAverager {
+    /// Starts an averager over `specs` (the user's buffers) with `config_json` (every
+    /// `AveragerConfig` key), serving gRPC on `listen` (`host:port`).
+    #[new]
+    #[pyo3(signature = (dht, specs, config_json, listen, provider=None))]
+    fn new(
+        py: Python<'_>,
+        dht: &NativeDht,
+        specs: Vec<BufferSpec>,
+        config_json: &str,
+        listen: &str,
+        provider: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let mut config: AveragerConfig = serde_json::from_str(config_json)
+            .map_err(|e| PyValueError::new_err(format!("bad argument: {e}")))?;
+        if config.client_mode.is_none() {
+            config.client_mode = Some(dht.client_mode);
+        }
+        config.validate().py_err()?;
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|e| PyValueError::new_err(format!("listen address {listen:?} is not host:port: {e}")))?;
+        let (_, tensors) = buffers::parse_all(&specs)?;
+        let node: Arc<dyn Dht> = dht.node.clone();
+        let runtime = Arc::clone(&dht.runtime);
+        let provider = provider.map(|p| Arc::new(PyStateProvider::new(p)) as _);
+        let averager = runtime.block_on(py, async move {
+            let transport: Arc<dyn Transport> = Arc::new(GrpcTransport::bind(listen));
+            Averager::with_provider(tensors, node, transport, config, provider, Registry::global()).await
+        });
+        let averager = averager.py_err()?;
+        let shared = Arc::new(Shared { runtime, averager, user_lock: Arc::new(tokio::sync::Mutex::new(())) });
+        Ok(NativeAverager { shared, held: Mutex::new(None) })
+    }
+
+    /// The endpoint this averager is reached at: the key `step()` results use for it.
+    #[getter]
+    fn endpoint(&self) -> String {
+        self.shared.averager.endpoint().to_string()
+    }
+
+    /// `"node"`, `"client"` or `"aux"`.
+    #[getter]
+    fn mode(&self) -> String {
+        format!("{:?}", self.shared.averager.mode()).to_lowercase()
+    }
+
+    /// Starts one step; its buffers are re-read now (and again at `allow_allreduce()` when the
+    /// step waits for a trigger), and written when the all-reduce succeeds.
+    #[pyo3(signature = (specs, keepalive, gather, scheduled_time, weight, timeout, allow_retries, require_trigger))]
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        py: Python<'_>,
+        specs: Vec<BufferSpec>,
+        keepalive: Py<PyAny>,
+        gather: Option<Vec<u8>>,
+        scheduled_time: Option<f64>,
+        weight: Option<f64>,
+        timeout: Option<f64>,
+        allow_retries: bool,
+        require_trigger: bool,
+    ) -> PyResult<NativeControl> {
+        let buffers = specs.iter().map(UserBuffer::new).collect::<PyResult<Vec<_>>>()?;
+        let mut options =
+            StepOptions::default().allow_retries(allow_retries).require_trigger(require_trigger);
+        if let Some(bytes) = gather {
+            let value = rmpv::decode::read_value(&mut bytes.as_slice())
+                .map_err(|e| PyValueError::new_err(format!("gather is not msgpack: {e}")))?;
+            options = options.gather(&value);
+        }
+        if let Some(t) = scheduled_time {
+            options = options.scheduled_time(t);
+        }
+        if let Some(w) = weight {
+            options = options.weight(w);
+        }
+        if let Some(t) = secs(timeout, "timeout")? {
+            options = options.timeout(t);
+        }
+        let shared = Arc::clone(&self.shared);
+        let started = self.shared.runtime.block_on(py, {
+            let buffers = buffers.clone();
+            async move {
+                shared.copy_in(&buffers).await?;
+                shared.averager.step_background(options).await.py_err()
+            }
+        })?;
+        Ok(NativeControl::start(Arc::clone(&self.shared), started, buffers, keepalive))
+    }
+
+    /// Waits for (and takes) the lock `get_tensors()` holds.
+    fn lock_tensors(&self, py: Python<'_>) {
+        let lock = Arc::clone(&self.shared.user_lock);
+        let guard = self.shared.runtime.block_on(py, lock.lock_owned());
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard);
+    }
+
+    /// Releases the lock `lock_tensors()` took.
+    fn unlock_tensors(&self) {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+
+    /// The current group bits.
+    fn get_group_bits(&self, py: Python<'_>) -> String {
+        let shared = Arc::clone(&self.shared);
+        self.shared.runtime.block_on(py, async move { shared.averager.group_bits().await })
+    }
+
+    /// Replaces the group bits.
+    fn set_group_bits(&self, py: Python<'_>, bits: String) -> PyResult<()> {
+        let shared = Arc::clone(&self.shared);
+        self.shared.runtime.block_on(py, async move { shared.averager.set_group_bits(&bits).await }).py_err()
+    }
+
+    /// Whether others may download this peer's state.
+    #[getter]
+    fn get_allow_state_sharing(&self) -> bool {
+        self.shared.averager.allow_state_sharing()
+    }
+
+    /// Turns state sharing on or off.
+    #[setter]
+    fn set_allow_state_sharing(&self, py: Python<'_>, allow: bool) -> PyResult<()> {
+        let _guard = self.shared.runtime.handle().enter();
+        py.allow_threads(|| self.shared.averager.set_allow_state_sharing(allow)).py_err()
+    }
+
+    /// This peer's donor priority.
+    #[getter]
+    fn get_state_sharing_priority(&self) -> f64 {
+        self.shared.averager.state_sharing_priority()
+    }
+
+    /// Changes this peer's donor priority.
+    #[setter]
+    fn set_state_sharing_priority(&self, py: Python<'_>, priority: f64) -> PyResult<()> {
+        let _guard = self.shared.runtime.handle().enter();
+        py.allow_threads(|| self.shared.averager.set_state_sharing_priority(priority)).py_err()
+    }
+
+    /// Downloads the best donor's state: `None`, or `(metadata_msgpack, [(bytearray, dtype,
+    /// shape), ...])`.
+    #[pyo3(signature = (timeout=None))]
+    fn load_state_from_peers(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
+        let timeout = secs(timeout, "timeout")?;
+        let shared = Arc::clone(&self.shared);
+        let state = self
+            .shared
+            .runtime
+            .block_on(py, async move { shared.averager.load_state_from_peers(timeout).await });
+        let Some(mut state) = state.py_err()? else { return Ok(None) };
+        let mut tensors = Vec::with_capacity(state.tensors.len());
+        for t in &mut state.tensors {
+            let shape = t.shape().to_vec();
+            let dtype = t.dtype().name();
+            let data = PyByteArray::new(py, bytes_of(t)?);
+            tensors.push((data, dtype, shape).into_pyobject(py)?.into_any().unbind());
+        }
+        let metadata = PyBytes::new(py, &state.metadata);
+        Ok(Some((metadata, tensors).into_pyobject(py)?.into_any().unbind()))
+    }
+
+    /// Stops serving and cancels running steps, waiting up to `shutdown_timeout`.
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        self.unlock_tensors();
+        let shared = Arc::clone(&self.shared);
+        self.shared
+            .runtime
+            .block_on(py, async move { shared.averager.shutdown().await })
+            .map_err(|e| PyRuntimeError::new_err(format!("shutdown: {e}")))
+    }
+}

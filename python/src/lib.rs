@@ -1,0 +1,42 @@
+//! `averager._native`: the Rust half of the Python package `averager`.
+//!
+//! The Python half (`pysrc/averager/`) holds the user-facing classes with hivemind's names and
+//! defaults; this module gives it a Kademlia node ([`dht::NativeDht`]), an averager on the gRPC
+//! transport ([`averager::NativeAverager`]) and the handle of a running step
+//! ([`control::NativeControl`]). Tensors cross the boundary as raw pointers to the user's own
+//! contiguous buffers (numpy's `__array_interface__`, torch's `data_ptr()`), copied with one
+//! `memcpy` per tensor; the GIL is released whenever Rust waits.
+
+mod averager;
+mod buffers;
+mod control;
+mod dht;
+mod errors;
+mod provider;
+mod runtime;
+
+use pyo3::prelude::*;
+
+/// The seconds since the Unix epoch: the clock of `scheduled_time` (hivemind's `get_dht_time`).
+#[pyfunction]
+fn get_dht_time() -> f64 {
+    ::averager::time::dht_now()
+}
+
+/// The codec names the registry knows (built-in and plugins linked into this module).
+#[pyfunction]
+fn codec_names() -> Vec<String> {
+    ::averager::Registry::global().codecs().into_iter().map(|p| p.name.to_string()).collect()
+}
+
+/// The module object.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<dht::NativeDht>()?;
+    m.add_class::<averager::NativeAverager>()?;
+    m.add_class::<control::NativeControl>()?;
+    m.add_function(wrap_pyfunction!(get_dht_time, m)?)?;
+    m.add_function(wrap_pyfunction!(codec_names, m)?)?;
+    m.add("AveragerError", m.py().get_type::<errors::AveragerError>())?;
+    Ok(())
+}

@@ -1,0 +1,93 @@
+"""Averaging in place: numpy and torch tensors, weights, gather, client and auxiliary peers."""
+
+import numpy as np
+import pytest
+import torch
+
+import averager
+from conftest import step_all
+
+
+def test_numpy_arrays_are_averaged_in_place(group):
+    arrays = [[np.full((3, 4), float(i), dtype=np.float32), np.arange(5, dtype=np.float64) * i] for i in range(2)]
+    ids = [[id(a) for a in peer] for peer in arrays]
+    peers = group(arrays)
+    results = step_all(peers)
+    expected_keys = {p.peer_id for p in peers}
+    for result in results:
+        assert result is not None and set(result) == expected_keys
+    for i, (peer, mine) in enumerate(zip(peers, arrays)):
+        np.testing.assert_allclose(mine[0], np.full((3, 4), 0.5))
+        np.testing.assert_allclose(mine[1], np.arange(5) * 0.5)
+        with peer.get_tensors() as tensors:
+            assert [id(t) for t in tensors] == ids[i]
+
+
+def test_torch_tensors_of_every_float_dtype_are_averaged_in_place(group):
+    dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+    tensors = [[torch.full((2, 3), float(v), dtype=d) for d in dtypes] for v in (1.0, 3.0)]
+    model = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    other = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        other.weight.fill_(2.0)
+    tensors[0].append(model.weight)  # a parameter with requires_grad: written through its storage
+    tensors[1].append(other.weight)
+    peers = group(tensors)
+    assert all(r is not None for r in step_all(peers))
+    for mine in tensors:
+        for t, d in zip(mine, dtypes):
+            assert t.dtype == d
+            torch.testing.assert_close(t, torch.full((2, 3), 2.0, dtype=d))
+    torch.testing.assert_close(model.weight.detach(), torch.full((2, 4), 1.0))
+
+
+def test_weights(group):
+    arrays = [[np.zeros(4, dtype=np.float32)], [np.full(4, 4.0, dtype=np.float32)]]
+    peers = group(arrays)
+    step_all(peers, per_peer=[dict(weight=1.0), dict(weight=3.0)])
+    for mine in arrays:
+        np.testing.assert_allclose(mine[0], np.full(4, 3.0))
+
+
+def test_averaging_alpha_moves_part_of_the_way(group):
+    arrays = [[np.zeros(2, dtype=np.float32)], [np.full(2, 4.0, dtype=np.float32)]]
+    peers = group(arrays, averaging_alpha=0.5)
+    step_all(peers)
+    np.testing.assert_allclose(arrays[0][0], [1.0, 1.0])
+    np.testing.assert_allclose(arrays[1][0], [3.0, 3.0])
+
+
+def test_gather_returns_every_members_value(group):
+    arrays = [[np.zeros(2, dtype=np.float32)] for _ in range(2)]
+    peers = group(arrays)
+    gathers = [dict(batch_size=32, name="a", blob=b"\x00\x01"), [1, 2.5, None]]
+    results = step_all(peers, per_peer=[dict(gather=g) for g in gathers])
+    for result in results:
+        assert result == {peers[0].peer_id: gathers[0], peers[1].peer_id: gathers[1]}
+
+
+def test_client_and_auxiliary_peers(group):
+    arrays = [[np.zeros(3, dtype=np.float32)], [np.full(3, 4.0, dtype=np.float32)], [np.full(3, 100.0, dtype=np.float32)]]
+    modes = [dict(), dict(client_mode=True), dict(auxiliary=True)]
+    peers = group(arrays, per_peer=modes, min_group_size=3, target_group_size=4)
+    assert [p.mode for p in peers] == ["node", "client", "aux"]
+    assert peers[1].peer_id.startswith("client://")
+    results = step_all(peers)
+    keys = {p.peer_id for p in peers}
+    for result in results:
+        assert result is not None and set(result) == keys  # the auxiliary peer is a member too
+    np.testing.assert_allclose(arrays[0][0], np.full(3, 2.0))
+    np.testing.assert_allclose(arrays[1][0], np.full(3, 2.0))
+    np.testing.assert_allclose(arrays[2][0], np.full(3, 100.0))  # contributes nothing, receives nothing
+
+
+def test_dht_basics(swarm):
+    (a,) = swarm(1)
+    (b,) = swarm(1)
+    assert a.peer_id != b.peer_id
+    assert all(m.endswith("/p2p/" + a.peer_id) for m in a.get_visible_maddrs())
+    with averager.DHT(initial_peers=a.get_visible_maddrs(), host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True) as c:
+        assert c.peer_id
+    assert averager.get_dht_time() == pytest.approx(__import__("time").time(), abs=5)
