@@ -32,7 +32,7 @@ impl TransportFactory for TlsPeers {
     }
 }
 
-averager_conformance::transport_suite!(grpc_tls, TlsPeers { pki: Pki::new() });
+averager_conformance::transport_suite!(grpc_tls, TlsPeers { pki: Pki::new() }, lacks: [authenticated]);
 
 fn tls_transport(tls: GrpcTlsSettings) -> GrpcTransport {
     GrpcTransport::with_settings(GrpcSettings { tls: Some(tls), ..GrpcSettings::default() })
