@@ -88,7 +88,7 @@ macro_rules! __suite_tests {
                     fn $case() {
                         $crate::run_case(::core::stringify!($case), async {
                             let f = $factory;
-                            $( $crate::requirement($crate::$suite::declares(&f, ::core::stringify!($req)).await, ::core::stringify!($req))?; )?
+                            $( $crate::declaration($crate::$suite::declares(&f, ::core::stringify!($req)).await, ::core::stringify!($req), false)?; )?
                             $crate::$suite::$case(&f).await
                         })
                     }
@@ -109,7 +109,7 @@ macro_rules! __lacks_test {
         fn declared_lacks_hold() {
             $crate::run_case("declared_lacks_hold", async {
                 let f = $factory;
-                $( $crate::lack($crate::$suite::declares(&f, ::core::stringify!($lack)).await, ::core::stringify!($lack))?; )+
+                $( $crate::declaration($crate::$suite::declares(&f, ::core::stringify!($lack)).await, ::core::stringify!($lack), true)?; )+
                 ::core::result::Result::Ok(())
             })
         }
@@ -130,61 +130,35 @@ macro_rules! __gate {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __gate_find {
-    (lossless, [lossless $($rest:ident)*], $($item:tt)*) => {
-        #[ignore = "excluded: the codec does not declare capabilities().lossless"]
-        $($item)*
-    };
-    (registered, [registered $($rest:ident)*], $($item:tt)*) => {
-        #[ignore = "excluded: the codec's name is not in Registry::global()"]
-        $($item)*
-    };
-    (weighted_mean, [weighted_mean $($rest:ident)*], $($item:tt)*) => {
-        #[ignore = "excluded: the reducer does not declare capabilities().weighted_mean"]
-        $($item)*
-    };
-    (authenticated, [authenticated $($rest:ident)*], $($item:tt)*) => {
-        #[ignore = "excluded: the transport does not declare capabilities().authenticated"]
-        $($item)*
-    };
-    (small_message_cap, [small_message_cap $($rest:ident)*], $($item:tt)*) => {
-        #[ignore = "excluded: the transport's max_message_bytes exceeds LARGEST_TESTED_MESSAGE"]
-        $($item)*
-    };
-    (small_subkey_limit, [small_subkey_limit $($rest:ident)*], $($item:tt)*) => {
-        #[ignore = "excluded: the DHT's max_subkeys_per_key exceeds SUBKEY_LIMIT_CAP"]
-        $($item)*
-    };
+    (lossless, [lossless $($r:ident)*], $($i:tt)*) => { #[ignore = "excluded: no capabilities().lossless"] $($i)* };
+    (registered, [registered $($r:ident)*], $($i:tt)*) => { #[ignore = "excluded: name not registered"] $($i)* };
+    (weighted_mean, [weighted_mean $($r:ident)*], $($i:tt)*) => { #[ignore = "excluded: no weighted_mean"] $($i)* };
+    (authenticated, [authenticated $($r:ident)*], $($i:tt)*) => { #[ignore = "excluded: not authenticated"] $($i)* };
+    (small_message_cap, [small_message_cap $($r:ident)*], $($i:tt)*) => { #[ignore = "excluded: cap too large"] $($i)* };
+    (small_subkey_limit, [small_subkey_limit $($r:ident)*], $($i:tt)*) => { #[ignore = "excluded: limit too large"] $($i)* };
     ($req:ident, [$head:ident $($rest:ident)*], $($item:tt)*) => { $crate::__gate_find! { $req, [$($rest)*], $($item)* } };
     ($req:ident, [], $($item:tt)*) => { $($item)* };
 }
 
-/// Checks, before a case that needs `requirement`, that the plugin declares it (`declared` is
-/// the suite's `declares` answer).
+/// Checks a plugin's answer (`declared`, from the suite's `declares`) for `requirement` against
+/// the suite macro: `in_lacks` when the macro lists it under `lacks`, otherwise a case that needs
+/// it is about to run.
 ///
 /// # Errors
-/// A [`Failure`] naming the `lacks` entry to add when the plugin does not declare it, so that the
-/// case is reported as ignored instead of passing with nothing checked.
-pub fn requirement(declared: Result<bool, Failure>, requirement: &str) -> Outcome {
-    match declared? {
-        true => Ok(()),
-        false => Err(Failure::new(format!(
+/// A [`Failure`] when the two disagree: a case about to run on a plugin that does not declare
+/// what it needs (it would pass with nothing checked; the message names the `lacks` entry to add,
+/// which makes cargo test report the case as ignored), or a `lacks` entry for something the
+/// plugin does declare (its cases would be skipped for nothing).
+pub fn declaration(declared: Result<bool, Failure>, requirement: &str, in_lacks: bool) -> Outcome {
+    match (declared?, in_lacks) {
+        (true, false) | (false, true) => Ok(()),
+        (false, false) => Err(Failure::new(format!(
             "the plugin does not declare `{requirement}`, which this case needs: add `lacks: [{requirement}]` \
              to the suite macro, and cargo test reports the case as ignored"
         ))),
-    }
-}
-
-/// Checks an entry of a suite macro's `lacks` list against what the plugin declares.
-///
-/// # Errors
-/// A [`Failure`] when the plugin declares `requirement` after all: its cases would be skipped
-/// for nothing.
-pub fn lack(declared: Result<bool, Failure>, requirement: &str) -> Outcome {
-    match declared? {
-        false => Ok(()),
-        true => Err(Failure::new(format!(
-            "the suite macro lists `{requirement}` under `lacks`, but the plugin declares it: remove it \
-             so that its cases run"
+        (true, true) => Err(Failure::new(format!(
+            "the suite macro lists `{requirement}` under `lacks`, but the plugin declares it: remove it so \
+             that its cases run"
         ))),
     }
 }
