@@ -1,7 +1,7 @@
 //! Real processes, real sockets, a real crash (issue 5): four peers run as separate OS processes
 //! (the `averager` binary's `worker` subcommand) over each transport, matchmaking through Kademlia;
 //! one is killed with SIGKILL the moment its all-reduce of a large tensor begins. The other three
-//! must finish within `sender_timeout` + 1 s of the kill, with the partial result of SPEC 4.7:
+//! must finish within `sender_timeout` + 1 s of the kill, with the partial result of protocol 4.7:
 //! every element averaged (over the survivors, or over all four where the victim's part had
 //! arrived) except where the victim was the reducer, which keep their local values.
 //!
@@ -22,7 +22,7 @@ use common::{LineReader, averager, wait_or_kill};
 use std::io::Write;
 
 /// Elements per peer: 16 MB of f32 in 32 parts. The survivors' reducers hold every part of their
-/// spans until the victim is excluded (SPEC 4.6 reduces parts in order, waiting for every
+/// spans until the victim is excluded (protocol 4.6 reduces parts in order, waiting for every
 /// sender), so the whole exchange among the survivors happens inside the "+ 1 s" after
 /// `sender_timeout`; a larger tensor would not fit in it on a loaded 2-core machine.
 const FLOATS: usize = 4 << 20;
@@ -127,7 +127,7 @@ fn kill_one_peer_mid_allreduce(transport: &str) {
         eprintln!("{transport}: survivor {i} finished {after:?} after the kill");
     }
 
-    // SPEC 4.7's partial result, element by element.
+    // protocol 4.7's partial result, element by element.
     let survivors: Vec<usize> = (0..PEERS).filter(|&i| i != VICTIM).collect();
     for &s in &survivors {
         let got = read_f32s(&workers[s].dump);
