@@ -114,7 +114,7 @@ macro_rules! __dht_cases {
 #[macro_export]
 ///
 /// The subkey-limit case fills a key to `max_subkeys_per_key`, so it needs a limit of at most
-/// [`SUBKEY_LIMIT_CAP`] (`small_subkey_limit`); a DHT with a larger one adds
+/// [`SUBKEY_LIMIT_CAP`](crate::dht::SUBKEY_LIMIT_CAP) (`small_subkey_limit`); a DHT with a larger one adds
 /// `lacks: [small_subkey_limit]`, and `cargo test` reports the case as ignored.
 macro_rules! dht_suite {
     ($name:ident, $factory:expr $(, lacks: [$($lack:ident),* $(,)?])? $(,)?) => {

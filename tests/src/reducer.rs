@@ -70,8 +70,8 @@ macro_rules! reducer_suite {
 /// Whether the reducer declares `requirement` (only `weighted_mean` is known).
 ///
 /// # Errors
-/// A [`Failure`](crate::Failure) for another name.
-pub async fn declares(factory: &impl ReducerFactory, requirement: &str) -> Result<bool, crate::Failure> {
+/// A [`Failure`] for another name.
+pub async fn declares(factory: &impl ReducerFactory, requirement: &str) -> Result<bool, Failure> {
     match requirement {
         "weighted_mean" => Ok(factory.build().capabilities().weighted_mean),
         other => Err(crate::unknown_requirement("reducer", other, &["weighted_mean"])),

@@ -133,7 +133,7 @@ macro_rules! __transport_cases {
 ///
 /// Cases that only some transports can pass name a requirement: `authenticated`
 /// (`capabilities().authenticated`) and `small_message_cap` (a `max_message_bytes` of at most
-/// [`LARGEST_TESTED_MESSAGE`], so that sending one byte more is affordable). A transport without
+/// [`LARGEST_TESTED_MESSAGE`](crate::transport::LARGEST_TESTED_MESSAGE), so that sending one byte more is affordable). A transport without
 /// one adds, after the factory (and after `unserved_endpoint`, if given), `lacks: [authenticated]`;
 /// `cargo test` then reports those cases as ignored.
 macro_rules! transport_suite {
@@ -149,7 +149,7 @@ macro_rules! transport_suite {
 /// [`transport_suite!`](crate::transport_suite)).
 ///
 /// # Errors
-/// A [`Failure`](crate::Failure) for another name.
+/// A [`Failure`] for another name.
 pub async fn declares(factory: &impl TransportFactory, requirement: &str) -> Result<bool, Failure> {
     let capabilities = factory.make().await.capabilities();
     match requirement {

@@ -29,7 +29,7 @@ pub(crate) struct DemoPlan {
     /// f32 elements per peer.
     pub(crate) floats: usize,
     /// The target group size peers use: `--group-size`, or every peer when the peers do not
-    /// fill Moshpit buckets of that size (see [`DemoPlan::layout`]).
+    /// fill Moshpit buckets of that size (see [`layout`]).
     pub(crate) group_size: usize,
     /// Group bits per peer key.
     pub(crate) bits: usize,
