@@ -22,8 +22,13 @@ impl Run {
 }
 
 /// The binary under test, with logs kept to warnings so that stderr stays short.
+///
+/// `AVERAGER_TEST_BIN` names another `averager` binary to run instead (a copy kept fixed while
+/// the tree is rebuilt during a long repeated run, or a release build).
 pub(crate) fn averager() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_averager"));
+    let binary =
+        std::env::var_os("AVERAGER_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_averager").into());
+    let mut command = Command::new(binary);
     command.env("RUST_LOG", "warn").env_remove("RUST_BACKTRACE");
     command
 }

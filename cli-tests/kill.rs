@@ -1,9 +1,13 @@
-//! Real processes, real sockets, a real crash (issue 5): four peers run as separate OS processes
-//! (the `averager` binary's `worker` subcommand) over each transport, matchmaking through Kademlia;
-//! one is killed with SIGKILL the moment its all-reduce of a large tensor begins. The other three
-//! must finish within `sender_timeout` + 1 s of the kill, with the partial result of protocol 4.7:
-//! every element averaged (over the survivors, or over all four where the victim's part had
-//! arrived) except where the victim was the reducer, which keep their local values.
+//! Real processes, real sockets, a real crash (issues 5 and 11): four peers run as separate OS
+//! processes (the `averager` binary's `worker` subcommand) over each transport, matchmaking through
+//! Kademlia; one is killed with SIGKILL the moment its all-reduce of a large tensor begins.
+//!
+//! The survivors must finish within a bound derived from the configured timeouts, and hold exactly
+//! the values protocol 4.7 allows, part by part: in every span but the victim's, each part is the mean
+//! over all four peers (the victim's part had reached that reducer) or the mean over the three
+//! survivors, the first kind before the second within a span, and every survivor holds the same
+//! kind for a part; in the victim's span, each part is the survivor's own value, or the mean over
+//! all four where the victim replied before it died.
 //!
 //! A test binary of its own, so its processes never share the 2 cores with the other CLI tests;
 //! its two cases take turns for the same reason.
@@ -21,15 +25,22 @@ use averager::dht::{KadDht, KadSettings};
 use common::{LineReader, averager, wait_or_kill};
 use std::io::Write;
 
-/// Elements per peer: 16 MB of f32 in 32 parts. The survivors' reducers hold every part of their
-/// spans until the victim is excluded (protocol 4.6 reduces parts in order, waiting for every
-/// sender), so the whole exchange among the survivors happens inside the "+ 1 s" after
-/// `sender_timeout`; a larger tensor would not fit in it on a loaded 2-core machine.
+/// Elements per peer: 16 MB of f32, in parts of 2^19 bytes (protocol 9), 8 parts per member's span
+/// (four members with no bandwidth given get equal shares, protocol 5).
 const FLOATS: usize = 4 << 20;
+const PART_FLOATS: usize = (1 << 19) / 4;
 const SENDER_TIMEOUT: Duration = Duration::from_secs(2);
-/// Must exceed the sender timeout; a dead QUIC peer (no TCP reset, no answer to a dial) is
-/// noticed by this one.
+/// Must exceed the sender timeout (validation requires it); only 10% more, the relation under
+/// which survivors used to drop each other (issue 11). A dead QUIC peer (no reset, no answer to a
+/// dial) is noticed by this one.
 const REDUCER_TIMEOUT: Duration = Duration::from_millis(2200);
+/// How long the survivors may take after the kill, beyond waiting out the victim: it is excluded
+/// as a sender within `sender_timeout` and as a reducer within `reducer_timeout` (the two run at
+/// once). A survivor that took a live peer for dead would wait out another timeout and, more to
+/// the point, hold values the oracle refuses. The margin covers the survivors' exchange of the rest
+/// of their 16 MB, which in this debug build took up to 6 s beyond `reducer_timeout` with the
+/// machine at load 12.
+const AFTER_KILL: Duration = Duration::from_secs(12);
 const LIMIT: Duration = Duration::from_secs(120);
 const PEERS: usize = 4;
 const VICTIM: usize = 3;
@@ -88,12 +99,11 @@ fn kill_one_peer_mid_allreduce(transport: &str) {
             Worker { child, stdin, out, dump }
         })
         .collect();
+    let mut endpoints = Vec::new();
     for (i, w) in workers.iter_mut().enumerate() {
-        assert!(
-            w.out.until(LIMIT, |l| is_event(l, "ready")).is_some(),
-            "worker {i} not ready: {:?}",
-            w.out.seen
-        );
+        let ready = w.out.until(LIMIT, |l| is_event(l, "ready"));
+        let ready = ready.unwrap_or_else(|| panic!("worker {i} not ready: {:?}", w.out.seen));
+        endpoints.push(event(&ready).unwrap()["endpoint"].as_str().unwrap().to_string());
     }
     let initial: Vec<Vec<f32>> = workers.iter().map(|w| read_f32s(&w.dump)).collect();
 
@@ -117,37 +127,51 @@ fn kill_one_peer_mid_allreduce(transport: &str) {
         let line = line.unwrap_or_else(|| panic!("survivor {i} never finished: {:?}", w.out.seen));
         reports.push((i, after, event(&line).unwrap()));
     }
+    let bound = SENDER_TIMEOUT.max(REDUCER_TIMEOUT) + AFTER_KILL;
     for (i, after, report) in &reports {
         assert!(report["error"].is_null(), "survivor {i} failed: {report}");
         assert_eq!(report["group"].as_array().map(Vec::len), Some(PEERS), "survivor {i}: {report}");
-        assert!(
-            *after <= SENDER_TIMEOUT + Duration::from_secs(1),
-            "survivor {i} finished {after:?} after the kill, over sender_timeout + 1 s"
-        );
+        assert!(*after <= bound, "survivor {i} finished {after:?} after the kill, over {bound:?}");
         eprintln!("{transport}: survivor {i} finished {after:?} after the kill");
     }
+    let group: Vec<String> =
+        reports[0].2["group"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_string()).collect();
+    let victim_position =
+        group.iter().position(|e| *e == endpoints[VICTIM]).expect("the victim is in the group");
 
-    // protocol 4.7's partial result, element by element.
+    // protocol 4.7's partial result, part by part.
     let survivors: Vec<usize> = (0..PEERS).filter(|&i| i != VICTIM).collect();
-    for &s in &survivors {
-        let got = read_f32s(&workers[s].dump);
-        let (mut local, mut averaged) = (0usize, 0usize);
-        for (e, &g) in got.iter().enumerate() {
-            let all = (0..PEERS).map(|p| initial[p][e] as f64).sum::<f64>() / PEERS as f64;
-            let three = survivors.iter().map(|&p| initial[p][e] as f64).sum::<f64>() / survivors.len() as f64;
-            let close = |x: f64| (g as f64 - x).abs() <= 1e-5 * (1.0 + x.abs());
-            if close(all) || close(three) {
-                averaged += 1;
-            } else if g == initial[s][e] {
-                local += 1;
+    let classes: Vec<Vec<Value>> =
+        survivors.iter().map(|&s| classify(s, &read_f32s(&workers[s].dump), &initial, &survivors)).collect();
+    let parts_per_span = FLOATS / PEERS / PART_FLOATS;
+    for (row, &s) in classes.iter().zip(&survivors) {
+        for (owner, span) in row.chunks(parts_per_span).enumerate() {
+            let allowed: &[Value] = if owner == victim_position {
+                &[Value::All, Value::Local]
             } else {
-                panic!("survivor {s}, element {e}: {g} is neither local nor an average");
+                &[Value::All, Value::Survivors]
+            };
+            for (k, class) in span.iter().enumerate() {
+                assert!(
+                    allowed.contains(class),
+                    "survivor {s}, span of member {owner}, part {k}: {class:?} (allowed: {allowed:?})"
+                );
             }
+            // Once a reducer stops counting on the victim, it never counts on it again.
+            let first_other = span.iter().position(|c| *c != Value::All).unwrap_or(span.len());
+            assert!(
+                span[first_other..].iter().all(|c| *c != Value::All),
+                "survivor {s}, span of member {owner}: {span:?}"
+            );
         }
-        assert!(averaged >= FLOATS / 2, "survivor {s}: only {averaged} of {FLOATS} elements averaged");
-        assert!(local > 0, "survivor {s}: the victim's span cannot have been averaged");
-        eprintln!(
-            "{transport}: survivor {s}: {averaged} elements averaged, {local} kept (the victim's span)"
+        let kept = row.iter().filter(|c| **c == Value::Local).count();
+        eprintln!("{transport}: survivor {s}: parts {row:?} ({kept} kept local, all in the victim's span)");
+    }
+    // A reducer sends every sender the same reduced part.
+    for (p, _) in classes[0].iter().enumerate().filter(|(p, _)| p / parts_per_span != victim_position) {
+        assert!(
+            classes.iter().all(|row| row[p] == classes[0][p]),
+            "survivors disagree on part {p}: {classes:?}"
         );
     }
 
@@ -162,6 +186,47 @@ fn kill_one_peer_mid_allreduce(transport: &str) {
     runtime.block_on(bootstrap.shutdown());
     // Only a passing run cleans up: a failing one leaves the peers' logs in `dir`.
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The values protocol 4.7 allows a survivor to hold for one part.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Value {
+    /// The mean over all four peers.
+    All,
+    /// The mean over the three survivors.
+    Survivors,
+    /// The survivor's own value.
+    Local,
+}
+
+/// Which allowed value survivor `s` holds for each part of `got`; panics on a part that holds
+/// anything else, or a mix.
+fn classify(s: usize, got: &[f32], initial: &[Vec<f32>], survivors: &[usize]) -> Vec<Value> {
+    let mean = |who: &mut dyn Iterator<Item = usize>, e: usize| {
+        let (sum, n) = who.fold((0.0f64, 0usize), |(sum, n), p| (sum + initial[p][e] as f64, n + 1));
+        sum / n as f64
+    };
+    let close = |x: f64, g: f32| (g as f64 - x).abs() <= 1e-5 * (1.0 + x.abs());
+    got.chunks(PART_FLOATS)
+        .enumerate()
+        .map(|(p, part)| {
+            let start = p * PART_FLOATS;
+            let fits = |class: Value| {
+                part.iter().enumerate().all(|(o, &g)| {
+                    let e = start + o;
+                    match class {
+                        Value::All => close(mean(&mut (0..PEERS), e), g),
+                        Value::Survivors => close(mean(&mut survivors.iter().copied(), e), g),
+                        Value::Local => g == initial[s][e],
+                    }
+                })
+            };
+            [Value::All, Value::Survivors, Value::Local]
+                .into_iter()
+                .find(|&c| fits(c))
+                .unwrap_or_else(|| panic!("survivor {s}, part {p}: values protocol 4.7 does not allow"))
+        })
+        .collect()
 }
 
 #[test]

@@ -7,5 +7,6 @@ mod demo;
 mod errors;
 #[cfg(feature = "kad")]
 mod node;
+mod plan;
 #[cfg(feature = "kad")]
 mod processes;

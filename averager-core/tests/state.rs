@@ -70,3 +70,57 @@ async fn scenario_11_load_state_priority() {
     let meta: std::collections::BTreeMap<String, String> = state.metadata_as().unwrap();
     assert_eq!(meta.get("group_key").map(String::as_str), Some(""));
 }
+
+/// Issue 11 (and 16, item 4): a donor in the middle of an all-reduce serves at once, the state it
+/// had when the round began, instead of making the download wait for its round. The round here
+/// lasts at least 2 s (the partner's replies are held 2 s), and the downloader's chunk timeout is
+/// 0.5 s: before, the download waited for the tensor lock, ran out of time, and came back `None`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_donor_serves_its_state_while_it_averages() {
+    use averager_core::averager::StepOptions;
+    use averager_core::transport::{Fault, FaultyTransport, Rpc};
+    let network = MemoryNetwork::new();
+    let dht = Arc::new(MemoryDht::new());
+    let config = |share: bool| AveragerConfig {
+        prefix: "demo-run".into(),
+        target_group_size: Some(2),
+        min_matchmaking_time: Duration::from_millis(500),
+        request_timeout: Duration::from_millis(500),
+        allow_state_sharing: Some(share),
+        state_sharing_priority: if share { 1.0 } else { 0.0 },
+        client_mode: Some(false),
+        ..AveragerConfig::default()
+    };
+    let mut peers = Vec::new();
+    for i in 0..3 {
+        let settings = MemorySettings { name: Some(format!("busy{i}")), ..Default::default() };
+        let (transport, plan) =
+            FaultyTransport::new(Arc::new(MemoryTransport::with_settings(network.clone(), settings)));
+        if i == 1 {
+            plan.add(Fault::Delay(Duration::from_secs(2)).rpc(Rpc::AggregatePart).server_side());
+        }
+        let tensors = vec![f32s(&[4], [i as f32; 4])];
+        let peer =
+            Averager::new(tensors, dht.clone() as Arc<dyn Dht>, Arc::new(transport), config(i == 0)).await;
+        peers.push(peer.unwrap());
+    }
+    donor_record_is(&dht, &peers[0], Some(1.0)).await;
+    let control = peers[0].step_background(StepOptions::default()).await.unwrap();
+    let partner = peers[1].step_background(StepOptions::default()).await.unwrap();
+    // Download once the donor's all-reduce runs.
+    let running = control.wait_for_stage(averager_core::averager::Stage::RunningAllreduce);
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the donor never began its all-reduce");
+    let began = tokio::time::Instant::now();
+    let state = peers[2].load_state_from_peers(Some(Duration::from_secs(10))).await.unwrap();
+    let state = state.expect("the averaging donor served its state");
+    assert_eq!(state.tensors[0].as_f32().unwrap(), &[0.0; 4], "the state the round began with");
+    assert!(!control.is_done(), "the download finished after the donor's round ({:?})", began.elapsed());
+    control.result().await.unwrap();
+    partner.result().await.unwrap();
+    assert_eq!(values(&peers[0]).await[0], vec![0.5; 4]);
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+}

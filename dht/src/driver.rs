@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::error;
+use crate::rebootstrap::Rebootstrap;
 use crate::record;
 use crate::store::{Offer, StoreLimits, offer_entry};
 
@@ -80,6 +81,8 @@ pub(crate) struct Driver {
     connected: bool,
     join_dials: HashSet<ConnectionId>,
     failed_dials: HashMap<ConnectionId, String>,
+    /// The lookups repeated after joining (see [`Rebootstrap`]).
+    rebootstrap: Rebootstrap,
 }
 
 impl Driver {
@@ -95,6 +98,7 @@ impl Driver {
             connected: false,
             join_dials: HashSet::new(),
             failed_dials: HashMap::new(),
+            rebootstrap: Rebootstrap::default(),
         }
     }
 
@@ -187,6 +191,8 @@ impl Driver {
         }
         // Kademlia also bootstraps by itself as peers enter the table; asking now saves its delay.
         let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        // The bootstrap node may not know yet the peers joining at the same moment as this one.
+        self.rebootstrap.start();
         Ok(())
     }
 
@@ -227,6 +233,11 @@ impl Driver {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = sweep.tick() => self.swarm.behaviour_mut().kad.store_mut().sweep(dht_now()),
+                () = self.rebootstrap.due() => {
+                    if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+                        tracing::debug!(error = %e, "no repeated bootstrap lookup: no known peer");
+                    }
+                }
             }
         }
         // Pending callers get "shut down" rather than waiting out their timeouts.

@@ -4,6 +4,7 @@ mod behaviour;
 mod driver;
 mod error;
 mod node;
+mod rebootstrap;
 mod record;
 mod settings;
 mod store;

@@ -48,6 +48,7 @@ mod tests {
         assert_eq!(&bytes[bytes.len() - tail.len() - 2..][..2], &[0x32, tail.len() as u8]);
         assert_eq!(JoinRequest::decode(bytes.as_slice()).unwrap(), req);
         assert_eq!(MessageCode::BadGroupKey as i32, 18);
+        assert_eq!(MessageCode::PartPending as i32, 19);
         assert_eq!(MessageCode::GroupDisbanded as i32, 17);
     }
 

@@ -6,6 +6,9 @@
 //! Every connection therefore has `first_request_timeout` from its accept to finish the TLS
 //! handshake (when TLS is on) and deliver the 24-byte HTTP/2 preface; after that it is an HTTP/2
 //! connection like any other, whose calls the request guard bounds.
+//!
+//! Under mutual TLS the handshake has verified the client's certificate; the identity it proves
+//! travels with the connection ([`PeerInfo`]) to every call served on it.
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +26,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::identity;
 
 /// The client's HTTP/2 connection preface (`PRI * HTTP/2.0...`) is this long.
 const PREFACE_LEN: usize = 24;
@@ -74,7 +79,7 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let deadline = Instant::now() + wait;
-        let info = tcp.connect_info();
+        let info = PeerInfo { tcp: tcp.connect_info(), authenticated_peer: None };
         let Some(acceptor) = &tls else {
             if tx.send(Ok(Conn::new(Io::Plain(tcp), info, deadline, wait))).await.is_err() {
                 return;
@@ -90,6 +95,10 @@ async fn accept_loop(
             let _permit = permit;
             match timeout_at(deadline, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
+                    // Present only when the server asked for it, that is under mutual TLS, and
+                    // then verified by the handshake that just succeeded.
+                    let leaf = stream.get_ref().1.peer_certificates().and_then(<[_]>::first);
+                    let info = PeerInfo { authenticated_peer: leaf.map(identity::of_certificate), ..info };
                     let _ = tx.send(Ok(Conn::new(Io::Tls(Box::new(stream)), info, deadline, wait))).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
@@ -105,10 +114,21 @@ enum Io {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// A served connection: its stream, its TCP addresses for tonic, and the preface deadline.
+/// What the server knows of a connection's peer: tonic puts it into every request's
+/// extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerInfo {
+    /// The TCP addresses.
+    pub(crate) tcp: TcpConnectInfo,
+    /// The identity its verified client certificate proves (see [`identity`]); `None` without
+    /// mutual TLS.
+    pub(crate) authenticated_peer: Option<String>,
+}
+
+/// A served connection: its stream, what is known of its peer, and the preface deadline.
 pub(crate) struct Conn {
     io: Io,
-    info: TcpConnectInfo,
+    info: PeerInfo,
     preface: Option<Preface>,
 }
 
@@ -120,16 +140,16 @@ struct Preface {
 }
 
 impl Conn {
-    fn new(io: Io, info: TcpConnectInfo, deadline: Instant, wait: Duration) -> Conn {
+    fn new(io: Io, info: PeerInfo, deadline: Instant, wait: Duration) -> Conn {
         let preface = Preface { deadline: Box::pin(sleep_until(deadline)), read: 0, wait };
         Conn { io, info, preface: Some(preface) }
     }
 }
 
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> PeerInfo {
         self.info.clone()
     }
 }
@@ -158,7 +178,7 @@ impl AsyncRead for Conn {
                 }
             }
             Poll::Pending if preface.deadline.as_mut().poll(cx).is_ready() => {
-                let remote = this.info.remote_addr();
+                let remote = this.info.tcp.remote_addr();
                 let message = format!("no HTTP/2 preface from {remote:?} within {:?}", preface.wait);
                 tracing::debug!("{message}");
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, message)));

@@ -3,6 +3,7 @@
 mod client;
 mod connections;
 mod guard;
+mod identity;
 mod server;
 mod settings;
 mod status;
@@ -22,8 +23,9 @@ use tonic::transport::{Channel, Endpoint};
 pub use settings::{DEFAULT_FIRST_REQUEST_TIMEOUT, GrpcSettings};
 pub use tls::GrpcTlsSettings;
 
-/// The averager's [`Transport`] over gRPC (tonic, HTTP/2, optionally TLS), at endpoints
-/// `grpc://host:port`.
+/// The averager's [`Transport`] over gRPC (tonic, HTTP/2, optionally TLS or mutual TLS), at
+/// endpoints `grpc://host:port`. Under mutual TLS, served calls carry the caller's proven
+/// identity (see [`GrpcTlsSettings`]) and [`capabilities`](Transport::capabilities) say so.
 ///
 /// Each [`serve`](Transport::serve) binds its own TCP listener at [`GrpcSettings::listen`];
 /// [`connect`](Transport::connect) dials eagerly (within [`GrpcSettings::connect_timeout`]) and
@@ -173,7 +175,9 @@ impl Transport for GrpcTransport {
     }
 
     fn capabilities(&self) -> TransportCapabilities {
-        TransportCapabilities { max_message_bytes: self.settings.max_message_bytes, authenticated: false }
+        // Authenticated only when every served call has passed a client-certificate check.
+        let authenticated = matches!(self.tls(), Ok(Some(tls)) if tls.mutual && tls.server.is_some());
+        TransportCapabilities { max_message_bytes: self.settings.max_message_bytes, authenticated }
     }
 
     async fn serve(&self, service: Arc<dyn AveragingService>) -> Result<ServerHandle> {

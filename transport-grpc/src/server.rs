@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::connections::PeerInfo;
 use crate::guard::GuardLayer;
 use crate::status::{request_error, to_status, too_large};
 use crate::{GrpcSettings, connections};
@@ -92,8 +93,16 @@ struct Adapter {
 }
 
 impl Adapter {
+    /// What the connection's accept learned of the caller (tonic's `remote_addr` knows only its
+    /// own connection types, not [`PeerInfo`]).
     fn context<T>(request: &Request<T>) -> CallContext {
-        CallContext { authenticated_peer: None, remote_address: request.remote_addr().map(|a| a.to_string()) }
+        let Some(peer) = request.extensions().get::<PeerInfo>() else {
+            return CallContext::default();
+        };
+        CallContext {
+            authenticated_peer: peer.authenticated_peer.clone(),
+            remote_address: peer.tcp.remote_addr().map(|a| a.to_string()),
+        }
     }
 
     /// Runs the handler's start, unless the server stops first, and adapts its stream.

@@ -20,9 +20,10 @@ const ALPN: &[u8] = b"averager/1";
 /// The server name every client presents (certificates are not checked against names).
 pub(crate) const SERVER_NAME: &str = "localhost";
 
-/// The ring provider: never the process default, which may be ambiguous (SPEC: ARCHITECTURE).
+/// The aws-lc-rs provider: never the process default, which may be ambiguous (SPEC: ARCHITECTURE).
+/// Not ring: rustls deprecates its ring provider, which lacks post-quantum key exchange.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// The lowercase hex SHA-256 of a certificate's DER bytes.

@@ -94,14 +94,14 @@ impl AllReduceGroup {
         self.members[self.me].mode
     }
 
-    /// The refusals of SPEC 4.2: a group needs a non-CLIENT member, a CLIENT must have share 0,
-    /// and `reducer_timeout` needs a smaller `sender_timeout`.
+    /// The refusals of SPEC 4.2 that are not the plan's (see `AllReducePlan` for the members'
+    /// modes and shares): this peer is a member, and `reducer_timeout` needs a smaller
+    /// `sender_timeout`.
     ///
     /// # Errors
     /// [`Error::Config`] for the first broken rule.
     pub fn validate(
         &self,
-        shares: &[f64],
         sender_timeout: Option<Duration>,
         reducer_timeout: Option<Duration>,
     ) -> Result<()> {
@@ -110,17 +110,6 @@ impl AllReduceGroup {
                 "position {} outside a group of {}",
                 self.me,
                 self.members.len()
-            )));
-        }
-        if self.members.iter().all(|m| m.mode == PeerMode::Client) {
-            return Err(Error::Config("a group needs at least one member that is not a CLIENT".into()));
-        }
-        if let Some(i) =
-            (0..self.members.len()).find(|&i| self.members[i].mode == PeerMode::Client && shares[i] > 0.0)
-        {
-            return Err(Error::Config(format!(
-                "CLIENT {} was given a nonzero share",
-                self.members[i].endpoint
             )));
         }
         match (sender_timeout, reducer_timeout) {

@@ -94,12 +94,17 @@ async fn attack(
     (replies, if hold { Some(tx) } else { None })
 }
 
+/// The codes of a stream's replies, leaving out the reducer's `PART_PENDING` (see `progress.rs`),
+/// which come as often as time passes.
 async fn codes(mut replies: MessageStream<AveragingData>) -> Vec<i32> {
     let mut codes = Vec::new();
     while let Some(reply) =
         tokio::time::timeout(Duration::from_secs(10), replies.next()).await.expect("reply stalled")
     {
-        codes.push(reply.unwrap().code);
+        let reply = reply.unwrap();
+        if !super::progress::is_pending(&reply) {
+            codes.push(reply.code);
+        }
     }
     codes
 }

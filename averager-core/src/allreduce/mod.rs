@@ -7,7 +7,9 @@ mod group;
 mod load_balancing;
 mod part_reducer;
 mod partition;
+mod plan;
 mod presence;
+mod progress;
 mod router;
 mod runner;
 mod serve;
@@ -17,9 +19,13 @@ pub use group::{AllReduceGroup, GroupMember};
 pub use load_balancing::{hagenbach_bischoff, load_balance};
 pub use part_reducer::PartReducer;
 pub use partition::{PartitionPlan, PlannedPart, TensorLayout};
+pub use plan::{AllReducePlan, MemberIndex, PlannedMember, SenderIndex, Traffic};
+pub(crate) use progress::progress_interval;
 pub use router::RunnerRouter;
 pub use runner::{AllReduceInputs, AllReduceOutcome, AllReduceRunner, AllReduceSettings};
 
+#[cfg(test)]
+mod cascade_tests;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]

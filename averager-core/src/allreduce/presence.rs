@@ -6,6 +6,7 @@ use std::sync::{Arc, PoisonError};
 use futures::StreamExt;
 use futures::future::join_all;
 
+use super::progress::is_pending;
 use super::runner::{AbortOnDrop, AllReduceRunner};
 use crate::matchmaking::PeerMode;
 use crate::transport::AveragingData;
@@ -51,7 +52,12 @@ impl AllReduceRunner {
         let answer = async {
             let client = self.transport.connect(endpoint).await?;
             let mut replies = client.rpc_aggregate_part(Box::pin(futures::stream::iter([probe]))).await?;
-            replies.next().await.transpose()
+            loop {
+                match replies.next().await.transpose()? {
+                    Some(reply) if is_pending(&reply) => continue,
+                    answer => return Ok::<_, crate::error::Error>(answer),
+                }
+            }
         };
         if let Ok(Some(reply)) = answer.await
             && reply.code == averager_proto::MessageCode::BadGroupId as i32

@@ -18,8 +18,9 @@ use std::time::Duration;
 use averager_proto::MessageCode;
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use super::progress::{pending, with_pending};
 use super::runner::AllReduceRunner;
 use crate::error::{Error, Result};
 use crate::time::with_timeout;
@@ -35,15 +36,23 @@ use crate::transport::{
 /// (SPEC 6.2: nothing to share). The averager's own handler delegates `rpc_aggregate_part` here.
 #[derive(Debug)]
 pub struct RunnerRouter {
-    runners: Mutex<HashMap<Bytes, Route>>,
-    /// `(group id, endpoint)` of members that left groups not running here yet.
-    goodbyes: Mutex<std::collections::VecDeque<(Bytes, String)>>,
-    changed: watch::Sender<u64>,
+    routes: Arc<Routes>,
     /// How long a stream's group may stay unknown here (`request_timeout`, SPEC 11.8).
     wait: Duration,
     /// How long a stream's first part may take (`sender_timeout`, SPEC 4.5 step 2); `None`: the
     /// transport's own deadline for a caller's first message is the only bound.
     first_part_wait: Option<Duration>,
+    /// How often a stream waiting for its group is sent `PART_PENDING` (see `progress.rs`).
+    pending_every: Option<Duration>,
+}
+
+/// The routing table, shared with the tasks of streams that wait for their group.
+#[derive(Debug)]
+struct Routes {
+    runners: Mutex<HashMap<Bytes, Route>>,
+    /// `(group id, endpoint)` of members that left groups not running here yet.
+    goodbyes: Mutex<std::collections::VecDeque<(Bytes, String)>>,
+    changed: watch::Sender<u64>,
 }
 
 /// Where a group id leads.
@@ -74,12 +83,23 @@ impl RunnerRouter {
     /// for an unknown group to register (the averager passes `request_timeout`).
     pub fn new(wait: Duration) -> Self {
         RunnerRouter {
-            runners: Mutex::new(HashMap::new()),
-            goodbyes: Mutex::new(std::collections::VecDeque::new()),
-            changed: watch::channel(0).0,
+            routes: Arc::new(Routes {
+                runners: Mutex::new(HashMap::new()),
+                goodbyes: Mutex::new(std::collections::VecDeque::new()),
+                changed: watch::channel(0).0,
+            }),
             wait,
             first_part_wait: Some(wait),
+            pending_every: None,
         }
+    }
+
+    /// Sends `PART_PENDING` every `every` to a stream that waits for its group to register, so
+    /// its sender does not take this live peer for a dead reducer (the averager passes a quarter
+    /// of `reducer_timeout`; see `progress.rs`).
+    pub fn pending_every(mut self, every: Option<Duration>) -> Self {
+        self.pending_every = every;
+        self
     }
 
     /// Bounds the wait for a stream's first message by `wait` instead (the averager passes
@@ -95,7 +115,7 @@ impl RunnerRouter {
 
     fn set(&self, group_id: Bytes, route: Option<Route>) {
         {
-            let mut runners = self.runners.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut runners = self.routes.runners.lock().unwrap_or_else(PoisonError::into_inner);
             match route {
                 Some(route) => {
                     runners.insert(group_id, route);
@@ -116,7 +136,7 @@ impl RunnerRouter {
                 }
             }
         }
-        self.changed.send_modify(|n| *n += 1);
+        self.routes.changed.send_modify(|n| *n += 1);
     }
 
     /// Announces that this peer formed `group_id` and will register its runner: streams for it
@@ -131,7 +151,7 @@ impl RunnerRouter {
         let id = runner.group().group_id.clone();
         self.set(id.clone(), Some(Route::Running(Arc::clone(&runner))));
         let left: Vec<String> = {
-            let mut goodbyes = self.goodbyes.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut goodbyes = self.routes.goodbyes.lock().unwrap_or_else(PoisonError::into_inner);
             let (mine, others): (Vec<_>, Vec<_>) = goodbyes.drain(..).partition(|(g, _)| *g == id);
             goodbyes.extend(others);
             mine.into_iter().map(|(_, endpoint)| endpoint).collect()
@@ -143,7 +163,7 @@ impl RunnerRouter {
 
     /// Keeps a goodbye for a group that is not running here yet.
     fn keep_goodbye(&self, group_id: Bytes, endpoint: String) {
-        let mut goodbyes = self.goodbyes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut goodbyes = self.routes.goodbyes.lock().unwrap_or_else(PoisonError::into_inner);
         if goodbyes.len() >= GOODBYES_KEPT {
             goodbyes.pop_front();
         }
@@ -163,7 +183,7 @@ impl RunnerRouter {
     /// Cancels every registered runner (SPEC 8.3 shutdown, **\[averager\]** 11.12).
     pub fn cancel_all(&self) {
         let routes: Vec<_> =
-            self.runners.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+            self.routes.runners.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         for route in routes {
             if let Route::Running(runner) = route {
                 runner.cancel();
@@ -172,7 +192,7 @@ impl RunnerRouter {
     }
 
     fn find(&self, group_id: &[u8]) -> Option<Route> {
-        self.runners.lock().unwrap_or_else(PoisonError::into_inner).get(group_id).cloned()
+        self.routes.find(group_id)
     }
 
     /// Hands an incoming stream to its group's runner, waiting at most the first-part wait for the
@@ -207,11 +227,57 @@ impl RunnerRouter {
             }
             return Ok(Box::pin(futures::stream::empty()));
         }
+        if let Some(Route::Running(runner)) = self.find(&first.group_id) {
+            return Ok(runner.serve(first, requests));
+        }
+        // The group is not running here yet. Answer at once, so the sender's wait for the stream
+        // to open is not spent here, and say `PART_PENDING` while the group registers.
+        let (tx, rx) = mpsc::channel(2);
+        let (routes, every) = (Arc::clone(&self.routes), self.pending_every);
+        tokio::spawn(async move {
+            let say_pending = || {
+                let _ = tx.try_send(Ok(pending()));
+            };
+            let found = tokio::select! {
+                found = with_pending(routes.wait_for(&first.group_id, deadline), every, say_pending) => found,
+                _ = tx.closed() => return,
+            };
+            match found {
+                Ok(runner) => {
+                    let mut replies = runner.serve(first, requests);
+                    while let Some(reply) = replies.next().await {
+                        if tx.send(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(code) => {
+                    let _ = tx.send(Ok(AveragingData { code: code as i32, ..Default::default() })).await;
+                }
+            }
+        });
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })))
+    }
+}
+
+impl Routes {
+    fn find(&self, group_id: &[u8]) -> Option<Route> {
+        self.runners.lock().unwrap_or_else(PoisonError::into_inner).get(group_id).cloned()
+    }
+
+    /// Waits until `group_id`'s runner registers: the runner, or the code to refuse the stream
+    /// with (`CANCELLED` for an abandoned group, `BAD_GROUP_ID` for one still unknown at
+    /// `deadline`; an expected group is waited for without that bound).
+    async fn wait_for(
+        &self,
+        group_id: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> std::result::Result<Arc<AllReduceRunner>, MessageCode> {
         let mut changed = self.changed.subscribe();
-        let code = loop {
-            let bound = match self.find(&first.group_id) {
-                Some(Route::Running(runner)) => return Ok(runner.serve(first, requests)),
-                Some(Route::Abandoned) => break MessageCode::Cancelled,
+        loop {
+            let bound = match self.find(group_id) {
+                Some(Route::Running(runner)) => return Ok(runner),
+                Some(Route::Abandoned) => return Err(MessageCode::Cancelled),
                 Some(Route::Expected) => None,
                 None => Some(deadline),
             };
@@ -222,11 +288,9 @@ impl RunnerRouter {
                 None => changed.changed().await.is_ok(),
             };
             if !woke {
-                break MessageCode::BadGroupId;
+                return Err(MessageCode::BadGroupId);
             }
-        };
-        let reply = AveragingData { code: code as i32, ..Default::default() };
-        Ok(Box::pin(futures::stream::once(async move { Ok(reply) })))
+        }
     }
 }
 

@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::join_all;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::deltas::Deltas;
 use super::group::AllReduceGroup;
-use super::load_balancing::load_balance;
 use super::part_reducer::PartReducer;
 use super::partition::{PartitionPlan, PlannedPart, TensorLayout};
+use super::plan::AllReducePlan;
+use super::progress::{ReplyClock, is_pending};
 use crate::compression::{Compression, CompressionInfo, WireTensor};
 use crate::error::{Error, Result};
 use crate::matchmaking::PeerMode;
@@ -119,8 +120,8 @@ impl std::fmt::Debug for AllReduceRunner {
 }
 
 impl AllReduceRunner {
-    /// Plans the all-reduce: load balancing (SPEC 5), the partition (SPEC 4.3) and, when this
-    /// peer reduces a span, its part reducer (SPEC 4.6).
+    /// Plans the all-reduce ([`AllReducePlan`]: load balancing, SPEC 5, and the partition, SPEC
+    /// 4.3) and, when this peer reduces a span, its part reducer (SPEC 4.6).
     ///
     /// Every member must pass the same shapes, codec ratios and settings (the schema hash
     /// guarantees it), since nothing about the plan is exchanged.
@@ -128,10 +129,14 @@ impl AllReduceRunner {
     /// # Errors
     /// [`Error::Config`] for the refusals of SPEC 4.2 or an impossible plan.
     pub fn new(inputs: AllReduceInputs) -> Result<Arc<Self>> {
-        let total: usize = inputs.tensors.iter().map(Tensor::numel).sum();
-        let bandwidths = inputs.group.download_bandwidths();
-        let shares = load_balance(total, &bandwidths, inputs.settings.min_vector_size)?;
-        Self::with_shares(inputs, shares.into_iter().map(|s| s as f64).collect())
+        let layouts = Self::layouts(&inputs);
+        let plan = AllReducePlan::new(
+            &inputs.group.members,
+            &layouts,
+            inputs.settings.part_size_bytes,
+            inputs.settings.min_vector_size,
+        )?;
+        Self::with_plan(inputs, plan)
     }
 
     /// As [`AllReduceRunner::new`], with the members' shares given (relative weights, in group
@@ -140,27 +145,38 @@ impl AllReduceRunner {
     /// # Errors
     /// As [`AllReduceRunner::new`].
     pub fn with_shares(inputs: AllReduceInputs, shares: Vec<f64>) -> Result<Arc<Self>> {
+        let layouts = Self::layouts(&inputs);
+        let plan = AllReducePlan::with_shares(
+            &inputs.group.members,
+            &layouts,
+            inputs.settings.part_size_bytes,
+            shares,
+        )?;
+        Self::with_plan(inputs, plan)
+    }
+
+    /// What the plan needs of each tensor: its size and its bytes per value on the wire.
+    fn layouts(inputs: &AllReduceInputs) -> Vec<TensorLayout> {
+        inputs
+            .tensors
+            .iter()
+            .zip(&inputs.infos)
+            .map(|(t, info)| TensorLayout {
+                numel: t.numel(),
+                bytes_per_value: t.dtype().size_bytes() as f64
+                    * inputs.codec.estimate_compression_ratio(info),
+            })
+            .collect()
+    }
+
+    fn with_plan(inputs: AllReduceInputs, planned: AllReducePlan) -> Result<Arc<Self>> {
         let AllReduceInputs { group, tensors, infos, codec, reducer, transport, registry, settings } = inputs;
         if infos.len() != tensors.len() {
             return Err(Error::Config(format!("{} tensors but {} infos", tensors.len(), infos.len())));
         }
-        if shares.len() != group.members.len() {
-            return Err(Error::Config(format!(
-                "{} shares for {} members",
-                shares.len(),
-                group.members.len()
-            )));
-        }
-        group.validate(&shares, settings.sender_timeout, settings.reducer_timeout)?;
-        let layouts: Vec<TensorLayout> = tensors
-            .iter()
-            .zip(&infos)
-            .map(|(t, info)| TensorLayout {
-                numel: t.numel(),
-                bytes_per_value: t.dtype().size_bytes() as f64 * codec.estimate_compression_ratio(info),
-            })
-            .collect();
-        let plan = PartitionPlan::new(&layouts, &shares, settings.part_size_bytes)?;
+        group.validate(settings.sender_timeout, settings.reducer_timeout)?;
+        let shares = planned.shares().to_vec();
+        let plan = planned.partition().clone();
         let my_parts = plan.parts_of(group.me);
         let num_senders = group.senders().len();
         let reducer = if my_parts.is_empty() {
@@ -357,28 +373,62 @@ impl AllReduceRunner {
         let parts = self.plan.parts_of(j);
         let first = self.plan.first_index_of(j);
         // A reducer that cannot even be dialed is as silent as one that stopped replying: without
-        // this bound a dead peer costs the transport's whole connect timeout instead.
+        // this bound a dead peer costs the transport's whole connect timeout instead. Replies are
+        // timed by a `ReplyClock`, which a reducer waiting for other senders keeps running with
+        // `PART_PENDING` (see `progress.rs`).
         let dial = self.transport.connect(&self.group.members[j].endpoint);
         let client = with_timeout(self.settings.reducer_timeout, dial, "dialing a reducer").await??;
         // Capacity 1 plus the part being encoded: one part of prefetch (SPEC 9).
         let (tx, rx) = mpsc::channel(1);
         let mut producer = AbortOnDrop(tokio::spawn(Arc::clone(self).produce_parts(j, tx)));
-        let requests = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        // How many parts the transport has taken: the reply to a part cannot come before it.
+        let (taken_tx, mut taken) = watch::channel(0usize);
+        let requests = futures::stream::unfold((rx, taken_tx), |(mut rx, taken_tx)| async move {
+            let message = rx.recv().await?;
+            taken_tx.send_modify(|n| *n += 1);
+            Some((message, (rx, taken_tx)))
+        });
         let open = client.rpc_aggregate_part(Box::pin(requests));
         let mut replies =
             with_timeout(self.settings.reducer_timeout, open, "opening a part stream").await??;
+        let mut clock = ReplyClock::new(self.settings.reducer_timeout, self.settings.sender_timeout);
         if self.shares[self.group.me] == 0.0 {
             // Delayed results (SPEC 4.2): the reducer answers only after our input ended, so the
             // reply timeout starts once everything is sent.
             producer.join().await;
+            clock.reply();
         }
+        let (mut parts_taken, mut counting) = (0usize, true);
         for (k, part) in parts.iter().enumerate() {
-            let next =
-                with_timeout(self.settings.reducer_timeout, replies.next(), "the reducer's next reply")
-                    .await?;
-            let reply = next.ok_or_else(|| {
-                Error::Transport(format!("reply stream ended after {k} of {} parts", parts.len()))
-            })??;
+            let reply = loop {
+                tokio::select! {
+                    next = replies.next() => {
+                        let message = next.ok_or_else(|| {
+                            Error::Transport(format!("reply stream ended after {k} of {} parts", parts.len()))
+                        })??;
+                        if is_pending(&message) {
+                            clock.pending();
+                            continue;
+                        }
+                        break message;
+                    }
+                    changed = taken.changed(), if counting => {
+                        let now = *taken.borrow_and_update();
+                        counting = changed.is_ok();
+                        if parts_taken <= k && now > k {
+                            clock.part_sent();
+                        }
+                        parts_taken = now;
+                    }
+                    _ = sleep_until(clock.deadline()) => {
+                        return Err(Error::Timeout {
+                            what: "the reducer's next reply".into(),
+                            after: clock.timeout().unwrap_or_default(),
+                        });
+                    }
+                }
+            };
+            clock.reply();
             if reply.code == averager_proto::MessageCode::Cancelled as i32 {
                 self.mark_left(j);
             }
@@ -460,6 +510,14 @@ impl AllReduceRunner {
         let view = tensors[part.tensor].flat_view(part.range.clone())?;
         let info = self.infos[part.tensor].for_part(part.part_index, part.part_size);
         self.codec.compress(&view, &info)
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -11,6 +11,7 @@ use averager_proto::MessageCode;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::progress::{pending, progress_interval, with_pending};
 use super::runner::AllReduceRunner;
 use crate::error::{Error, Result};
 use crate::reduce::PartOutcome;
@@ -64,7 +65,14 @@ impl AllReduceRunner {
         };
         let delayed = self.group.position_of(&first.endpoint).map(|p| self.shares[p] == 0.0).unwrap_or(false);
         let mut buffered = Vec::new();
-        if let Err(stop) = self.reduce_stream(sender, first, rest, &tx, delayed, &mut buffered).await {
+        // While this stream is served, its sender is told that this reducer is alive (see
+        // `progress.rs`), also while its replies are delayed.
+        let every = progress_interval(self.settings.sender_timeout, self.settings.reducer_timeout);
+        let served = self.reduce_stream(sender, first, rest, &tx, delayed, &mut buffered);
+        let served = with_pending(served, every, || {
+            let _ = tx.try_send(pending());
+        });
+        if let Err(stop) = served.await {
             if let Some(reducer) = &self.reducer {
                 reducer.sender_failed(sender);
             }

@@ -62,6 +62,9 @@ pub(crate) struct Inner {
     codec: Arc<dyn Compression>,
     reducer: Arc<dyn Reducer>,
     tensors: tokio::sync::Mutex<Vec<Tensor>>,
+    /// While an all-reduce runs, the tensors as they were when it began (they do not change until
+    /// it ends): what state downloads serve meanwhile, instead of waiting for the tensor lock.
+    round_tensors: tokio::sync::watch::Sender<Option<Arc<Vec<Tensor>>>>,
     infos: Vec<CompressionInfo>,
     schema_hash: Bytes,
     matchmaker: Arc<Matchmaker>,
@@ -160,7 +163,12 @@ impl Averager {
         });
         let inner = Arc::new(Inner {
             router: Arc::new(
-                RunnerRouter::new(config.request_timeout).first_part_wait(config.effective_sender_timeout()),
+                RunnerRouter::new(config.request_timeout)
+                    .first_part_wait(config.effective_sender_timeout())
+                    .pending_every(crate::allreduce::progress_interval(
+                        config.effective_sender_timeout(),
+                        config.effective_reducer_timeout(),
+                    )),
             ),
             state: state::StateParts::new(dht, sharing, state_codec, provider),
             config,
@@ -171,6 +179,7 @@ impl Averager {
             codec,
             reducer,
             tensors: tokio::sync::Mutex::new(tensors),
+            round_tensors: tokio::sync::watch::channel(None).0,
             infos,
             schema_hash: schema,
             matchmaker,

@@ -201,6 +201,7 @@ impl Inner {
             }
         };
         self.router.register(Arc::clone(&runner));
+        self.round_tensors.send_replace(Some(Arc::clone(&tensors)));
         control.set_stage(Stage::RunningAllreduce);
         let timeout = self.config.allreduce_timeout;
         let outcome = tokio::select! {
@@ -215,6 +216,7 @@ impl Inner {
             runner.cancel();
         }
         self.router.unregister(&group_id);
+        self.round_tensors.send_replace(None);
         drop(runner);
         let mut tensors = take_back(tensors);
         let applied = outcome.and_then(|outcome| {

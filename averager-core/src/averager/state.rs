@@ -101,11 +101,32 @@ impl Inner {
 
     /// The default provider (protocol 6.2): `{"group_key": bits}` and the averaged tensors, copied
     /// under the tensor lock so the stream never changes mid-way (protocol 11.13).
+    ///
+    /// **\[averager\]** while an all-reduce runs, the tensors as they were when it began: the
+    /// lock is held for the whole round, which may wait out a dead peer's timeouts, and a download
+    /// that waited for it would run out of its own chunk timeout and take this live donor for a
+    /// dead one (hivemind's donor waits).
     async fn own_state(&self) -> Result<StateSnapshot> {
         let bits = self.bits.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let tensors = self.tensors.lock().await.clone();
+        let tensors = self.current_tensors().await;
         Ok(StateSnapshot::with_metadata(&BTreeMap::from([("group_key", bits)]), tensors)?
             .with_infos(self.infos.clone()))
+    }
+}
+
+impl Inner {
+    /// A copy of the tensors: the ones a running all-reduce began with, else the current ones.
+    async fn current_tensors(&self) -> Vec<Tensor> {
+        let mut round = self.round_tensors.subscribe();
+        loop {
+            if let Some(tensors) = round.borrow_and_update().as_ref() {
+                return tensors.as_ref().clone();
+            }
+            tokio::select! {
+                tensors = self.tensors.lock() => return tensors.clone(),
+                _ = round.changed() => {}
+            }
+        }
     }
 }
 
@@ -140,6 +161,11 @@ impl Averager {
     /// Downloads the state of the best donor under this prefix (protocol 6.3): `None` when there is
     /// no donor or none succeeded. Each chunk must arrive within `next_chunk_timeout` (else
     /// `request_timeout`); `timeout` bounds the whole download.
+    ///
+    /// What comes back is one consistent state of the donor: with the default state, its tensors
+    /// between two rounds, or, when the donor is averaging at that moment, the tensors it had
+    /// when that round began (a donor serves at once rather than after its round). A donor with
+    /// its own state provider serves whatever that provider returns.
     ///
     /// # Errors
     /// The DHT's error when the donors cannot be listed.

@@ -69,7 +69,9 @@ impl Matchmaker {
             group_key: self.current_key(),
         };
         // The join lock is held while waiting for the first reply (protocol 3.4 step 1): a peer
-        // cannot accept followers while it is itself being accepted.
+        // cannot accept followers while it is itself being accepted. Join requests that arrive
+        // meanwhile are sent on to `leader` (see `lock_or_redirect`).
+        self.asking.send_replace(Some(leader.to_string()));
         let first = tokio::time::timeout(self.config.request_timeout, async {
             let client = self.transport.connect(leader).await?;
             let mut replies = client.rpc_join_group(request).await?;
@@ -77,6 +79,7 @@ impl Matchmaker {
             Ok::<_, Error>((replies, first))
         })
         .await;
+        self.asking.send_replace(None);
         let (mut replies, first) = match first {
             Ok(Ok((replies, Some(first)))) => (replies, first),
             Ok(Ok((_, None))) => return Ok(Asked::Failed),

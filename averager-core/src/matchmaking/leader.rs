@@ -75,10 +75,42 @@ impl Matchmaker {
         Some(reply(code))
     }
 
+    /// The join lock, or, while this peer holds it to ask another leader to take it, that
+    /// leader's endpoint.
+    ///
+    /// **\[averager\]** hivemind's handler waits for the lock. If the leader being asked is dead,
+    /// that wait lasts this peer's whole `request_timeout`, which starts before the caller's: the
+    /// caller's own `request_timeout` may run out first, and it takes this live peer for a dead
+    /// one. Sending the caller on at once (`NOT_A_LEADER` with the suggested leader) is what this
+    /// peer would say once accepted there; if that leader is dead, the caller finds out from it.
+    async fn lock_or_redirect(&self) -> std::result::Result<tokio::sync::MutexGuard<'_, JoinState>, String> {
+        let mut asking = self.asking.subscribe();
+        tokio::select! {
+            biased;
+            state = self.state.lock() => Ok(state),
+            leader = async { asking.wait_for(Option::is_some).await.map(|leader| leader.clone()) } => match leader {
+                Ok(leader) => Err(leader.unwrap_or_default()),
+                // The matchmaker is gone with its sender; the lock is all there is.
+                Err(_) => Ok(self.state.lock().await),
+            },
+        }
+    }
+
     async fn serve_join(self: &Arc<Self>, request: JoinRequest, tx: mpsc::Sender<MessageFromLeader>) {
         let caller = request.endpoint.clone();
         let wait_until = {
-            let mut state = self.state.lock().await;
+            let mut state = match self.lock_or_redirect().await {
+                Ok(state) => state,
+                Err(leader) => {
+                    let redirect = MessageFromLeader {
+                        code: MessageCode::NotALeader as i32,
+                        suggested_leader: leader,
+                        ..Default::default()
+                    };
+                    let _ = tx.send(redirect).await;
+                    return;
+                }
+            };
             if let Some(refusal) = self.refusal(&state, &request) {
                 drop(state);
                 let _ = tx.send(refusal).await;

@@ -100,6 +100,9 @@ pub struct Matchmaker {
     pub(super) handlers: watch::Sender<usize>,
     /// Only one search at a time (protocol 3.1).
     pub(super) search_lock: tokio::sync::Mutex<()>,
+    /// The leader this peer is asking to take it, while it holds the join lock waiting for that
+    /// leader's first reply (see `leader.rs`, `lock_or_redirect`).
+    pub(super) asking: watch::Sender<Option<String>>,
 }
 
 impl std::fmt::Debug for Matchmaker {
@@ -127,6 +130,7 @@ impl Matchmaker {
             paused: watch::channel(false).0,
             handlers: watch::channel(0).0,
             search_lock: tokio::sync::Mutex::new(()),
+            asking: watch::channel(None).0,
         })
     }
 

@@ -61,7 +61,15 @@ fn options(target: Option<usize>) -> Options {
 }
 
 async fn peers(bits: &[&str], clients: &[bool], opts: &Options) -> Vec<Peer> {
-    let network = MemoryNetwork::new();
+    peers_on(&MemoryNetwork::new(), bits, clients, opts).await
+}
+
+async fn peers_on(
+    network: &Arc<MemoryNetwork>,
+    bits: &[&str],
+    clients: &[bool],
+    opts: &Options,
+) -> Vec<Peer> {
     let dht: Arc<dyn Dht> = Arc::new(MemoryDht::new());
     let mut out = Vec::new();
     for (i, b) in bits.iter().enumerate() {
@@ -255,4 +263,79 @@ async fn join_requests_are_validated_in_spec_order() {
         first_code(&mm, good("mem://z")).await,
         (code(MessageCode::NotALeader), "mem://boss".to_string())
     );
+}
+
+/// A join service that never answers: a leader that is dead without a reset.
+struct Silent;
+
+#[async_trait]
+impl AveragingService for Silent {
+    async fn rpc_join_group(
+        &self,
+        _: CallContext,
+        _: JoinRequest,
+    ) -> Result<MessageStream<MessageFromLeader>> {
+        Ok(Box::pin(futures::stream::pending()))
+    }
+    async fn rpc_aggregate_part(
+        &self,
+        _: CallContext,
+        _: MessageStream<AveragingData>,
+    ) -> Result<MessageStream<AveragingData>> {
+        Ok(Box::pin(futures::stream::pending()))
+    }
+    async fn rpc_download_state(
+        &self,
+        _: CallContext,
+        _: DownloadRequest,
+    ) -> Result<MessageStream<DownloadData>> {
+        Ok(Box::pin(futures::stream::pending()))
+    }
+}
+
+/// Issue 11: a peer waiting out a dead leader's `request_timeout` must not look dead to its own
+/// callers. Peer 0 asks a silent leader to take it; a join request that reaches peer 0 meanwhile is
+/// answered at once, `NOT_A_LEADER` naming that leader, instead of waiting for the join lock until
+/// the caller's own `request_timeout` (which started later than peer 0's) may run out.
+#[tokio::test(start_paused = true)]
+async fn a_peer_asking_a_dead_leader_redirects_its_callers_at_once() {
+    let opts = Options { request_timeout: Duration::from_secs(3), ..options(Some(4)) };
+    let network = MemoryNetwork::new();
+    let peers = peers_on(&network, &["01"], &[], &opts).await;
+    let mm = peers[0].matchmaker.clone();
+    let silent_transport = MemoryTransport::with_settings(
+        network,
+        MemorySettings { name: Some("silent".into()), ..Default::default() },
+    );
+    let silent = silent_transport.serve(Arc::new(Silent)).await.unwrap();
+    {
+        let mut state = mm.state.lock().await;
+        state.searching = true;
+        state.declared_key = Some(group_key("mygroup", "01"));
+        state.declared_expiration = dht_now() + 50.0;
+    }
+    let asking = {
+        let mm = mm.clone();
+        let leader = silent.endpoint().to_string();
+        tokio::spawn(async move { mm.request_join(leader, dht_now(), dht_now() + 60.0).await })
+    };
+    // Peer 0 holds its join lock while it waits for the silent leader's first reply.
+    let mut asking_rx = mm.asking.subscribe();
+    asking_rx.wait_for(Option::is_some).await.unwrap();
+    let began = tokio::time::Instant::now();
+    let request = JoinRequest {
+        endpoint: "mem://caller".into(),
+        schema_hash: Bytes::from_static(b"schema"),
+        expiration: dht_now() + 100.0,
+        gather: Bytes::new(),
+        client_mode: false,
+        group_key: group_key("mygroup", "01"),
+    };
+    let first = mm.handle_join(request).next().await.unwrap().unwrap();
+    assert_eq!(first.code, MessageCode::NotALeader as i32);
+    assert_eq!(first.suggested_leader, silent.endpoint());
+    assert!(began.elapsed() < Duration::from_millis(100), "answered after {:?}", began.elapsed());
+    // Peer 0's own request still ends by its request_timeout, and it is a leader again.
+    assert_eq!(asking.await.unwrap().unwrap(), None);
+    assert!(mm.asking.borrow().is_none());
 }

@@ -29,6 +29,9 @@ pub(crate) enum Command {
     Bench(BenchArgs),
     /// One long-running peer that averages its tensors with the swarm every few seconds.
     Node(NodeArgs),
+    /// Prints who reduces which span of an all-reduce, the bytes each peer moves, and the
+    /// predicted time, without running anything.
+    Plan(PlanArgs),
     /// One peer of `demo --processes` (started by the demo itself, not by hand).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -67,6 +70,30 @@ impl SizeArgs {
     pub(crate) fn floats(&self, default: usize) -> usize {
         self.floats.or(self.size.map(|bytes| bytes / 4)).unwrap_or(default)
     }
+}
+
+/// Flags of `averager plan`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PlanArgs {
+    /// Peers in the group.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) peers: usize,
+    /// f32 elements per peer; K, M and G multiply by 2^10, 2^20 and 2^30 (16M = 16777216).
+    #[arg(long, value_name = "N", default_value = "16M", value_parser = parse_count)]
+    pub(crate) floats: usize,
+    /// Each peer's download bandwidth in bytes per second, comma-separated in group order
+    /// [default: none declared, equal shares].
+    #[arg(long, value_name = "B/S,...", value_delimiter = ',')]
+    pub(crate) bandwidths: Vec<f64>,
+    /// The codec parts are sent with (its size estimate sets the bytes per element).
+    #[arg(long, default_value = "none")]
+    pub(crate) compression: String,
+    /// Bytes per part on the wire.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 19)]
+    pub(crate) part_size: usize,
+    /// Peers whose share would be under this many elements get none.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) min_vector_size: usize,
 }
 
 /// Flags of `averager demo`.
@@ -241,6 +268,23 @@ pub(crate) struct WorkerArgs {
 
 /// Parses a byte size: a number with an optional decimal (k, M, G, kB, MB, GB) or binary (KiB,
 /// MiB, GiB) unit, case-insensitive on the prefix letter.
+/// An element count: a whole number, optionally followed by K, M or G (powers of 2^10).
+fn parse_count(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (digits, scale) = match text.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&text[..text.len() - 1], 1usize << 10),
+        Some('M') => (&text[..text.len() - 1], 1 << 20),
+        Some('G') => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    digits
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is not a count such as 1048576, 64K or 16M"))
+}
+
 fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());

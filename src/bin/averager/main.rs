@@ -4,6 +4,7 @@
 //!   global mean, one line per round (groups, all-reduce time, algbw, spread across peers).
 //! - `averager bench`: all-reduce throughput of one full group of in-process peers.
 //! - `averager node`: one long-running networked peer that averages every few seconds.
+//! - `averager plan`: who reduces which span of an all-reduce, and the bytes and time it takes.
 //!
 //! Results go to stdout, logs (`RUST_LOG`, default `warn,averager=info`) and progress bars to
 //! stderr, so stdout stays parseable.
@@ -14,6 +15,7 @@ mod cli;
 mod demo;
 mod failure;
 mod node;
+mod plan;
 mod plot;
 mod processes;
 mod progress;
@@ -64,6 +66,7 @@ async fn run(command: cli::Command) -> Result<ExitCode> {
         cli::Command::Demo(args) => demo::run(args).await,
         cli::Command::Bench(args) => bench::run(args).await,
         cli::Command::Node(args) => node::run(args).await,
+        cli::Command::Plan(args) => plan::run(&args),
         cli::Command::Worker(args) => worker::run(args).await,
     }
 }

@@ -1,7 +1,9 @@
 //! gRPC over TLS: the whole Transport conformance suite, trust failures that must be clear errors
 //! (not hangs), PEM files that must be refused at construction, and silent or garbage connections
-//! to a TLS server.
+//! to a TLS server. Mutual TLS (`mutual.rs`): the suite again, the identity a served call sees,
+//! and clients without a certificate of the swarm's CA refused.
 
+mod mutual;
 mod pki;
 
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use averager_conformance::transport::TransportFactory;
 use averager_core::registry::{PluginConfig, Registry};
-use averager_core::transport::{AveragingData, AveragingService, ServerHandle, Transport};
+use averager_core::transport::{AveragingData, AveragingService, CallContext, ServerHandle, Transport};
 use averager_core::{Error, Result};
 use averager_transport_grpc::{GrpcSettings, GrpcTlsSettings, GrpcTransport};
 use futures::StreamExt;
@@ -21,18 +23,22 @@ use crate::pki::{CA, CERT, KEY, OTHER_CA, OTHER_KEY, Pki};
 /// A bound on waits that end on an event: generous, so a loaded machine does not fail a test.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Peers that serve and dial with TLS, all trusting one throw-away CA (deleted with the factory).
+/// Peers that serve and dial with TLS (mutual TLS with `mutual`), all trusting one throw-away CA
+/// (deleted with the factory).
 struct TlsPeers {
     pki: Pki,
+    mutual: bool,
 }
 
 impl TransportFactory for TlsPeers {
     async fn make(&self) -> Arc<dyn Transport> {
-        Arc::new(tls_transport(self.pki.settings())) as Arc<dyn Transport>
+        let settings = if self.mutual { self.pki.mutual() } else { self.pki.settings() };
+        Arc::new(tls_transport(settings)) as Arc<dyn Transport>
     }
 }
 
-averager_conformance::transport_suite!(grpc_tls, TlsPeers { pki: Pki::new() }, lacks: [authenticated]);
+averager_conformance::transport_suite!(grpc_tls, TlsPeers { pki: Pki::new(), mutual: false }, lacks: [authenticated]);
+averager_conformance::transport_suite!(grpc_mutual_tls, TlsPeers { pki: Pki::new(), mutual: true });
 
 fn tls_transport(tls: GrpcTlsSettings) -> GrpcTransport {
     GrpcTransport::with_settings(GrpcSettings { tls: Some(tls), ..GrpcSettings::default() })
@@ -46,14 +52,23 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: nothing within {PATIENCE:?}"))
 }
 
-/// Echoes `rpc_aggregate_part`; refuses the rest.
-struct Echo;
+/// Echoes `rpc_aggregate_part`, keeping each call's context; refuses the rest.
+#[derive(Default)]
+struct Echo {
+    calls: std::sync::Mutex<Vec<CallContext>>,
+}
+
+impl Echo {
+    fn calls(&self) -> Vec<CallContext> {
+        self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
 
 #[async_trait::async_trait]
 impl AveragingService for Echo {
     async fn rpc_join_group(
         &self,
-        _: averager_core::transport::CallContext,
+        _: CallContext,
         _: averager_core::transport::JoinRequest,
     ) -> Result<averager_core::transport::MessageStream<averager_core::transport::MessageFromLeader>> {
         Err(Error::Internal("not served".into()))
@@ -61,15 +76,16 @@ impl AveragingService for Echo {
 
     async fn rpc_aggregate_part(
         &self,
-        _: averager_core::transport::CallContext,
+        call: CallContext,
         requests: averager_core::transport::MessageStream<AveragingData>,
     ) -> Result<averager_core::transport::MessageStream<AveragingData>> {
+        self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(call);
         Ok(requests)
     }
 
     async fn rpc_download_state(
         &self,
-        _: averager_core::transport::CallContext,
+        _: CallContext,
         _: averager_core::transport::DownloadRequest,
     ) -> Result<averager_core::transport::MessageStream<averager_core::transport::DownloadData>> {
         Err(Error::Internal("not served".into()))
@@ -77,7 +93,7 @@ impl AveragingService for Echo {
 }
 
 async fn serve(transport: &GrpcTransport) -> ServerHandle {
-    transport.serve(Arc::new(Echo)).await.expect("serve")
+    transport.serve(Arc::new(Echo::default())).await.expect("serve")
 }
 
 /// `client` reaches `endpoint` and gets an echo back.
@@ -231,7 +247,10 @@ async fn bad_tls_files_are_config_errors_at_construction() {
         assert!(error.to_string().contains(expected), "{case}: expected {expected:?} in: {error}");
         // Unchecked construction keeps the error for serve and connect.
         let unchecked = GrpcTransport::new(settings);
-        assert!(matches!(unchecked.serve(Arc::new(Echo)).await, Err(Error::Config(_))), "{case}: served");
+        assert!(
+            matches!(unchecked.serve(Arc::new(Echo::default())).await, Err(Error::Config(_))),
+            "{case}: served"
+        );
         assert!(
             matches!(unchecked.connect("grpc://127.0.0.1:1").await, Err(Error::Config(_))),
             "{case}: dialled"
@@ -246,7 +265,9 @@ async fn bad_tls_files_are_config_errors_at_construction() {
     // Half a TLS identity is fine until the missing half is needed.
     let dial_only =
         tls_transport(GrpcTlsSettings { ca_certificates: Some(pki.path(CA)), ..GrpcTlsSettings::default() });
-    let Err(error) = dial_only.serve(Arc::new(Echo)).await else { panic!("served without a certificate") };
+    let Err(error) = dial_only.serve(Arc::new(Echo::default())).await else {
+        panic!("served without a certificate")
+    };
     assert!(matches!(error, Error::Config(_)) && error.to_string().contains("cannot serve"), "{error:?}");
     let serve_only = tls_transport(GrpcTlsSettings { ca_certificates: None, ..pki.settings() });
     let handle = serve(&serve_only).await;

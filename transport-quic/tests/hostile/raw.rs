@@ -127,7 +127,7 @@ pub(crate) async fn read_end(recv: &mut RecvStream) -> End {
 }
 
 fn client_config() -> quinn::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = AcceptAny(provider.signature_verification_algorithms);
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
