@@ -56,3 +56,37 @@ fn demo_on_in_process_backends_with_a_lossy_codec() {
     assert!(out.status.success(), "{out:?}");
     assert!(out.last_line().starts_with("every peer holds the global mean: yes"), "{out:?}");
 }
+
+#[test]
+fn three_peers_form_one_group_and_agree() {
+    let args = ["demo", "--peers", "3", "--floats", "20000", "--transport", "memory", "--dht", "memory"];
+    let out = run(&args, LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("one group of 3"), "{out:?}");
+    assert!(out.last_line().starts_with("every peer holds the global mean: yes"), "{out:?}");
+    assert!(out.last_line().ends_with("after 1 rounds)"), "{out:?}");
+}
+
+#[test]
+fn an_8_bit_codec_over_quic_is_judged_by_its_own_error() {
+    let out = run(
+        &[
+            "demo",
+            "--peers",
+            "4",
+            "--floats",
+            "200000",
+            "--transport",
+            "quic",
+            "--dht",
+            "memory",
+            "--compression",
+            "uniform8",
+        ],
+        LIMIT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let verdict = out.last_line();
+    assert!(verdict.starts_with("every peer holds the global mean: yes"), "{out:?}");
+    assert!(verdict.contains("the codec's rms error"), "{verdict}");
+}

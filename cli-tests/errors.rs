@@ -25,6 +25,9 @@ fn bad_flags_and_values_are_messages() {
     fails_with(&["demo", "--timeout=0", "--dht", "memory"], "positive number of seconds");
     fails_with(&["demo", "--processes", "--transport", "memory"], "networked transport");
     fails_with(&["demo", "--processes", "--dht", "memory"], "--dht kad");
+    // Bits that leave a peer without a full group are refused at once, with the way out.
+    fails_with(&["demo", "--peers", "3", "--bits", "0", "--dht", "memory"], "leave out --bits");
+    fails_with(&["demo", "--peers", "8", "--bits", "3", "--dht", "memory"], "--bits 2 or fewer");
     fails_with(&["bench", "--compression", "no-such-codec"], "no-such-codec");
     fails_with(&["bench", "--rounds", "0"], "--rounds");
     fails_with(&["node", "--transport", "memory"], "--transport grpc");

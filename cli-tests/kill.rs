@@ -3,7 +3,7 @@
 //! Kademlia; one is killed with SIGKILL the moment its all-reduce of a large tensor begins.
 //!
 //! The survivors must finish within a bound derived from the configured timeouts, and hold exactly
-//! the values SPEC 4.7 allows, part by part: in every span but the victim's, each part is the mean
+//! the values protocol 4.7 allows, part by part: in every span but the victim's, each part is the mean
 //! over all four peers (the victim's part had reached that reducer) or the mean over the three
 //! survivors, the first kind before the second within a span, and every survivor holds the same
 //! kind for a part; in the victim's span, each part is the survivor's own value, or the mean over
@@ -25,8 +25,8 @@ use averager::dht::{KadDht, KadSettings};
 use common::{LineReader, averager, wait_or_kill};
 use std::io::Write;
 
-/// Elements per peer: 16 MB of f32, in parts of 2^19 bytes (SPEC 9), 8 parts per member's span
-/// (four members with no bandwidth given get equal shares, SPEC 5).
+/// Elements per peer: 16 MB of f32, in parts of 2^19 bytes (protocol 9), 8 parts per member's span
+/// (four members with no bandwidth given get equal shares, protocol 5).
 const FLOATS: usize = 4 << 20;
 const PART_FLOATS: usize = (1 << 19) / 4;
 const SENDER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -139,7 +139,7 @@ fn kill_one_peer_mid_allreduce(transport: &str) {
     let victim_position =
         group.iter().position(|e| *e == endpoints[VICTIM]).expect("the victim is in the group");
 
-    // SPEC 4.7's partial result, part by part.
+    // protocol 4.7's partial result, part by part.
     let survivors: Vec<usize> = (0..PEERS).filter(|&i| i != VICTIM).collect();
     let classes: Vec<Vec<Value>> =
         survivors.iter().map(|&s| classify(s, &read_f32s(&workers[s].dump), &initial, &survivors)).collect();
@@ -188,7 +188,7 @@ fn kill_one_peer_mid_allreduce(transport: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The values SPEC 4.7 allows a survivor to hold for one part.
+/// The values protocol 4.7 allows a survivor to hold for one part.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Value {
     /// The mean over all four peers.
@@ -224,7 +224,7 @@ fn classify(s: usize, got: &[f32], initial: &[Vec<f32>], survivors: &[usize]) ->
             [Value::All, Value::Survivors, Value::Local]
                 .into_iter()
                 .find(|&c| fits(c))
-                .unwrap_or_else(|| panic!("survivor {s}, part {p}: values SPEC 4.7 does not allow"))
+                .unwrap_or_else(|| panic!("survivor {s}, part {p}: values protocol 4.7 does not allow"))
         })
         .collect()
 }

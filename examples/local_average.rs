@@ -1,5 +1,5 @@
 //! A local swarm averaging real tensors with Moshpit rounds: 8 peers, groups of 2, 2 group bits,
-//! so every peer holds the exact global mean after 3 rounds (SPEC 3.9).
+//! so every peer holds the exact global mean after 3 rounds (protocol 3.9).
 //!
 //! Every peer is a full `Averager` (matchmaking in a DHT, then a butterfly all-reduce in its
 //! group); they run in this process on the in-process backends (`MemoryDht`, `mem://peer<i>`),

@@ -10,10 +10,12 @@
 //! Mentioning a backend crate here is also what links its plugin records into a binary, so
 //! [`Registry::global`] finds every backend whose feature is on.
 
+/// How a peer takes part in averaging: what [`Averager::mode`] and [`Gathered::mode`] return.
+pub use averager_core::matchmaking::PeerMode;
 pub use averager_core::{
-    Averager, AveragerConfig, Compression, CompressionInfo, DType, Dht, Error, Gathered, Reducer, Registry,
-    Result, Stage, StepControl, StepOptions, Tensor, TensorRole, TensorView, Transport, allreduce, averager,
-    compression, error, matchmaking, reduce, registry, state, tensor, time, transport,
+    Averager, AveragerConfig, Compression, CompressionInfo, DType, Dht, Error, ErrorKind, Gathered, Reducer,
+    Registry, Result, Stage, StepControl, StepOptions, Tensor, TensorRole, TensorView, Transport, allreduce,
+    averager, compression, error, matchmaking, reduce, registry, state, tensor, time, transport,
 };
 #[doc(inline)]
 pub use averager_core::{register_codec, register_dht, register_reducer, register_transport};
@@ -44,7 +46,7 @@ pub use averager_transport_quic as quic;
 #[doc(inline)]
 pub use averager_dht as dht;
 
-/// The codecs of SPEC 7 (feature `compression`); the codec interface itself is [`compression`].
+/// The codecs of protocol 7 (feature `compression`); the codec interface itself is [`compression`].
 #[cfg(feature = "compression")]
 #[doc(inline)]
 pub use averager_compression as codecs;

@@ -17,7 +17,7 @@ pub use averager::{Averager, AveragerConfig, Gathered, Stage, StepControl, StepO
 pub use averager_proto as proto;
 pub use compression::{Compression, CompressionInfo, TensorRole};
 pub use dht::Dht;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Operation, Result};
 pub use reduce::Reducer;
 pub use registry::Registry;
 pub use tensor::{DType, Tensor, TensorView};

@@ -1,4 +1,4 @@
-//! DHT time: wall-clock seconds since the Unix epoch as an `f64` (SPEC conventions).
+//! DHT time: wall-clock seconds since the Unix epoch as an `f64` (protocol conventions).
 //!
 //! Peers compare expirations across machines, so this is wall-clock time, not a monotonic clock;
 //! peers are assumed to agree within [`MAX_DHT_TIME_DISCREPANCY`].
@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Seconds since the Unix epoch, as used for every expiration in the DHT and in join requests.
 pub type DhtTime = f64;
 
-/// How far apart two peers' clocks may be, in seconds (SPEC: `MAX_DHT_TIME_DISCREPANCY = 3`).
+/// How far apart two peers' clocks may be, in seconds (protocol conventions: `MAX_DHT_TIME_DISCREPANCY = 3`).
 pub const MAX_DHT_TIME_DISCREPANCY: f64 = 3.0;
 
 /// The current DHT time.

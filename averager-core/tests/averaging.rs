@@ -1,4 +1,4 @@
-//! SPEC 10.1 scenario 3 through the averager. The end-to-end averaging scenarios (SPEC 10.2 4-7)
+//! protocol 10.1 scenario 3 through the averager. The end-to-end averaging scenarios (protocol 10.2 4-7)
 //! live in the conformance crate's scenario suite (`averager_conformance::scenarios`), which runs
 //! them on every transport and DHT backend, the memory ones included.
 

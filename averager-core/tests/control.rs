@@ -1,5 +1,5 @@
 //! Step control that the end-to-end scenario suite does not cover: shutdown during an all-reduce.
-//! SPEC 10.2 scenarios 12 and 13 (triggers and cancellation) live in the conformance crate's
+//! protocol 10.2 scenarios 12 and 13 (triggers and cancellation) live in the conformance crate's
 //! scenario suite (`averager_conformance::scenarios`), which runs them on every backend.
 
 mod common;
@@ -12,7 +12,7 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// SPEC 8.3 and 11.12: shutdown cancels a running all-reduce instead of failing.
+/// protocol 8.3 and 11.12: shutdown cancels a running all-reduce instead of failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cancels_a_running_all_reduce() {
     let setup = (0..2)

@@ -1,4 +1,4 @@
-//! SPEC 10.4 scenario 22: faulty peers cannot stop the honest ones, which finish with the exact
+//! protocol 10.4 scenario 22: faulty peers cannot stop the honest ones, which finish with the exact
 //! mean wherever the faults allow it and their own values elsewhere.
 //!
 //! Faults are injected with `FaultyTransport` (deterministic, no timing luck): FAIL_BEFORE fails

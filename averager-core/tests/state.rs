@@ -1,4 +1,4 @@
-//! SPEC 10.2 scenario 11 through the averager: donors chosen by state-sharing priority. Scenario
+//! protocol 10.2 scenario 11 through the averager: donors chosen by state-sharing priority. Scenario
 //! 10 (downloads from a custom state provider) lives in the conformance crate's scenario suite
 //! (`averager_conformance::scenarios`), which runs it on every transport and DHT backend.
 

@@ -1,5 +1,5 @@
-//! Many averagers in one process: SPEC 10.2 scenarios 8 and 9, and 64 peers converging to the
-//! exact global mean in 3 rounds (SPEC 3.9).
+//! Many averagers in one process: protocol 10.2 scenarios 8 and 9, and 64 peers converging to the
+//! exact global mean in 3 rounds (protocol 3.9).
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! SPEC 7.2 BLOCKWISE_8BIT: blocks of 4096 values scaled by their absolute maximum, each value
+//! protocol 7.2 BLOCKWISE_8BIT: blocks of 4096 values scaled by their absolute maximum, each value
 //! replaced by the index of the nearest entry of bitsandbytes' 256-entry signed dynamic code.
 //!
 //! Buffer: `B (i64 LE, blocks) || K (i64 LE, = 256) || absmax (f32 LE x B) || code (f32 LE x K)
@@ -281,7 +281,7 @@ impl Compression for Blockwise8Bit {
         Ok(Tensor::new(shape, data)?.with_requires_grad(message.requires_grad))
     }
 
-    /// `8 / bits(dtype)` with `bits(bool) = 8` (SPEC 7.1; the header and the 4 bytes per block
+    /// `8 / bits(dtype)` with `bits(bool) = 8` (protocol 7.1; the header and the 4 bytes per block
     /// are not counted); a descriptor without a dtype counts as float32.
     fn estimate_compression_ratio(&self, info: &CompressionInfo) -> f64 {
         8.0 / info.descriptor.dtype.unwrap_or(DType::F32).bits() as f64
@@ -551,7 +551,7 @@ mod tests {
         assert!(matches!(Blockwise8Bit.extract(&huge), Err(Error::Codec { .. })));
     }
 
-    /// SPEC 10.5 scenario 23: `randn(128, 128, 64)` round-trips with mse < 8e-4, and
+    /// protocol 10.5 scenario 23: `randn(128, 128, 64)` round-trips with mse < 8e-4, and
     /// `zeros(5, 5)` decodes to finite values (\[averager\]: hivemind leaves BLOCKWISE out).
     #[test]
     fn scenario_23_tensor_compression() {

@@ -1,4 +1,4 @@
-//! SPEC 7.2, the layout UNIFORM_8BIT and QUANTILE_8BIT share:
+//! protocol 7.2, the layout UNIFORM_8BIT and QUANTILE_8BIT share:
 //! `K (i64 LE, = 256) || codebook (f32 LE x K) || q (u8 x numel)`. The two codecs differ only in
 //! how they assign values to the 256 entries; writing, checking and decoding the layout is here.
 
@@ -96,7 +96,7 @@ pub(crate) fn decode(name: &str, message: &WireTensor) -> Result<Tensor> {
     Ok(Tensor::new(shape, data)?.with_requires_grad(message.requires_grad))
 }
 
-/// `8 / bits(dtype)` (SPEC 7.1; the 1032-byte header is not counted, as in hivemind); a
+/// `8 / bits(dtype)` (protocol 7.1; the 1032-byte header is not counted, as in hivemind); a
 /// descriptor without a dtype counts as float32.
 pub(crate) fn ratio(info: &CompressionInfo) -> f64 {
     8.0 / info.descriptor.dtype.unwrap_or(DType::F32).bits() as f64

@@ -1,4 +1,4 @@
-//! SPEC 7.2 FLOAT16: each value saturated to `[-65504, 65504]` and rounded to IEEE half
+//! protocol 7.2 FLOAT16: each value saturated to `[-65504, 65504]` and rounded to IEEE half
 //! precision (nearest-even); the buffer is the little-endian f16 values.
 
 use averager_core::compression::{
@@ -44,7 +44,7 @@ fn encode_f32(src: &[f32], out: &mut [u8]) {
     for (src, out) in src.chunks(CHUNK).zip(out.chunks_mut(2 * CHUNK)) {
         let n = src.len();
         for (c, &x) in clamped[..n].iter_mut().zip(src) {
-            // `clamp` returns NaN for NaN, as SPEC 7.2 asks.
+            // `clamp` returns NaN for NaN, as protocol 7.2 asks.
             *c = x.clamp(-F16_MAX, F16_MAX);
         }
         halves[..n].convert_from_f32_slice(&clamped[..n]);
@@ -159,7 +159,7 @@ impl Compression for Float16 {
         Ok(Tensor::new(shape, data)?.with_requires_grad(message.requires_grad))
     }
 
-    /// `16 / bits(dtype)` (SPEC 7.1); a descriptor without a dtype counts as float32.
+    /// `16 / bits(dtype)` (protocol 7.1); a descriptor without a dtype counts as float32.
     fn estimate_compression_ratio(&self, info: &CompressionInfo) -> f64 {
         16.0 / info.descriptor.dtype.unwrap_or(DType::F32).bits() as f64
     }
@@ -280,7 +280,7 @@ mod tests {
         assert!(matches!(Float16.extract(&huge), Err(Error::Codec { .. })));
     }
 
-    /// SPEC 10.5 scenario 23: `randn(128, 128, 64)` round-trips with mse < 5e-8, and
+    /// protocol 10.5 scenario 23: `randn(128, 128, 64)` round-trips with mse < 5e-8, and
     /// `zeros(5, 5)` decodes to finite values.
     #[test]
     fn scenario_23_tensor_compression() {

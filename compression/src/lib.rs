@@ -31,29 +31,29 @@ pub use select::{
 };
 pub use uniform8::Uniform8Bit;
 
-// The SPEC 7.2 formats. The selectors and lossless wrappers register themselves in their modules.
+// The protocol 7.2 formats. The selectors and lossless wrappers register themselves in their modules.
 averager_core::register_codec!(
     Float16::NAME,
-    "IEEE half precision, saturating at ±65504 (SPEC 7.2 FLOAT16)",
+    "IEEE half precision, saturating at ±65504 (protocol 7.2 FLOAT16)",
     |_| Ok(Arc::new(Float16))
 );
 averager_core::register_codec!(
     MeanStd16Bit::NAME,
-    "IEEE half precision of each last-axis row after removing its mean and std (SPEC 7.2 MEANSTD_16BIT)",
+    "IEEE half precision of each last-axis row after removing its mean and std (protocol 7.2 MEANSTD_16BIT)",
     |_| Ok(Arc::new(MeanStd16Bit))
 );
 averager_core::register_codec!(
     Uniform8Bit::NAME,
-    "8-bit uniform bins over ±3 sigma with a codebook of bin means (SPEC 7.2 UNIFORM_8BIT)",
+    "8-bit uniform bins over ±3 sigma with a codebook of bin means (protocol 7.2 UNIFORM_8BIT)",
     |_| Ok(Arc::new(Uniform8Bit))
 );
 averager_core::register_codec!(
     Quantile8Bit::NAME,
-    "8-bit equal-population buckets from estimated quantiles, codebook of bucket means (SPEC 7.2 QUANTILE_8BIT)",
+    "8-bit equal-population buckets from estimated quantiles, codebook of bucket means (protocol 7.2 QUANTILE_8BIT)",
     |_| Ok(Arc::new(Quantile8Bit))
 );
 averager_core::register_codec!(
     Blockwise8Bit::NAME,
-    "8-bit dynamic code scaled per block of 4096 by the absolute maximum (SPEC 7.2 BLOCKWISE_8BIT)",
+    "8-bit dynamic code scaled per block of 4096 by the absolute maximum (protocol 7.2 BLOCKWISE_8BIT)",
     |_| Ok(Arc::new(Blockwise8Bit))
 );

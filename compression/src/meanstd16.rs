@@ -1,4 +1,4 @@
-//! SPEC 7.2 MEANSTD_16BIT: each row of the last axis centred on its mean, scaled by its standard
+//! protocol 7.2 MEANSTD_16BIT: each row of the last axis centred on its mean, scaled by its standard
 //! deviation and rounded to IEEE half precision.
 //!
 //! Buffer: `y (f16 LE x numel) || means (f32 LE x S) || stds (f32 LE x S)`, where `S` is the
@@ -203,7 +203,7 @@ impl Compression for MeanStd16Bit {
                 ),
             ));
         }
-        // The length check makes these offsets `len - 8S` and `len - 4S`, as SPEC 7.2 locates them.
+        // The length check makes these offsets `len - 8S` and `len - 4S`, as protocol 7.2 locates them.
         let (ys, stats) = bytes.split_at(2 * numel);
         let (means, stds) = stats.split_at(4 * s);
         let (means, stds) = (read_f32s(means), read_f32s(stds));
@@ -229,7 +229,7 @@ impl Compression for MeanStd16Bit {
         Ok(Tensor::new(shape, data)?.with_requires_grad(message.requires_grad))
     }
 
-    /// `16 / bits(dtype)` (SPEC 7.1; the 8 bytes of statistics per row are not counted, as in
+    /// `16 / bits(dtype)` (protocol 7.1; the 8 bytes of statistics per row are not counted, as in
     /// hivemind); a descriptor without a dtype counts as float32.
     fn estimate_compression_ratio(&self, info: &CompressionInfo) -> f64 {
         16.0 / info.descriptor.dtype.unwrap_or(DType::F32).bits() as f64
@@ -392,7 +392,7 @@ mod tests {
         }
     }
 
-    /// SPEC 10.5 scenario 23: `randn(128, 128, 64)` round-trips with mse < 5e-8, and
+    /// protocol 10.5 scenario 23: `randn(128, 128, 64)` round-trips with mse < 5e-8, and
     /// `zeros(5, 5)` decodes to finite values.
     #[test]
     fn scenario_23_tensor_compression() {

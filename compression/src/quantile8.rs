@@ -1,4 +1,4 @@
-//! SPEC 7.2 QUANTILE_8BIT: 256 buckets holding equal shares of the values (borders estimated as
+//! protocol 7.2 QUANTILE_8BIT: 256 buckets holding equal shares of the values (borders estimated as
 //! quantiles of per-chunk quantiles), each decoded as the mean of the values it holds.
 //!
 //! Buffer: `K (i64 LE, = 256) || codebook (f32 LE x K) || q (u8 x numel)`.
@@ -45,13 +45,13 @@ impl Quantile8Bit {
     /// comes from).
     const MSE: f64 = 2e-2;
 
-    /// SPEC 10.5 scenario 23's bound, which holds for large tensors such as its
+    /// protocol 10.5 scenario 23's bound, which holds for large tensors such as its
     /// `randn(128, 128, 64)` but not for every small one.
     #[cfg(test)]
     const SCENARIO_23_MSE: f64 = 8e-4;
 }
 
-/// The chunk length of the quantile-of-quantiles estimate for `n` values (SPEC 7.2): 100000 when
+/// The chunk length of the quantile-of-quantiles estimate for `n` values (protocol 7.2): 100000 when
 /// `n <= 100000`, else 100000 plus the leftover `n mod 100000` spread over the `n div 100000`
 /// chunks, so chunks differ in length by at most one step.
 fn chunk_len(n: usize) -> usize {
@@ -123,7 +123,7 @@ fn quantiles(values: &mut [f32]) -> [f32; LEVELS] {
     out
 }
 
-/// The 255 inner borders of SPEC 7.2's quantile-of-quantiles estimate (`values` non-empty),
+/// The 255 inner borders of protocol 7.2's quantile-of-quantiles estimate (`values` non-empty),
 /// padded with +inf to 256 entries so the search below indexes without bounds checks.
 fn borders(values: &[f32]) -> [f32; BINS] {
     let chunk = chunk_len(values.len());
@@ -217,7 +217,7 @@ impl Compression for Quantile8Bit {
         codebook::decode(Self::NAME, message)
     }
 
-    /// `8 / bits(dtype)` (SPEC 7.1; the 1032-byte header is not counted, as in hivemind).
+    /// `8 / bits(dtype)` (protocol 7.1; the 1032-byte header is not counted, as in hivemind).
     fn estimate_compression_ratio(&self, info: &CompressionInfo) -> f64 {
         codebook::ratio(info)
     }
@@ -461,7 +461,7 @@ mod tests {
         assert_eq!(back.shape(), &[5]);
     }
 
-    /// SPEC 10.5 scenario 23: `randn(128, 128, 64)` round-trips with mse < 8e-4, and
+    /// protocol 10.5 scenario 23: `randn(128, 128, 64)` round-trips with mse < 8e-4, and
     /// `zeros(5, 5)` decodes to finite values.
     #[test]
     fn scenario_23_tensor_compression() {

@@ -1,4 +1,4 @@
-//! SPEC 7.2 UNIFORM_8BIT: 256 equal-width bins spanning ±3 standard deviations around the mean,
+//! protocol 7.2 UNIFORM_8BIT: 256 equal-width bins spanning ±3 standard deviations around the mean,
 //! each decoded as the mean of the values it holds.
 //!
 //! Buffer: `K (i64 LE, = 256) || codebook (f32 LE x K) || q (u8 x numel)`.
@@ -43,7 +43,7 @@ impl Uniform8Bit {
     /// it comes from).
     const MSE: f64 = 1e-2;
 
-    /// SPEC 10.5 scenario 23's bound, which holds for large tensors such as its
+    /// protocol 10.5 scenario 23's bound, which holds for large tensors such as its
     /// `randn(128, 128, 64)` but not for every small one.
     #[cfg(test)]
     const SCENARIO_23_MSE: f64 = 8e-4;
@@ -117,7 +117,7 @@ impl Compression for Uniform8Bit {
         codebook::decode(Self::NAME, message)
     }
 
-    /// `8 / bits(dtype)` (SPEC 7.1; the 1032-byte header is not counted, as in hivemind).
+    /// `8 / bits(dtype)` (protocol 7.1; the 1032-byte header is not counted, as in hivemind).
     fn estimate_compression_ratio(&self, info: &CompressionInfo) -> f64 {
         codebook::ratio(info)
     }
@@ -288,7 +288,7 @@ mod tests {
         ));
     }
 
-    /// SPEC 10.5 scenario 23: `randn(128, 128, 64)` round-trips with mse < 8e-4, and
+    /// protocol 10.5 scenario 23: `randn(128, 128, 64)` round-trips with mse < 8e-4, and
     /// `zeros(5, 5)` decodes to finite values.
     #[test]
     fn scenario_23_tensor_compression() {

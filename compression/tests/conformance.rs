@@ -7,11 +7,11 @@ use averager_compression::{
 };
 use averager_core::compression::Compression;
 
-averager_conformance::compression_suite!(float16, || Arc::new(Float16) as Arc<dyn Compression>);
-averager_conformance::compression_suite!(uniform8, || Arc::new(Uniform8Bit) as Arc<dyn Compression>);
-averager_conformance::compression_suite!(meanstd16, || Arc::new(MeanStd16Bit) as Arc<dyn Compression>);
-averager_conformance::compression_suite!(quantile8, || Arc::new(Quantile8Bit) as Arc<dyn Compression>);
-averager_conformance::compression_suite!(blockwise8, || Arc::new(Blockwise8Bit) as Arc<dyn Compression>);
+averager_conformance::compression_suite!(float16, || Arc::new(Float16) as Arc<dyn Compression>, lacks: [lossless]);
+averager_conformance::compression_suite!(uniform8, || Arc::new(Uniform8Bit) as Arc<dyn Compression>, lacks: [lossless]);
+averager_conformance::compression_suite!(meanstd16, || Arc::new(MeanStd16Bit) as Arc<dyn Compression>, lacks: [lossless]);
+averager_conformance::compression_suite!(quantile8, || Arc::new(Quantile8Bit) as Arc<dyn Compression>, lacks: [lossless]);
+averager_conformance::compression_suite!(blockwise8, || Arc::new(Blockwise8Bit) as Arc<dyn Compression>, lacks: [lossless]);
 
 // The lossless wrappers, built by their wire names as a receiver builds them.
 #[cfg(feature = "zstd")]
@@ -21,7 +21,7 @@ averager_conformance::compression_suite!(zstd_none, || averager_core::Registry::
 #[cfg(feature = "zstd")]
 averager_conformance::compression_suite!(zstd_uniform8, || averager_core::Registry::global()
     .codec("zstd+uniform8")
-    .unwrap());
+    .unwrap(), lacks: [lossless]);
 #[cfg(feature = "lz4")]
 averager_conformance::compression_suite!(lz4_none, || averager_core::Registry::global()
     .codec("lz4+none")
@@ -29,7 +29,7 @@ averager_conformance::compression_suite!(lz4_none, || averager_core::Registry::g
 #[cfg(feature = "lz4")]
 averager_conformance::compression_suite!(lz4_float16, || averager_core::Registry::global()
     .codec("lz4+float16")
-    .unwrap());
+    .unwrap(), lacks: [lossless]);
 
 // The plain wrappers, built from settings, write their concrete `<format>+<inner>` name.
 #[cfg(feature = "zstd")]
@@ -41,7 +41,7 @@ averager_conformance::compression_suite!(lz4_plain, || averager_core::Registry::
     .codec("lz4")
     .unwrap());
 
-/// SPEC 7.3's selectors. Their messages name the codec they chose, not themselves (they declare
+/// protocol 7.3's selectors. Their messages name the codec they chose, not themselves (they declare
 /// `delegates()`, and the suite checks headers against the named codec); [`selector_round_trips`]
 /// additionally checks each message against the codec the selector should have chosen.
 mod selectors {
@@ -173,12 +173,12 @@ mod selectors {
 /// Selectors declare `delegates()`, so the suite checks their headers against the codec each
 /// message names.
 macro_rules! selector_suite {
-    ($name:ident, $build:expr) => {
+    ($name:ident, $build:expr $(, lacks: $lacks:tt)?) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
-            averager_conformance::compression_suite!(suite, || Arc::new($build) as Arc<dyn Compression>);
+            averager_conformance::compression_suite!(suite, || Arc::new($build) as Arc<dyn Compression> $(, lacks: $lacks)?);
 
             #[test]
             fn selector_round_trips() {
@@ -192,7 +192,7 @@ macro_rules! selector_suite {
 }
 
 // Default settings, as `Registry::global().codec(name)` builds them.
-selector_suite!(size_adaptive, SizeAdaptive::from_settings(&Default::default()).unwrap());
+selector_suite!(size_adaptive, SizeAdaptive::from_settings(&Default::default()).unwrap(), lacks: [lossless]);
 selector_suite!(role_adaptive, RoleAdaptive::from_settings(&Default::default()).unwrap());
 selector_suite!(per_tensor, PerTensor::from_settings(&Default::default()).unwrap());
 
@@ -202,7 +202,8 @@ selector_suite!(
     SizeAdaptive::from_settings(&selectors::settings(serde_json::json!({
         "threshold": 1000, "less": "float16", "greater_equal": "uniform8"
     })))
-    .unwrap()
+    .unwrap(),
+    lacks: [lossless]
 );
 selector_suite!(
     role_adaptive_scenario_15,
@@ -212,12 +213,14 @@ selector_suite!(
         "optimizer": "none",
         "default": "none"
     })))
-    .unwrap()
+    .unwrap(),
+    lacks: [lossless]
 );
 selector_suite!(
     per_tensor_sequence,
     PerTensor::from_settings(&selectors::settings(serde_json::json!({
         "codecs": ["float16", "uniform8", "none"]
     })))
-    .unwrap()
+    .unwrap(),
+    lacks: [lossless]
 );

@@ -152,7 +152,7 @@ static ALLOCATOR: CountingAlloc = CountingAlloc;
 
 /// The most one `extract` of `message` by `codec` may allocate at once.
 ///
-/// Direct codecs: `max(16 MiB, 64 * len + 1 MiB)` for a `len`-byte buffer. Every SPEC 7.2 format
+/// Direct codecs: `max(16 MiB, 64 * len + 1 MiB)` for a `len`-byte buffer. Every protocol 7.2 format
 /// spends at least one byte per element (uint8/bool under NONE, the 8-bit codes) and a decoded
 /// tensor holds at most 8 bytes per element (float64, int64, complex64), so a decoder that checks
 /// the buffer against the shape before allocating needs at most about `8 * len` bytes for the

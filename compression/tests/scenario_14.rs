@@ -1,9 +1,9 @@
-//! SPEC 10.2 scenario 14 (allreduce_compression): two peers, the first a CLIENT, average two
+//! protocol 10.2 scenario 14 (allreduce_compression): two peers, the first a CLIENT, average two
 //! tensors with each pair of per-tensor codecs from {FLOAT16, UNIFORM_8BIT}. The CLIENT's result
 //! for a tensor depends only on that tensor's codec, and its error against the exact mean is that
 //! codec's.
 //!
-//! The core has no per-tensor selector yet, so [`PerTensorTest`] stands in for SPEC 7.3's
+//! The core has no per-tensor selector yet, so [`PerTensorTest`] stands in for protocol 7.3's
 //! PerTensor: it picks a codec by `info.key` and lets it write the message, so the wire names the
 //! base codec and the receiver decodes it through the registry.
 
@@ -35,7 +35,7 @@ const COMBINATIONS: [(&str, [&str; 2]); 4] = [
     ("test-pertensor-uu", [Uniform8Bit::NAME, Uniform8Bit::NAME]),
 ];
 
-/// Chooses a codec by the tensor's index (SPEC 7.3 PerTensor, for this test only).
+/// Chooses a codec by the tensor's index (protocol 7.3 PerTensor, for this test only).
 #[derive(Debug)]
 struct PerTensorTest {
     name: &'static str,

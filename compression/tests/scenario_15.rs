@@ -1,4 +1,4 @@
-//! SPEC 10.2 scenario 15 (adaptive_compression), the averaging part: hivemind runs it through a
+//! protocol 10.2 scenario 15 (adaptive_compression), the averaging part: hivemind runs it through a
 //! training-state layer that this port does not have, so the tensors and their roles are given
 //! directly (`AveragerConfig.tensor_infos`).
 //!
@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 /// How long the averaging step may take before it counts as hung.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// SPEC 10.2 scenario 15's part budget.
+/// protocol 10.2 scenario 15's part budget.
 const PART_SIZE_BYTES: usize = 5000;
 
 /// The averaged tensors: role, element count, the codec the selector must choose, and the most

@@ -1,5 +1,5 @@
-//! SPEC 10.5 scenarios 23-26 (hivemind's compression tests), on the codecs themselves: round-trip
-//! errors of every built-in codec, streaming split and combine (SPEC 7.4), dtype and
+//! protocol 10.5 scenarios 23-26 (hivemind's compression tests), on the codecs themselves: round-trip
+//! errors of every built-in codec, streaming split and combine (protocol 7.4), dtype and
 //! `requires_grad` preservation, and bfloat16 with and without the legacy f32 layout.
 //!
 //! Only scenario 26 changes the environment (`USE_LEGACY_BFLOAT16`), inside one test that restores
@@ -20,10 +20,10 @@ use rand::rngs::StdRng;
 /// hivemind's default chunk size in `_check` (30 KiB).
 const DEFAULT_CHUNK: usize = 30 * 1024;
 
-/// The environment variable that switches NONE's bfloat16 layout (SPEC 7.2).
+/// The environment variable that switches NONE's bfloat16 layout (protocol 7.2).
 const LEGACY_VAR: &str = "USE_LEGACY_BFLOAT16";
 
-/// Every built-in codec (SPEC 7.2), NONE first.
+/// Every built-in codec (protocol 7.2), NONE first.
 fn all_codecs() -> Vec<Arc<dyn Compression>> {
     vec![
         Arc::new(NoCompression),
@@ -132,7 +132,7 @@ fn scenario_24_serialize_tensor() {
 }
 
 /// Scenario 25 (serialize_tensor_properties): `randn(123, 45).to(dtype)`, with and without
-/// `requires_grad`, decodes to the same dtype and `requires_grad` with every codec SPEC 7.1 lets
+/// `requires_grad`, decodes to the same dtype and `requires_grad` with every codec protocol 7.1 lets
 /// it use (floating dtypes: all, except FLOAT16 and MEANSTD_16BIT for bfloat16; others: NONE).
 #[test]
 fn scenario_25_serialize_tensor_properties() {

@@ -79,7 +79,7 @@ fn kad_config(settings: &KadSettings) -> kad::Config {
         // hold it to its share of the store.
         .set_record_filtering(kad::StoreInserts::FilterBoth)
         .set_replication_interval(settings.replication_interval)
-        // Owners re-declare their entries themselves (SPEC 3.2); a merged dictionary has no
+        // Owners re-declare their entries themselves (protocol 3.2); a merged dictionary has no
         // single publisher to republish it.
         .set_publication_interval(None)
         .set_provider_publication_interval(None)

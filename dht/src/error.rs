@@ -19,7 +19,7 @@ pub(crate) fn timed_out(what: &str, key: &str, after: Duration) -> Error {
     Error::timeout(format!("kad {what} of {key:?}"), after)
 }
 
-/// The error for a refused local store that is not a plain `false` (SPEC 2.3 keeps `false` for
+/// The error for a refused local store that is not a plain `false` (protocol 2.3 keeps `false` for
 /// the expiration and subkey rules).
 pub(crate) fn refused(offer: Offer, limits: &crate::store::StoreLimits) -> Error {
     match offer {

@@ -18,7 +18,7 @@ pub use settings::KadSettings;
 
 averager_core::register_dht!(
     KadDht::NAME,
-    "libp2p Kademlia (TCP and QUIC) holding SPEC 2.3 dictionaries, merged per subkey on every replica",
+    "libp2p Kademlia (TCP and QUIC) holding protocol 2.3 dictionaries, merged per subkey on every replica",
     |config| Box::pin(async move {
         let settings: KadSettings = config.parse()?;
         Ok(Arc::new(KadDht::start(settings).await?) as Arc<dyn averager_core::Dht>)

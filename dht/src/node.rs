@@ -34,7 +34,7 @@ const STORE_PHASES: u32 = 2;
 /// How long [`KadDht::shutdown`] waits for the node's task to end.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
-/// A DHT node on libp2p Kademlia, holding SPEC 2.3 dictionaries (see the crate docs).
+/// A DHT node on libp2p Kademlia, holding protocol 2.3 dictionaries (see the crate docs).
 ///
 /// [`KadDht::start`] spawns the node's task on the current tokio runtime; the handle talks to it.
 /// [`KadDht::shutdown`] stops it, and so does dropping the handle. Share one node between tasks
@@ -203,7 +203,7 @@ impl Dht for KadDht {
         }
     }
 
-    /// Merges the entry into the local replica (which decides the answer, by SPEC 2.3's rule),
+    /// Merges the entry into the local replica (which decides the answer, by protocol 2.3's rule),
     /// then sends it to the `replication` peers closest to the key and returns once they have
     /// answered (or the query timed out).
     async fn store(&self, key: &str, subkey: &[u8], value: Bytes, expiration: DhtTime) -> Result<bool> {

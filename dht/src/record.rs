@@ -1,4 +1,4 @@
-//! SPEC 2.3 on the wire: one key's dictionary as the value of one Kademlia record.
+//! protocol 2.3 on the wire: one key's dictionary as the value of one Kademlia record.
 //!
 //! A record value is msgpack `[version, [[subkey: bin, value: bin, expiration: f64], ...]]` with
 //! `version` = [`RECORD_VERSION`]. The version comes first so that a later format can be told

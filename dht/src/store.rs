@@ -1,4 +1,4 @@
-//! The merging record store: Kademlia's storage with SPEC 2.3's rules instead of "last write
+//! The merging record store: Kademlia's storage with protocol 2.3's rules instead of "last write
 //! replaces".
 //!
 //! Kademlia stores a record by replacing whatever the key held. Here a key holds a dictionary,
@@ -52,7 +52,7 @@ pub(crate) enum Offer {
     StoreFull,
 }
 
-/// Applies SPEC 2.3's rule to one dictionary, ignoring sizes: the shared core of the store and
+/// Applies protocol 2.3's rule to one dictionary, ignoring sizes: the shared core of the store and
 /// of the merge of several replicas' answers. `dict` must hold no expired entries.
 pub(crate) fn offer_entry(
     dict: &mut DhtDictionary,

@@ -1,4 +1,4 @@
-//! The end-to-end averaging scenarios (SPEC 10.2, including 4 and 6) with real Kademlia nodes for
+//! The end-to-end averaging scenarios (protocol 10.2, including 4 and 6) with real Kademlia nodes for
 //! matchmaking and the gRPC transport: every peer has its own DHT node and its own gRPC port on
 //! 127.0.0.1, as peers on different machines would.
 

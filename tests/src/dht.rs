@@ -1,4 +1,4 @@
-//! The [`Dht`] conformance suite: one case per promise of SPEC 2.3 and of the trait's `# Behavior`.
+//! The [`Dht`] conformance suite: one case per promise of protocol 2.3 and of the trait's `# Behavior`.
 //!
 //! A backend runs the whole suite with one line:
 //!
@@ -85,7 +85,7 @@ macro_rules! __dht_cases {
             values_round_trip_byte_exact,
             largest_value_round_trips_and_one_more_byte_is_an_error,
             many_subkeys_under_one_key,
-            subkey_limit_refuses_new_subkeys,
+            subkey_limit_refuses_new_subkeys if small_subkey_limit,
             concurrent_writers_of_different_subkeys_all_land,
             concurrent_writers_of_one_subkey_leave_the_latest,
             non_finite_expiration_is_an_error,
@@ -112,10 +112,28 @@ macro_rules! __dht_cases {
 /// # fn main() {}
 /// ```
 #[macro_export]
+///
+/// The subkey-limit case fills a key to `max_subkeys_per_key`, so it needs a limit of at most
+/// [`SUBKEY_LIMIT_CAP`](crate::dht::SUBKEY_LIMIT_CAP) (`small_subkey_limit`); a DHT with a larger one adds
+/// `lacks: [small_subkey_limit]`, and `cargo test` reports the case as ignored.
 macro_rules! dht_suite {
-    ($name:ident, $factory:expr $(,)?) => {
-        $crate::__dht_cases! { __suite_tests! { dht, $name, $factory, } }
+    ($name:ident, $factory:expr $(, lacks: [$($lack:ident),* $(,)?])? $(,)?) => {
+        $crate::__dht_cases! { __suite_tests! { dht, $name, $factory, [$($($lack),*)?], } }
     };
+}
+
+/// Whether the DHT declares `requirement` (only `small_subkey_limit` is known).
+///
+/// # Errors
+/// A [`Failure`] for another name, or a swarm that does not start.
+pub async fn declares(factory: &impl DhtFactory, requirement: &str) -> Result<bool, Failure> {
+    match requirement {
+        "small_subkey_limit" => {
+            let swarm = Swarm::start(factory).await?;
+            Ok(swarm.node(0).capabilities().max_subkeys_per_key <= SUBKEY_LIMIT_CAP)
+        }
+        other => Err(crate::unknown_requirement("dht", other, &["small_subkey_limit"])),
+    }
 }
 
 /// Runs every case in turn on the current runtime, returning each case's name and outcome.
@@ -281,7 +299,7 @@ pub async fn missing_key_is_empty(factory: &impl DhtFactory) -> Outcome {
     Ok(())
 }
 
-/// SPEC 10.1 scenario 2: subkeys `k1` (now + 10) and `k2` (now + 20) both read back with their own
+/// protocol 10.1 scenario 2: subkeys `k1` (now + 10) and `k2` (now + 20) both read back with their own
 /// expirations; re-storing `k2` with an earlier expiration is refused, with a later one accepted,
 /// and neither touches `k1`.
 pub async fn subkeys_are_independent(factory: &impl DhtFactory) -> Outcome {
@@ -414,7 +432,7 @@ pub async fn entries_expire(factory: &impl DhtFactory) -> Outcome {
     expect_entry(&dict, b"s", b"again", again, "after storing an expired subkey again")
 }
 
-/// SPEC 3.2's withdrawal: `true` stored at `E`, then `false` at `next_after(E)`, reads back as
+/// protocol 3.2's withdrawal: `true` stored at `E`, then `false` at `next_after(E)`, reads back as
 /// `false` expiring at `next_after(E)`; the declaration at `E` cannot come back, a later one can.
 pub async fn withdrawal_overrides_declaration(factory: &impl DhtFactory) -> Outcome {
     const TRUE: &[u8] = b"\xc3";
@@ -579,7 +597,7 @@ pub async fn many_subkeys_under_one_key(factory: &impl DhtFactory) -> Outcome {
 
 /// With a key holding `max_subkeys_per_key` live subkeys, a new subkey returns `false` and is not
 /// stored, while an existing subkey still accepts a later expiration. Runs only when the limit is
-/// at most [`SUBKEY_LIMIT_CAP`] (1000); a higher limit passes untested.
+/// at most [`SUBKEY_LIMIT_CAP`] (1000): needs `small_subkey_limit`.
 pub async fn subkey_limit_refuses_new_subkeys(factory: &impl DhtFactory) -> Outcome {
     let swarm = Swarm::start(factory).await?;
     let limit = swarm.node(0).capabilities().max_subkeys_per_key;

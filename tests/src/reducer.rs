@@ -1,7 +1,7 @@
 //! The conformance suite for [`Reducer`] plugins.
 //!
 //! Every case drives the reducer through [`PartReducer`], since that is how the core runs every
-//! reducer (SPEC 4.6). A plugin crate runs the whole suite with one line:
+//! reducer (protocol 4.6). A plugin crate runs the whole suite with one line:
 //!
 //! ```
 //! # use std::sync::Arc;
@@ -13,7 +13,8 @@
 //! What a case checks depends on [`ReducerCapabilities::weighted_mean`]: a weighted-mean reducer
 //! must give `sum(w * x) / sum(w)`; any other reducer (a robust aggregator) must give, per
 //! coordinate, a value within the range of the contributions, and the common value when all
-//! contributions are equal. Cases about weights and dtypes pass trivially for other reducers.
+//! contributions are equal. Cases about weights and dtypes need `weighted_mean`: the suite macro reports them as ignored
+//! for other reducers (called directly, they return `Ok` with nothing checked).
 //!
 //! All random data come from seeded generators, so a failure reproduces.
 //!
@@ -57,10 +58,24 @@ where
 /// usually a closure `|| Arc::new(MyReducer) as Arc<dyn Reducer>`; names in scope where the macro
 /// is called are visible to it.
 #[macro_export]
+///
+/// The cases of weighted means need `weighted_mean` in the reducer's capabilities; a reducer
+/// without it adds `lacks: [weighted_mean]`, and `cargo test` reports those cases as ignored.
 macro_rules! reducer_suite {
-    ($name:ident, $factory:expr $(,)?) => {
-        $crate::__reducer_cases! { __suite_tests! { reducer, $name, $factory, } }
+    ($name:ident, $factory:expr $(, lacks: [$($lack:ident),* $(,)?])? $(,)?) => {
+        $crate::__reducer_cases! { __suite_tests! { reducer, $name, $factory, [$($($lack),*)?], } }
     };
+}
+
+/// Whether the reducer declares `requirement` (only `weighted_mean` is known).
+///
+/// # Errors
+/// A [`Failure`] for another name.
+pub async fn declares(factory: &impl ReducerFactory, requirement: &str) -> Result<bool, Failure> {
+    match requirement {
+        "weighted_mean" => Ok(factory.build().capabilities().weighted_mean),
+        other => Err(crate::unknown_requirement("reducer", other, &["weighted_mean"])),
+    }
 }
 
 /// Lists every case once, for [`reducer_suite!`](crate::reducer_suite) and [`run_all`].
@@ -70,9 +85,9 @@ macro_rules! __reducer_cases {
     ($callback:ident ! { $($args:tt)* }) => {
         $crate::$callback! { $($args)* [
             concurrent_senders_get_the_aggregate,
-            weighted_mean_uses_weights,
-            all_zero_weights_keep_local,
-            precision_is_kept_per_dtype,
+            weighted_mean_uses_weights if weighted_mean,
+            all_zero_weights_keep_local if weighted_mean,
+            precision_is_kept_per_dtype if weighted_mean,
             banned_sender_counts_for_earlier_parts_only,
             banned_waiting_sender_does_not_stall,
             wrong_length_part_is_refused,
@@ -86,7 +101,7 @@ pub async fn run_all(factory: &impl ReducerFactory) -> Vec<(&'static str, Outcom
     crate::__reducer_cases! { __suite_run_all! { reducer, factory, } }
 }
 
-/// SPEC 10.3 scenario 19: senders {1, 2, 4, 10} × parts {0, 1, 100} (part `i` is `[i]` random
+/// protocol 10.3 scenario 19: senders {1, 2, 4, 10} × parts {0, 1, 100} (part `i` is `[i]` random
 /// f32 values) × sync probability {1, 0.1, 0}. Every sender submits each part as a spawned task
 /// and awaits its tasks in random batches; every sender gets, for every part, the plain mean
 /// (rtol 1e-3, atol 1e-5), or for other reducers a value within the contributions' range, equal to
@@ -145,7 +160,7 @@ pub async fn concurrent_senders_get_the_aggregate(factory: &impl ReducerFactory)
 }
 
 /// A weighted-mean reducer gives `sum(w * x) / sum(w)` with unequal weights, one of them zero,
-/// to every sender, including the one whose weight is zero. (Other reducers pass trivially.)
+/// to every sender, including the one whose weight is zero. (Needs `weighted_mean`.)
 pub async fn weighted_mean_uses_weights(factory: &impl ReducerFactory) -> Outcome {
     if !factory.build().capabilities().weighted_mean {
         return Ok(());
@@ -171,8 +186,8 @@ pub async fn weighted_mean_uses_weights(factory: &impl ReducerFactory) -> Outcom
 }
 
 /// A weighted-mean reducer answers [`PartOutcome::KeepLocal`] for a part whose weights are all
-/// zero (SPEC 4.6 **\[averager\]**: 0/0 keeps local values), and a part with a single nonzero weight
-/// is that sender's values. (Other reducers pass trivially.)
+/// zero (protocol 4.6 **\[averager\]**: 0/0 keeps local values), and a part with a single nonzero weight
+/// is that sender's values. (Needs `weighted_mean`.)
 pub async fn all_zero_weights_keep_local(factory: &impl ReducerFactory) -> Outcome {
     if !factory.build().capabilities().weighted_mean {
         return Ok(());
@@ -211,7 +226,7 @@ pub async fn all_zero_weights_keep_local(factory: &impl ReducerFactory) -> Outco
 
 /// A weighted-mean reducer keeps each dtype's precision: f64 values near 1e17 average exactly,
 /// i64 parts give the mean rounded to the nearest integer, and f16/bf16 parts come back in their
-/// own dtype with the mean. (Other reducers pass trivially.)
+/// own dtype with the mean. (Needs `weighted_mean`.)
 pub async fn precision_is_kept_per_dtype(factory: &impl ReducerFactory) -> Outcome {
     if !factory.build().capabilities().weighted_mean {
         return Ok(());
@@ -286,7 +301,7 @@ pub async fn precision_is_kept_per_dtype(factory: &impl ReducerFactory) -> Outco
     Ok(())
 }
 
-/// A sender banned mid-way (SPEC 4.7) still counts for the parts it contributed to, and gets
+/// A sender banned mid-way (protocol 4.7) still counts for the parts it contributed to, and gets
 /// their results; later parts are reduced over the other senders only, and its later
 /// submissions are refused.
 pub async fn banned_sender_counts_for_earlier_parts_only(factory: &impl ReducerFactory) -> Outcome {
@@ -330,7 +345,7 @@ pub async fn banned_sender_counts_for_earlier_parts_only(factory: &impl ReducerF
     Ok(())
 }
 
-/// SPEC 11.4: a sender banned while its submission of a later part waits for its turn is not
+/// protocol 11.4: a sender banned while its submission of a later part waits for its turn is not
 /// expected for that part, so the other senders' parts complete (the reference stalls here);
 /// the part it did contribute to keeps its contribution.
 pub async fn banned_waiting_sender_does_not_stall(factory: &impl ReducerFactory) -> Outcome {

@@ -1,4 +1,4 @@
-//! The [`Transport`] conformance suite (SPEC 2.2): one `pub async fn` per promise of the trait, and
+//! The [`Transport`] conformance suite (protocol 2.2): one `pub async fn` per promise of the trait, and
 //! [`transport_suite!`](crate::transport_suite) to turn them into tests.
 //!
 //! ```
@@ -108,15 +108,15 @@ macro_rules! __transport_cases {
             aggregate_part_is_full_duplex,
             concurrent_calls_reach_their_callers,
             message_at_the_cap_passes,
-            oversize_request_is_message_too_large,
-            oversize_response_is_message_too_large,
+            oversize_request_is_message_too_large if small_message_cap,
+            oversize_response_is_message_too_large if small_message_cap,
             dropping_the_response_stream_cancels_the_handler,
             server_ending_its_stream_stops_the_request_stream,
             handler_error_reaches_the_caller,
             call_to_a_stopped_endpoint_fails_fast,
             call_to_a_never_served_endpoint_fails_fast,
             malformed_endpoint_fails_at_connect,
-            authenticated_peer_is_reported,
+            authenticated_peer_is_reported if authenticated,
         ] }
     };
 }
@@ -130,13 +130,33 @@ macro_rules! __transport_cases {
 /// scheme that nobody serves (see
 /// [`TransportFactory::unserved_endpoint`](crate::transport::TransportFactory::unserved_endpoint)).
 #[macro_export]
+///
+/// Cases that only some transports can pass name a requirement: `authenticated`
+/// (`capabilities().authenticated`) and `small_message_cap` (a `max_message_bytes` of at most
+/// [`LARGEST_TESTED_MESSAGE`](crate::transport::LARGEST_TESTED_MESSAGE), so that sending one byte more is affordable). A transport without
+/// one adds, after the factory (and after `unserved_endpoint`, if given), `lacks: [authenticated]`;
+/// `cargo test` then reports those cases as ignored.
 macro_rules! transport_suite {
-    ($name:ident, $factory:expr, unserved_endpoint = $endpoint:expr $(,)?) => {
-        $crate::transport_suite!($name, $crate::transport::WithUnservedEndpoint::new($factory, $endpoint));
+    ($name:ident, $factory:expr, unserved_endpoint = $endpoint:expr $(, lacks: $lacks:tt)? $(,)?) => {
+        $crate::transport_suite!($name, $crate::transport::WithUnservedEndpoint::new($factory, $endpoint) $(, lacks: $lacks)?);
     };
-    ($name:ident, $factory:expr $(,)?) => {
-        $crate::__transport_cases! { __suite_tests! { transport, $name, $factory, } }
+    ($name:ident, $factory:expr $(, lacks: [$($lack:ident),* $(,)?])? $(,)?) => {
+        $crate::__transport_cases! { __suite_tests! { transport, $name, $factory, [$($($lack),*)?], } }
     };
+}
+
+/// Whether the transport declares `requirement`: `authenticated` or `small_message_cap` (see
+/// [`transport_suite!`](crate::transport_suite)).
+///
+/// # Errors
+/// A [`Failure`] for another name.
+pub async fn declares(factory: &impl TransportFactory, requirement: &str) -> Result<bool, Failure> {
+    let capabilities = factory.make().await.capabilities();
+    match requirement {
+        "authenticated" => Ok(capabilities.authenticated),
+        "small_message_cap" => Ok(capabilities.max_message_bytes <= LARGEST_TESTED_MESSAGE),
+        other => Err(crate::unknown_requirement("transport", other, &["authenticated", "small_message_cap"])),
+    }
 }
 
 /// Runs every case in turn on the current runtime, returning each case's name and outcome.
@@ -261,7 +281,8 @@ pub async fn message_at_the_cap_passes(factory: &impl TransportFactory) -> Outco
 
 /// A request over the cap fails the call with [`Error::MessageTooLarge`] (from the call or as an
 /// item of the reply stream) without reaching the handler, and the server still serves.
-/// Skipped when the cap exceeds [`LARGEST_TESTED_MESSAGE`].
+/// Needs `small_message_cap`: a cap of at most
+/// [`LARGEST_TESTED_MESSAGE`].
 pub async fn oversize_request_is_message_too_large(factory: &impl TransportFactory) -> Outcome {
     let peers = Peers::start(factory).await?;
     let cap = peers.cap();
@@ -290,7 +311,7 @@ pub async fn oversize_request_is_message_too_large(factory: &impl TransportFacto
 }
 
 /// A reply over the cap gives the caller an [`Error::MessageTooLarge`] item and ends the call, and
-/// the server still serves. Skipped when the cap exceeds [`LARGEST_TESTED_MESSAGE`].
+/// the server still serves. Needs `small_message_cap`: a cap of at most [`LARGEST_TESTED_MESSAGE`].
 pub async fn oversize_response_is_message_too_large(factory: &impl TransportFactory) -> Outcome {
     let peers = Peers::start(factory).await?;
     let cap = peers.cap();
@@ -439,7 +460,8 @@ pub async fn malformed_endpoint_fails_at_connect(factory: &impl TransportFactory
     Ok(())
 }
 
-/// When `capabilities().authenticated`, served calls carry `CallContext::authenticated_peer`.
+/// When `capabilities().authenticated`, served calls carry `CallContext::authenticated_peer`
+/// (needs `authenticated`).
 pub async fn authenticated_peer_is_reported(factory: &impl TransportFactory) -> Outcome {
     let peers = Peers::start(factory).await?;
     if !peers.client_transport.capabilities().authenticated {

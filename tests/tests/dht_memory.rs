@@ -16,9 +16,9 @@ fn swarm_of(dht: &MemoryDht, n: usize) -> Vec<Arc<dyn Dht>> {
     (0..n).map(|_| Arc::new(dht.clone()) as Arc<dyn Dht>).collect::<Vec<_>>()
 }
 
-dht_suite!(memory_single, || async { vec![Arc::new(MemoryDht::new()) as Arc<dyn Dht>] });
+dht_suite!(memory_single, || async { vec![Arc::new(MemoryDht::new()) as Arc<dyn Dht>] }, lacks: [small_subkey_limit]);
 
-dht_suite!(memory_swarm, || async { swarm_of(&MemoryDht::new(), 5) });
+dht_suite!(memory_swarm, || async { swarm_of(&MemoryDht::new(), 5) }, lacks: [small_subkey_limit]);
 
 // Small limits, so the subkey-limit case (skipped above the suite's cap) and the over-limit value
 // check run against MemoryDht too.

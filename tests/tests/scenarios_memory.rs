@@ -1,4 +1,4 @@
-//! The end-to-end averaging scenarios (SPEC 10.2) on the in-process backends (the memory
+//! The end-to-end averaging scenarios (protocol 10.2) on the in-process backends (the memory
 //! transport and one MemoryDht), and proof that the suite catches a transport that breaks one RPC.
 
 use std::sync::Arc;

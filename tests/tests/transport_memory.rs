@@ -16,13 +16,14 @@ use futures::StreamExt;
 transport_suite!(
     memory,
     || async { Arc::new(MemoryTransport::default()) as Arc<dyn Transport> },
-    unserved_endpoint = "mem://nobody-ever-serves-this"
+    unserved_endpoint = "mem://nobody-ever-serves-this",
+    lacks: [authenticated]
 );
 
 transport_suite!(faulty_without_faults, || async {
     let (transport, _plan) = FaultyTransport::new(Arc::new(MemoryTransport::default()));
     Arc::new(transport) as Arc<dyn Transport>
-});
+}, lacks: [authenticated]);
 
 #[test]
 fn run_all_reports_every_case_passing_for_memory() {

@@ -7,4 +7,4 @@ use averager_transport_grpc::GrpcTransport;
 
 averager_conformance::transport_suite!(grpc, || async {
     Arc::new(GrpcTransport::default()) as Arc<dyn Transport>
-});
+}, lacks: [authenticated]);

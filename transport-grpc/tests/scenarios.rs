@@ -1,4 +1,4 @@
-//! The end-to-end averaging scenarios (SPEC 10.2) over gRPC: every peer serves on its own
+//! The end-to-end averaging scenarios (protocol 10.2) over gRPC: every peer serves on its own
 //! 127.0.0.1 port, with one MemoryDht for matchmaking.
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -16,6 +16,9 @@ const ERROR_MARKER: u32 = u32::MAX;
 const ERROR_REMOTE: u8 = 1;
 /// Error frame kind: a message over the cap; the payload is `size` and `limit` as u64 LE.
 const ERROR_TOO_LARGE: u8 = 2;
+/// Error frame kind: the remote handler failed with an error that has a proto `MessageCode`; the
+/// payload is the code as i32 LE, then UTF-8 text. The caller gets an error with the same code.
+const ERROR_CODED: u8 = 3;
 /// The largest error payload read or written.
 const MAX_ERROR_PAYLOAD: usize = 4096;
 
@@ -159,6 +162,15 @@ async fn read_error_frame(recv: &mut RecvStream, peer: &str) -> Result<Error> {
         ERROR_REMOTE => {
             Ok(Error::Transport(format!("{peer} failed the call: {}", String::from_utf8_lossy(&payload))))
         }
+        ERROR_CODED if payload.len() >= 4 => {
+            let (code, text) = payload.split_at(4);
+            let code = i32::from_le_bytes([code[0], code[1], code[2], code[3]]);
+            let detail = format!("{peer} failed the call: {}", String::from_utf8_lossy(text));
+            Ok(match averager_proto::MessageCode::try_from(code) {
+                Ok(code) => Error::from_message_code(code, detail),
+                Err(_) => Error::Transport(format!("{detail} (unknown message code {code})")),
+            })
+        }
         other => Err(Error::Transport(format!("{peer} sent an error frame of unknown kind {other}"))),
     }
 }
@@ -187,26 +199,33 @@ pub(crate) async fn write_frame(send: &mut SendStream, bytes: &[u8], peer: &str)
     send.write_all(bytes).await.map_err(|e| write_error(peer, &e))
 }
 
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncated(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// Writes an error frame carrying `error`.
 pub(crate) async fn write_error_frame(send: &mut SendStream, error: &Error, peer: &str) -> Result<()> {
-    let (kind, payload) = match error {
-        Error::MessageTooLarge { size, limit } => {
+    let (kind, payload) = match (error.root(), error.message_code()) {
+        (Error::MessageTooLarge { size, limit }, _) => {
             let mut payload = Vec::with_capacity(16);
             payload.extend_from_slice(&(*size as u64).to_le_bytes());
             payload.extend_from_slice(&(*limit as u64).to_le_bytes());
             (ERROR_TOO_LARGE, payload)
         }
-        other => {
-            let mut text = other.to_string();
-            if text.len() > MAX_ERROR_PAYLOAD {
-                let mut end = MAX_ERROR_PAYLOAD;
-                while !text.is_char_boundary(end) {
-                    end -= 1;
-                }
-                text.truncate(end);
-            }
-            (ERROR_REMOTE, text.into_bytes())
+        (_, Some(code)) => {
+            let mut payload = (code as i32).to_le_bytes().to_vec();
+            payload.extend_from_slice(truncated(error.to_string(), MAX_ERROR_PAYLOAD - 4).as_bytes());
+            (ERROR_CODED, payload)
         }
+        (_, None) => (ERROR_REMOTE, truncated(error.to_string(), MAX_ERROR_PAYLOAD).into_bytes()),
     };
     let mut frame = Vec::with_capacity(9 + payload.len());
     frame.extend_from_slice(&ERROR_MARKER.to_le_bytes());

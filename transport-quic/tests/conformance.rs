@@ -9,7 +9,7 @@ use averager_transport_quic::{QuicSettings, QuicTransport};
 
 averager_conformance::transport_suite!(quic, || async {
     Arc::new(QuicTransport::default()) as Arc<dyn Transport>
-});
+}, lacks: [authenticated]);
 
 /// A served peer; any service will do for the pin tests, which make no call.
 async fn served() -> (QuicTransport, averager_core::transport::ServerHandle) {

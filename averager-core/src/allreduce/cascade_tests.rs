@@ -62,7 +62,8 @@ async fn peers(tag: &str) -> Peers {
 
 /// Peer `i`'s values: distinct per peer and element, so every mean is told apart from the others.
 fn tensors(i: usize) -> Vec<Tensor> {
-    let values = (0..FLOATS).map(|e| ((i + 1) * 1000 + e % 251) as f32 * if i.is_multiple_of(2) { 1.0 } else { -0.5 });
+    let values =
+        (0..FLOATS).map(|e| ((i + 1) * 1000 + e % 251) as f32 * if i.is_multiple_of(2) { 1.0 } else { -0.5 });
     vec![Tensor::from_f32(vec![FLOATS], values.collect()).unwrap()]
 }
 

@@ -1,5 +1,5 @@
-//! SPEC 9: every constructor parameter of hivemind's `DecentralizedAverager`, with its default,
-//! loadable from TOML, and the validation rules of SPEC 3.1, 4.2, 6.1 and 8.3.
+//! protocol 9: every constructor parameter of hivemind's `DecentralizedAverager`, with its default,
+//! loadable from TOML, and the validation rules of protocol 3.1, 4.2, 6.1 and 8.3.
 //!
 //! Durations are seconds (`f64`) in TOML, as in hivemind, and `Duration`s in Rust.
 
@@ -77,7 +77,7 @@ pub struct TensorSettings {
     pub name: Option<String>,
 }
 
-/// Every setting of an averager (hivemind's `DecentralizedAverager` constructor), with SPEC 9's
+/// Every setting of an averager (hivemind's `DecentralizedAverager` constructor), with protocol 9's
 /// defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -190,17 +190,17 @@ impl AveragerConfig {
         Ok(config)
     }
 
-    /// `sender_timeout`, defaulting to `next_chunk_timeout` (SPEC 4.7).
+    /// `sender_timeout`, defaulting to `next_chunk_timeout` (protocol 4.7).
     pub fn effective_sender_timeout(&self) -> Option<Duration> {
         self.sender_timeout.or(self.next_chunk_timeout)
     }
 
-    /// `reducer_timeout`, defaulting to twice the effective sender timeout (SPEC 4.7).
+    /// `reducer_timeout`, defaulting to twice the effective sender timeout (protocol 4.7).
     pub fn effective_reducer_timeout(&self) -> Option<Duration> {
         self.reducer_timeout.or_else(|| self.effective_sender_timeout().map(|t| t * 2))
     }
 
-    /// Checks every rule that does not need the DHT (SPEC 3.1, 4.2, 6.1, 8.3). Rules that are
+    /// Checks every rule that does not need the DHT (protocol 3.1, 4.2, 6.1, 8.3). Rules that are
     /// only advice (a target that is not a power of two, `request_timeout >= min_matchmaking_time`)
     /// are logged as warnings.
     ///

@@ -1,4 +1,4 @@
-//! SPEC 4.9: what a successful step returns: every member's all-gather payload, in group order.
+//! protocol 4.9: what a successful step returns: every member's all-gather payload, in group order.
 
 use std::collections::HashMap;
 

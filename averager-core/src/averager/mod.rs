@@ -1,4 +1,4 @@
-//! The `Averager` (hivemind's `DecentralizedAverager`, SPEC 8): built from tensors, a DHT, a
+//! The `Averager` (hivemind's `DecentralizedAverager`, protocol 8): built from tensors, a DHT, a
 //! transport and an [`AveragerConfig`]; it serves the three RPCs, runs steps (matchmaking, then
 //! the all-reduce), shares its state, and shuts down cleanly.
 
@@ -77,7 +77,7 @@ pub(crate) struct Inner {
 }
 
 impl Averager {
-    /// Starts an averager: validates `config` (SPEC 8.3), builds its codecs and reducer from the
+    /// Starts an averager: validates `config` (protocol 8.3), builds its codecs and reducer from the
     /// global registry, and (unless it is a CLIENT) starts serving on `transport`.
     ///
     /// # Errors
@@ -217,7 +217,7 @@ impl Averager {
         TensorsGuard(self.inner.tensors.lock().await)
     }
 
-    /// Runs one averaging round and returns every member's gathered data (SPEC 8.1, `wait=True`).
+    /// Runs one averaging round and returns every member's gathered data (protocol 8.1, `wait=True`).
     ///
     /// # Errors
     /// [`Error::Config`] for invalid options; [`Error::NoGroup`] when no group formed by the
@@ -253,7 +253,7 @@ impl Averager {
     }
 
     /// Replaces the group bits; later DHT lookups and join validation use the new key, while an
-    /// existing declaration stays until it is renewed (SPEC 8.3).
+    /// existing declaration stays until it is renewed (protocol 8.3).
     ///
     /// # Errors
     /// [`Error::Config`] for anything but `0`/`1` characters.
@@ -263,7 +263,7 @@ impl Averager {
         Ok(())
     }
 
-    /// Stops serving, cancels running steps and all-reduces (SPEC 8.3, **\[averager\]** 11.12),
+    /// Stops serving, cancels running steps and all-reduces (protocol 8.3, **\[averager\]** 11.12),
     /// and waits up to `shutdown_timeout` for them to end.
     ///
     /// # Errors
@@ -332,7 +332,7 @@ impl std::fmt::Debug for TensorsGuard<'_> {
     }
 }
 
-/// The compression infos of SPEC 7.1: key = index (or the configured name), role as configured.
+/// The compression infos of protocol 7.1: key = index (or the configured name), role as configured.
 fn tensor_infos(tensors: &[Tensor], config: &AveragerConfig) -> Vec<CompressionInfo> {
     tensors
         .iter()

@@ -1,4 +1,4 @@
-//! SPEC 8.1: the round loop of one step: matchmaking, the trigger, the all-reduce, retries.
+//! protocol 8.1: the round loop of one step: matchmaking, the trigger, the all-reduce, retries.
 
 use std::sync::Arc;
 
@@ -6,20 +6,20 @@ use averager_proto::MessageCode;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::Inner;
 use super::gathered::Gathered;
 use super::step_control::{Stage, StepControl};
+use super::{Inner, hex};
 use crate::allreduce::{AllReduceGroup, AllReduceInputs, AllReduceRunner, AllReduceSettings};
-use crate::error::{Error, Result};
+use crate::error::{Error, Operation, Result};
 use crate::matchmaking::{FormedGroup, GatherPayload, PeerMode, SearchRequest};
 use crate::tensor::Tensor;
 use crate::time::{dht_now, with_timeout};
 use crate::transport::AveragingData;
 
 impl Inner {
-    /// Runs a step to its end and reports through its control (SPEC 8.1 round loop).
+    /// Runs a step to its end and reports through its control (protocol 8.1 round loop).
     pub(super) async fn run_step(self: Arc<Self>, control: StepControl<Gathered>) {
-        // A second step queues behind the first (SPEC 3.1).
+        // A second step queues behind the first (protocol 3.1).
         let _one_at_a_time = self.step_lock.lock().await;
         let result = self.round_loop(&control).await;
         control.set_result(result);
@@ -38,8 +38,14 @@ impl Inner {
                 Err(e) => e,
             };
             let in_time = control.deadline().is_none_or(|d| dht_now() < d);
-            if !(control.allow_retries() && !control.is_done() && in_time && retryable(&error)) {
-                return Err(error);
+            // Protocol 8.1 step 4: a new group for what another group may not repeat. The caller
+            // gets the error itself (its variant is the step's documented contract); the context
+            // is in the log line.
+            if !(control.allow_retries() && !control.is_done() && in_time && error.is_temporary()) {
+                if !error.context().is_empty() {
+                    tracing::debug!(%error, "averaging step failed");
+                }
+                return Err(error.into_root());
             }
             tracing::warn!(%error, "averaging round failed; retrying with a new group");
         }
@@ -53,7 +59,7 @@ impl Inner {
             self.abandon(&group);
             return Err(Error::Cancelled("the step was cancelled".into()));
         }
-        // Members may stream to us before our trigger fires; their streams wait (SPEC 8.2).
+        // Members may stream to us before our trigger fires; their streams wait (protocol 8.2).
         self.router.expect(group.group_id.clone());
         control.set_group(Some(group.endpoints.clone()));
         if !control.triggered() {
@@ -86,10 +92,17 @@ impl Inner {
             Ok(decoded) => decoded,
             Err(e) => {
                 self.abandon(&group);
-                return Err(e);
+                // A member's malformed payload (or a leader's group without this peer) is that
+                // group's fault: another group may work.
+                return Err(e
+                    .during(Operation::FormGroup)
+                    .with_context("group", hex(&group.group_id))
+                    .set_temporary());
             }
         };
-        self.all_reduce(all_reduce_group, control, &group).await?;
+        self.all_reduce(all_reduce_group, control, &group)
+            .await
+            .map_err(|e| e.during(Operation::AllReduce).with_context("group", hex(&group.group_id)))?;
         Ok(gathered)
     }
 
@@ -146,7 +159,7 @@ impl Inner {
         found.ok_or_else(|| Error::NoGroup("the step's deadline passed while matchmaking".into()))
     }
 
-    /// SPEC 4.1 and 4.8: holds the tensor lock from load balancing until the result is applied.
+    /// protocol 4.1 and 4.8: holds the tensor lock from load balancing until the result is applied.
     async fn all_reduce(
         &self,
         group: AllReduceGroup,
@@ -192,7 +205,11 @@ impl Inner {
         control.set_stage(Stage::RunningAllreduce);
         let timeout = self.config.allreduce_timeout;
         let outcome = tokio::select! {
-            outcome = with_timeout(timeout, runner.run(), "the all-reduce") => outcome.and_then(|o| o),
+            // Protocol 11.11: a group that used its whole allreduce_timeout is not retried (the
+            // step's time is spent), unlike the shorter waits inside it.
+            outcome = with_timeout(timeout, runner.run(), "the all-reduce") => {
+                outcome.map_err(Error::set_persistent).and_then(|o| o)
+            }
             _ = self.shutdown.cancelled() => Err(Error::Cancelled("the averager shut down".into())),
         };
         if outcome.is_err() {
@@ -220,14 +237,4 @@ impl Inner {
 /// usual case), else a copy, so a slow reply cannot block the step.
 fn take_back(tensors: Arc<Vec<Tensor>>) -> Vec<Tensor> {
     Arc::try_unwrap(tensors).unwrap_or_else(|shared| (*shared).clone())
-}
-
-/// Which failures a step retries with a new group (SPEC 8.1 step 4). An `allreduce_timeout` is
-/// not retried, as in hivemind (SPEC 11.11); neither are configuration errors or cancellation.
-fn retryable(error: &Error) -> bool {
-    match error {
-        Error::Timeout { what, .. } => what != "the all-reduce",
-        Error::Config(_) | Error::Cancelled(_) | Error::Tensor(_) => false,
-        _ => true,
-    }
 }

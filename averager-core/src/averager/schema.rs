@@ -1,8 +1,8 @@
-//! SPEC 3.1 **\[averager\]**: the schema hash peers compare before grouping.
+//! protocol 3.1 **\[averager\]**: the schema hash peers compare before grouping.
 //!
-//! Peers group only when their partitions agree (SPEC 11.7): the same shapes and dtypes, the
+//! Peers group only when their partitions agree (protocol 11.7): the same shapes and dtypes, the
 //! same `part_size_bytes`, and the same ratio estimates from their codecs for every tensor.
-//! Unlike hivemind's hash it leaves out device, `requires_grad` and pinned memory (SPEC 11.9),
+//! Unlike hivemind's hash it leaves out device, `requires_grad` and pinned memory (protocol 11.9),
 //! which do not change the partition.
 
 use sha2::{Digest, Sha256};

@@ -1,4 +1,4 @@
-//! SPEC 6 in the averager: its donor declarations, what it serves to newcomers (the default
+//! protocol 6 in the averager: its donor declarations, what it serves to newcomers (the default
 //! state provider: `{"group_key": bits}` and the averaged tensors), and downloading.
 
 use std::collections::BTreeMap;
@@ -67,7 +67,7 @@ impl StateParts {
 }
 
 impl Inner {
-    /// Starts declaring this peer as a state donor (non-CLIENT peers only, SPEC 6.1).
+    /// Starts declaring this peer as a state donor (non-CLIENT peers only, protocol 6.1).
     pub(super) fn start_donor_loop(&self) {
         if self.mode == crate::matchmaking::PeerMode::Client {
             return;
@@ -82,12 +82,12 @@ impl Inner {
         *self.state.donor.lock().unwrap_or_else(PoisonError::into_inner) = Some(donor);
     }
 
-    /// After every all-reduce update: re-announce the donor record (SPEC 4.8, 6.1).
+    /// After every all-reduce update: re-announce the donor record (protocol 4.8, 6.1).
     pub(super) fn after_update(&self) {
         self.state.sharing.notify_updated();
     }
 
-    /// Serves `rpc_download_state` (SPEC 6.2).
+    /// Serves `rpc_download_state` (protocol 6.2).
     pub(super) async fn serve_state(&self) -> Result<MessageStream<DownloadData>> {
         let codec = Arc::clone(&self.state.codec);
         let sharing = &self.state.sharing;
@@ -99,8 +99,8 @@ impl Inner {
         }
     }
 
-    /// The default provider (SPEC 6.2): `{"group_key": bits}` and the averaged tensors, copied
-    /// under the tensor lock so the stream never changes mid-way (SPEC 11.13).
+    /// The default provider (protocol 6.2): `{"group_key": bits}` and the averaged tensors, copied
+    /// under the tensor lock so the stream never changes mid-way (protocol 11.13).
     ///
     /// **\[averager\]** while an all-reduce runs, the tensors as they were when it began: the
     /// lock is held for the whole round, which may wait out a dead peer's timeouts, and a download
@@ -158,7 +158,7 @@ impl Averager {
         self.inner.state.sharing.set_state_sharing_priority(priority)
     }
 
-    /// Downloads the state of the best donor under this prefix (SPEC 6.3): `None` when there is
+    /// Downloads the state of the best donor under this prefix (protocol 6.3): `None` when there is
     /// no donor or none succeeded. Each chunk must arrive within `next_chunk_timeout` (else
     /// `request_timeout`); `timeout` bounds the whole download.
     ///

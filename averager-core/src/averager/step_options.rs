@@ -1,4 +1,4 @@
-//! SPEC 8.1: the arguments of `step`, as a builder, and the checks hivemind makes at the call.
+//! protocol 8.1: the arguments of `step`, as a builder, and the checks hivemind makes at the call.
 //!
 //! hivemind's `wait` argument has no field here: it is the choice between `Averager::step` (waits)
 //! and `Averager::step_background` (returns the control). Hence hivemind's error for
@@ -13,7 +13,7 @@ use super::step_control::StepControl;
 use crate::error::{Error, Result};
 use crate::time::DhtTime;
 
-/// The options of one averaging step (SPEC 8.1).
+/// The options of one averaging step (protocol 8.1).
 ///
 /// ```
 /// # use averager_core::averager::StepOptions;
@@ -109,7 +109,7 @@ impl StepOptions {
         self.timeout.map(|t| now + t.as_secs_f64())
     }
 
-    /// The checks SPEC 8.1 makes at the call, for a step starting at DHT time `now` on a peer that
+    /// The checks protocol 8.1 makes at the call, for a step starting at DHT time `now` on a peer that
     /// is (`is_aux`) or is not an AUX peer.
     ///
     /// # Errors
@@ -132,9 +132,9 @@ impl StepOptions {
         Ok(())
     }
 
-    /// Validates, fills in SPEC 8.1's defaults and builds the user's handle of the step.
+    /// Validates, fills in protocol 8.1's defaults and builds the user's handle of the step.
     ///
-    /// `data_for_gather` is the SPEC 2.4 payload the averager built from
+    /// `data_for_gather` is the protocol 2.4 payload the averager built from
     /// [`StepOptions::gather_bytes`], its bandwidth and its mode; the control only carries it.
     ///
     /// The default scheduled time is `now + min_matchmaking_time`, clamped to the deadline: a
@@ -180,7 +180,7 @@ impl StepOptions {
     }
 }
 
-/// SPEC 8.2: a weight must be a finite number >= 0 (a NaN would poison every member's average).
+/// protocol 8.2: a weight must be a finite number >= 0 (a NaN would poison every member's average).
 pub(super) fn check_weight(weight: f64) -> Result<()> {
     if weight.is_finite() && weight >= 0.0 {
         Ok(())

@@ -1,4 +1,4 @@
-//! SPEC 7.1: what a codec is told about the tensor it encodes.
+//! protocol 7.1: what a codec is told about the tensor it encodes.
 
 use serde::{Deserialize, Serialize};
 
@@ -65,7 +65,7 @@ impl TensorDescriptor {
     }
 }
 
-/// What a codec is told about the tensor (or part) it encodes (SPEC 7.1).
+/// What a codec is told about the tensor (or part) it encodes (protocol 7.1).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct CompressionInfo {
     /// The tensor's key: its index unless the user named it.

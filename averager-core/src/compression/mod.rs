@@ -1,4 +1,4 @@
-//! SPEC 7.1: the codec interface, [`CompressionInfo`] and tensor roles.
+//! protocol 7.1: the codec interface, [`CompressionInfo`] and tensor roles.
 //!
 //! A codec turns a tensor (or a part of one) into a wire [`WireTensor`] and back. The receiver
 //! finds the decoder by the name written in `WireTensor.codec` (or, for built-in codecs sent by
@@ -46,7 +46,7 @@ pub struct CodecCapabilities {
 /// A compression codec: encodes tensors for the wire and decodes what peers sent.
 ///
 /// Codecs are synchronous on purpose: encoding is CPU-bound work that the core runs off the
-/// async executor (one part of prefetch, SPEC 4.4), so an `async fn` here would only hide that.
+/// async executor (one part of prefetch, protocol 4.4), so an `async fn` here would only hide that.
 pub trait Compression: Send + Sync + Debug + 'static {
     /// The stable wire name, written to `WireTensor.codec` (e.g. `"none"`, `"float16"`).
     ///
@@ -54,7 +54,7 @@ pub trait Compression: Send + Sync + Debug + 'static {
     /// Constant for the codec's lifetime; it is the key a receiver looks up in its registry.
     fn name(&self) -> &str;
 
-    /// The proto enum id written to `WireTensor.compression`; `NONE` for codecs outside SPEC 7.2.
+    /// The proto enum id written to `WireTensor.compression`; `NONE` for codecs outside protocol 7.2.
     fn wire_type(&self) -> CompressionType {
         CompressionType::None
     }
@@ -80,8 +80,8 @@ pub trait Compression: Send + Sync + Debug + 'static {
     /// inconsistent buffers give an [`Error::Codec`](crate::Error::Codec).
     fn extract(&self, message: &WireTensor) -> Result<Tensor>;
 
-    /// Encoded bits per original bit for the tensor `info` describes (SPEC 7.1), used only to size
-    /// parts (SPEC 4.3). Must be positive and finite.
+    /// Encoded bits per original bit for the tensor `info` describes (protocol 7.1), used only to size
+    /// parts (protocol 4.3). Must be positive and finite.
     fn estimate_compression_ratio(&self, info: &CompressionInfo) -> f64;
 
     /// How close a round trip stays to the input for `dtype`.
@@ -90,7 +90,7 @@ pub trait Compression: Send + Sync + Debug + 'static {
     /// Whether this codec's messages name another registered codec rather than this one.
     ///
     /// # Behavior
-    /// A selector (SPEC 7.3) names the codec it chose, and a wrapper built from settings names
+    /// A selector (protocol 7.3) names the codec it chose, and a wrapper built from settings names
     /// its concrete form (`zstd+uniform8`); receivers decode by the name on the wire, so every
     /// name such a codec writes must be registered too. Plain codecs write their own name.
     fn delegates(&self) -> bool {

@@ -1,4 +1,4 @@
-//! SPEC 7.2 NONE: raw little-endian element bytes.
+//! protocol 7.2 NONE: raw little-endian element bytes.
 
 use averager_proto::{CompressionType, Tensor as WireTensor};
 use half::bf16;

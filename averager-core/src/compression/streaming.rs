@@ -1,10 +1,10 @@
-//! SPEC 7.4: splitting a wire tensor into chunks for streaming (state download) and combining
+//! protocol 7.4: splitting a wire tensor into chunks for streaming (state download) and combining
 //! them again, with a cap on what a remote peer can make us buffer.
 
 use super::WireTensor;
 use crate::error::{Error, Result};
 
-/// Default chunk size of state downloads (SPEC 9: 65536 buffer bytes).
+/// Default chunk size of state downloads (protocol 9: 65536 buffer bytes).
 pub const STREAM_CHUNK_BYTES: usize = 65536;
 
 /// Splits `tensor` into messages of at most `chunk_bytes` buffer bytes.

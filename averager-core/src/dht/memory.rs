@@ -1,4 +1,4 @@
-//! SPEC 2.3: an in-process DHT with the full dictionary-record contract.
+//! protocol 2.3: an in-process DHT with the full dictionary-record contract.
 //!
 //! Every clone of a [`MemoryDht`] shares one table, so peers in one process that each hold a clone
 //! form one swarm. It is the reference backend of the conformance suite and the DHT of the

@@ -1,4 +1,4 @@
-//! SPEC 2.3: the Dht trait, a key -> {subkey -> (value, expiration)} store with hivemind's rules.
+//! protocol 2.3: the Dht trait, a key -> {subkey -> (value, expiration)} store with hivemind's rules.
 
 mod memory;
 
@@ -35,7 +35,7 @@ pub struct DhtCapabilities {
 
 /// A distributed key-value store with dictionary values and expirations (hivemind's DHT).
 ///
-/// The averager writes group declarations and state-donor records through it (SPEC 2.3).
+/// The averager writes group declarations and state-donor records through it (protocol 2.3).
 #[async_trait]
 pub trait Dht: Send + Sync + 'static {
     /// A short name for logs (the registry name of the backend, e.g. `"memory"`, `"kad"`).
@@ -63,7 +63,7 @@ pub trait Dht: Send + Sync + 'static {
     async fn get(&self, key: &str, latest: bool) -> Result<DhtDictionary>;
 
     /// Whether this node is a client (cannot accept connections); the averager's `client_mode`
-    /// defaults to it (SPEC 9).
+    /// defaults to it (protocol 9).
     fn client_mode(&self) -> bool {
         false
     }

@@ -1,4 +1,4 @@
-//! SPEC 2.3 and 3.2: group declarations in the DHT.
+//! protocol 2.3 and 3.2: group declarations in the DHT.
 //!
 //! A searching peer stores `(group key, endpoint) = true` until its declared expiration `E`; when
 //! it stops, it stores `false` at `nextafter(E)`, which overrides the `true` entry (the later
@@ -62,7 +62,7 @@ mod tests {
     use crate::dht::MemoryDht;
     use crate::time::dht_now;
 
-    /// SPEC 10.1 scenario 1 (key_manager).
+    /// protocol 10.1 scenario 1 (key_manager).
     #[tokio::test]
     async fn scenario_1_declare_redeclare_undeclare() {
         let dht = MemoryDht::new();

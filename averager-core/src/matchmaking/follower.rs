@@ -1,6 +1,6 @@
-//! SPEC 3.4: the follower side: asking a leader to take this peer, and following redirects.
+//! protocol 3.4: the follower side: asking a leader to take this peer, and following redirects.
 //!
-//! **\[averager\]** (SPEC 11.2): a `NOT_A_LEADER` reply's suggested leader is followed too, not
+//! **\[averager\]** (protocol 11.2): a `NOT_A_LEADER` reply's suggested leader is followed too, not
 //! only a redirecting `GROUP_DISBANDED`, which shortens matchmaking.
 
 use std::sync::Arc;
@@ -28,7 +28,7 @@ enum Asked {
 }
 
 impl Matchmaker {
-    /// Asks `leader` (and any leader it redirects to) to take this peer (SPEC 3.4); the group on
+    /// Asks `leader` (and any leader it redirects to) to take this peer (protocol 3.4); the group on
     /// success, `None` when this leader did not work out.
     pub(super) async fn request_join(
         self: &Arc<Self>,
@@ -68,7 +68,7 @@ impl Matchmaker {
             client_mode: self.config.client_mode,
             group_key: self.current_key(),
         };
-        // The join lock is held while waiting for the first reply (SPEC 3.4 step 1): a peer
+        // The join lock is held while waiting for the first reply (protocol 3.4 step 1): a peer
         // cannot accept followers while it is itself being accepted. Join requests that arrive
         // meanwhile are sent on to `leader` (see `lock_or_redirect`).
         self.asking.send_replace(Some(leader.to_string()));
@@ -103,7 +103,7 @@ impl Matchmaker {
             }
         }
         state.current_leader = Some(leader.to_string());
-        // Our own followers go to our new leader (SPEC 3.4 step 3, 3.7).
+        // Our own followers go to our new leader (protocol 3.4 step 3, 3.7).
         self.disband(&mut state);
         self.bump();
         drop(state);

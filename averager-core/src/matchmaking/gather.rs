@@ -1,4 +1,4 @@
-//! SPEC 2.4: the all-gather payload each member sends in its `JoinRequest.gather` (and the leader
+//! protocol 2.4: the all-gather payload each member sends in its `JoinRequest.gather` (and the leader
 //! returns for all members in `MessageFromLeader.gathered`).
 //!
 //! It is the msgpack array `[bandwidth (f64 or nil), mode (0/1/2), user_bytes (bin)]`, where
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// How a peer takes part in averaging (SPEC 1).
+/// How a peer takes part in averaging (protocol 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PeerMode {
     /// Sends its tensors and reduces a span.

@@ -1,10 +1,10 @@
-//! SPEC 1 and 3.9: group keys (`<prefix>.0b<bits>`) and the Moshpit rule that moves every member
+//! protocol 1 and 3.9: group keys (`<prefix>.0b<bits>`) and the Moshpit rule that moves every member
 //! of a group to a different bucket after each round.
 
 use super::python_random::PythonRandom;
 use crate::error::{Error, Result};
 
-/// Checks that `prefix` can name an averaging run (SPEC 1: no `.`, not empty).
+/// Checks that `prefix` can name an averaging run (protocol 1: no `.`, not empty).
 ///
 /// # Errors
 /// [`Error::Config`] otherwise.
@@ -33,12 +33,12 @@ pub fn group_key(prefix: &str, bits: &str) -> String {
     format!("{prefix}.0b{bits}")
 }
 
-/// The key of state-donor declarations: `"<prefix>.all_averagers"` (SPEC 2.3).
+/// The key of state-donor declarations: `"<prefix>.all_averagers"` (protocol 2.3).
 pub fn donors_key(prefix: &str) -> String {
     format!("{prefix}.all_averagers")
 }
 
-/// The bits a member at `position` of a freshly formed group of `group_size` moves to (SPEC 3.9).
+/// The bits a member at `position` of a freshly formed group of `group_size` moves to (protocol 3.9).
 ///
 /// Every member draws the same permutation of buckets from the group id, so members land in
 /// distinct buckets; the key keeps its length and the oldest bits fall off the left.

@@ -1,4 +1,4 @@
-//! SPEC 3.5-3.7: the leader side: validating join requests, assembling the group, disbanding.
+//! protocol 3.5-3.7: the leader side: validating join requests, assembling the group, disbanding.
 
 use std::sync::{Arc, PoisonError};
 
@@ -25,7 +25,7 @@ impl Drop for HandlerGuard {
 }
 
 impl Matchmaker {
-    /// Serves one `rpc_join_group` call (SPEC 3.5).
+    /// Serves one `rpc_join_group` call (protocol 3.5).
     pub fn handle_join(self: &Arc<Self>, request: JoinRequest) -> MessageStream<MessageFromLeader> {
         let (tx, rx) = mpsc::channel(2);
         self.handlers.send_modify(|n| *n += 1);
@@ -38,7 +38,7 @@ impl Matchmaker {
         Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (Ok(m), rx)) }))
     }
 
-    /// The first matching rule of SPEC 3.5's table, if any.
+    /// The first matching rule of protocol 3.5's table, if any.
     fn refusal(&self, state: &JoinState, request: &JoinRequest) -> Option<MessageFromLeader> {
         let expiration = if request.expiration == 0.0 { f64::INFINITY } else { request.expiration };
         let code = if !state.searching || state.assembled.is_some() {
@@ -192,7 +192,7 @@ impl Matchmaker {
         }
     }
 
-    /// SPEC 3.6 (leader): fixes the group from the followers and this peer, updates the bits,
+    /// protocol 3.6 (leader): fixes the group from the followers and this peer, updates the bits,
     /// and publishes it, waking every join handler.
     pub(super) fn assemble(&self, state: &mut JoinState) -> FormedGroup {
         if let Some(group) = &state.assembled {
@@ -214,7 +214,7 @@ impl Matchmaker {
         group
     }
 
-    /// SPEC 3.7: forgets every follower; **\[averager\]** their handlers are woken at once.
+    /// protocol 3.7: forgets every follower; **\[averager\]** their handlers are woken at once.
     pub(super) fn disband(&self, state: &mut JoinState) {
         if !state.followers.is_empty() {
             state.followers.clear();
@@ -222,7 +222,7 @@ impl Matchmaker {
         }
     }
 
-    /// SPEC 3.9, run by every member when its group forms.
+    /// protocol 3.9, run by every member when its group forms.
     pub(super) fn update_bits(&self, group: &FormedGroup) {
         let Some(position) = group.endpoints.iter().position(|e| *e == self.config.endpoint) else { return };
         let mut bits = self.bits.lock().unwrap_or_else(PoisonError::into_inner);

@@ -1,4 +1,4 @@
-//! SPEC 3: matchmaking: group keys and declarations in the DHT, the leader/follower state
+//! protocol 3: matchmaking: group keys and declarations in the DHT, the leader/follower state
 //! machine, join validation, assembly, disbanding, and the Moshpit bucket rule.
 
 mod declarations;

@@ -1,6 +1,6 @@
-//! SPEC Appendix A: CPython's `random.Random(group_id).sample(range(n), k)`, bit for bit.
+//! protocol Appendix A: CPython's `random.Random(group_id).sample(range(n), k)`, bit for bit.
 //!
-//! The next-group-bits rule (SPEC 3.9) needs every member of a group to draw the same random
+//! The next-group-bits rule (protocol 3.9) needs every member of a group to draw the same random
 //! permutation from the group id. Any deterministic generator would do among averager peers;
 //! reproducing CPython's Mersenne Twister and `sample` also keeps the buckets identical to
 //! hivemind's, at the cost of ~100 lines, and gives exact test vectors.

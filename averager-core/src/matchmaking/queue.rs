@@ -1,14 +1,14 @@
-//! SPEC 3.3: the queue of potential leaders, best first.
+//! protocol 3.3: the queue of potential leaders, best first.
 //!
 //! Priority is `(expiration, endpoint bytes)`, smaller is better (**\[averager\]** raw bytes both
 //! in the queue and in the comparison with oneself). A tried `(peer, expiration)` pair leaves the
 //! queue; a peer that re-declares with a new expiration becomes eligible again.
 //!
-//! **\[averager\]** a tried pair also becomes eligible again after [`RETRY_AFTER`]. In SPEC 3.3
+//! **\[averager\]** a tried pair also becomes eligible again after [`RETRY_AFTER`]. In protocol 3.3
 //! it stays tried for the whole search, which strands peers: Y asks X while X briefly follows a
 //! leader whose group then fills without it; X is free again, but Y never asks it again, and X,
 //! ranking itself above Y, waits for followers too; neither re-declares before the deadline, and
-//! both fail (the "elasticity" weakness of SPEC 11.10, scenario 9).
+//! both fail (the "elasticity" weakness of protocol 11.10, scenario 9).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -47,12 +47,12 @@ pub(crate) struct LeaderQueue {
     queue: BTreeSet<(Key, String)>,
     /// Tried pairs, with when they become eligible again.
     tried: HashMap<Key, Instant>,
-    /// No leader better than this can appear unseen (SPEC 3.3, refresh step 2).
+    /// No leader better than this can appear unseen (protocol 3.3, refresh step 2).
     pub(crate) max_assured_time: DhtTime,
 }
 
 impl LeaderQueue {
-    /// Replaces the content with `declared` (SPEC 3.3, refresh steps 2 and 3).
+    /// Replaces the content with `declared` (protocol 3.3, refresh steps 2 and 3).
     pub(crate) fn refresh(
         &mut self,
         declared: Vec<(String, DhtTime)>,

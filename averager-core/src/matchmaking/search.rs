@@ -1,4 +1,4 @@
-//! SPEC 3.2, 3.3 and 3.10: one search for a group: declaring oneself, picking potential leaders
+//! protocol 3.2, 3.3 and 3.10: one search for a group: declaring oneself, picking potential leaders
 //! best first, and leading whoever joins meanwhile.
 
 use std::sync::Arc;
@@ -21,7 +21,7 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 /// What one search needs from its step.
 #[derive(Clone)]
 pub struct SearchRequest {
-    /// This peer's gather payload (SPEC 2.4), sent to the leader or handed to followers.
+    /// This peer's gather payload (protocol 2.4), sent to the leader or handed to followers.
     pub gather: Bytes,
     /// The step's scheduled time, re-read at every re-declaration (users may move it).
     pub scheduled_time: Arc<dyn Fn() -> DhtTime + Send + Sync>,
@@ -38,7 +38,7 @@ impl std::fmt::Debug for SearchRequest {
 /// What a pick of the next leader came to.
 enum Pick {
     Leader(Candidate),
-    /// This peer's own declaration was renewed: time to lead or disband (SPEC 3.3).
+    /// This peer's own declaration was renewed: time to lead or disband (protocol 3.3).
     Timeout,
     Assembled(FormedGroup),
     Deadline,
@@ -72,10 +72,10 @@ impl Drop for Task {
 }
 
 impl Matchmaker {
-    /// Runs one search (SPEC 3.10): the group once formed, `None` at the deadline.
+    /// Runs one search (protocol 3.10): the group once formed, `None` at the deadline.
     ///
     /// Only one search runs at a time; a second call waits for the first, and a new search
-    /// starts only when every join handler of the previous one has answered (SPEC 3.7).
+    /// starts only when every join handler of the previous one has answered (protocol 3.7).
     ///
     /// Cancellation is cooperative: a join request under way is finished first (it is bounded
     /// by `request_timeout` and the leader's expiration), because its leader may already count
@@ -118,7 +118,7 @@ impl Matchmaker {
         result
     }
 
-    /// SPEC 3.2: keep a declaration under the current key until the search ends.
+    /// protocol 3.2: keep a declaration under the current key until the search ends.
     async fn declare_loop(
         self: Arc<Self>,
         scheduled_time: Arc<dyn Fn() -> DhtTime + Send + Sync>,
@@ -146,7 +146,7 @@ impl Matchmaker {
                 tracing::warn!(error = %e, key, "cannot declare in the DHT; retrying at the next declaration");
             }
             tokio::time::sleep(until(expiration).unwrap_or(Duration::ZERO)).await;
-            // A follower waiting for its leader does not re-declare (SPEC 3.2 step 3).
+            // A follower waiting for its leader does not re-declare (protocol 3.2 step 3).
             let _ = paused.wait_for(|p| !*p).await;
         }
     }
@@ -214,7 +214,7 @@ impl Matchmaker {
         None
     }
 
-    /// SPEC 3.3, picking the next leader.
+    /// protocol 3.3, picking the next leader.
     async fn pick(
         &self,
         queue: &mut LeaderQueue,
@@ -283,7 +283,7 @@ impl Matchmaker {
     }
 
     /// Ends a search: withdraws the declaration, disbands followers unless a group formed, and
-    /// lets the join handlers answer (SPEC 3.2 step 4, 3.7).
+    /// lets the join handlers answer (protocol 3.2 step 4, 3.7).
     pub(super) async fn end_search(&self, formed: bool) {
         let (key, expiration) = {
             let mut state = self.state.lock().await;

@@ -1,8 +1,8 @@
-//! The matchmaker: one per averager, shared by its own search (SPEC 3.2-3.4) and by the
-//! `rpc_join_group` handlers it serves (SPEC 3.5).
+//! The matchmaker: one per averager, shared by its own search (protocol 3.2-3.4) and by the
+//! `rpc_join_group` handlers it serves (protocol 3.5).
 //!
 //! `JoinState` sits behind the *join lock* (a tokio mutex, because a follower holds it while it
-//! waits for a leader's first reply, SPEC 3.4). Changes that waiters care about (a group
+//! waits for a leader's first reply, protocol 3.4). Changes that waiters care about (a group
 //! assembled, followers disbanded, this peer accepted by a leader, the search ended) bump the
 //! `changed` counter, so waiters re-check the state instead of trusting a message.
 
@@ -37,7 +37,7 @@ pub struct MatchmakingConfig {
     pub schema_hash: Bytes,
 }
 
-/// A group as matchmaking formed it (SPEC 3.6).
+/// A group as matchmaking formed it (protocol 3.6).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FormedGroup {
     /// 20 random bytes chosen by the leader.
@@ -83,7 +83,7 @@ impl Default for JoinState {
     }
 }
 
-/// Matchmaking for one averager (SPEC 3).
+/// Matchmaking for one averager (protocol 3).
 pub struct Matchmaker {
     pub(super) config: MatchmakingConfig,
     pub(super) dht: Arc<dyn Dht>,
@@ -92,13 +92,13 @@ pub struct Matchmaker {
     pub(super) state: tokio::sync::Mutex<JoinState>,
     /// Bumped whenever a waiter should re-check the state.
     pub(super) changed: watch::Sender<u64>,
-    /// Bumped at every (re-)declaration: interrupts a leader pick (SPEC 3.3).
+    /// Bumped at every (re-)declaration: interrupts a leader pick (protocol 3.3).
     pub(super) declared: watch::Sender<u64>,
     /// Whether the search is paused (this peer follows a leader).
     pub(super) paused: watch::Sender<bool>,
     /// Number of `rpc_join_group` handlers running.
     pub(super) handlers: watch::Sender<usize>,
-    /// Only one search at a time (SPEC 3.1).
+    /// Only one search at a time (protocol 3.1).
     pub(super) search_lock: tokio::sync::Mutex<()>,
     /// The leader this peer is asking to take it, while it holds the join lock waiting for that
     /// leader's first reply (see `leader.rs`, `lock_or_redirect`).

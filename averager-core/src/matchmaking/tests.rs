@@ -253,7 +253,7 @@ async fn join_requests_are_validated_in_spec_order() {
     assert_eq!(first_code(&mm, good("mem://z")).await.0, code(MessageCode::NotLookingForGroup));
 
     {
-        // Assembly moved this peer's bits (SPEC 3.9); go back to the key the requests name.
+        // Assembly moved this peer's bits (protocol 3.9); go back to the key the requests name.
         *mm.bits.lock().unwrap() = "01".into();
         let mut state = mm.state.lock().await;
         state.assembled = None;

@@ -1,4 +1,4 @@
-//! SPEC 4.6: the weighted mean, with the **\[averager\]** fixes: accumulation in f64 whatever the
+//! protocol 4.6: the weighted mean, with the **\[averager\]** fixes: accumulation in f64 whatever the
 //! dtype (integers and f64 keep their precision), and zero total weight means "keep local values"
 //! instead of NaN.
 

@@ -1,6 +1,6 @@
 //! The Reducer trait: how the parts of one span from several senders become one result.
 //!
-//! A reducer only does the arithmetic of one part; the async bookkeeping of SPEC 4.6 (which part
+//! A reducer only does the arithmetic of one part; the async bookkeeping of protocol 4.6 (which part
 //! is current, who is expected, banned senders) lives in
 //! [`PartReducer`](crate::allreduce::PartReducer), written once for every reducer.
 //!
@@ -35,7 +35,7 @@ pub enum PartOutcome {
     /// The aggregated values, with the part's dtype and a flat shape `[len]`.
     Reduced(Tensor),
     /// Nothing to aggregate (no contribution, or zero total weight): every peer keeps its own
-    /// values for this part (SPEC 4.6 **\[averager\]**: 0/0 means "keep local values").
+    /// values for this part (protocol 4.6 **\[averager\]**: 0/0 means "keep local values").
     KeepLocal,
 }
 

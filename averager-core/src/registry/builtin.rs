@@ -9,13 +9,13 @@ use crate::transport::{MemoryNetwork, MemoryTransport};
 
 crate::register_codec!(
     NoCompression::NAME,
-    "no compression: raw little-endian element bytes (SPEC 7.2 NONE)",
+    "no compression: raw little-endian element bytes (protocol 7.2 NONE)",
     |_| Ok(Arc::new(NoCompression))
 );
 
 crate::register_reducer!(
     MeanReducer::NAME,
-    "weighted mean, accumulated in f64 as parts arrive (SPEC 4.6)",
+    "weighted mean, accumulated in f64 as parts arrive (protocol 4.6)",
     |_| Ok(Arc::new(MeanReducer))
 );
 
@@ -31,7 +31,7 @@ crate::register_transport!(
 
 crate::register_dht!(
     MemoryDht::NAME,
-    "in-process DHT: one shared table, full SPEC 2.3 semantics",
+    "in-process DHT: one shared table, full protocol 2.3 semantics",
     |config| Box::pin(async move {
         let settings = config.parse()?;
         Ok(Arc::new(MemoryDht::with_settings(settings)) as Arc<dyn crate::Dht>)

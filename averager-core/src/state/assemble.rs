@@ -1,4 +1,4 @@
-//! SPEC 6.3 and 7.4: reassembling the tensors of a state download from their chunks, within a
+//! protocol 6.3 and 7.4: reassembling the tensors of a state download from their chunks, within a
 //! byte budget, so that a hostile donor cannot make the downloader buffer unbounded data.
 
 use averager_proto::MessageCode;
@@ -21,8 +21,8 @@ struct Current {
 
 /// Collects chunks into whole wire tensors.
 ///
-/// A chunk with a non-empty `dtype` starts a new tensor (SPEC 6.3); any other chunk continues the
-/// current one. The chunk count announced by a tensor's first chunk (SPEC 7.4) is enforced: more
+/// A chunk with a non-empty `dtype` starts a new tensor (protocol 6.3); any other chunk continues the
+/// current one. The chunk count announced by a tensor's first chunk (protocol 7.4) is enforced: more
 /// chunks, or fewer before the next tensor or the end, are a protocol violation.
 pub(super) struct Assembler {
     budget: usize,

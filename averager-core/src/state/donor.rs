@@ -1,7 +1,7 @@
-//! SPEC 6.1: the donor loop, which keeps this peer's record under `<prefix>.all_averagers` fresh.
+//! protocol 6.1: the donor loop, which keeps this peer's record under `<prefix>.all_averagers` fresh.
 //!
 //! **\[averager\]** the record is refreshed at half its lifetime, not at its expiry, so there is no
-//! moment when a live donor is missing from the DHT (SPEC 11.13).
+//! moment when a live donor is missing from the DHT (protocol 11.13).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -78,7 +78,7 @@ impl Drop for DonorLoop {
     }
 }
 
-/// Starts the donor loop of the peer serving at `endpoint` (SPEC 6.1).
+/// Starts the donor loop of the peer serving at `endpoint` (protocol 6.1).
 ///
 /// Each iteration: while sharing is allowed, or when it was allowed at the previous iteration,
 /// store `(<prefix>.all_averagers, endpoint) = priority` (or `nil` once sharing is off), expiring a
@@ -110,7 +110,7 @@ async fn run(dht: Arc<dyn Dht>, sharing: Arc<StateSharing>, key: String, endpoin
         let declaration = sharing.declaration();
         if declaration.is_some() || was_allowed {
             // Two declarations within the clock's resolution would tie, and a tie keeps the old
-            // value (SPEC 2.3); each expiration is strictly later than the last.
+            // value (protocol 2.3); each expiration is strictly later than the last.
             let expiration = (dht_now() + period.as_secs_f64()).max(next_after(last_expiration));
             last_expiration = expiration;
             let stored = dht.store(&key, endpoint.as_bytes(), encode_priority(declaration), expiration).await;

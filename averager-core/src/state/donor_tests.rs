@@ -1,4 +1,4 @@
-//! SPEC 6.1: the donor loop (on tokio's paused clock, so refresh times are exact) and the rules of
+//! protocol 6.1: the donor loop (on tokio's paused clock, so refresh times are exact) and the rules of
 //! the sharing switches.
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,4 +1,4 @@
-//! SPEC 6.3: `load_state_from_peers`, downloading the state of the best donor that delivers.
+//! protocol 6.3: `load_state_from_peers`, downloading the state of the best donor that delivers.
 //!
 //! **\[averager\]** every read has a per-chunk timeout (hivemind applies none unless the caller gave
 //! an overall timeout), a metadata-only first message is accepted (zero-tensor states work), and
@@ -52,7 +52,7 @@ pub async fn list_donors(dht: &dyn Dht, prefix: &str, my_endpoint: &str) -> Resu
     Ok(donors.into_iter().map(|(priority, _, endpoint)| (endpoint, priority)).collect())
 }
 
-/// Downloads the state of the best donor that delivers one (SPEC 6.3): its msgpack metadata and
+/// Downloads the state of the best donor that delivers one (protocol 6.3): its msgpack metadata and
 /// its tensors.
 ///
 /// Donors come from [`list_donors`] (so never this peer itself). Each is asked in turn; every step

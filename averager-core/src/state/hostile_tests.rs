@@ -1,4 +1,4 @@
-//! SPEC 6.3 against stalled and hostile donors and hostile DHT records: each costs at most a
+//! protocol 6.3 against stalled and hostile donors and hostile DHT records: each costs at most a
 //! timeout or a bounded amount of memory, and the next donor is used.
 
 use std::sync::Arc;

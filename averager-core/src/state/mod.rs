@@ -1,15 +1,15 @@
-//! SPEC 6: state sharing. A peer declares itself a state donor in the DHT, serves
+//! protocol 6: state sharing. A peer declares itself a state donor in the DHT, serves
 //! `rpc_download_state` from an owned snapshot of its state, and a newcomer downloads the state of
 //! the best donor it can reach.
 //!
 //! - [`StateSharing`] is the run-time switchboard (`allow_state_sharing`, `state_sharing_priority`)
 //!   shared by the averager's API, the donor loop and the RPC handler.
-//! - [`spawn_donor_loop`] keeps this peer's record under `<prefix>.all_averagers` fresh (SPEC 6.1).
-//! - [`serve_download`] streams a [`StateSnapshot`] taken from a [`StateProvider`] (SPEC 6.2).
+//! - [`spawn_donor_loop`] keeps this peer's record under `<prefix>.all_averagers` fresh (protocol 6.1).
+//! - [`serve_download`] streams a [`StateSnapshot`] taken from a [`StateProvider`] (protocol 6.2).
 //! - [`load_state_from_peers`] picks donors by priority and downloads from the first that delivers
-//!   (SPEC 6.3).
+//!   (protocol 6.3).
 //!
-//! The **\[averager\]** fixes of SPEC 6 and 11.13 are all here: the donor record is refreshed at half
+//! The **\[averager\]** fixes of protocol 6 and 11.13 are all here: the donor record is refreshed at half
 //! its period (no gaps), the metadata travels in a message of its own (zero-tensor states work), every
 //! read of a download has a per-chunk timeout, the snapshot is owned data (an all-reduce cannot
 //! change a state mid-stream), and a download buffers at most `max_state_bytes`.

@@ -1,4 +1,4 @@
-//! SPEC 6.2: serving `rpc_download_state` from a snapshot.
+//! protocol 6.2: serving `rpc_download_state` from a snapshot.
 //!
 //! **\[averager\]** the metadata travels in a first message of its own (hivemind attaches it to the
 //! first tensor chunk, so a zero-tensor state carries no metadata and is refused downstream).
@@ -24,7 +24,7 @@ use crate::transport::{DownloadData, MessageStream};
 /// downloader reads empty metadata as "no metadata").
 const NIL: &[u8] = &[0xc0];
 
-/// The stream of one `rpc_download_state` call (SPEC 6.2).
+/// The stream of one `rpc_download_state` call (protocol 6.2).
 ///
 /// When sharing is off, an empty stream (the downloader moves on to another donor). Otherwise a
 /// snapshot is taken from `provider` now, and the stream sends: one message carrying only the
@@ -115,7 +115,7 @@ fn part(chunk: WireTensor) -> DownloadData {
     DownloadData { metadata: Bytes::new(), tensor_part: Some(chunk) }
 }
 
-/// Encodes a whole tensor (SPEC 6.2: no partitioning, `part_size` unset).
+/// Encodes a whole tensor (protocol 6.2: no partitioning, `part_size` unset).
 fn encode(
     codec: &dyn Compression,
     index: usize,

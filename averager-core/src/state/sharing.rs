@@ -1,4 +1,4 @@
-//! SPEC 6.1 and 8.3: the run-time switches of state sharing (`allow_state_sharing`,
+//! protocol 6.1 and 8.3: the run-time switches of state sharing (`allow_state_sharing`,
 //! `state_sharing_priority`) and the signal that wakes the donor loop when they change.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -18,7 +18,7 @@ struct Switches {
 ///
 /// Every change that alters what the DHT should say wakes the donor loop: `allow` changing,
 /// `priority` changing while sharing, and [`StateSharing::notify_updated`] after each all-reduce
-/// update (SPEC 6.1).
+/// update (protocol 6.1).
 #[derive(Debug)]
 pub struct StateSharing {
     client_mode: bool,
@@ -39,7 +39,7 @@ impl StateSharing {
     }
 
     /// The switches of a CLIENT: sharing is off, the priority is 0, and neither can change
-    /// (SPEC 6.1: a CLIENT cannot serve downloads).
+    /// (protocol 6.1: a CLIENT cannot serve downloads).
     pub fn client() -> Self {
         Self::build(true, false, 0.0)
     }

@@ -1,7 +1,7 @@
-//! SPEC 6.2: what a donor serves, and where it comes from.
+//! protocol 6.2: what a donor serves, and where it comes from.
 //!
 //! hivemind hands the live tensors to the stream after releasing the tensor lock, so an all-reduce
-//! can change them mid-download (SPEC 11.13). Here the provider returns an owned
+//! can change them mid-download (protocol 11.13). Here the provider returns an owned
 //! [`StateSnapshot`]; the stream encodes from that copy, so what a downloader receives is one
 //! consistent state.
 
@@ -17,7 +17,7 @@ use crate::tensor::Tensor;
 /// One consistent copy of a peer's state, as served to a downloader.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StateSnapshot {
-    /// msgpack bytes of the user's metadata object (SPEC 2.4); the default provider sends
+    /// msgpack bytes of the user's metadata object (protocol 2.4); the default provider sends
     /// `{"group_key": "<bits>"}`. Empty bytes are sent as msgpack `nil`.
     pub metadata: Vec<u8>,
     /// The tensors, in order.

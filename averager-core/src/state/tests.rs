@@ -1,4 +1,4 @@
-//! SPEC 10.2 scenarios 10 and 11, and state downloads of unusual sizes, over the memory transport
+//! protocol 10.2 scenarios 10 and 11, and state downloads of unusual sizes, over the memory transport
 //! and the memory DHT. Also the shared test swarm of this module's other test files.
 
 use std::collections::BTreeMap;

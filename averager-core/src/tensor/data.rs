@@ -304,7 +304,7 @@ fn mismatch(what: &str, a: (usize, DType), b: (usize, DType)) -> Error {
 
 impl TensorData {
     /// `self[offset..offset + delta.len()] += alpha * delta`, in the elements' own type
-    /// (integers round to nearest, bool stays 0/1 by `!= 0`); SPEC 4.8's update.
+    /// (integers round to nearest, bool stays 0/1 by `!= 0`); protocol 4.8's update.
     ///
     /// # Errors
     /// [`Error::Tensor`] when the dtypes differ or the range is out of bounds.
@@ -359,7 +359,7 @@ impl TensorData {
 }
 
 impl<'a> TensorSlice<'a> {
-    /// `self - other`, element by element, in the elements' own type (SPEC 4.5: the delta a
+    /// `self - other`, element by element, in the elements' own type (protocol 4.5: the delta a
     /// reducer sends back is `average - part`). Integer differences may be negative and saturate
     /// at the type's bounds (`uint8` and `bool` deltas therefore cannot go below zero; average
     /// them as a wider dtype if that matters).

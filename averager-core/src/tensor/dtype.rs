@@ -1,4 +1,4 @@
-//! Element types and their wire names (SPEC 2.1: `Tensor.dtype` is the original dtype's name).
+//! Element types and their wire names (protocol 2.1: `Tensor.dtype` is the original dtype's name).
 
 use std::fmt;
 
@@ -83,7 +83,7 @@ impl DType {
         }
     }
 
-    /// Bits per element (`bits(bool) = 8`, SPEC 7.1); codecs use it for ratio estimates.
+    /// Bits per element (`bits(bool) = 8`, protocol 7.1); codecs use it for ratio estimates.
     pub fn bits(self) -> usize {
         self.size_bytes() * 8
     }

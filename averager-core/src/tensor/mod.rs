@@ -1,7 +1,7 @@
 //! The tensor type: a shape, a dtype and typed row-major data.
 //!
 //! [`Tensor`] owns its elements; [`TensorView`] borrows a tensor or a flat run of one (a *part*,
-//! SPEC 4.3), so codecs encode straight from the tensor's memory without copying it per peer.
+//! protocol 4.3), so codecs encode straight from the tensor's memory without copying it per peer.
 
 mod data;
 mod dtype;

@@ -1,4 +1,4 @@
-//! SPEC 2.2: the Transport trait, which moves the three RPCs of `DecentralizedAveraging`.
+//! protocol 2.2: the Transport trait, which moves the three RPCs of `DecentralizedAveraging`.
 //!
 //! A transport knows nothing of matchmaking or all-reduce. It serves an [`AveragingService`]
 //! (the local protocol handler) at an endpoint, and dials other endpoints, returning an
@@ -53,7 +53,7 @@ pub struct CallContext {
 /// instead. Returned streams must stop promptly when dropped.
 #[async_trait]
 pub trait AveragingService: Send + Sync + 'static {
-    /// `rpc_join_group`: a follower asks to join this peer's group (SPEC 3.5).
+    /// `rpc_join_group`: a follower asks to join this peer's group (protocol 3.5).
     async fn rpc_join_group(
         &self,
         call: CallContext,
@@ -61,14 +61,14 @@ pub trait AveragingService: Send + Sync + 'static {
     ) -> Result<MessageStream<MessageFromLeader>>;
 
     /// `rpc_aggregate_part`: a sender streams its parts, this peer streams back averaged parts
-    /// (SPEC 4.5).
+    /// (protocol 4.5).
     async fn rpc_aggregate_part(
         &self,
         call: CallContext,
         requests: MessageStream<AveragingData>,
     ) -> Result<MessageStream<AveragingData>>;
 
-    /// `rpc_download_state`: stream this peer's state to a newcomer (SPEC 6.2).
+    /// `rpc_download_state`: stream this peer's state to a newcomer (protocol 6.2).
     async fn rpc_download_state(
         &self,
         call: CallContext,

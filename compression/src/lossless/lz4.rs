@@ -1,4 +1,4 @@
-//! SPEC 0: the `lz4+<inner>` wrappers: the inner codec's buffer as one LZ4 block, after its
+//! protocol 0: the `lz4+<inner>` wrappers: the inner codec's buffer as one LZ4 block, after its
 //! decompressed size (4 bytes, little-endian), as `lz4_flex::compress_prepend_size` writes it.
 
 use std::sync::Arc;

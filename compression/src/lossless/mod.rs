@@ -1,10 +1,10 @@
-//! SPEC 0 and 7.1: lossless wrappers. An inner codec encodes the tensor, then zstd or lz4
-//! compresses its buffer; the message is named `zstd+<inner>` or `lz4+<inner>` (SPEC 0's
+//! protocol 0 and 7.1: lossless wrappers. An inner codec encodes the tensor, then zstd or lz4
+//! compresses its buffer; the message is named `zstd+<inner>` or `lz4+<inner>` (protocol 0's
 //! `Tensor.codec`, e.g. `zstd+uniform8`) so that a receiver finds the wrapper, and through it the
 //! inner codec, in its registry.
 //!
 //! The `compression` enum of a wrapped message is NONE: a decoder that reads only the enum must not
-//! mistake a zstd frame for a FLOAT16 buffer, and SPEC 0 says a codec outside SPEC 7.2 sets `codec`
+//! mistake a zstd frame for a FLOAT16 buffer, and protocol 0 says a codec outside protocol 7.2 sets `codec`
 //! and leaves the enum at NONE.
 //!
 //! Decoding never trusts the size a frame declares: it is checked against [`decoded_cap`] (what
@@ -37,7 +37,7 @@ pub use zstd::{Zstd, ZstdSettings};
 /// tensor whose inner encoding exceeds this cannot travel through a wrapper.
 pub const MAX_DECODED_BYTES: usize = 1 << 30;
 
-/// Bytes per declared element that an inner codec may legitimately use. SPEC 7.2's largest is
+/// Bytes per declared element that an inner codec may legitimately use. protocol 7.2's largest is
 /// MEANSTD_16BIT on rows of one element (2 bytes of f16 plus an f32 mean and std per row: 10);
 /// 16 leaves room for third-party codecs of similar overhead.
 const MAX_BYTES_PER_ELEMENT: usize = 16;
@@ -92,7 +92,7 @@ trait Framing: Send + Sync + std::fmt::Debug + 'static {
 #[derive(Debug)]
 struct Wrapped<F: Framing> {
     /// `<prefix>+<inner>` for a wrapper of one inner codec; the bare prefix for one built from the
-    /// plain registry name, which like a selector (SPEC 7.3) is an encoder-side configuration whose
+    /// plain registry name, which like a selector (protocol 7.3) is an encoder-side configuration whose
     /// messages name the concrete wrapper.
     name: String,
     inner: Arc<dyn Compression>,
@@ -248,7 +248,7 @@ macro_rules! wrapper_compression {
 pub(crate) use wrapper_compression;
 
 /// Registers `<prefix>` (inner codec from the settings) and `<prefix>+<inner>` for every format of
-/// SPEC 7.2, each with the constructor `$build(inner_name_or_none, config)`. Wrappers of codecs that
+/// protocol 7.2, each with the constructor `$build(inner_name_or_none, config)`. Wrappers of codecs that
 /// a build lacks still register, and building one says which inner codec is missing.
 macro_rules! register_wrappers {
     ($prefix:literal, $what:literal, $build:path) => {

@@ -1,4 +1,4 @@
-//! SPEC 0: the `zstd+<inner>` wrappers: one zstd frame holding the inner codec's buffer.
+//! protocol 0: the `zstd+<inner>` wrappers: one zstd frame holding the inner codec's buffer.
 
 use std::cell::RefCell;
 use std::sync::Arc;

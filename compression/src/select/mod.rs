@@ -1,4 +1,4 @@
-//! SPEC 7.3: adaptive selectors. Each chooses one of several codecs per tensor (by size, role or
+//! protocol 7.3: adaptive selectors. Each chooses one of several codecs per tensor (by size, role or
 //! key) and lets it write the message, so the wire names the chosen base codec and a receiver
 //! decodes it through its registry without knowing the selector or its settings.
 //!
@@ -154,7 +154,7 @@ macro_rules! selector_compression {
                 $crate::select::all_lossless(self.choices())
             }
 
-            /// Messages name the codec chosen (SPEC 7.3).
+            /// Messages name the codec chosen (protocol 7.3).
             fn delegates(&self) -> bool {
                 true
             }
@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn nested_selectors_build_from_json() {
-        // SPEC 10.2 scenario 15's averaging codec, as a configuration file would give it.
+        // protocol 10.2 scenario 15's averaging codec, as a configuration file would give it.
         let settings = serde_json::json!({
             "parameter": "float16",
             "gradient": {

@@ -1,4 +1,4 @@
-//! SPEC 7.3 PerTensor: a codec per tensor key (the tensor's index, or the name given in the
+//! protocol 7.3 PerTensor: a codec per tensor key (the tensor's index, or the name given in the
 //! averager's `tensor_infos`).
 
 use std::collections::BTreeMap;
@@ -32,7 +32,7 @@ impl Default for PerTensorCodecs {
 /// Settings of `per-tensor`: `{ "codecs": ["float16", "uniform8"] }` or `{ "codecs": { "w":
 /// "float16", "b": "none" } }`, optionally with `"default": "<codec>"` for the tensors not listed.
 ///
-/// Without `default`, a tensor that has no codec is an error at compress time (SPEC 7.3). The
+/// Without `default`, a tensor that has no codec is an error at compress time (protocol 7.3). The
 /// registry's default settings (no settings at all) are an empty list with default NONE, so that
 /// `per-tensor` builds by name and sends everything uncompressed until configured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,7 +127,7 @@ selector_compression!(PerTensor);
 
 averager_core::register_codec!(
     PerTensor::NAME,
-    "chooses a codec by tensor index or name (SPEC 7.3 PerTensor)",
+    "chooses a codec by tensor index or name (protocol 7.3 PerTensor)",
     PerTensor::build
 );
 

@@ -1,4 +1,4 @@
-//! SPEC 7.3 RoleAdaptive: a codec per tensor role.
+//! protocol 7.3 RoleAdaptive: a codec per tensor role.
 
 use std::sync::Arc;
 
@@ -119,7 +119,7 @@ selector_compression!(RoleAdaptive);
 
 averager_core::register_codec!(
     RoleAdaptive::NAME,
-    "chooses a codec by the tensor's role (SPEC 7.3 RoleAdaptive)",
+    "chooses a codec by the tensor's role (protocol 7.3 RoleAdaptive)",
     RoleAdaptive::build
 );
 

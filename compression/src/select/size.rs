@@ -1,4 +1,4 @@
-//! SPEC 7.3 SizeAdaptive: one codec for small tensors, another for large ones.
+//! protocol 7.3 SizeAdaptive: one codec for small tensors, another for large ones.
 
 use std::sync::Arc;
 
@@ -86,7 +86,7 @@ selector_compression!(SizeAdaptive);
 
 averager_core::register_codec!(
     SizeAdaptive::NAME,
-    "chooses a codec by the whole tensor's element count (SPEC 7.3 SizeAdaptive)",
+    "chooses a codec by the whole tensor's element count (protocol 7.3 SizeAdaptive)",
     SizeAdaptive::build
 );
 

@@ -48,7 +48,7 @@ impl Compression for AcmeInt8 {
             size: tensor.shape().iter().map(|&d| d as u32).collect(),
             requires_grad: tensor.requires_grad(),
             dtype: tensor.dtype().name().to_string(),
-            // Not one of SPEC 7.2's formats: the enum stays NONE and `codec` names it.
+            // Not one of protocol 7.2's formats: the enum stays NONE and `codec` names it.
             compression: CompressionType::None as i32,
             chunks: 0,
             codec: Self::NAME.to_string(),

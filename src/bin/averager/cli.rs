@@ -110,9 +110,10 @@ pub(crate) struct DemoArgs {
     /// Target group size (a power of two).
     #[arg(long, default_value_t = 2)]
     pub(crate) group_size: usize,
-    /// Group bits [default: the fewest that give every group a full bucket: log2(peers /
-    /// group-size), 2 for 8 peers in groups of 2; exact convergence takes bits / log2(group-size)
-    /// + 1 rounds].
+    /// Group bits [default: log2(peers / group-size), 2 for 8 peers in groups of 2, when the
+    /// peers are group-size x 2^k; exact convergence takes bits / log2(group-size) + 1 rounds.
+    /// Other peer counts form one group of every peer. Bits that leave a bucket without a whole
+    /// number of full groups are refused].
     #[arg(long)]
     pub(crate) bits: Option<usize>,
     /// How peers reach each other.
@@ -130,8 +131,9 @@ pub(crate) struct DemoArgs {
     /// Draw the spread per round to this SVG file (log scale).
     #[arg(long, value_name = "FILE.svg")]
     pub(crate) plot: Option<PathBuf>,
-    /// Largest allowed |peer - exact mean| on any element [default: 1e-4 for lossless codecs,
-    /// 2% of the largest |mean| (at least 0.02) for lossy ones].
+    /// Largest allowed |peer - exact mean| on any element [default: 1e-4 for lossless codecs; a
+    /// lossy codec is judged by the root-mean-square deviation, against 1e-4 plus 6 x sqrt(rounds)
+    /// x its rms round-trip error on the demo's values].
     #[arg(long)]
     pub(crate) tolerance: Option<f64>,
     /// Seconds one step (matchmaking + all-reduce, retries included) may take.

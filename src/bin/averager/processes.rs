@@ -107,7 +107,7 @@ fn spawn(plan: &DemoPlan, index: usize, bootstrap: &[String], dump: PathBuf) -> 
         .args(["--floats", &plan.floats.to_string()])
         .args(["--seed", &plan.args.seed.to_string()])
         .args(["--bits", &plan.initial_bits(index)])
-        .args(["--group-size", &plan.args.group_size.to_string()])
+        .args(["--group-size", &plan.group_size.to_string()])
         .args(["--prefix", PREFIX])
         .args(["--transport", plan.args.transport.name()])
         .args(["--compression", &plan.args.compression])
@@ -134,7 +134,6 @@ async fn rounds(plan: &DemoPlan, workers: &mut [Worker], started: Instant) -> Re
         exact.add(&peer_values(plan.args.seed, index, plan.floats));
     }
     let mean = exact.finish();
-    let tolerance = plan.tolerance(&mean);
     let progress = Progress::bar("starting worker processes", workers.len());
     for worker in workers.iter_mut() {
         worker.expect("ready", START_TIMEOUT).await?;
@@ -167,11 +166,11 @@ async fn rounds(plan: &DemoPlan, workers: &mut [Worker], started: Instant) -> Re
         }
         let agreement = meter.finish();
         crate::out!("{}", log.record(round, &stats, agreement, plan.floats));
-        if agreement.deviation <= tolerance {
+        if plan.agrees(&agreement, round) {
             break;
         }
     }
-    finish(plan, &log, tolerance, started)
+    finish(plan, &log, started)
 }
 
 /// A worker's round report as a [`PeerRound`].

@@ -57,6 +57,8 @@ pub(crate) struct Agreement {
     pub(crate) spread: f64,
     /// Max over peers and elements of |value - exact mean|.
     pub(crate) deviation: f64,
+    /// Root mean square over peers and elements of (value - exact mean).
+    pub(crate) rms: f64,
 }
 
 /// Accumulates [`Agreement`] one peer at a time, without keeping the peers' tensors.
@@ -65,6 +67,8 @@ pub(crate) struct AgreementMeter<'a> {
     lo: Vec<f32>,
     hi: Vec<f32>,
     deviation: f64,
+    squares: f64,
+    count: usize,
 }
 
 impl<'a> AgreementMeter<'a> {
@@ -75,6 +79,8 @@ impl<'a> AgreementMeter<'a> {
             lo: vec![f32::INFINITY; mean.len()],
             hi: vec![f32::NEG_INFINITY; mean.len()],
             deviation: 0.0,
+            squares: 0.0,
+            count: 0,
         }
     }
 
@@ -91,10 +97,12 @@ impl<'a> AgreementMeter<'a> {
             )));
         }
         let mut deviation = self.deviation;
+        let mut squares = 0.0;
         for (((v, m), lo), hi) in values.iter().zip(self.mean).zip(&mut self.lo).zip(&mut self.hi) {
             *lo = lo.min(*v);
             *hi = hi.max(*v);
             let d = (f64::from(*v) - m).abs();
+            squares += d * d;
             // A NaN must count as disagreement, not vanish in a comparison.
             if d.is_nan() {
                 deviation = f64::INFINITY;
@@ -103,6 +111,9 @@ impl<'a> AgreementMeter<'a> {
             }
         }
         self.deviation = deviation;
+        // NaN stays NaN here and is caught in `finish`.
+        self.squares += squares;
+        self.count += values.len();
         Ok(())
     }
 
@@ -110,7 +121,9 @@ impl<'a> AgreementMeter<'a> {
     pub(crate) fn finish(self) -> Agreement {
         let spread =
             self.lo.iter().zip(&self.hi).map(|(l, h)| f64::from(*h) - f64::from(*l)).fold(0.0, f64::max);
-        Agreement { spread, deviation: self.deviation }
+        let rms = (self.squares / self.count.max(1) as f64).sqrt();
+        let rms = if rms.is_nan() { f64::INFINITY } else { rms };
+        Agreement { spread, deviation: self.deviation, rms }
     }
 }
 

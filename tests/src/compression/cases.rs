@@ -19,7 +19,7 @@ use crate::{Failure, Outcome, ensure};
 /// Shapes of 0 to 3 dimensions, for the promises that hold whatever the rank.
 const SHAPES_BY_RANK: [&[usize]; 4] = [&[], &[7], &[3, 5], &[2, 3, 4]];
 
-/// Every role of SPEC 7.1, so role-adaptive codecs are exercised on each of their choices.
+/// Every role of protocol 7.1, so role-adaptive codecs are exercised on each of their choices.
 const ROLES: [TensorRole; 5] = [
     TensorRole::Activation,
     TensorRole::Parameter,
@@ -110,7 +110,7 @@ pub async fn scalars_round_trip(factory: &impl CodecFactory) -> Outcome {
     Ok(())
 }
 
-/// Promise of `compress` for parts (SPEC 7.1): a flat part encoded with
+/// Promise of `compress` for parts (protocol 7.1): a flat part encoded with
 /// `CompressionInfo::for_part` round-trips like a whole tensor, while the info's descriptor still
 /// describes the whole tensor.
 pub async fn parts_round_trip_like_whole_tensors(factory: &impl CodecFactory) -> Outcome {
@@ -133,7 +133,7 @@ pub async fn parts_round_trip_like_whole_tensors(factory: &impl CodecFactory) ->
     Ok(())
 }
 
-/// Promise of `extract` on degenerate data (SPEC 10.5: `zeros(5, 5)` with every codec): constant
+/// Promise of `extract` on degenerate data (protocol 10.5: `zeros(5, 5)` with every codec): constant
 /// tensors, zero or not, decode to finite values within the bound.
 pub async fn constant_tensors_decode_to_finite_values(factory: &impl CodecFactory) -> Outcome {
     let codec = factory.codec();
@@ -225,9 +225,9 @@ pub async fn lossless_codecs_declare_exact_bounds(factory: &impl CodecFactory) -
     Ok(())
 }
 
-/// Promise of registration (SPEC 0): when `Registry::global()` knows the codec's name, a receiver
+/// Promise of registration (protocol 0): when `Registry::global()` knows the codec's name, a receiver
 /// decoding by the message's `codec` field gets what `codec.extract` gives. Registration is
-/// optional for the suite: an unregistered name passes with nothing to check.
+/// optional: the suite macro reports this case as ignored for a codec declared `lacks: [registered]`.
 pub async fn registry_decodes_like_the_codec(factory: &impl CodecFactory) -> Outcome {
     let codec = factory.codec();
     let registered = match Registry::global().codec(codec.name()) {

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 /// inputs of another one and a failure reproduces run after run.
 pub const SEED: u64 = 0x5eed_c0de_5eed_c0de;
 
-/// The shape of the round-trip tensors (SPEC 10.5, `serialize_tensor_properties`).
+/// The shape of the round-trip tensors (protocol 10.5, `serialize_tensor_properties`).
 pub const ROUND_TRIP_SHAPE: [usize; 2] = [123, 45];
 
 /// The shape of the tensors whose buffers the hostile-input cases truncate and mutate: small, so

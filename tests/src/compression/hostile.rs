@@ -36,7 +36,7 @@ const HUGE_SHAPES: [&[u32]; 4] =
 
 /// How many strict prefixes of one buffer may decode. One is allowed because a decoder may read
 /// two layouts told apart by length: NONE's legacy bfloat16 buffer holds 4 bytes per value, and its
-/// first half is a valid raw 2-byte encoding of the same shape (SPEC 7.2). A decoder that accepts
+/// first half is a valid raw 2-byte encoding of the same shape (protocol 7.2). A decoder that accepts
 /// more prefixes than that is not checking lengths.
 const MAX_DECODABLE_PREFIXES: usize = 1;
 
@@ -66,7 +66,7 @@ fn decode_untrusted(codec: &dyn Compression, message: &WireTensor, input: &str) 
 /// lengths including 0, 1 and `len - 1` of long ones), never a panic.
 ///
 /// One prefix per buffer may decode, to exactly the declared shape and dtype: a decoder may read
-/// two layouts told apart by length, as NONE does for bfloat16 (SPEC 7.2).
+/// two layouts told apart by length, as NONE does for bfloat16 (protocol 7.2).
 pub async fn truncated_buffers_are_errors(factory: &impl CodecFactory) -> Outcome {
     let codec = factory.codec();
     let mut rng = case_rng("truncated_buffers_are_errors");

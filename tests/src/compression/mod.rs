@@ -1,4 +1,4 @@
-//! SPEC 7.1, 7.2 and 10.5: the conformance suite for [`Compression`] codecs.
+//! protocol 7.1, 7.2 and 10.5: the conformance suite for [`Compression`] codecs.
 //!
 //! Each case is a `pub async fn` over a [`CodecFactory`] that checks one `# Behavior` promise of
 //! the trait and returns an [`Outcome`]; [`compression_suite!`](crate::compression_suite) turns
@@ -80,8 +80,8 @@ macro_rules! __compression_cases {
             constant_tensors_decode_to_finite_values,
             compression_ratio_is_positive_and_finite,
             unaccepted_dtypes_are_refused,
-            lossless_codecs_declare_exact_bounds,
-            registry_decodes_like_the_codec,
+            lossless_codecs_declare_exact_bounds if lossless,
+            registry_decodes_like_the_codec if registered,
             truncated_buffers_are_errors,
             garbage_buffers_never_panic,
             huge_declared_shapes_are_refused_quickly,
@@ -103,9 +103,36 @@ macro_rules! __compression_cases {
 /// ```
 ///
 /// The module does `use super::*`, so the factory may name anything the calling file imports.
+///
+/// Two cases check promises only some codecs make: `lossless` (the codec's capabilities say
+/// lossless) and `registered` (its name is in `Registry::global()`). A codec without one says so
+/// with `lacks`, and `cargo test` reports those cases as ignored:
+///
+/// ```rust,ignore
+/// averager_conformance::compression_suite!(my_lossy, || Arc::new(MyLossy) as Arc<dyn Compression>, lacks: [lossless]);
+/// ```
 #[macro_export]
 macro_rules! compression_suite {
-    ($name:ident, $factory:expr $(,)?) => {
-        $crate::__compression_cases! { __suite_tests! { compression, $name, $factory, } }
+    ($name:ident, $factory:expr $(, lacks: [$($lack:ident),* $(,)?])? $(,)?) => {
+        $crate::__compression_cases! { __suite_tests! { compression, $name, $factory, [$($($lack),*)?], } }
     };
+}
+
+/// Whether the codec declares `requirement`: `lossless` or `registered` (see
+/// [`compression_suite!`](crate::compression_suite)).
+///
+/// # Errors
+/// A [`Failure`](crate::Failure) for another name, or a registry lookup that fails otherwise than
+/// by not knowing the name.
+pub async fn declares(factory: &impl CodecFactory, requirement: &str) -> Result<bool, crate::Failure> {
+    let codec = factory.codec();
+    match requirement {
+        "lossless" => Ok(codec.capabilities().lossless),
+        "registered" => match averager_core::Registry::global().codec(codec.name()) {
+            Ok(_) => Ok(true),
+            Err(averager_core::Error::UnknownPlugin { .. }) => Ok(false),
+            Err(e) => Err(crate::Failure::new(format!("registry lookup of {:?} failed: {e}", codec.name()))),
+        },
+        other => Err(crate::unknown_requirement("compression", other, &["lossless", "registered"])),
+    }
 }

@@ -1,4 +1,4 @@
-//! SPEC 10.2 scenarios 4-7: averaging end to end (modes, weights, the Moshpit grid, all-gather).
+//! protocol 10.2 scenarios 4-7: averaging end to end (modes, weights, the Moshpit grid, all-gather).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -32,7 +32,7 @@ fn scenario_4_tensors(i: usize, rng: &mut impl Rng) -> Result<Vec<Tensor>, Failu
     Ok(vec![f32s(&[123], v123)?, f32s(&[3], v3)?])
 }
 
-/// SPEC 10.2 scenario 4 for one mix: 4 peers, `n_clients` CLIENT and `n_aux` AUX among them at
+/// protocol 10.2 scenario 4 for one mix: 4 peers, `n_clients` CLIENT and `n_aux` AUX among them at
 /// shuffled positions, target 4, min_matchmaking_time 15 s. Every step result names all 4 peers;
 /// every non-AUX peer ends allclose(1e-6) to the plain mean over the non-AUX peers; AUX tensors
 /// never change.
@@ -93,7 +93,7 @@ pub async fn allreduce_once(factory: &impl NetworkFactory, n_clients: usize, n_a
 macro_rules! allreduce_once_mixes {
     ($($name:ident = ($clients:literal, $aux:literal)),* $(,)?) => {$(
         #[doc = concat!(
-            "SPEC 10.2 scenario 4 with ", stringify!($clients), " CLIENT and ", stringify!($aux),
+            "protocol 10.2 scenario 4 with ", stringify!($clients), " CLIENT and ", stringify!($aux),
             " AUX peers among 4; see [`allreduce_once`]."
         )]
         pub async fn $name(factory: &impl NetworkFactory) -> Outcome {
@@ -117,7 +117,7 @@ allreduce_once_mixes! {
     allreduce_once_0_clients_3_aux = (0, 3),
 }
 
-/// SPEC 10.2 scenario 5: 4 peers, 2 of them CLIENT at random positions, target 4, weights uniform
+/// protocol 10.2 scenario 5: 4 peers, 2 of them CLIENT at random positions, target 4, weights uniform
 /// in [0.01, 10.01); every peer ends allclose(1e-6) to the weighted mean.
 pub async fn allreduce_weighted(factory: &impl NetworkFactory) -> Outcome {
     let mut rng = rng(5);
@@ -164,9 +164,9 @@ fn mean_and_std(rows: &[Vec<f32>]) -> (Vec<f64>, Vec<f64>) {
     (mean, std)
 }
 
-/// SPEC 10.2 scenario 6: 8 peers, target 2, bits `bin(i // 2)`, `randn(3)` each, 5 rounds. Every
+/// protocol 10.2 scenario 6: 8 peers, target 2, bits `bin(i // 2)`, `randn(3)` each, 5 rounds. Every
 /// result has 2 entries and the mean across peers stays the initial mean (allclose 1e-6); the std
-/// never grows, and from round 3 on it is 0 (SPEC 3.9: 2^3 peers converge exactly in 3 rounds).
+/// never grows, and from round 3 on it is 0 (protocol 3.9: 2^3 peers converge exactly in 3 rounds).
 pub async fn allreduce_grid(factory: &impl NetworkFactory) -> Outcome {
     let mut rng = rng(6);
     let inputs: Vec<Vec<f32>> = (0..8).map(|_| (0..3).map(|_| randn(&mut rng)).collect()).collect();
@@ -216,7 +216,7 @@ struct Meta {
     foo: String,
 }
 
-/// SPEC 10.2 scenario 7: 8 peers, target 4, bits `000`, gather `{batch_size: 123 + i, foo:
+/// protocol 10.2 scenario 7: 8 peers, target 4, bits `000`, gather `{batch_size: 123 + i, foo:
 /// "bar"}`; each result has 4 entries, each equal to that sender's payload.
 pub async fn allgather(factory: &impl NetworkFactory) -> Outcome {
     let mut setups = Vec::new();

@@ -1,4 +1,4 @@
-//! SPEC 10.2 scenarios 12 and 13: step control, with triggers and cancellation.
+//! protocol 10.2 scenarios 12 and 13: step control, with triggers and cancellation.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use averager_core::{AveragerConfig, Error, Stage, StepControl, StepOptions};
 use super::network::{NetworkFactory, PeerSetup, Peers, STEP_WAIT, f32s, values};
 use crate::{Failure, Outcome, ensure};
 
-/// How long a step may take to reach a stage before the case fails (SPEC asks for at least 5 s).
+/// How long a step may take to reach a stage before the case fails (protocol 10.2 scenario 12 asks for at least 5 s).
 const STAGE_WAIT: Duration = Duration::from_secs(10);
 
 /// Waits until `control` has reached `stage`, or fails naming the peer and the stage it is in.
@@ -25,7 +25,7 @@ async fn reach<T: Clone + Send + Sync + 'static>(
     })
 }
 
-/// SPEC 10.2 scenario 12: 4 peers, min_matchmaking_time 0.5 s, request_timeout 0.3 s, scheduled
+/// protocol 10.2 scenario 12: 4 peers, min_matchmaking_time 0.5 s, request_timeout 0.3 s, scheduled
 /// now + 0.5 s, peers 1 and 2 require a trigger. Once the group forms, nobody is done, peers 0 and
 /// 3 run the all-reduce and peers 1 and 2 await their trigger; after the triggers everyone
 /// finishes with the mean in a group of 4, and triggering again raises nothing.
@@ -80,7 +80,7 @@ pub async fn averaging_trigger(factory: &impl NetworkFactory) -> Outcome {
     Ok(())
 }
 
-/// SPEC 10.2 scenario 13: 4 peers, 0 and 2 CLIENT, every step requires a trigger; peers 0 and 1
+/// protocol 10.2 scenario 13: 4 peers, 0 and 2 CLIENT, every step requires a trigger; peers 0 and 1
 /// cancel at once, peers 2 and 3 trigger. Peers 0 and 1 report cancelled, peers 2 and 3 succeed,
 /// and with `target` 2 their group has exactly 2 members.
 pub async fn averaging_cancel(factory: &impl NetworkFactory, target: Option<usize>) -> Outcome {
@@ -128,12 +128,12 @@ pub async fn averaging_cancel(factory: &impl NetworkFactory, target: Option<usiz
     Ok(())
 }
 
-/// SPEC 10.2 scenario 13 without a target group size; see [`averaging_cancel`].
+/// protocol 10.2 scenario 13 without a target group size; see [`averaging_cancel`].
 pub async fn averaging_cancel_without_target(factory: &impl NetworkFactory) -> Outcome {
     averaging_cancel(factory, None).await
 }
 
-/// SPEC 10.2 scenario 13 with target group size 2; see [`averaging_cancel`].
+/// protocol 10.2 scenario 13 with target group size 2; see [`averaging_cancel`].
 pub async fn averaging_cancel_with_target_2(factory: &impl NetworkFactory) -> Outcome {
     averaging_cancel(factory, Some(2)).await
 }

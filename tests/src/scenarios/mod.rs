@@ -1,4 +1,4 @@
-//! End-to-end averaging scenarios (SPEC 10.2 scenarios 4, 5, 6, 7, 10, 12 and 13) over any
+//! End-to-end averaging scenarios (protocol 10.2 scenarios 4, 5, 6, 7, 10, 12 and 13) over any
 //! transport and DHT: whole averagers matchmaking, averaging, gathering, triggering, cancelling
 //! and sharing state, on the backends under test.
 //!
@@ -102,7 +102,7 @@ macro_rules! __scenario_cases {
 #[macro_export]
 macro_rules! scenario_suite {
     ($name:ident, $factory:expr $(,)?) => {
-        $crate::__scenario_cases! { __suite_tests! { scenarios, $name, $factory, } }
+        $crate::__scenario_cases! { __suite_tests! { scenarios, $name, $factory, [], } }
     };
 }
 

@@ -137,7 +137,7 @@ impl Peers {
 
     /// Dials every serving peer from every other peer's transport, before the scenario starts.
     ///
-    /// For the scenarios whose SPEC `request_timeout` is sub-second (12 and 13): hivemind tuned
+    /// For the scenarios whose `request_timeout` in protocol 10.2 is sub-second (12 and 13): hivemind tuned
     /// them on peers already connected through the DHT's libp2p node, so that timeout never paid
     /// for a connection setup. Here a follower's join includes the dial, and on a loaded machine a
     /// first QUIC handshake took over 0.3 s, so the follower gave up and was left out of the group.

@@ -1,4 +1,4 @@
-//! SPEC 10.2 scenario 10: state sharing between averagers, with a custom state provider (the
+//! protocol 10.2 scenario 10: state sharing between averagers, with a custom state provider (the
 //! seed's overridable `get_current_state`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,7 +73,7 @@ async fn donor_record_is(dht: &Arc<dyn Dht>, donor: &Averager, priority: Option<
     }
 }
 
-/// SPEC 10.2 scenario 10: 2 peers, the donor's provider returns `({x: 123}, (randn(3),
+/// protocol 10.2 scenario 10: 2 peers, the donor's provider returns `({x: 123}, (randn(3),
 /// randint(0, 5, (3,))))` and counts calls. A download gets exactly that (1 call); after the donor's
 /// state changes, a new download reflects it (2 calls); once the donor stops sharing, a download
 /// returns None; once it shares again, a download works (3 calls).

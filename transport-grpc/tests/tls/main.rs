@@ -37,7 +37,7 @@ impl TransportFactory for TlsPeers {
     }
 }
 
-averager_conformance::transport_suite!(grpc_tls, TlsPeers { pki: Pki::new(), mutual: false });
+averager_conformance::transport_suite!(grpc_tls, TlsPeers { pki: Pki::new(), mutual: false }, lacks: [authenticated]);
 averager_conformance::transport_suite!(grpc_mutual_tls, TlsPeers { pki: Pki::new(), mutual: true });
 
 fn tls_transport(tls: GrpcTlsSettings) -> GrpcTransport {

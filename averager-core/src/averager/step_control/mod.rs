@@ -1,4 +1,4 @@
-//! SPEC 8.2: `StepControl`, the handle of one averaging step that the user and the averager's round
+//! protocol 8.2: `StepControl`, the handle of one averaging step that the user and the averager's round
 //! loop share.
 //!
 //! All mutable state lives in one `watch` channel: every waiter (a stage, the trigger, the cancel
@@ -15,7 +15,7 @@ use super::step_options::check_weight;
 use crate::error::{Error, Result};
 use crate::time::DhtTime;
 
-/// Where a step is (SPEC 8.2); the numbers are hivemind's `AveragingStage` values.
+/// Where a step is (protocol 8.2); the numbers are hivemind's `AveragingStage` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 pub enum Stage {
@@ -122,7 +122,7 @@ impl<T: Clone + Send + Sync + 'static> StepControl<T> {
     /// A user-side control in stage [`Stage::Idle`]; usually made by `StepOptions::into_control`.
     ///
     /// `deadline` is in DHT time (`None`: no deadline). Without `require_trigger` the trigger is set
-    /// at once. `data_for_gather` is the SPEC 2.4 payload, fixed for the whole step.
+    /// at once. `data_for_gather` is the protocol 2.4 payload, fixed for the whole step.
     ///
     /// # Errors
     /// [`Error::Config`] when `weight` is negative or not finite, or `scheduled_time` is not finite.
@@ -261,7 +261,7 @@ impl<T: Clone + Send + Sync + 'static> StepControl<T> {
         self.shared.require_trigger
     }
 
-    /// The SPEC 2.4 gather payload sent to the group; fixed for the whole step.
+    /// The protocol 2.4 gather payload sent to the group; fixed for the whole step.
     pub fn data_for_gather(&self) -> &[u8] {
         &self.shared.data_for_gather
     }
@@ -291,7 +291,7 @@ impl<T: Clone + Send + Sync + 'static> StepControl<T> {
     /// with [`Error::Cancelled`] unless it is already set. Returns whether it did the latter.
     ///
     /// The round loop observes the cancellation only during matchmaking and while awaiting the
-    /// trigger; a running all-reduce still finishes (SPEC 11.19), although the result stays
+    /// trigger; a running all-reduce still finishes (protocol 11.19), although the result stays
     /// cancelled.
     pub fn cancel(&self) -> bool {
         let mut cancelled = false;

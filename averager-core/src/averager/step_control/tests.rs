@@ -1,4 +1,4 @@
-//! The promises of SPEC 8.2, one test each.
+//! The promises of protocol 8.2, one test each.
 use std::pin::pin;
 use std::time::Duration;
 

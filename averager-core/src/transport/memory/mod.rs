@@ -1,4 +1,4 @@
-//! SPEC 2.2 in one process: [`MemoryTransport`], a real transport whose peers reach each other at
+//! protocol 2.2 in one process: [`MemoryTransport`], a real transport whose peers reach each other at
 //! `mem://<name>` through a shared [`MemoryNetwork`].
 //!
 //! Every call runs its handler in its own task, and messages cross bounded channels in both
