@@ -20,7 +20,7 @@ const ALPN: &[u8] = b"averager/1";
 /// The server name every client presents (certificates are not checked against names).
 pub(crate) const SERVER_NAME: &str = "localhost";
 
-/// The aws-lc-rs provider: never the process default, which may be ambiguous (SPEC: ARCHITECTURE).
+/// The aws-lc-rs provider: never the process default, which may be ambiguous (see docs/architecture.md).
 /// Not ring: rustls deprecates its ring provider, which lacks post-quantum key exchange.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())

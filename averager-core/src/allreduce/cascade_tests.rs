@@ -7,7 +7,7 @@
 //! reducer for a dead one 2.2 s into the all-reduce (it was still waiting out the dead sender, and
 //! its first reply came at 2.5 s), stopped reading it, was banned from its span in turn, and the
 //! survivors ended with arbitrary mixes of averaged and local values. Now the only values allowed
-//! are those of SPEC 4.7, checked part by part.
+//! are those of protocol 4.7, checked part by part.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,7 +100,7 @@ fn runner(peers: &Peers, i: usize, reducer_timeout: Duration) -> Arc<AllReduceRu
     runner
 }
 
-/// What SPEC 4.7 allows for one part on a survivor.
+/// What protocol 4.7 allows for one part on a survivor.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Value {
     /// The mean over all four peers (the part reached its reducer from everyone).
@@ -140,7 +140,7 @@ async fn run_and_classify(peers: &Peers, survivors: &[usize], reducer_timeout: D
                     })
                 };
                 [Value::All, Value::Survivors, Value::Local].into_iter().find(|&c| fits(c)).unwrap_or_else(
-                    || panic!("survivor {i}, part {:?}: values SPEC 4.7 does not allow", part.range),
+                    || panic!("survivor {i}, part {:?}: values protocol 4.7 does not allow", part.range),
                 )
             })
             .collect();

@@ -1,4 +1,4 @@
-//! SPEC 4.4 and 4.8: the deltas a sender collects (`average - local` per part) and their
+//! protocol 4.4 and 4.8: the deltas a sender collects (`average - local` per part) and their
 //! application.
 //!
 //! **\[averager\]** all deltas are applied together after the all-reduce, never tensor by tensor
@@ -40,7 +40,7 @@ impl Deltas {
         self.parts.iter().filter(|p| p.is_some()).count()
     }
 
-    /// `tensor += alpha * delta` for every part that has a delta (SPEC 4.8).
+    /// `tensor += alpha * delta` for every part that has a delta (protocol 4.8).
     ///
     /// # Errors
     /// [`Error::Tensor`] when a delta does not fit its part (dtype or length); nothing is applied

@@ -1,4 +1,4 @@
-//! SPEC 4.1 and 4.2: who is in an all-reduce group and what each member does.
+//! protocol 4.1 and 4.2: who is in an all-reduce group and what each member does.
 
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ pub struct AllReduceGroup {
 }
 
 impl AllReduceGroup {
-    /// A group from the leader's ordered endpoints and gathered payloads (SPEC 4.1).
+    /// A group from the leader's ordered endpoints and gathered payloads (protocol 4.1).
     ///
     /// # Errors
     /// [`Error::Protocol`] when the lists differ in length or a payload is malformed;
@@ -81,7 +81,7 @@ impl AllReduceGroup {
         self.members.iter().position(|m| m.endpoint == endpoint)
     }
 
-    /// Bandwidths for load balancing: CLIENTs download nothing (0), others as declared (SPEC 4.1).
+    /// Bandwidths for load balancing: CLIENTs download nothing (0), others as declared (protocol 4.1).
     pub fn download_bandwidths(&self) -> Vec<Option<f64>> {
         self.members
             .iter()
@@ -94,7 +94,7 @@ impl AllReduceGroup {
         self.members[self.me].mode
     }
 
-    /// The refusals of SPEC 4.2 that are not the plan's (see `AllReducePlan` for the members'
+    /// The refusals of protocol 4.2 that are not the plan's (see `AllReducePlan` for the members'
     /// modes and shares): this peer is a member, and `reducer_timeout` needs a smaller
     /// `sender_timeout`.
     ///

@@ -1,4 +1,4 @@
-//! Hostile senders cannot hang or crash a reducer (SPEC 4.5, 4.7): each gets its `MessageCode`
+//! Hostile senders cannot hang or crash a reducer (protocol 4.5, 4.7): each gets its `MessageCode`
 //! or is dropped after `sender_timeout`, and the honest peers finish.
 
 use std::sync::Arc;

@@ -1,7 +1,7 @@
-//! SPEC 5: how many elements of the flattened vector each group member reduces.
+//! protocol 5: how many elements of the flattened vector each group member reduces.
 //!
 //! hivemind solves a linear program with a generic solver whose answer depends on the solver; the
-//! LP has a closed-form optimum (SPEC 5, "closed form"), used here, which reproduces every exact
+//! LP has a closed-form optimum (protocol 5, "closed form"), used here, which reproduces every exact
 //! value of hivemind's tests and is the same on every peer (all members must agree on the shares
 //! without exchanging them).
 
@@ -44,7 +44,7 @@ pub fn load_balance(total: usize, bandwidths: &[Option<f64>], min_size: usize) -
 }
 
 /// The fractions `w` minimising the slowest member's traffic time `(1 + (n - 2) w_i) / b_i`
-/// (SPEC 5's LP), in closed form.
+/// (protocol 5's LP), in closed form.
 fn optimal_fractions(bandwidths: &[f64]) -> Vec<f64> {
     let n = bandwidths.len();
     let total: f64 = bandwidths.iter().filter(|&&b| b > 0.0).sum();

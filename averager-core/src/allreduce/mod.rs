@@ -1,4 +1,4 @@
-//! SPEC 4 and 5: the all-reduce: load balancing, partitioning, the part reducer (SPEC 4.6) that
+//! protocol 4 and 5: the all-reduce: load balancing, partitioning, the part reducer (protocol 4.6) that
 //! every reducer runs under, the runner of one group (sender and reducer sides), and the router
 //! that hands incoming streams to the runner of their group.
 

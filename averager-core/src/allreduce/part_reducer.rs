@@ -1,9 +1,9 @@
-//! SPEC 4.6: the part reducer, the async bookkeeping that turns the parts of one span, sent by
+//! protocol 4.6: the part reducer, the async bookkeeping that turns the parts of one span, sent by
 //! several senders concurrently, into one reduced part each, whatever the [`Reducer`].
 //!
 //! Parts are reduced strictly in order. A submission for part `k` waits until `k` is the current
 //! part, is added to the current [`PartAccumulator`], and then waits for part `k` to complete.
-//! With the **\[averager\]** fixes of SPEC 4.6 and 11.4:
+//! With the **\[averager\]** fixes of protocol 4.6 and 11.4:
 //!
 //! - **contributions are counted, not arrivals**: a sender that is banned while its submission of
 //!   part `k` is still waiting is not expected for part `k`, so part `k` cannot stall on it;
@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::reduce::{PartAccumulator, PartOutcome, PartSpec, Reducer};
 use crate::tensor::{DType, TensorView};
 
-/// Reduces the parts of one span sent by `num_senders` senders (SPEC 4.6).
+/// Reduces the parts of one span sent by `num_senders` senders (protocol 4.6).
 ///
 /// Shared through an [`Arc`] by the handlers of every incoming `rpc_aggregate_part` stream and by
 /// the local sender; each calls [`accumulate`](Self::accumulate) once per part it sends.
@@ -164,7 +164,7 @@ impl PartReducer {
     }
 
     /// The fraction of the `num_parts * num_senders` possible contributions that were accumulated,
-    /// in `[0, 1]` (1 when nothing was expected); SPEC 4.6 logs it when the reducer finishes.
+    /// in `[0, 1]` (1 when nothing was expected); protocol 4.6 logs it when the reducer finishes.
     pub fn received_fraction(&self) -> f64 {
         let received = self.lock().received;
         fraction(received, self.parts.len().saturating_mul(self.num_senders))
@@ -292,7 +292,7 @@ impl PartReducer {
         }
     }
 
-    /// Bans `sender` (SPEC 4.7): it is no longer expected for any part it has not contributed to.
+    /// Bans `sender` (protocol 4.7): it is no longer expected for any part it has not contributed to.
     ///
     /// # Behavior
     /// Parts it already contributed to keep its contribution, and it still gets their results;
@@ -313,7 +313,7 @@ impl PartReducer {
         }
     }
 
-    /// Stops the reducer (SPEC 4.7: cancelling or failing the runner).
+    /// Stops the reducer (protocol 4.7: cancelling or failing the runner).
     ///
     /// # Behavior
     /// Every submission waiting for its turn or for an unfinished part, and every later
@@ -545,7 +545,7 @@ mod tests {
         assert!(pr.lock().results.is_empty(), "results are kept only until taken");
     }
 
-    /// SPEC 11.4: the reference keeps expecting a sender banned while it waits to submit a part.
+    /// protocol 11.4: the reference keeps expecting a sender banned while it waits to submit a part.
     #[tokio::test]
     async fn sender_banned_while_waiting_to_submit_does_not_stall() {
         let pr = PartReducer::new(mean(), vec![(2, DType::F32); 3], 3).unwrap();

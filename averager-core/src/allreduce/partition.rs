@@ -1,4 +1,4 @@
-//! SPEC 4.3: cutting the flattened tensors into parts and assigning each part to a reducer.
+//! protocol 4.3: cutting the flattened tensors into parts and assigning each part to a reducer.
 //!
 //! Every group member computes the same plan from the same inputs; nothing about it is sent.
 //! Parts are never split: a part that straddles two members' spans goes to the member that covers
@@ -108,7 +108,7 @@ impl PartitionPlan {
     }
 }
 
-/// `pivots[i]` = the flat index where member i's span ends (SPEC 4.3, computed in f64).
+/// `pivots[i]` = the flat index where member i's span ends (protocol 4.3, computed in f64).
 fn pivots(shares: &[f64], share_sum: f64, total: usize) -> Vec<usize> {
     let mut acc = 0.0;
     let mut pivots: Vec<usize> = shares

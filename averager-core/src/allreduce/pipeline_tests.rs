@@ -1,4 +1,4 @@
-//! SPEC 10.3 scenario 18 (ordering part): replies come back while parts are still being sent, so
+//! protocol 10.3 scenario 18 (ordering part): replies come back while parts are still being sent, so
 //! reading the output starts before writing the input ends (the timing half of the scenario is a
 //! benchmark, not a test).
 

@@ -1,4 +1,4 @@
-//! The pure planning step of an all-reduce: load balancing (SPEC 5) and the partition (SPEC 4.3)
+//! The pure planning step of an all-reduce: load balancing (protocol 5) and the partition (protocol 4.3)
 //! into one [`AllReducePlan`] value, which every member computes alike from the same inputs, and
 //! which can be built and printed without running anything (`averager plan`).
 
@@ -31,7 +31,7 @@ pub struct PlannedMember {
     pub bandwidth: Option<f64>,
     /// Its position among the senders, unless it is AUX.
     pub sender: Option<SenderIndex>,
-    /// How many elements of the flattened tensors it reduces (its parts' total; its share, SPEC 5,
+    /// How many elements of the flattened tensors it reduces (its parts' total; its share, protocol 5,
     /// rounded to whole parts).
     pub elements: usize,
 }
@@ -129,7 +129,7 @@ impl AllReducePlan {
 
     /// The members' shares, in group order: element counts when load-balanced, or the weights
     /// given to [`AllReducePlan::with_shares`]. A member with share 0 gets its results only after
-    /// it sent everything (SPEC 4.2).
+    /// it sent everything (protocol 4.2).
     pub fn shares(&self) -> &[f64] {
         &self.shares
     }
@@ -158,7 +158,7 @@ impl AllReducePlan {
         spans
     }
 
-    /// Bytes each member sends and receives, in group order (SPEC 4.4 and 4.5: a sender streams
+    /// Bytes each member sends and receives, in group order (protocol 4.4 and 4.5: a sender streams
     /// its parts of every other member's span and gets one averaged part back per part; a reducer
     /// gets every other sender's parts of its span and answers each). AUX members send nothing of
     /// their own; CLIENTs reduce nothing.
@@ -182,7 +182,7 @@ impl AllReducePlan {
     }
 
     /// The time the all-reduce would take if each member's download were the bottleneck at its
-    /// declared bandwidth (what load balancing minimizes, SPEC 5); `None` unless every member that
+    /// declared bandwidth (what load balancing minimizes, protocol 5); `None` unless every member that
     /// receives something declared a bandwidth.
     pub fn predicted_seconds(&self) -> Option<f64> {
         self.traffic()

@@ -1,4 +1,4 @@
-//! **\[averager\]** telling a live reducer from a dead one (SPEC 4.4, 4.7).
+//! **\[averager\]** telling a live reducer from a dead one (protocol 4.4, 4.7).
 //!
 //! A reducer completes a part only when every expected sender contributed to it or was banned, so
 //! a reducer that waits out a dead sender (up to `sender_timeout`) is silent for that long on every

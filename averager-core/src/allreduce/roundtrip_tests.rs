@@ -1,4 +1,4 @@
-//! SPEC 10.3 scenarios 16 and 17: every part of every member, encoded and decoded, processed
+//! protocol 10.3 scenarios 16 and 17: every part of every member, encoded and decoded, processed
 //! (with `sin`) and registered, reassembles into the processed tensors, in tensor order.
 
 use rand::{Rng, SeedableRng};

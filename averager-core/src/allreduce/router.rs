@@ -1,10 +1,10 @@
-//! SPEC 4.5 (before the runner): routing an incoming `rpc_aggregate_part` stream to the runner of
+//! protocol 4.5 (before the runner): routing an incoming `rpc_aggregate_part` stream to the runner of
 //! its group.
 //!
-//! **\[averager\]** (SPEC 11.8): a stream whose group is unknown waits at most a bounded time (the
+//! **\[averager\]** (protocol 11.8): a stream whose group is unknown waits at most a bounded time (the
 //! averager uses `request_timeout`) for that group to register, then gets `BAD_GROUP_ID`;
 //! hivemind waits without a limit. A group this peer has formed but not registered yet (its step
-//! awaits the trigger, SPEC 8.2) is *expected*: its streams wait until it registers or is
+//! awaits the trigger, protocol 8.2) is *expected*: its streams wait until it registers or is
 //! abandoned. A group this peer abandoned (its step was cancelled after the group formed) is
 //! answered `CANCELLED` at once, so its members stop counting on this peer. A member's goodbye
 //! (a stream whose first message is `CANCELLED`) for a group that is not running yet is kept and
@@ -33,13 +33,13 @@ use crate::transport::{
 ///
 /// It is also a complete [`AveragingService`] for a peer that only averages: streams go to their
 /// runners, join requests are answered `NOT_LOOKING_FOR_GROUP`, and state downloads end at once
-/// (SPEC 6.2: nothing to share). The averager's own handler delegates `rpc_aggregate_part` here.
+/// (protocol 6.2: nothing to share). The averager's own handler delegates `rpc_aggregate_part` here.
 #[derive(Debug)]
 pub struct RunnerRouter {
     routes: Arc<Routes>,
-    /// How long a stream's group may stay unknown here (`request_timeout`, SPEC 11.8).
+    /// How long a stream's group may stay unknown here (`request_timeout`, protocol 11.8).
     wait: Duration,
-    /// How long a stream's first part may take (`sender_timeout`, SPEC 4.5 step 2); `None`: the
+    /// How long a stream's first part may take (`sender_timeout`, protocol 4.5 step 2); `None`: the
     /// transport's own deadline for a caller's first message is the only bound.
     first_part_wait: Option<Duration>,
     /// How often a stream waiting for its group is sent `PART_PENDING` (see `progress.rs`).
@@ -103,7 +103,7 @@ impl RunnerRouter {
     }
 
     /// Bounds the wait for a stream's first message by `wait` instead (the averager passes
-    /// `sender_timeout`, SPEC 4.5 step 2).
+    /// `sender_timeout`, protocol 4.5 step 2).
     ///
     /// A sender whose first part is merely late must not be cut: the stream carries no group id
     /// until that part arrives, so the runner expecting the sender could never be told, and would
@@ -140,7 +140,7 @@ impl RunnerRouter {
     }
 
     /// Announces that this peer formed `group_id` and will register its runner: streams for it
-    /// wait without the unknown-group bound (SPEC 8.2).
+    /// wait without the unknown-group bound (protocol 8.2).
     pub fn expect(&self, group_id: Bytes) {
         self.set(group_id, Some(Route::Expected));
     }
@@ -180,7 +180,7 @@ impl RunnerRouter {
         self.set(group_id, Some(Route::Abandoned));
     }
 
-    /// Cancels every registered runner (SPEC 8.3 shutdown, **\[averager\]** 11.12).
+    /// Cancels every registered runner (protocol 8.3 shutdown, **\[averager\]** 11.12).
     pub fn cancel_all(&self) {
         let routes: Vec<_> =
             self.routes.runners.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();

@@ -1,4 +1,4 @@
-//! SPEC 4: one all-reduce in one formed group, the sender side and the bookkeeping; the reducer
+//! protocol 4: one all-reduce in one formed group, the sender side and the bookkeeping; the reducer
 //! side of each incoming stream is in `serve.rs`.
 //!
 //! The runner owns nothing it does not need: the local tensors come in an `Arc` (the caller holds
@@ -83,7 +83,7 @@ pub struct AllReduceOutcome {
     pub failed_reducers: Vec<String>,
 }
 
-/// One all-reduce in one group (SPEC 4), driven by [`AllReduceRunner::run`] and fed incoming
+/// One all-reduce in one group (protocol 4), driven by [`AllReduceRunner::run`] and fed incoming
 /// streams by [`AllReduceRunner::serve`].
 pub struct AllReduceRunner {
     pub(super) group: AllReduceGroup,
@@ -120,14 +120,14 @@ impl std::fmt::Debug for AllReduceRunner {
 }
 
 impl AllReduceRunner {
-    /// Plans the all-reduce ([`AllReducePlan`]: load balancing, SPEC 5, and the partition, SPEC
-    /// 4.3) and, when this peer reduces a span, its part reducer (SPEC 4.6).
+    /// Plans the all-reduce ([`AllReducePlan`]: load balancing, protocol 5, and the partition, protocol
+    /// 4.3) and, when this peer reduces a span, its part reducer (protocol 4.6).
     ///
     /// Every member must pass the same shapes, codec ratios and settings (the schema hash
     /// guarantees it), since nothing about the plan is exchanged.
     ///
     /// # Errors
-    /// [`Error::Config`] for the refusals of SPEC 4.2 or an impossible plan.
+    /// [`Error::Config`] for the refusals of protocol 4.2 or an impossible plan.
     pub fn new(inputs: AllReduceInputs) -> Result<Arc<Self>> {
         let layouts = Self::layouts(&inputs);
         let plan = AllReducePlan::new(
@@ -218,7 +218,7 @@ impl AllReduceRunner {
     }
 
     /// Stops the all-reduce: [`AllReduceRunner::run`] returns [`Error::Cancelled`], pending
-    /// reductions end, and incoming streams are answered `CANCELLED` (SPEC 4.7, 11.12).
+    /// reductions end, and incoming streams are answered `CANCELLED` (protocol 4.7, 11.12).
     pub fn cancel(&self) {
         self.cancel.cancel();
         // A caller that stops awaiting `run` (a timeout, a shutdown) cancels here instead.
@@ -257,7 +257,7 @@ impl AllReduceRunner {
     ///
     /// # Errors
     /// [`Error::Cancelled`] when cancelled. A failed reducer is not an error: its remaining parts
-    /// simply have no delta (SPEC 4.4).
+    /// simply have no delta (protocol 4.4).
     pub async fn run(self: &Arc<Self>) -> Result<AllReduceOutcome> {
         let outcome = self.run_to_end().await;
         // Nothing of this peer is sent after the run, so the tensors go back to the caller now.
@@ -315,7 +315,7 @@ impl AllReduceRunner {
         Ok(AllReduceOutcome { deltas, plan: self.plan.clone(), failed_reducers })
     }
 
-    /// SPEC 4.7: a reducer bans every sender whose stream has not opened within `sender_timeout`.
+    /// protocol 4.7: a reducer bans every sender whose stream has not opened within `sender_timeout`.
     fn spawn_missing_sender_watchdog(self: &Arc<Self>) -> Option<AbortOnDrop> {
         let (Some(timeout), Some(_)) = (self.settings.sender_timeout, &self.reducer) else { return None };
         let this = Arc::clone(self);
@@ -346,7 +346,7 @@ impl AllReduceRunner {
         (j, received, outcome.err().map(|e| e.to_string()))
     }
 
-    /// Feeds this peer's raw parts of its own span into its part reducer (SPEC 4.4 "itself").
+    /// Feeds this peer's raw parts of its own span into its part reducer (protocol 4.4 "itself").
     async fn reduce_own_parts(&self, received: &mut Vec<(usize, TensorData)>) -> Result<()> {
         let (Some(reducer), Some(sender)) = (&self.reducer, self.group.sender_index(self.group.me)) else {
             return Ok(());
@@ -364,7 +364,7 @@ impl AllReduceRunner {
     }
 
     /// Streams this peer's parts of member `j`'s span to it and reads back one delta per part
-    /// (SPEC 4.4 "another peer").
+    /// (protocol 4.4 "another peer").
     async fn exchange_with_remote(
         self: &Arc<Self>,
         j: usize,
@@ -378,7 +378,7 @@ impl AllReduceRunner {
         // `PART_PENDING` (see `progress.rs`).
         let dial = self.transport.connect(&self.group.members[j].endpoint);
         let client = with_timeout(self.settings.reducer_timeout, dial, "dialing a reducer").await??;
-        // Capacity 1 plus the part being encoded: one part of prefetch (SPEC 9).
+        // Capacity 1 plus the part being encoded: one part of prefetch (protocol 9).
         let (tx, rx) = mpsc::channel(1);
         let mut producer = AbortOnDrop(tokio::spawn(Arc::clone(self).produce_parts(j, tx)));
         // How many parts the transport has taken: the reply to a part cannot come before it.
@@ -393,7 +393,7 @@ impl AllReduceRunner {
             with_timeout(self.settings.reducer_timeout, open, "opening a part stream").await??;
         let mut clock = ReplyClock::new(self.settings.reducer_timeout, self.settings.sender_timeout);
         if self.shares[self.group.me] == 0.0 {
-            // Delayed results (SPEC 4.2): the reducer answers only after our input ended, so the
+            // Delayed results (protocol 4.2): the reducer answers only after our input ended, so the
             // reply timeout starts once everything is sent.
             producer.join().await;
             clock.reply();

@@ -1,4 +1,4 @@
-//! SPEC 4.5: the reducer side of `rpc_aggregate_part`: one task per incoming sender stream.
+//! protocol 4.5: the reducer side of `rpc_aggregate_part`: one task per incoming sender stream.
 //!
 //! **\[averager\]** changes: a caller that is not a sender gets `PROTOCOL_VIOLATION` (hivemind
 //! raises before replying); a part that is not what the plan says (wrong length or dtype, more
@@ -86,7 +86,7 @@ impl AllReduceRunner {
         }
     }
 
-    /// The checks on a stream's first message (SPEC 4.5 step 2); the sender index on success.
+    /// The checks on a stream's first message (protocol 4.5 step 2); the sender index on success.
     fn admit(&self, first: &AveragingData) -> std::result::Result<usize, Stop> {
         if first.group_id != self.group.group_id {
             return Err(Stop::new(MessageCode::BadGroupId, "group id does not match"));
@@ -147,7 +147,7 @@ impl AllReduceRunner {
                 },
             };
             if self.reducer.as_ref().is_some_and(|r| r.is_banned(sender)) {
-                // SPEC 4.5 step 5: a banned sender's stream is no longer read.
+                // protocol 4.5 step 5: a banned sender's stream is no longer read.
                 return Err(Stop::new(MessageCode::InternalError, "sender was banned"));
             }
             if k >= expected {
@@ -174,7 +174,7 @@ impl AllReduceRunner {
     }
 
     /// Reduces part `k` of `sender` and builds the reply: `average - part`, encoded with the
-    /// codec the part came with (SPEC 4.5 step 3).
+    /// codec the part came with (protocol 4.5 step 3).
     async fn reduce_part(
         &self,
         sender: usize,

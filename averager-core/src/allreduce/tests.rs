@@ -1,5 +1,5 @@
-//! The all-reduce end to end over the memory transport: SPEC 10.3 scenario 20 and the hostile
-//! senders of SPEC 4.5.
+//! The all-reduce end to end over the memory transport: protocol 10.3 scenario 20 and the hostile
+//! senders of protocol 4.5.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,7 +143,7 @@ fn weighted_mean(inputs: &[Vec<Tensor>], modes: &[PeerMode], weights: &[f64]) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_20_allreduce_protocol() {
     use PeerMode::{Aux as A, Client as C, Node as N};
-    // modes / weights / shares / part_size_bytes, as listed in SPEC 10.3.
+    // modes / weights / shares / part_size_bytes, as listed in protocol 10.3.
     type Case<'a> = (&'a [PeerMode], &'a [f64], &'a [f64], usize);
     let cases: Vec<Case<'_>> = vec![
         (&[N, N, N, N], &[1.0, 1.0, 1.0, 1.0], &[1.0, 1.0, 1.0, 1.0], 1 << 20),
