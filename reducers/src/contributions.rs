@@ -4,17 +4,15 @@
 //! Memory is bounded by the part (at most `part_size_bytes` on the wire) times the group size:
 //! one f64 lane per element per sender that contributed.
 
-use averager_core::error::{Error, Result};
+use averager_core::error::Result;
 use averager_core::reduce::{PartAccumulator, PartOutcome, PartSpec};
-use averager_core::tensor::{DType, Tensor, TensorData, TensorView};
+use averager_core::tensor::{Tensor, TensorData, TensorView};
 
 /// The positive-weight contributions to one part, as f64 lanes (complex64: interleaved real and
 /// imaginary lanes, each aggregated on its own).
 pub(crate) struct Contributions {
-    /// The part's elements.
-    pub(crate) len: usize,
-    /// The part's dtype.
-    pub(crate) dtype: DType,
+    /// The part's shape.
+    spec: PartSpec,
     /// Lanes per contribution (`len`, or `2 * len` for complex64).
     pub(crate) lanes: usize,
     /// One row of `lanes` values per contribution with positive weight.
@@ -25,15 +23,12 @@ pub(crate) struct Contributions {
 
 impl Contributions {
     pub(crate) fn new(spec: &PartSpec) -> Result<Self> {
-        let lanes = if spec.dtype == DType::Complex64 { spec.len.checked_mul(2) } else { Some(spec.len) };
-        let lanes =
-            lanes.ok_or_else(|| Error::Reducer(format!("part of {} elements is too large", spec.len)))?;
+        let lanes = spec.lanes()?;
         // `expected_senders` is the group size, which the matchmaker bounds; capped anyway so a
         // wild spec cannot reserve memory it never uses.
         let capacity = spec.expected_senders.min(64);
         Ok(Contributions {
-            len: spec.len,
-            dtype: spec.dtype,
+            spec: spec.clone(),
             lanes,
             rows: Vec::with_capacity(capacity),
             weights: Vec::with_capacity(capacity),
@@ -42,18 +37,7 @@ impl Contributions {
 
     /// Checks and keeps one contribution (zero weight contributes nothing and is not kept).
     pub(crate) fn add(&mut self, sender: usize, part: &TensorView<'_>, weight: f64) -> Result<()> {
-        if !weight.is_finite() || weight < 0.0 {
-            return Err(Error::Reducer(format!("sender {sender}: weight {weight} is not finite and >= 0")));
-        }
-        if part.numel() != self.len || part.dtype() != self.dtype {
-            return Err(Error::Reducer(format!(
-                "sender {sender}: part of {} x {} where {} x {} was expected",
-                part.numel(),
-                part.dtype(),
-                self.len,
-                self.dtype
-            )));
-        }
+        self.spec.check(sender, part, weight)?;
         if weight == 0.0 {
             return Ok(());
         }
@@ -64,8 +48,8 @@ impl Contributions {
 
     /// The part made of `lanes` values, in the part's dtype (integers round to nearest).
     pub(crate) fn outcome(&self, lanes: &[f64]) -> Result<PartOutcome> {
-        let data = TensorData::from_f64(self.dtype, lanes)?;
-        Ok(PartOutcome::Reduced(Tensor::new(vec![self.len], data)?))
+        let data = TensorData::from_f64(self.spec.dtype, lanes)?;
+        Ok(PartOutcome::Reduced(Tensor::new(vec![self.spec.len], data)?))
     }
 
     /// Per lane, the finite values with their weights (NaN is treated as missing, so one NaN
