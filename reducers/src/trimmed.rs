@@ -47,7 +47,7 @@ impl TrimmedMeanReducer {
     /// Builds the reducer from plugin settings.
     ///
     /// # Errors
-    /// [`Error::Config`] for settings that do not parse.
+    /// [`Error::Config`](averager_core::Error::Config) for settings that do not parse.
     pub fn from_config(config: &PluginConfig) -> Result<Self> {
         let settings: TrimmedMeanSettings =
             config.parse().map_err(|e| crate::settings_error(Self::NAME, e))?;

@@ -103,7 +103,7 @@ pub trait PartAccumulator: Send {
     ///
     /// # Behavior
     /// A part whose length or dtype differs from the spec, or a non-finite or negative weight, is
-    /// an [`Error::Reducer`](crate::Error::Reducer) and leaves the accumulator unchanged.
+    /// an [`Error::Reducer`] and leaves the accumulator unchanged.
     fn add(&mut self, sender: usize, part: &TensorView<'_>, weight: f64) -> Result<()>;
 
     /// Finishes the part.
