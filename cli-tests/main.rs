@@ -10,3 +10,4 @@ mod node;
 mod plan;
 #[cfg(feature = "kad")]
 mod processes;
+mod sim;

@@ -5,7 +5,8 @@
 //! This facade re-exports the core ([`averager_core`]) at its root and each backend crate as a
 //! module under the Cargo feature that enables it: `grpc` (feature `grpc`, default), `quic`
 //! (`quic`), `dht` (`kad`, default), `codecs` (`compression`, default; `zstd` and `lz4` add the
-//! lossless wrappers). The in-process backends are always there, in [`memory`].
+//! lossless wrappers), `reducers` (`reducers`, default: the Byzantine-robust reducers). The
+//! in-process backends are always there, in [`memory`].
 //!
 //! Mentioning a backend crate here is also what links its plugin records into a binary, so
 //! [`Registry::global`] finds every backend whose feature is on.
@@ -50,6 +51,11 @@ pub use averager_dht as dht;
 #[cfg(feature = "compression")]
 #[doc(inline)]
 pub use averager_compression as codecs;
+
+/// The Byzantine-robust reducers (feature `reducers`); the reducer interface itself is [`reduce`].
+#[cfg(feature = "reducers")]
+#[doc(inline)]
+pub use averager_reducers as reducers;
 
 #[cfg(test)]
 mod registry_tests;

@@ -20,6 +20,9 @@ fn expected() -> BTreeSet<(&'static str, String)> {
     if cfg!(feature = "kad") {
         names.push(("dht", "kad"));
     }
+    if cfg!(feature = "reducers") {
+        names.extend(["centered-clip", "trimmed-mean", "median"].map(|r| ("reducer", r)));
+    }
     if cfg!(feature = "compression") {
         let codecs = ["float16", "meanstd16", "uniform8", "quantile8", "blockwise8"];
         names.extend(

@@ -121,6 +121,10 @@ pub struct AveragerConfig {
     pub state_compression: CodecSpec,
     /// Reducer for this peer's span (registry name); the weighted mean by default.
     pub reducer: String,
+    /// Settings for the reducer's constructor (`null`: its defaults), e.g. in TOML
+    /// `reducer_settings = { trim = 1 }` for `reducer = "trimmed-mean"`.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub reducer_settings: serde_json::Value,
     /// Per-tensor compression settings, by tensor index; missing entries default.
     pub tensor_infos: Vec<TensorSettings>,
     /// This peer's bandwidth for load balancing; `None`: the group's mean; 0: reduce nothing.
@@ -161,6 +165,7 @@ impl Default for AveragerConfig {
             compression: CodecSpec::default(),
             state_compression: CodecSpec::default(),
             reducer: "mean".into(),
+            reducer_settings: serde_json::Value::Null,
             tensor_infos: Vec::new(),
             bandwidth: None,
             min_vector_size: 0,
@@ -300,6 +305,7 @@ impl AveragerConfigBuilder {
         compression: CodecSpec,
         state_compression: CodecSpec,
         reducer: String,
+        reducer_settings: serde_json::Value,
         tensor_infos: Vec<TensorSettings>,
         bandwidth: f64 => Some,
         min_vector_size: usize,
@@ -367,6 +373,22 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(3));
         let text = toml::to_string(&c).unwrap();
         assert_eq!(AveragerConfig::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn reducer_settings_come_from_toml_and_round_trip() {
+        let c = AveragerConfig::from_toml(
+            r#"
+            reducer = "centered-clip"
+            reducer_settings = { tau = 0.5, iterations = 10 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.reducer, "centered-clip");
+        assert_eq!(c.reducer_settings, serde_json::json!({ "tau": 0.5, "iterations": 10 }));
+        assert_eq!(AveragerConfig::from_toml(&toml::to_string(&c).unwrap()).unwrap(), c);
+        // Without settings nothing is written, so the default document stays valid TOML.
+        assert!(!toml::to_string(&AveragerConfig::default()).unwrap().contains("reducer_settings"));
     }
 
     #[test]

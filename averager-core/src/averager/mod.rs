@@ -118,7 +118,8 @@ impl Averager {
         let codec = registry.build_codec(config.compression.name(), &config.compression.settings())?;
         let state_codec =
             registry.build_codec(config.state_compression.name(), &config.state_compression.settings())?;
-        let reducer = registry.reducer(&config.reducer, &PluginConfig::default())?;
+        let reducer =
+            registry.reducer(&config.reducer, &PluginConfig::new(config.reducer_settings.clone()))?;
         let infos = tensor_infos(&tensors, &config);
         for (i, t) in tensors.iter().enumerate() {
             if !codec.accepts(t.dtype(), t.shape().len()) {

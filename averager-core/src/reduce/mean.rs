@@ -3,8 +3,8 @@
 //! instead of NaN.
 
 use super::{PartAccumulator, PartOutcome, PartSpec, Reducer, ReducerCapabilities};
-use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor, TensorData, TensorView};
+use crate::error::Result;
+use crate::tensor::{Tensor, TensorData, TensorView};
 
 /// `sum(w * x) / sum(w)` over the senders that contributed, accumulated as parts arrive.
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,39 +25,20 @@ impl Reducer for MeanReducer {
     }
 
     fn begin(&self, spec: &PartSpec) -> Result<Box<dyn PartAccumulator>> {
-        let lanes = if spec.dtype == DType::Complex64 { spec.len.checked_mul(2) } else { Some(spec.len) };
-        let lanes =
-            lanes.ok_or_else(|| Error::Reducer(format!("part of {} elements is too large", spec.len)))?;
-        Ok(Box::new(MeanAccumulator {
-            len: spec.len,
-            dtype: spec.dtype,
-            sum: vec![0.0; lanes],
-            total_weight: 0.0,
-        }))
+        let lanes = spec.lanes()?;
+        Ok(Box::new(MeanAccumulator { spec: spec.clone(), sum: vec![0.0; lanes], total_weight: 0.0 }))
     }
 }
 
 struct MeanAccumulator {
-    len: usize,
-    dtype: DType,
+    spec: PartSpec,
     sum: Vec<f64>,
     total_weight: f64,
 }
 
 impl PartAccumulator for MeanAccumulator {
     fn add(&mut self, sender: usize, part: &TensorView<'_>, weight: f64) -> Result<()> {
-        if !weight.is_finite() || weight < 0.0 {
-            return Err(Error::Reducer(format!("sender {sender}: weight {weight} is not finite and >= 0")));
-        }
-        if part.numel() != self.len || part.dtype() != self.dtype {
-            return Err(Error::Reducer(format!(
-                "sender {sender}: part of {} x {} where {} x {} was expected",
-                part.numel(),
-                part.dtype(),
-                self.len,
-                self.dtype
-            )));
-        }
+        self.spec.check(sender, part, weight)?;
         if weight == 0.0 {
             // Contributes nothing; skipping also keeps 0 * inf from turning into NaN.
             return Ok(());
@@ -75,14 +56,15 @@ impl PartAccumulator for MeanAccumulator {
         let mut mean = self.sum;
         // In place: a part's sum is megabytes, and this runs once per part.
         mean.iter_mut().for_each(|s| *s *= inv);
-        let data = TensorData::from_f64(self.dtype, &mean)?;
-        Ok(PartOutcome::Reduced(Tensor::new(vec![self.len], data)?))
+        let data = TensorData::from_f64(self.spec.dtype, &mean)?;
+        Ok(PartOutcome::Reduced(Tensor::new(vec![self.spec.len], data)?))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::DType;
 
     fn spec(len: usize, dtype: DType) -> PartSpec {
         PartSpec { len, dtype, expected_senders: 2 }

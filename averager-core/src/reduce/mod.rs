@@ -15,7 +15,7 @@ use std::fmt::Debug;
 
 pub use mean::MeanReducer;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor, TensorView};
 
 /// What one part looks like, and how many senders are expected to contribute to it.
@@ -27,6 +27,38 @@ pub struct PartSpec {
     pub dtype: DType,
     /// Senders expected to contribute (some may fail and never do).
     pub expected_senders: usize,
+}
+
+impl PartSpec {
+    /// The f64 lanes one contribution occupies (two per complex64 element).
+    ///
+    /// # Errors
+    /// [`Error::Reducer`] when the count overflows.
+    pub fn lanes(&self) -> Result<usize> {
+        let lanes = if self.dtype == DType::Complex64 { self.len.checked_mul(2) } else { Some(self.len) };
+        lanes.ok_or_else(|| Error::Reducer(format!("part of {} elements is too large", self.len)))
+    }
+
+    /// Checks one contribution against the spec, as every [`PartAccumulator::add`] must.
+    ///
+    /// # Errors
+    /// [`Error::Reducer`] naming `sender` for a weight that is not finite and `>= 0`, or a part
+    /// whose length or dtype differs from the spec.
+    pub fn check(&self, sender: usize, part: &TensorView<'_>, weight: f64) -> Result<()> {
+        if !weight.is_finite() || weight < 0.0 {
+            return Err(Error::Reducer(format!("sender {sender}: weight {weight} is not finite and >= 0")));
+        }
+        if part.numel() != self.len || part.dtype() != self.dtype {
+            return Err(Error::Reducer(format!(
+                "sender {sender}: part of {} x {} where {} x {} was expected",
+                part.numel(),
+                part.dtype(),
+                self.len,
+                self.dtype
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The result of reducing one part.
@@ -71,7 +103,7 @@ pub trait PartAccumulator: Send {
     ///
     /// # Behavior
     /// A part whose length or dtype differs from the spec, or a non-finite or negative weight, is
-    /// an [`Error::Reducer`](crate::Error::Reducer) and leaves the accumulator unchanged.
+    /// an [`Error::Reducer`] and leaves the accumulator unchanged.
     fn add(&mut self, sender: usize, part: &TensorView<'_>, weight: f64) -> Result<()>;
 
     /// Finishes the part.

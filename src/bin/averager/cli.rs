@@ -32,6 +32,8 @@ pub(crate) enum Command {
     /// Prints who reduces which span of an all-reduce, the bytes each peer moves, and the
     /// predicted time, without running anything.
     Plan(PlanArgs),
+    /// Many in-process peers (1,024 by default) running Moshpit rounds, with churn and failures.
+    Sim(crate::sim::SimArgs),
     /// One peer of `demo --processes` (started by the demo itself, not by hand).
     #[command(hide = true)]
     Worker(WorkerArgs),

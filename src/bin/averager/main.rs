@@ -5,6 +5,7 @@
 //! - `averager bench`: all-reduce throughput of one full group of in-process peers.
 //! - `averager node`: one long-running networked peer that averages every few seconds.
 //! - `averager plan`: who reduces which span of an all-reduce, and the bytes and time it takes.
+//! - `averager sim`: many in-process peers (1,024 by default) running Moshpit rounds.
 //!
 //! Results go to stdout, logs (`RUST_LOG`, default `warn,averager=info`) and progress bars to
 //! stderr, so stdout stays parseable.
@@ -21,6 +22,7 @@ mod processes;
 mod progress;
 mod report;
 mod signals;
+mod sim;
 mod swarm;
 mod tensors;
 mod worker;
@@ -67,6 +69,7 @@ async fn run(command: cli::Command) -> Result<ExitCode> {
         cli::Command::Bench(args) => bench::run(args).await,
         cli::Command::Node(args) => node::run(args).await,
         cli::Command::Plan(args) => plan::run(&args),
+        cli::Command::Sim(args) => sim::run(args).await,
         cli::Command::Worker(args) => worker::run(args).await,
     }
 }
