@@ -32,6 +32,8 @@ pub(crate) enum Command {
     Store { key: RecordKey, subkey: Bytes, entry: DhtEntry, reply: oneshot::Sender<Result<bool>> },
     /// Reads a key, from the network (`latest`) or from the local replica when it has entries.
     Get { key: RecordKey, latest: bool, reply: oneshot::Sender<Result<DhtDictionary>> },
+    /// Looks a peer up (a Kademlia walk towards its id), for the addresses of a substream's dial.
+    FindPeer { peer: PeerId, reply: oneshot::Sender<Vec<Multiaddr>> },
 }
 
 /// What the handle reads without asking the task.
@@ -72,6 +74,7 @@ pub(crate) struct Driver {
     limits: StoreLimits,
     puts: HashMap<QueryId, oneshot::Sender<Result<bool>>>,
     gets: HashMap<QueryId, PendingGet>,
+    finds: HashMap<QueryId, (PeerId, oneshot::Sender<Vec<Multiaddr>>)>,
     /// Listeners that have reported an address, and listeners that failed, with why.
     listening: HashSet<libp2p::core::transport::ListenerId>,
     listen_failures: Vec<String>,
@@ -90,6 +93,7 @@ impl Driver {
             limits,
             puts: HashMap::new(),
             gets: HashMap::new(),
+            finds: HashMap::new(),
             listening: HashSet::new(),
             listen_failures: Vec::new(),
             connected: false,
@@ -243,6 +247,10 @@ impl Driver {
         match command {
             Command::Store { key, subkey, entry, reply } => self.store(key, subkey, entry, reply),
             Command::Get { key, latest, reply } => self.get(key, latest, reply),
+            Command::FindPeer { peer, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.finds.insert(id, (peer, reply));
+            }
         }
     }
 
@@ -400,6 +408,22 @@ impl Driver {
                     let mut merged = pending.merged;
                     merged.retain(|_, entry| entry.expiration > now);
                     let _ = pending.reply.send(Ok(merged));
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                id, result: QueryResult::GetClosestPeers(result), step, ..
+            } => {
+                let Some((peer, reply)) = self.finds.remove(&id) else { return };
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let addrs: Vec<Multiaddr> =
+                    peers.into_iter().filter(|p| p.peer_id == peer).flat_map(|p| p.addrs).collect();
+                if addrs.is_empty() && !step.last {
+                    self.finds.insert(id, (peer, reply));
+                } else {
+                    let _ = reply.send(addrs);
                 }
             }
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {

@@ -3,16 +3,23 @@
 mod behaviour;
 mod driver;
 mod error;
+mod identity;
+mod kad;
 mod node;
 mod record;
 mod settings;
 mod store;
+pub mod streams;
 mod unreachable;
 
 use std::sync::Arc;
 
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::KadDht;
+pub use identity::load_or_create_identity;
+pub use kad::KadDht;
+pub use libp2p::identity::Keypair;
+pub use libp2p::{Stream, StreamProtocol};
+pub use node::Libp2pNode;
 pub use settings::KadSettings;
 
 averager_core::register_dht!(
