@@ -5,7 +5,7 @@
 //! the end of the substream at that point is the caller cancelling.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use averager_core::transport::{AveragingData, AveragingService, CallContext, MessageStream};
@@ -89,13 +89,24 @@ async fn serve_call(rpc: Rpc, peer: PeerId, stream: Stream, serving: Serving) {
         Rpc::Aggregate => {
             let (requests_tx, requests_rx) = mpsc::channel(1);
             let (failed_tx, failed_rx) = oneshot::channel();
+            let failed = Report(Arc::new(Mutex::new(Some(failed_tx))));
             let (gone_tx, gone_rx) = oneshot::channel();
             let reader = Reader { recv, limit, peer: caller.clone(), deadline, wait };
-            let reading = tokio::spawn(reader.run(requests_tx, failed_tx, gone_tx));
-            let requests: MessageStream<AveragingData> = Box::pin(futures::stream::unfold(
-                requests_rx,
-                |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
-            ));
+            let reading = tokio::spawn(reader.run(requests_tx, failed.clone(), gone_tx));
+            // A request error is reported to the caller when the handler reads it, so the handler
+            // hears of it before the call ends with it.
+            let reported = failed;
+            let requests: MessageStream<AveragingData> =
+                Box::pin(futures::stream::unfold(requests_rx, move |mut rx| {
+                    let reported = reported.clone();
+                    async move {
+                        let item = rx.recv().await?;
+                        if let Err(e) = &item {
+                            reported.send(e.clone());
+                        }
+                        Some((item, rx))
+                    }
+                }));
             let gone = async move {
                 // Resolves only when the reader saw the caller go; a reader that ended for
                 // another reason leaves the call to its replies.
@@ -145,6 +156,19 @@ async fn fail(mut send: WriteHalf<Stream>, error: &Error, peer: &str) {
     let _ = send.close().await;
 }
 
+/// Where an aggregate call's request error goes, once: to the reply loop, which ends the call
+/// with it (taken by whichever of the reader and the handler's request stream reports first).
+#[derive(Clone)]
+struct Report(Arc<Mutex<Option<oneshot::Sender<Error>>>>);
+
+impl Report {
+    fn send(&self, error: Error) {
+        if let Some(tx) = self.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = tx.send(error);
+        }
+    }
+}
+
 /// The reading half of an aggregate call.
 struct Reader {
     recv: ReadHalf<Stream>,
@@ -158,12 +182,13 @@ struct Reader {
 impl Reader {
     /// Feeds the handler's request stream until the caller's end frame, then watches for the
     /// caller going away. An oversize, undecodable or late request ends the request stream with
-    /// that error and is reported on `failed`, so the caller's reply stream ends with it; a
+    /// that error and is reported on `failed` (when the handler reads it, or at once if the
+    /// handler is not reading), so the caller's reply stream ends with it; a
     /// substream that closes before the end frame is the caller cancelling (`gone`).
     async fn run(
         mut self,
         requests: mpsc::Sender<Result<AveragingData>>,
-        failed: oneshot::Sender<Error>,
+        failed: Report,
         gone: oneshot::Sender<()>,
     ) {
         let mut first = true;
@@ -208,9 +233,10 @@ impl Reader {
                 }
             }
         };
-        if let Some(error) = error {
-            let _ = failed.send(error.clone());
-            let _ = requests.send(Err(error)).await;
+        if let Some(error) = error
+            && requests.try_send(Err(error.clone())).is_err()
+        {
+            failed.send(error);
         }
     }
 }

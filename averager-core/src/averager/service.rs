@@ -7,8 +7,9 @@
 //! **\[averager\]** identity check: when the transport proved who the caller is
 //! ([`CallContext::authenticated_peer`], e.g. a libp2p peer id from the noise handshake), a join
 //! request or a part whose `endpoint` names anyone else is refused with `PROTOCOL_VIOLATION`, so
-//! a peer cannot join a group or send parts in another's name. An empty `endpoint` claims no one
-//! (client-mode peers serve nothing) and passes to the usual checks.
+//! a peer cannot join a group or send parts in another's name. A client-mode peer's `client://`
+//! pseudonym (or an empty `endpoint`) names no served peer, so it claims no one's identity and
+//! passes to the usual checks.
 
 use std::sync::{OnceLock, Weak};
 
@@ -93,11 +94,15 @@ impl AveragingService for AveragerService {
     }
 }
 
+/// The scheme of the endpoints client-mode peers name themselves by (they serve nothing).
+const CLIENT_SCHEME: &str = "client://";
+
 /// Why a call whose message claims `claimed` as its sender's endpoint is an impersonation, if it
 /// is: the transport proved a different caller.
 fn impersonation(call: &CallContext, claimed: &str) -> Option<String> {
     let proven = call.authenticated_peer.as_deref()?;
-    (!claimed.is_empty() && claimed != proven)
+    let pseudonym = claimed.is_empty() || claimed.starts_with(CLIENT_SCHEME);
+    (!pseudonym && claimed != proven)
         .then(|| format!("the caller proved it is {proven} but claims to be {claimed}"))
 }
 
@@ -112,6 +117,7 @@ mod tests {
         let proven = CallContext { authenticated_peer: Some("libp2p://a".into()), remote_address: None };
         assert_eq!(impersonation(&proven, "libp2p://a"), None);
         assert_eq!(impersonation(&proven, ""), None);
+        assert_eq!(impersonation(&proven, "client://00ff"), None);
         assert!(impersonation(&proven, "libp2p://b").is_some());
     }
 }
