@@ -440,6 +440,10 @@ fn absorb(merged: &mut DhtDictionary, peer: PeerId, record: &Record, limits: &St
         Ok(entries) => {
             let now = dht_now();
             for (subkey, entry) in entries {
+                if let Err(why) = crate::signed::verify(&record.key, &subkey, &entry) {
+                    tracing::warn!(%peer, "ignored an entry a peer returned: {why}");
+                    continue;
+                }
                 offer_entry(merged, subkey, entry, limits.record.max_subkeys_per_key, now);
             }
         }

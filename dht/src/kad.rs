@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::driver::Command;
 use crate::node::{Libp2pNode, REPLY_GRACE};
 use crate::record;
+use crate::signed;
 use crate::settings::KadSettings;
 
 /// How many query timeouts a store may take: Kademlia runs it as two queries (find the closest
@@ -124,20 +125,25 @@ impl Dht for KadDht {
         if !expiration.is_finite() {
             return Err(Error::Dht(format!("expiration {expiration} of {key:?} is not finite")));
         }
-        if value.len() > self.settings().max_value_bytes {
+        // A signed entry carries its signature in the value.
+        let overhead = if signed::named_peer(subkey).is_some() { signed::SIGNED_OVERHEAD } else { 0 };
+        if value.len() + overhead > self.settings().max_value_bytes {
             return Err(Error::Dht(format!(
-                "value of {} bytes under {key:?} exceeds the limit of {} bytes",
+                "value of {} bytes under {key:?} exceeds the limit of {} bytes{}",
                 value.len(),
-                self.settings().max_value_bytes
+                self.settings().max_value_bytes - overhead.min(self.settings().max_value_bytes),
+                if overhead > 0 { " (a signed entry's)" } else { "" }
             )));
         }
         if expiration <= dht_now() {
             return Ok(false);
         }
         let (reply, answer) = oneshot::channel();
-        let entry = DhtEntry { value, expiration };
+        let record_key = record::record_key(key);
+        let entry = signed::sign(self.node.keypair(), &record_key, subkey, DhtEntry { value, expiration })
+            .map_err(|why| Error::Dht(format!("refused to store under {key:?}: {why}")))?;
         let command = Command::Store {
-            key: record::record_key(key),
+            key: record_key,
             subkey: Bytes::copy_from_slice(subkey),
             entry,
             reply,
@@ -151,6 +157,11 @@ impl Dht for KadDht {
     async fn get(&self, key: &str, latest: bool) -> Result<DhtDictionary> {
         let (reply, answer) = oneshot::channel();
         let command = Command::Get { key: record::record_key(key), latest, reply };
-        self.call("get", key, command, 1, answer).await
+        let entries = self.call("get", key, command, 1, answer).await?;
+        // Every entry here passed its signature check on the way in.
+        Ok(entries.into_iter().map(|(subkey, entry)| {
+            let entry = signed::strip(&subkey, entry);
+            (subkey, entry)
+        }).collect())
     }
 }

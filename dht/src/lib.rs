@@ -8,6 +8,9 @@ mod kad;
 mod node;
 mod record;
 mod settings;
+mod signed;
+#[cfg(test)]
+mod signed_tests;
 mod store;
 pub mod streams;
 mod unreachable;
