@@ -411,7 +411,10 @@ impl Driver {
                 }
             }
             kad::Event::OutboundQueryProgressed {
-                id, result: QueryResult::GetClosestPeers(result), step, ..
+                id,
+                result: QueryResult::GetClosestPeers(result),
+                step,
+                ..
             } => {
                 let Some((peer, reply)) = self.finds.remove(&id) else { return };
                 let peers = match result {

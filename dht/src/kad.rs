@@ -15,8 +15,8 @@ use tokio::sync::oneshot;
 use crate::driver::Command;
 use crate::node::{Libp2pNode, REPLY_GRACE};
 use crate::record;
-use crate::signed;
 use crate::settings::KadSettings;
+use crate::signed;
 
 /// How many query timeouts a store may take: Kademlia runs it as two queries (find the closest
 /// peers, then send them the record), each with its own timeout.
@@ -142,12 +142,8 @@ impl Dht for KadDht {
         let record_key = record::record_key(key);
         let entry = signed::sign(self.node.keypair(), &record_key, subkey, DhtEntry { value, expiration })
             .map_err(|why| Error::Dht(format!("refused to store under {key:?}: {why}")))?;
-        let command = Command::Store {
-            key: record_key,
-            subkey: Bytes::copy_from_slice(subkey),
-            entry,
-            reply,
-        };
+        let command =
+            Command::Store { key: record_key, subkey: Bytes::copy_from_slice(subkey), entry, reply };
         self.call("store", key, command, STORE_PHASES, answer).await
     }
 
@@ -159,9 +155,12 @@ impl Dht for KadDht {
         let command = Command::Get { key: record::record_key(key), latest, reply };
         let entries = self.call("get", key, command, 1, answer).await?;
         // Every entry here passed its signature check on the way in.
-        Ok(entries.into_iter().map(|(subkey, entry)| {
-            let entry = signed::strip(&subkey, entry);
-            (subkey, entry)
-        }).collect())
+        Ok(entries
+            .into_iter()
+            .map(|(subkey, entry)| {
+                let entry = signed::strip(&subkey, entry);
+                (subkey, entry)
+            })
+            .collect())
     }
 }

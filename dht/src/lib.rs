@@ -17,10 +17,10 @@ mod unreachable;
 
 use std::sync::Arc;
 
-pub use libp2p::{Multiaddr, PeerId};
 pub use identity::load_or_create_identity;
 pub use kad::KadDht;
 pub use libp2p::identity::Keypair;
+pub use libp2p::{Multiaddr, PeerId};
 pub use libp2p::{Stream, StreamProtocol};
 pub use node::Libp2pNode;
 pub use settings::KadSettings;

@@ -179,7 +179,11 @@ impl Libp2pNode {
     ///
     /// # Errors
     /// An [`OpenError`] saying which step failed.
-    pub async fn connect(&self, peer: PeerId, addresses: Vec<Multiaddr>) -> std::result::Result<(), OpenError> {
+    pub async fn connect(
+        &self,
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+    ) -> std::result::Result<(), OpenError> {
         match self.streams.connect(peer, addresses).await {
             Err(OpenError::NoAddresses(_)) => {
                 let found = self.find_peer(peer).await;

@@ -14,9 +14,9 @@ use std::sync::{LazyLock, Mutex, PoisonError};
 
 use averager_core::dht::DhtEntry;
 use bytes::{BufMut, BytesMut};
+use libp2p::PeerId;
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::kad::RecordKey;
-use libp2p::PeerId;
 use sha2::{Digest, Sha256};
 
 /// The subkey prefix of entries that must be signed.
@@ -58,7 +58,12 @@ fn message(key: &RecordKey, subkey: &[u8], expiration: f64, value: &[u8]) -> Vec
 ///
 /// # Errors
 /// A subkey naming another peer (or none), or a key that cannot sign.
-pub(crate) fn sign(keypair: &Keypair, key: &RecordKey, subkey: &[u8], entry: DhtEntry) -> Result<DhtEntry, String> {
+pub(crate) fn sign(
+    keypair: &Keypair,
+    key: &RecordKey,
+    subkey: &[u8],
+    entry: DhtEntry,
+) -> Result<DhtEntry, String> {
     let Some(named) = named_peer(subkey) else { return Ok(entry) };
     let peer = named?;
     if peer != keypair.public().to_peer_id() {
@@ -68,7 +73,10 @@ pub(crate) fn sign(keypair: &Keypair, key: &RecordKey, subkey: &[u8], entry: Dht
         .sign(&message(key, subkey, entry.expiration, &entry.value))
         .map_err(|e| format!("cannot sign: {e}"))?;
     if signature.len() != SIGNATURE_BYTES {
-        return Err(format!("a signature of {} bytes; only ed25519 identities can sign entries", signature.len()));
+        return Err(format!(
+            "a signature of {} bytes; only ed25519 identities can sign entries",
+            signature.len()
+        ));
     }
     let mut value = BytesMut::with_capacity(SIGNED_OVERHEAD + entry.value.len());
     value.put_u8(SIGNED_TAG);

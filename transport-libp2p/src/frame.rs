@@ -235,7 +235,9 @@ mod tests {
     async fn frames_round_trip_and_the_end_is_told_from_a_close() {
         let mut wire = Cursor::new(Vec::new());
         write_frame(&mut wire, b"hello", "p").await.expect("written");
-        write_error_frame(&mut wire, &Error::MessageTooLarge { size: 9, limit: 3 }, "p").await.expect("written");
+        write_error_frame(&mut wire, &Error::MessageTooLarge { size: 9, limit: 3 }, "p")
+            .await
+            .expect("written");
         write_end(&mut wire, "p").await.expect("written");
         let mut read = Cursor::new(wire.into_inner());
         assert!(matches!(read_frame(&mut read, 10, true, "p").await, Ok(Frame::Message(m)) if m == b"hello"));

@@ -185,7 +185,9 @@ impl Transport for Libp2pTransport {
     async fn connect(&self, endpoint: &str) -> Result<Arc<dyn AveragingClient>> {
         let target = endpoint::parse(endpoint)?;
         if target.peer == self.node.peer_id() {
-            return Err(Error::Config(format!("{endpoint} is this node itself; libp2p does not dial itself")));
+            return Err(Error::Config(format!(
+                "{endpoint} is this node itself; libp2p does not dial itself"
+            )));
         }
         // Dial now, so an unreachable peer fails here; calls reuse the connection.
         let dialing = self.node.connect(target.peer, target.addresses.clone());

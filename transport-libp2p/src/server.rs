@@ -68,7 +68,8 @@ async fn serve_call(rpc: Rpc, peer: PeerId, stream: Stream, serving: Serving) {
     let (mut recv, send) = stream.split();
     let caller = endpoint_of(&peer);
     // The noise handshake proved the peer id of the connection the substream came on.
-    let context = CallContext { authenticated_peer: Some(caller.clone()), remote_address: Some(peer.to_string()) };
+    let context =
+        CallContext { authenticated_peer: Some(caller.clone()), remote_address: Some(peer.to_string()) };
     let Serving { service, limit, first_request_timeout: wait, .. } = serving;
     let deadline = Instant::now() + wait;
     match rpc {

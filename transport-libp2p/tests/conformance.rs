@@ -47,16 +47,24 @@ async fn an_addressed_endpoint_reaches_a_peer_that_no_dht_names() {
 async fn the_registry_builds_libp2p_from_a_config_and_the_identity_file_keeps_the_peer_id() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let key = dir.path().join("node.key");
-    let config = PluginConfig::new(serde_json::json!({ "identity": key, "streams": { "connect_timeout": 2.5 } }));
-    let first = Registry::global().transport("libp2p", config.clone()).await.expect("the libp2p record builds");
+    let config =
+        PluginConfig::new(serde_json::json!({ "identity": key, "streams": { "connect_timeout": 2.5 } }));
+    let first =
+        Registry::global().transport("libp2p", config.clone()).await.expect("the libp2p record builds");
     assert_eq!(first.scheme(), "libp2p");
     assert!(first.capabilities().authenticated);
-    let served = first.serve(std::sync::Arc::new(averager_conformance::hostile::Echo::default())).await.expect("serves");
+    let served = first
+        .serve(std::sync::Arc::new(averager_conformance::hostile::Echo::default()))
+        .await
+        .expect("serves");
     let endpoint = served.endpoint().to_string();
     drop(served);
     drop(first);
     let again = Registry::global().transport("libp2p", config).await.expect("builds again");
-    let served = again.serve(std::sync::Arc::new(averager_conformance::hostile::Echo::default())).await.expect("serves");
+    let served = again
+        .serve(std::sync::Arc::new(averager_conformance::hostile::Echo::default()))
+        .await
+        .expect("serves");
     assert_eq!(served.endpoint(), endpoint, "the identity file did not keep the peer id");
     let bad = PluginConfig::new(serde_json::json!({ "streams": { "max_message_bytes": 0 } }));
     assert!(Registry::global().transport("libp2p", bad).await.is_err());

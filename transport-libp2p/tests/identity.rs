@@ -21,7 +21,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 async fn a_caller_claiming_another_peers_endpoint_gets_protocol_violation() {
     let nodes = common::swarm(2).await;
     let dht = Arc::new(KadDht::with_node(nodes[0].clone()));
-    let served = Arc::new(Libp2pTransport::on_node(nodes[0].clone(), StreamSettings::default()).expect("valid"));
+    let served =
+        Arc::new(Libp2pTransport::on_node(nodes[0].clone(), StreamSettings::default()).expect("valid"));
     let tensors = vec![Tensor::from_f32(vec![4], vec![1.0; 4]).expect("a tensor")];
     let averager = Averager::new(tensors, dht, served, AveragerConfig::default()).await.expect("an averager");
     assert_eq!(averager.endpoint(), endpoint_of(&nodes[0].peer_id()));
@@ -57,7 +58,9 @@ async fn a_caller_claiming_another_peers_endpoint_gets_protocol_violation() {
 }
 
 /// The first reply of a call, bounded by [`PATIENCE`].
-async fn first<T>(mut replies: averager_core::transport::MessageStream<T>) -> Option<averager_core::Result<T>> {
+async fn first<T>(
+    mut replies: averager_core::transport::MessageStream<T>,
+) -> Option<averager_core::Result<T>> {
     tokio::time::timeout(PATIENCE, replies.next()).await.expect("an answer in time")
 }
 
@@ -73,7 +76,8 @@ async fn a_forger_cannot_withdraw_declarations_and_honest_peers_still_average() 
     let mut peers = Vec::new();
     for (i, node) in nodes[..2].iter().enumerate() {
         let dht = Arc::new(KadDht::with_node(node.clone()));
-        let transport = Arc::new(Libp2pTransport::on_node(node.clone(), StreamSettings::default()).expect("valid"));
+        let transport =
+            Arc::new(Libp2pTransport::on_node(node.clone(), StreamSettings::default()).expect("valid"));
         let tensors = vec![Tensor::from_f32(vec![4], vec![i as f32 * 2.0; 4]).expect("a tensor")];
         peers.push(Averager::new(tensors, dht, transport, config.clone()).await.expect("an averager"));
     }

@@ -6,20 +6,17 @@ mod common;
 use averager_conformance::scenario_suite;
 use averager_conformance::scenarios::network;
 
-scenario_suite!(
-    kad_libp2p,
-    {
-        let nodes = common::SharedNodes::default();
-        let for_transports = nodes.clone();
-        network(
-            move |n| {
-                let nodes = nodes.clone();
-                async move { nodes.dhts(n).await }
-            },
-            move |i| {
-                let nodes = for_transports.clone();
-                async move { nodes.transport(i) }
-            }
-        )
-    }
-);
+scenario_suite!(kad_libp2p, {
+    let nodes = common::SharedNodes::default();
+    let for_transports = nodes.clone();
+    network(
+        move |n| {
+            let nodes = nodes.clone();
+            async move { nodes.dhts(n).await }
+        },
+        move |i| {
+            let nodes = for_transports.clone();
+            async move { nodes.transport(i) }
+        },
+    )
+});

@@ -76,12 +76,8 @@ impl Handler {
     }
 
     fn deliver(&self, protocol: StreamProtocol, stream: Stream) {
-        let sender = self
-            .acceptors
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&protocol)
-            .cloned();
+        let sender =
+            self.acceptors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&protocol).cloned();
         let Some(sender) = sender else {
             tracing::debug!(%protocol, peer = %self.remote, "no acceptor; resetting an inbound substream");
             return;

@@ -51,8 +51,9 @@ struct Served {
 impl Served {
     async fn start(first_request_timeout: Duration) -> Served {
         let streams = StreamSettings { first_request_timeout, ..StreamSettings::default() };
-        let transport =
-            Libp2pTransport::start(Libp2pConfig { streams, ..Libp2pConfig::default() }).await.expect("a node");
+        let transport = Libp2pTransport::start(Libp2pConfig { streams, ..Libp2pConfig::default() })
+            .await
+            .expect("a node");
         let service = Arc::new(Echo::default());
         let handle = transport.serve(service.clone()).await.expect("serve");
         Served { service, handle, transport }
@@ -68,7 +69,9 @@ impl Served {
 
 /// `fut`, bounded by [`PATIENCE`].
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, fut).await.unwrap_or_else(|_| panic!("{what}: nothing within {PATIENCE:?}"))
+    tokio::time::timeout(PATIENCE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {PATIENCE:?}"))
 }
 
 /// An honest client's call round-trips through `endpoint`.
@@ -77,7 +80,8 @@ async fn honest_call(endpoint: &str) {
     let client = within("an honest connect", client.connect(endpoint)).await.expect("an honest connect");
     let part = AveragingData::default();
     let requests = Box::pin(futures::stream::iter([part.clone()]));
-    let replies = within("an honest call", client.rpc_aggregate_part(requests)).await.expect("an honest call");
+    let replies =
+        within("an honest call", client.rpc_aggregate_part(requests)).await.expect("an honest call");
     let replies: Vec<_> = within("honest replies", replies.collect()).await;
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert_eq!(replies[0].as_ref().ok(), Some(&part));
