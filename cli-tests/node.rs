@@ -85,15 +85,25 @@ fn libp2p_nodes_average_on_one_port_and_an_identity_file_keeps_the_peer_id() {
         if let Some(steps) = steps {
             command.args(["--steps", steps]);
         }
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("node A starts")
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node A starts")
     };
     let mut a = start_a(None);
     let mut a_out = LineReader::new(a.stdout.take().unwrap());
     let _a_err = LineReader::new(a.stderr.take().unwrap());
     assert!(a_out.until(LIMIT, |l| l == "ready").is_some(), "node A never got ready: {:?}", a_out.seen);
     let peer = a_out.seen.iter().find_map(|l| l.strip_prefix("peer id ")).expect("a peer id").to_string();
-    assert!(a_out.seen.iter().any(|l| *l == format!("averaging endpoint libp2p://{peer}")), "{:?}", a_out.seen);
-    let addr = a_out.seen.iter().find_map(|l| l.strip_prefix("dht address ")).expect("an address").to_string();
+    assert!(
+        a_out.seen.iter().any(|l| *l == format!("averaging endpoint libp2p://{peer}")),
+        "{:?}",
+        a_out.seen
+    );
+    let addr =
+        a_out.seen.iter().find_map(|l| l.strip_prefix("dht address ")).expect("an address").to_string();
     assert!(addr.ends_with(&format!("/p2p/{peer}")), "{addr}");
     #[cfg(unix)]
     {

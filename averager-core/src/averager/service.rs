@@ -48,7 +48,8 @@ impl AveragingService for AveragerService {
     ) -> Result<MessageStream<MessageFromLeader>> {
         if let Some(why) = impersonation(&call, &request.endpoint) {
             tracing::warn!("refused a join request: {why}");
-            let reply = MessageFromLeader { code: MessageCode::ProtocolViolation as i32, ..Default::default() };
+            let reply =
+                MessageFromLeader { code: MessageCode::ProtocolViolation as i32, ..Default::default() };
             return Ok(Box::pin(futures::stream::once(async move { Ok(reply) })));
         }
         Ok(self.inner()?.matchmaker.handle_join(request))
