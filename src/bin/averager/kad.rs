@@ -22,7 +22,7 @@ pub(crate) struct KadNodes {
     bootstrap: Vec<Multiaddr>,
     nodes: Vec<Arc<KadDht>>,
     /// The identity of the next node started; a new one each node when `None`.
-    identity: Option<Keypair>,
+    identity: Option<Box<Keypair>>,
 }
 
 impl KadNodes {
@@ -47,7 +47,7 @@ impl KadNodes {
             self.bootstrap.clone()
         };
         let settings = KadSettings { listen: vec![listen], bootstrap, ..KadSettings::default() };
-        let keypair = self.identity.take().unwrap_or_else(Keypair::generate_ed25519);
+        let keypair = self.identity.take().map_or_else(Keypair::generate_ed25519, |key| *key);
         let node = Libp2pNode::start(settings, keypair).await.context("starting a Kademlia node")?;
         let node = Arc::new(KadDht::with_node(Arc::new(node)));
         tracing::debug!(peer_id = %node.peer_id(), addrs = ?node.listen_addrs(), "kad node started");
@@ -60,7 +60,7 @@ impl KadNodes {
     /// # Errors
     /// When the file cannot be read, created or parsed.
     pub(crate) fn use_identity(&mut self, path: &std::path::Path) -> Result<()> {
-        self.identity = Some(averager::dht::load_or_create_identity(path).context("--identity")?);
+        self.identity = Some(Box::new(averager::dht::load_or_create_identity(path).context("--identity")?));
         Ok(())
     }
 
