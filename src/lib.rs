@@ -4,9 +4,9 @@
 //!
 //! This facade re-exports the core ([`averager_core`]) at its root and each backend crate as a
 //! module under the Cargo feature that enables it: `grpc` (feature `grpc`, default), `quic`
-//! (`quic`), `dht` (`kad`, default), `codecs` (`compression`, default; `zstd` and `lz4` add the
-//! lossless wrappers), `reducers` (`reducers`, default: the Byzantine-robust reducers). The
-//! in-process backends are always there, in [`memory`].
+//! (`quic`), `libp2p` (`libp2p`, with `kad`), `dht` (`kad`, default), `codecs` (`compression`,
+//! default; `zstd` and `lz4` add the lossless wrappers), `reducers` (`reducers`, default: the
+//! Byzantine-robust reducers). The in-process backends are always there, in [`memory`].
 //!
 //! Mentioning a backend crate here is also what links its plugin records into a binary, so
 //! [`Registry::global`] finds every backend whose feature is on.
@@ -41,6 +41,11 @@ pub use averager_transport_grpc as grpc;
 #[cfg(feature = "quic")]
 #[doc(inline)]
 pub use averager_transport_quic as quic;
+
+/// The libp2p transport (feature `libp2p`), sharing its node with the Kademlia DHT.
+#[cfg(feature = "libp2p")]
+#[doc(inline)]
+pub use averager_transport_libp2p as libp2p;
 
 /// The Kademlia DHT (feature `kad`).
 #[cfg(feature = "kad")]

@@ -1,5 +1,5 @@
-//! The libp2p side of a node: transports (TCP and QUIC, noise, yamux) and the two protocols, Kademlia
-//! over the merging store and identify.
+//! The libp2p side of a node: transports (TCP and QUIC, noise, yamux) and its protocols: Kademlia
+//! over the merging store, identify, and raw substreams for other crates ([`crate::streams`]).
 //!
 //! Kademlia is pinned to server mode: its automatic mode only turns server once the node has a
 //! confirmed external address, which peers on one host (or a private network) never get, and a
@@ -18,6 +18,7 @@ use averager_core::{Error, Result};
 
 use crate::settings::{KadSettings, MESSAGE_OVERHEAD_BYTES};
 use crate::store::MergingStore;
+use crate::streams::StreamBehaviour;
 use crate::unreachable::Unreachable;
 
 /// The Kademlia protocol of averager DHTs: a swarm of its own, apart from the IPFS DHT.
@@ -32,6 +33,7 @@ pub(crate) struct Behaviour {
     pub(crate) kad: kad::Behaviour<MergingStore>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) unreachable: Unreachable,
+    pub(crate) streams: StreamBehaviour,
 }
 
 /// A swarm for `keypair` with `settings`, not yet listening.
@@ -39,6 +41,7 @@ pub(crate) fn build_swarm(
     keypair: Keypair,
     settings: &KadSettings,
     store: MergingStore,
+    streams: StreamBehaviour,
 ) -> Result<Swarm<Behaviour>> {
     let kad_config = kad_config(settings);
     let idle = settings.idle_connection_timeout;
@@ -53,7 +56,7 @@ pub(crate) fn build_swarm(
             kad.set_mode(Some(kad::Mode::Server));
             let identify =
                 identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), key.public()));
-            Behaviour { kad, identify, unreachable: Unreachable::default() }
+            Behaviour { kad, identify, unreachable: Unreachable::default(), streams }
         })
         .map_err(|e| Error::Config(format!("kad: cannot build the node's protocols: {e}")))?
         .with_swarm_config(|config| {

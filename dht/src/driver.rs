@@ -33,6 +33,8 @@ pub(crate) enum Command {
     Store { key: RecordKey, subkey: Bytes, entry: DhtEntry, reply: oneshot::Sender<Result<bool>> },
     /// Reads a key, from the network (`latest`) or from the local replica when it has entries.
     Get { key: RecordKey, latest: bool, reply: oneshot::Sender<Result<DhtDictionary>> },
+    /// Looks a peer up (a Kademlia walk towards its id), for the addresses of a substream's dial.
+    FindPeer { peer: PeerId, reply: oneshot::Sender<Vec<Multiaddr>> },
 }
 
 /// What the handle reads without asking the task.
@@ -73,6 +75,7 @@ pub(crate) struct Driver {
     limits: StoreLimits,
     puts: HashMap<QueryId, oneshot::Sender<Result<bool>>>,
     gets: HashMap<QueryId, PendingGet>,
+    finds: HashMap<QueryId, (PeerId, oneshot::Sender<Vec<Multiaddr>>)>,
     /// Listeners that have reported an address, and listeners that failed, with why.
     listening: HashSet<libp2p::core::transport::ListenerId>,
     listen_failures: Vec<String>,
@@ -93,6 +96,7 @@ impl Driver {
             limits,
             puts: HashMap::new(),
             gets: HashMap::new(),
+            finds: HashMap::new(),
             listening: HashSet::new(),
             listen_failures: Vec::new(),
             connected: false,
@@ -254,6 +258,10 @@ impl Driver {
         match command {
             Command::Store { key, subkey, entry, reply } => self.store(key, subkey, entry, reply),
             Command::Get { key, latest, reply } => self.get(key, latest, reply),
+            Command::FindPeer { peer, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.finds.insert(id, (peer, reply));
+            }
         }
     }
 
@@ -413,6 +421,25 @@ impl Driver {
                     let _ = pending.reply.send(Ok(merged));
                 }
             }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            } => {
+                let Some((peer, reply)) = self.finds.remove(&id) else { return };
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let addrs: Vec<Multiaddr> =
+                    peers.into_iter().filter(|p| p.peer_id == peer).flat_map(|p| p.addrs).collect();
+                if addrs.is_empty() && !step.last {
+                    self.finds.insert(id, (peer, reply));
+                } else {
+                    let _ = reply.send(addrs);
+                }
+            }
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
                 tracing::debug!(%peer, "a peer entered the routing table");
             }
@@ -427,6 +454,10 @@ fn absorb(merged: &mut DhtDictionary, peer: PeerId, record: &Record, limits: &St
         Ok(entries) => {
             let now = dht_now();
             for (subkey, entry) in entries {
+                if let Err(why) = crate::signed::verify(&record.key, &subkey, &entry) {
+                    tracing::warn!(%peer, "ignored an entry a peer returned: {why}");
+                    continue;
+                }
                 offer_entry(merged, subkey, entry, limits.record.max_subkeys_per_key, now);
             }
         }

@@ -3,17 +3,27 @@
 mod behaviour;
 mod driver;
 mod error;
+mod identity;
+mod kad;
 mod node;
 mod rebootstrap;
 mod record;
 mod settings;
+mod signed;
+#[cfg(test)]
+mod signed_tests;
 mod store;
+pub mod streams;
 mod unreachable;
 
 use std::sync::Arc;
 
+pub use identity::load_or_create_identity;
+pub use kad::KadDht;
+pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::KadDht;
+pub use libp2p::{Stream, StreamProtocol};
+pub use node::Libp2pNode;
 pub use settings::KadSettings;
 
 averager_core::register_dht!(

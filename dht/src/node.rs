@@ -1,56 +1,54 @@
-//! [`KadDht`]: a running DHT node and the [`Dht`] it offers.
+//! [`Libp2pNode`]: one libp2p swarm (one identity, one set of listening ports) that the Kademlia
+//! DHT and other protocols (the averager's libp2p transport) share, so a peer needs one port.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use averager_core::dht::{DhtCapabilities, DhtDictionary, DhtEntry};
-use averager_core::time::{DhtTime, dht_now};
-use averager_core::{Dht, Error, Result};
-use bytes::Bytes;
+use averager_core::{Error, Result};
 use libp2p::identity::Keypair;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::driver::{Command, Driver, Shared};
 use crate::error;
-use crate::record::{self, RecordLimits};
+use crate::record::RecordLimits;
 use crate::settings::KadSettings;
 use crate::store::{MergingStore, StoreLimits};
+use crate::streams::{Inbound, OpenError, Streams};
 
 /// Commands queued for the node's task before callers wait for room.
 const COMMAND_QUEUE: usize = 1024;
 
 /// Time a reply may take beyond its query's timeouts: the task may be busy with other work when
 /// the query ends.
-const REPLY_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const REPLY_GRACE: Duration = Duration::from_secs(5);
 
-/// How many query timeouts a store may take: Kademlia runs it as two queries (find the closest
-/// peers, then send them the record), each with its own timeout.
-const STORE_PHASES: u32 = 2;
-
-/// How long [`KadDht::shutdown`] waits for the node's task to end.
+/// How long [`Libp2pNode::shutdown`] waits for the node's task to end.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
-/// A DHT node on libp2p Kademlia, holding protocol 2.3 dictionaries (see the crate docs).
+/// A running libp2p node: TCP and QUIC listeners, noise, yamux, identify, Kademlia over the
+/// merging store (see the crate docs), and raw substreams for other protocols ([`Streams`]).
 ///
-/// [`KadDht::start`] spawns the node's task on the current tokio runtime; the handle talks to it.
-/// [`KadDht::shutdown`] stops it, and so does dropping the handle. Share one node between tasks
-/// as an `Arc<KadDht>` (or an `Arc<dyn Dht>`).
-pub struct KadDht {
+/// [`Libp2pNode::start`] spawns the node's task on the current tokio runtime; the handle talks to
+/// it. [`Libp2pNode::shutdown`] stops it, and so does dropping the last handle. Share it as an
+/// `Arc<Libp2pNode>`: [`KadDht::with_node`](crate::KadDht::with_node) and the libp2p transport
+/// each take one.
+pub struct Libp2pNode {
+    keypair: Keypair,
     peer_id: PeerId,
     settings: KadSettings,
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
+    streams: Streams,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl std::fmt::Debug for KadDht {
+impl std::fmt::Debug for Libp2pNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KadDht")
+        f.debug_struct("Libp2pNode")
             .field("peer_id", &self.peer_id)
             .field("listen_addrs", &self.shared.listen_addrs())
             .field("known_peers", &self.known_peers())
@@ -58,11 +56,8 @@ impl std::fmt::Debug for KadDht {
     }
 }
 
-impl KadDht {
-    /// The registry name of this backend.
-    pub const NAME: &'static str = "kad";
-
-    /// Starts a node with a new identity: listens on `settings.listen`, then joins the swarm
+impl Libp2pNode {
+    /// Starts a node with identity `keypair`: listens on `settings.listen`, then joins the swarm
     /// through `settings.bootstrap` (if any) and returns once connected to one of those peers.
     ///
     /// Must be called inside a tokio runtime, which runs the node's task.
@@ -71,12 +66,17 @@ impl KadDht {
     /// [`Error::Config`] for invalid settings or an address that cannot be listened on or
     /// dialled; [`Error::Unreachable`] when no bootstrap peer could be reached within
     /// `query_timeout`; [`Error::Timeout`] when a listener reports no address within it.
-    pub async fn start(settings: KadSettings) -> Result<KadDht> {
+    pub async fn start(settings: KadSettings, keypair: Keypair) -> Result<Libp2pNode> {
         settings.validate()?;
-        let keypair = Keypair::generate_ed25519();
         let peer_id = keypair.public().to_peer_id();
         let limits = store_limits(&settings);
-        let swarm = crate::behaviour::build_swarm(keypair, &settings, MergingStore::new(limits))?;
+        let (streams, stream_behaviour) = Streams::new();
+        let swarm = crate::behaviour::build_swarm(
+            keypair.clone(),
+            &settings,
+            MergingStore::new(limits),
+            stream_behaviour,
+        )?;
         let shared = Arc::new(Shared::new());
         let mut driver = Driver::new(swarm, Arc::clone(&shared), limits);
         driver.listen(&settings.listen, settings.query_timeout).await?;
@@ -84,14 +84,16 @@ impl KadDht {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (stop, stop_rx) = oneshot::channel();
         let task = tokio::spawn(
-            driver.run(command_rx, stop_rx).instrument(tracing::debug_span!("kad", peer = %peer_id)),
+            driver.run(command_rx, stop_rx).instrument(tracing::debug_span!("libp2p", peer = %peer_id)),
         );
-        tracing::info!(%peer_id, addrs = ?shared.listen_addrs(), "kad node started");
-        Ok(KadDht {
+        tracing::info!(%peer_id, addrs = ?shared.listen_addrs(), "libp2p node started");
+        Ok(Libp2pNode {
+            keypair,
             peer_id,
             settings,
             shared,
             commands,
+            streams,
             stop: Mutex::new(Some(stop)),
             task: Mutex::new(Some(task)),
         })
@@ -100,6 +102,11 @@ impl KadDht {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// This node's identity key (for signing what it publishes).
+    pub fn keypair(&self) -> &Keypair {
+        &self.keypair
     }
 
     /// The settings the node was started with.
@@ -117,7 +124,7 @@ impl KadDht {
             .collect()
     }
 
-    /// How many peers the node's routing table holds now.
+    /// How many peers the Kademlia routing table holds now.
     pub fn known_peers(&self) -> usize {
         *self.shared.peers.borrow()
     }
@@ -135,9 +142,74 @@ impl KadDht {
         }
     }
 
+    /// Takes every inbound substream of `protocol` (see [`Streams::accept`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the protocol is accepted already.
+    pub fn accept(&self, protocol: StreamProtocol) -> Result<mpsc::Receiver<Inbound>> {
+        self.streams.accept(protocol)
+    }
+
+    /// Opens a substream to `peer` on `protocol`. Without a connection, dials the peer at
+    /// `addresses` and the addresses the node knows (identify, the routing table); when it knows
+    /// none, looks the peer up in the DHT first. Callers bound the wait.
+    ///
+    /// # Errors
+    /// An [`OpenError`] saying which step failed.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+        addresses: Vec<Multiaddr>,
+    ) -> std::result::Result<Stream, OpenError> {
+        match self.streams.open(peer, protocol.clone(), addresses).await {
+            Err(OpenError::NoAddresses(_)) => {
+                let found = self.find_peer(peer).await;
+                if found.is_empty() {
+                    return Err(OpenError::NoAddresses(peer));
+                }
+                self.streams.open(peer, protocol, found).await
+            }
+            other => other,
+        }
+    }
+
+    /// Makes sure a connection to `peer` exists, dialling it as [`Libp2pNode::open_stream`] would.
+    /// Callers bound the wait.
+    ///
+    /// # Errors
+    /// An [`OpenError`] saying which step failed.
+    pub async fn connect(
+        &self,
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+    ) -> std::result::Result<(), OpenError> {
+        match self.streams.connect(peer, addresses).await {
+            Err(OpenError::NoAddresses(_)) => {
+                let found = self.find_peer(peer).await;
+                if found.is_empty() {
+                    return Err(OpenError::NoAddresses(peer));
+                }
+                self.streams.connect(peer, found).await
+            }
+            other => other,
+        }
+    }
+
+    /// The addresses of `peer` a Kademlia lookup finds (empty when it finds none, or the node
+    /// stopped), within the query timeout.
+    pub async fn find_peer(&self, peer: PeerId) -> Vec<Multiaddr> {
+        let (reply, answer) = oneshot::channel();
+        let limit = self.settings.query_timeout + REPLY_GRACE;
+        let lookup = async {
+            self.commands.send(Command::FindPeer { peer, reply }).await.ok()?;
+            answer.await.ok()
+        };
+        tokio::time::timeout(limit, lookup).await.ok().flatten().unwrap_or_default()
+    }
+
     /// Stops the node: closes its connections and listeners and waits (at most ten seconds)
-    /// for its task to end. Calls made afterwards fail with [`Error::Dht`]; a second call
-    /// does nothing.
+    /// for its task to end. Calls made afterwards fail; a second call does nothing.
     pub async fn shutdown(&self) {
         if let Some(stop) = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
             let _ = stop.send(());
@@ -146,21 +218,21 @@ impl KadDht {
         if let Some(task) = task {
             match tokio::time::timeout(SHUTDOWN_LIMIT, task).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "the kad node's task failed"),
-                Err(_) => tracing::warn!("the kad node's task did not stop within {SHUTDOWN_LIMIT:?}"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "the libp2p node's task failed"),
+                Err(_) => tracing::warn!("the libp2p node's task did not stop within {SHUTDOWN_LIMIT:?}"),
             }
         }
     }
 
-    async fn call<T>(
+    /// Sends `command` to the task and waits for its reply, at most `limit`.
+    pub(crate) async fn call<T>(
         &self,
         what: &str,
         key: &str,
         command: Command,
-        phases: u32,
+        limit: Duration,
         reply: oneshot::Receiver<Result<T>>,
     ) -> Result<T> {
-        let limit = self.settings.query_timeout * phases + REPLY_GRACE;
         let round_trip = async {
             self.commands.send(command).await.map_err(|_| error::stopped())?;
             reply.await.map_err(|_| error::stopped())?
@@ -169,7 +241,7 @@ impl KadDht {
     }
 }
 
-impl Drop for KadDht {
+impl Drop for Libp2pNode {
     fn drop(&mut self) {
         // The task ends at its next turn; it must not outlive the handle that could stop it.
         if let Some(stop) = self.stop.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
@@ -187,56 +259,5 @@ fn store_limits(settings: &KadSettings) -> StoreLimits {
         },
         max_records: settings.max_records,
         max_records_per_peer: settings.max_records_per_peer,
-    }
-}
-
-#[async_trait]
-impl Dht for KadDht {
-    fn name(&self) -> &str {
-        Self::NAME
-    }
-
-    fn capabilities(&self) -> DhtCapabilities {
-        DhtCapabilities {
-            max_value_bytes: self.settings.max_value_bytes,
-            max_subkeys_per_key: self.settings.max_subkeys_per_key,
-        }
-    }
-
-    /// Merges the entry into the local replica (which decides the answer, by protocol 2.3's rule),
-    /// then sends it to the `replication` peers closest to the key and returns once they have
-    /// answered (or the query timed out).
-    async fn store(&self, key: &str, subkey: &[u8], value: Bytes, expiration: DhtTime) -> Result<bool> {
-        if !expiration.is_finite() {
-            return Err(Error::Dht(format!("expiration {expiration} of {key:?} is not finite")));
-        }
-        if value.len() > self.settings.max_value_bytes {
-            return Err(Error::Dht(format!(
-                "value of {} bytes under {key:?} exceeds the limit of {} bytes",
-                value.len(),
-                self.settings.max_value_bytes
-            )));
-        }
-        if expiration <= dht_now() {
-            return Ok(false);
-        }
-        let (reply, answer) = oneshot::channel();
-        let entry = DhtEntry { value, expiration };
-        let command = Command::Store {
-            key: record::record_key(key),
-            subkey: Bytes::copy_from_slice(subkey),
-            entry,
-            reply,
-        };
-        self.call("store", key, command, STORE_PHASES, answer).await
-    }
-
-    /// With `latest`, asks the `replication` peers closest to the key and returns the union of
-    /// their answers and the local replica's; without it, answers from the local replica when it
-    /// holds entries of the key, and asks the network otherwise.
-    async fn get(&self, key: &str, latest: bool) -> Result<DhtDictionary> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Get { key: record::record_key(key), latest, reply };
-        self.call("get", key, command, 1, answer).await
     }
 }

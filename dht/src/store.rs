@@ -185,6 +185,10 @@ impl MergingStore {
         Ok(entries
             .into_iter()
             .filter(|(subkey, entry)| {
+                if let Err(why) = crate::signed::verify(key, subkey, entry) {
+                    tracing::warn!(?source, "refused an entry: {why}");
+                    return false;
+                }
                 self.offer(key, subkey.clone(), entry.clone(), source, now) == Offer::Stored
             })
             .count())

@@ -1,4 +1,4 @@
-//! Choosing backends by name on the command line: transports (gRPC, QUIC, in-process), DHTs
+//! Choosing backends by name on the command line: transports (gRPC, QUIC, libp2p, in-process), DHTs
 //! (Kademlia, in-process) and codecs (any registry name). A backend whose Cargo feature is off
 //! is a clear error naming the feature, not a missing flag value.
 
@@ -19,6 +19,9 @@ pub(crate) enum TransportKind {
     Grpc,
     /// QUIC (UDP, TLS 1.3); needs the `quic` feature.
     Quic,
+    /// libp2p substreams on the peer's own Kademlia node (one port, noise-authenticated peer
+    /// ids); needs the `libp2p` feature and `--dht kad`.
+    Libp2p,
     /// In-process channels: only between peers of one process.
     Memory,
 }
@@ -29,6 +32,7 @@ impl TransportKind {
         match self {
             TransportKind::Grpc => "grpc",
             TransportKind::Quic => "quic",
+            TransportKind::Libp2p => "libp2p",
             TransportKind::Memory => "memory",
         }
     }
@@ -76,18 +80,29 @@ impl Transports {
                 "this binary has no QUIC transport: rebuild with `--features quic` (or `--features full`)",
             ));
         }
+        if kind == TransportKind::Libp2p && !cfg!(feature = "libp2p") {
+            return Err(Failure::new(
+                "this binary has no libp2p transport: rebuild with `--features libp2p` (or `--features full`)",
+            ));
+        }
         if kind == TransportKind::Grpc && !cfg!(feature = "grpc") {
             return Err(Failure::new("this binary has no gRPC transport: rebuild with `--features grpc`"));
         }
         Ok(Transports { kind, network: MemoryNetwork::new() })
     }
 
-    /// The transport of peer `index`, serving on `listen` (ignored by the in-process transport).
+    /// The transport of peer `index`, serving on `listen` (ignored by the in-process transport);
+    /// libp2p serves on `node`, the peer's Kademlia node, instead.
     ///
     /// # Errors
-    /// When the transport rejects its settings.
-    pub(crate) fn build(&self, index: usize, listen: SocketAddr) -> Result<Arc<dyn Transport>> {
-        let _ = listen;
+    /// When the transport rejects its settings, or libp2p has no node to run on.
+    pub(crate) fn build(
+        &self,
+        index: usize,
+        listen: SocketAddr,
+        node: Option<kad::NodeRef>,
+    ) -> Result<Arc<dyn Transport>> {
+        let _ = (listen, &node);
         Ok(match self.kind {
             #[cfg(feature = "grpc")]
             TransportKind::Grpc => Arc::new(averager::grpc::GrpcTransport::bind(listen)),
@@ -95,6 +110,12 @@ impl Transports {
             TransportKind::Quic => {
                 let settings = averager::quic::QuicSettings { listen, ..Default::default() };
                 Arc::new(averager::quic::QuicTransport::with_settings(settings)?)
+            }
+            #[cfg(feature = "libp2p")]
+            TransportKind::Libp2p => {
+                let node = node.ok_or("the libp2p transport runs on a Kademlia node: use --dht kad")?;
+                let settings = averager::libp2p::StreamSettings::default();
+                Arc::new(averager::libp2p::Libp2pTransport::on_node(node, settings)?)
             }
             TransportKind::Memory => {
                 let settings = MemorySettings { name: Some(format!("peer{index}")), ..Default::default() };
@@ -157,6 +178,33 @@ impl Dhts {
         match self {
             Dhts::Memory(_) => Err(Failure::new("a node needs the Kademlia DHT")),
             Dhts::Kad(nodes) => nodes.start_node(listen).await,
+        }
+    }
+
+    /// Loads (or creates, mode 0600) the identity of the nodes started from now on.
+    ///
+    /// # Errors
+    /// For the in-process table, or a file that cannot be read, created or parsed.
+    pub(crate) fn use_identity(&mut self, path: &std::path::Path) -> Result<()> {
+        match self {
+            Dhts::Memory(_) => Err(Failure::new("--identity needs the Kademlia DHT")),
+            Dhts::Kad(nodes) => nodes.use_identity(path),
+        }
+    }
+
+    /// The libp2p peer id of the first Kademlia node (none for the in-process table).
+    pub(crate) fn peer_id(&self) -> Option<String> {
+        match self {
+            Dhts::Memory(_) => None,
+            Dhts::Kad(nodes) => nodes.peer_id(),
+        }
+    }
+
+    /// The libp2p node of the peer started last (none for the in-process table).
+    pub(crate) fn last_node(&self) -> Option<kad::NodeRef> {
+        match self {
+            Dhts::Memory(_) => None,
+            Dhts::Kad(nodes) => nodes.last_node(),
         }
     }
 

@@ -50,7 +50,7 @@ impl Command {
             // crates' (`averager_core`, `averager_dht`, ...) info logs through.
             _ => {
                 "warn,averager=info,averager_core=warn,averager_dht=warn,averager_transport_grpc=warn,\
-                 averager_transport_quic=warn,averager_compression=warn,libp2p_kad=error"
+                 averager_transport_quic=warn,averager_transport_libp2p=warn,averager_compression=warn,libp2p_kad=error"
             }
         }
     }
@@ -183,9 +183,13 @@ pub(crate) struct NodeArgs {
     /// Address the averaging transport serves on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub(crate) listen: SocketAddr,
-    /// Multiaddr the DHT node listens on.
+    /// Multiaddr the DHT node listens on (with --transport libp2p, also the averaging port).
     #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
     pub(crate) dht_listen: String,
+    /// File holding the node's ed25519 key, so it keeps its peer id across restarts (created,
+    /// mode 0600, when absent; default: a new identity each start).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) identity: Option<PathBuf>,
     /// Multiaddr of a running peer's DHT node, with /p2p/<peer id> (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
     pub(crate) bootstrap: Vec<String>,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use averager::Dht;
-use averager::dht::{KadDht, KadSettings, Multiaddr};
+use averager::dht::{KadDht, KadSettings, Keypair, Libp2pNode, Multiaddr};
 
 use crate::Result;
 use crate::failure::{Context, Failure};
@@ -13,11 +13,16 @@ use crate::failure::{Context, Failure};
 /// Whether this binary has a Kademlia DHT.
 pub(crate) const AVAILABLE: bool = true;
 
+/// A peer's libp2p node, which its DHT and a libp2p transport share.
+pub(crate) type NodeRef = Arc<Libp2pNode>;
+
 /// The Kademlia nodes this process started.
 pub(crate) struct KadNodes {
     /// Addresses of running nodes elsewhere to join through; empty: join through our first node.
     bootstrap: Vec<Multiaddr>,
     nodes: Vec<Arc<KadDht>>,
+    /// The identity of the next node started; a new one each node when `None`.
+    identity: Option<Box<Keypair>>,
 }
 
 impl KadNodes {
@@ -27,7 +32,7 @@ impl KadNodes {
     /// When a bootstrap address is not a multiaddr.
     pub(crate) fn new(bootstrap: &[String]) -> Result<Self> {
         let bootstrap = bootstrap.iter().map(|a| parse(a, "--bootstrap")).collect::<Result<_>>()?;
-        Ok(KadNodes { bootstrap, nodes: Vec::new() })
+        Ok(KadNodes { bootstrap, nodes: Vec::new(), identity: None })
     }
 
     /// Starts one more node listening on `listen` (a multiaddr); it returns once it has joined.
@@ -42,10 +47,31 @@ impl KadNodes {
             self.bootstrap.clone()
         };
         let settings = KadSettings { listen: vec![listen], bootstrap, ..KadSettings::default() };
-        let node = Arc::new(KadDht::start(settings).await.context("starting a Kademlia node")?);
+        let keypair = self.identity.take().map_or_else(Keypair::generate_ed25519, |key| *key);
+        let node = Libp2pNode::start(settings, keypair).await.context("starting a Kademlia node")?;
+        let node = Arc::new(KadDht::with_node(Arc::new(node)));
         tracing::debug!(peer_id = %node.peer_id(), addrs = ?node.listen_addrs(), "kad node started");
         self.nodes.push(Arc::clone(&node));
         Ok(node)
+    }
+
+    /// Loads (or creates, mode 0600) the identity of the next node started.
+    ///
+    /// # Errors
+    /// When the file cannot be read, created or parsed.
+    pub(crate) fn use_identity(&mut self, path: &std::path::Path) -> Result<()> {
+        self.identity = Some(Box::new(averager::dht::load_or_create_identity(path).context("--identity")?));
+        Ok(())
+    }
+
+    /// The first node's peer id.
+    pub(crate) fn peer_id(&self) -> Option<String> {
+        self.nodes.first().map(|n| n.peer_id().to_string())
+    }
+
+    /// The libp2p node of the node started last.
+    pub(crate) fn last_node(&self) -> Option<NodeRef> {
+        self.nodes.last().map(|dht| Arc::clone(dht.node()))
     }
 
     /// The first node's addresses, each with `/p2p/<peer id>`.

@@ -10,6 +10,9 @@ use crate::failure::Failure;
 /// Whether this binary has a Kademlia DHT.
 pub(crate) const AVAILABLE: bool = false;
 
+/// Stands in for a peer's libp2p node, which only exists with Kademlia.
+pub(crate) type NodeRef = std::convert::Infallible;
+
 fn missing() -> Failure {
     Failure::new(
         "this binary has no Kademlia DHT (feature `kad` with the averager-dht KadDht); use --dht memory",
@@ -29,6 +32,21 @@ impl KadNodes {
     /// Unreachable in practice (no `KadNodes` can be made); an error all the same.
     pub(crate) async fn start_node(&mut self, _listen: &str) -> Result<Arc<dyn Dht>> {
         Err(missing())
+    }
+
+    /// Always an error: there is no Kademlia here.
+    pub(crate) fn use_identity(&mut self, _path: &std::path::Path) -> Result<()> {
+        Err(missing())
+    }
+
+    /// No peer id.
+    pub(crate) fn peer_id(&self) -> Option<String> {
+        None
+    }
+
+    /// No node.
+    pub(crate) fn last_node(&self) -> Option<NodeRef> {
+        None
     }
 
     /// No addresses.

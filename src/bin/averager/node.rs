@@ -2,8 +2,10 @@
 //! Kademlia node, shares its state with newcomers, averages its tensors every `--every` seconds,
 //! and stops cleanly on Ctrl+C (SIGINT) or SIGTERM.
 //!
-//! stdout carries the lines other programs need, each once: `averaging endpoint <endpoint>`,
-//! `dht address <multiaddr>` per address (bootstrap other peers from any of them), `ready`, and
+//! stdout carries the lines other programs need, each once: `peer id <peer id>` (the Kademlia
+//! node's libp2p identity, kept across restarts with `--identity FILE`), `averaging endpoint
+//! <endpoint>` (`libp2p://<peer id>` with `--transport libp2p`, which serves on the DHT node's
+//! own port), `dht address <multiaddr>` per address (bootstrap other peers from any of them), `ready`, and
 //! `stopped`. Step progress is logged to stderr.
 
 use std::process::ExitCode;
@@ -34,12 +36,22 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
     let every = seconds("--every", args.every)?;
     let config = config(&args)?;
     if args.transport == TransportKind::Memory {
-        return Err(Failure::new("a node talks to other processes: use --transport grpc or quic"));
+        return Err(Failure::new("a node talks to other processes: use --transport grpc, quic or libp2p"));
     }
     let tensors = initial_tensors(&args)?;
-    let transport = Transports::new(args.transport)?.build(0, args.listen)?;
+    let transports = Transports::new(args.transport)?;
     let mut dhts = Dhts::new(DhtKind::Kad, &args.bootstrap)?;
+    if let Some(path) = &args.identity {
+        dhts.use_identity(path)?;
+    }
     let dht = dhts.node_at(&args.dht_listen).await?;
+    let transport = match transports.build(0, args.listen, dhts.last_node()) {
+        Ok(transport) => transport,
+        Err(e) => {
+            dhts.shutdown().await;
+            return Err(e);
+        }
+    };
     let outcome = serve(&args, config, tensors, transport, dht, &dhts, every).await;
     dhts.shutdown().await;
     if outcome.is_ok() {
@@ -99,6 +111,9 @@ async fn serve(
     let prefix = config.prefix.clone();
     let averager = Averager::new(tensors, dht, transport, config).await?;
     averager.set_allow_state_sharing(true)?;
+    if let Some(peer) = dhts.peer_id() {
+        say(&format!("peer id {peer}"));
+    }
     say(&format!("averaging endpoint {}", averager.endpoint()));
     for addr in dhts.bootstrap_addrs() {
         say(&format!("dht address {addr}"));

@@ -96,9 +96,16 @@ impl Swarm {
             let values = values(index);
             let tensors = vec![Tensor::from_f32(vec![values.len()], values)?];
             let config = AveragerConfig { initial_group_bits: bits.clone(), ..spec.config.clone() };
-            let transport = transports.build(index, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
             let started = match dhts.node().await {
-                Ok(dht) => Averager::new(tensors, dht, transport, config).await.map_err(Into::into),
+                Ok(dht) => {
+                    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+                    match transports.build(index, listen, dhts.last_node()) {
+                        Ok(transport) => {
+                            Averager::new(tensors, dht, transport, config).await.map_err(Into::into)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             };
             match started {

@@ -30,10 +30,11 @@ use crate::tensors::{peer_values, write_f32_file};
 /// When the peer cannot start; a failed step is reported in its round line instead.
 pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
     let timeout = seconds("--timeout", args.timeout)?;
-    let transport =
-        Transports::new(args.transport)?.build(args.index, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    let transports = Transports::new(args.transport)?;
     let mut dhts = Dhts::new(DhtKind::Kad, &args.bootstrap)?;
     let dht = dhts.node().await?;
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let transport = transports.build(args.index, listen, dhts.last_node())?;
     let mut config = demo_config(&args.prefix, args.group_size, &args.compression);
     config.initial_group_bits = args.bits.clone();
     config.sender_timeout = args.sender_timeout.map(|s| seconds("--sender-timeout", s)).transpose()?;
