@@ -406,7 +406,7 @@ mod tests {
     fn every_peer_gets_a_full_group() {
         assert_eq!(layout(8, 2, None).unwrap(), (2, 2));
         assert_eq!(layout(4, 2, None).unwrap(), (2, 1));
-        assert_eq!(layout(16, 4, None).unwrap(), (4, 1));
+        assert_eq!(layout(16, 4, None).unwrap(), (4, 2));
         // Peers that are not group_size x 2^k: one group of all of them.
         assert_eq!(layout(3, 2, None).unwrap(), (3, 0));
         assert_eq!(layout(6, 2, None).unwrap(), (6, 0));

@@ -43,16 +43,23 @@ pub async fn swarm(n: usize) -> Vec<Arc<Libp2pNode>> {
 #[derive(Clone, Default)]
 pub struct ConformancePeers {
     seed: Arc<tokio::sync::OnceCell<Arc<Libp2pNode>>>,
+    made: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ConformancePeers {
-    /// A transport for one more peer.
+    /// A transport for one more peer, once the case's first node knows it (a caller finds a peer
+    /// id's address through that node), with a connect timeout generous for a loaded machine.
     pub async fn make(&self) -> Arc<dyn Transport> {
         init_logs();
         let seed = self.seed.get_or_init(|| node(None)).await;
         let node = node(Some(seed)).await;
-        Arc::new(Libp2pTransport::on_node(node, StreamSettings::default()).expect("valid settings"))
-            as Arc<dyn Transport>
+        let made = self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        seed.wait_for_peers(made, JOIN_LIMIT)
+            .await
+            .unwrap_or_else(|e| panic!("the seed knows {} of {made} peers: {e}", seed.known_peers()));
+        let settings =
+            StreamSettings { connect_timeout: Duration::from_secs(30), ..StreamSettings::default() };
+        Arc::new(Libp2pTransport::on_node(node, settings).expect("valid settings")) as Arc<dyn Transport>
     }
 }
 
