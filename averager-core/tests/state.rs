@@ -73,7 +73,7 @@ async fn scenario_11_load_state_priority() {
 
 /// Issue 11 (and 16, item 4): a donor in the middle of an all-reduce serves at once, the state it
 /// had when the round began, instead of making the download wait for its round. The round here
-/// lasts at least 2 s (the partner's replies are held 2 s), and the downloader's chunk timeout is
+/// lasts at least 2 s (the partner's parts and replies are held 2 s), and the downloader's chunk timeout is
 /// 0.5 s: before, the download waited for the tensor lock, ran out of time, and came back `None`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_donor_serves_its_state_while_it_averages() {
@@ -97,7 +97,8 @@ async fn a_donor_serves_its_state_while_it_averages() {
         let (transport, plan) =
             FaultyTransport::new(Arc::new(MemoryTransport::with_settings(network.clone(), settings)));
         if i == 1 {
-            plan.add(Fault::Delay(Duration::from_secs(2)).rpc(Rpc::AggregatePart).server_side());
+            // Both directions: whoever of the two reduces the one part, the round waits for it.
+            plan.add(Fault::Delay(Duration::from_secs(2)).rpc(Rpc::AggregatePart));
         }
         let tensors = vec![f32s(&[4], [i as f32; 4])];
         let peer =
