@@ -102,9 +102,9 @@ impl Inner {
             self.abandon(&group);
             return Err(Error::Cancelled("the step was cancelled".into()));
         }
-        // Members may stream to us before our trigger fires; their streams wait (protocol 8.2).
-        // Counting starts before them too.
-        let tally = self.traffic.begin(group.group_id.clone());
+        // Members may stream to us before our trigger fires; their streams wait (protocol 8.2)
+        // and are counted into this tally (which they may have started).
+        let tally = self.traffic.tally(&group.group_id);
         self.router.expect(group.group_id.clone());
         control.set_group(Some(group.endpoints.clone()));
         if !control.triggered() {
@@ -159,7 +159,9 @@ impl Inner {
             .all_reduce(all_reduce_group, control, &group, &tally)
             .instrument(span.clone())
             .await
-            .map_err(|e| e.during(Operation::AllReduce).with_context("group", &group_id))?;
+            .map_err(|e| e.during(Operation::AllReduce).with_context("group", &group_id));
+        self.traffic.end(&group.group_id);
+        let figures = figures?;
         span.record("bytes_sent", figures.bytes_sent);
         span.record("bytes_received", figures.bytes_received);
         span.record("failed_reducers", figures.failed_reducers);

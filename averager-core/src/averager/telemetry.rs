@@ -4,10 +4,11 @@
 //! The all-reduce runner does not count bytes itself. Each round gets a [`Tally`]: the transport
 //! handed to its runner counts the parts this peer sends and the replies it gets, and the service
 //! counts the parts other members stream to this peer and the replies it streams back (found by
-//! the group id of their first part). The runner ends when this peer has its own result, while its
+//! the group id of their first part, see [`RoundTraffic`]). The runner ends when this peer has its own result, while its
 //! reducer may still be streaming the last replies; the round waits for those streams to end
 //! ([`Tally::replies_done`]) before it reads the figures.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -72,23 +73,37 @@ impl Tally {
     }
 }
 
-/// The tally of the round under way, by group id, for the service to count served streams into.
+/// Tallies by group id, for the service to count served streams into. A member may stream its
+/// parts before this peer's own matchmaking has returned the group (the router holds such streams
+/// until the round starts), so a stream may create its group's tally before the round does.
 #[derive(Default)]
 pub(super) struct RoundTraffic {
-    current: Mutex<Option<(Bytes, Arc<Tally>)>>,
+    /// At most [`MAX_TALLIES`], oldest first: streams naming groups that never become a round
+    /// (a hostile peer's made-up ids) only push out old tallies, never grow memory.
+    tallies: Mutex<VecDeque<(Bytes, Arc<Tally>)>>,
 }
 
+/// Groups tallied at once: the round under way, its predecessors' late replies, early streams.
+const MAX_TALLIES: usize = 16;
+
 impl RoundTraffic {
-    /// Starts counting for `group_id` (before any of its members' streams can be served).
-    pub(super) fn begin(&self, group_id: Bytes) -> Arc<Tally> {
+    /// The tally of `group_id`, created if this is the first word of it.
+    pub(super) fn tally(&self, group_id: &[u8]) -> Arc<Tally> {
+        let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, tally)) = tallies.iter().find(|(id, _)| id.as_ref() == group_id) {
+            return Arc::clone(tally);
+        }
+        if tallies.len() >= MAX_TALLIES {
+            tallies.pop_front();
+        }
         let tally = Arc::new(Tally::default());
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some((group_id, Arc::clone(&tally)));
+        tallies.push_back((Bytes::copy_from_slice(group_id), Arc::clone(&tally)));
         tally
     }
 
-    fn tally_of(&self, group_id: &[u8]) -> Option<Arc<Tally>> {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        current.as_ref().filter(|(id, _)| id.as_ref() == group_id).map(|(_, tally)| Arc::clone(tally))
+    /// Forgets the tally of a round that is over (its holders keep counting into their copy).
+    pub(super) fn end(&self, group_id: &[u8]) {
+        self.tallies.lock().unwrap_or_else(PoisonError::into_inner).retain(|(id, _)| id.as_ref() != group_id);
     }
 
     /// `requests`, counted into the tally of their group once its first part names it; the
@@ -102,9 +117,8 @@ impl RoundTraffic {
         let call = Arc::clone(&served);
         let requests = requests.inspect(move |item| {
             let Ok(message) = item else { return };
-            if call.tally.get().is_none()
-                && let Some(tally) = rounds.tally_of(&message.group_id)
-            {
+            if call.tally.get().is_none() {
+                let tally = rounds.tally(&message.group_id);
                 tally.open_replies.send_modify(|n| *n += 1);
                 let _ = call.tally.set(tally);
             }
@@ -219,6 +233,8 @@ impl AveragingClient for CountingClient {
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt;
+
     use super::*;
     use crate::transport::{MemoryNetwork, MemoryTransport};
 
@@ -250,6 +266,28 @@ mod tests {
             let chunk = DownloadData { metadata: vec![7u8; 100].into(), ..Default::default() };
             Ok(Box::pin(futures::stream::iter([Ok(chunk)])))
         }
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_comes_before_its_round_counts_into_it() {
+        let rounds = Arc::new(RoundTraffic::default());
+        let part = AveragingData { group_id: vec![7u8; 20].into(), ..Default::default() };
+        let size = prost::Message::encoded_len(&part) as u64;
+        let (requests, served) = rounds.count_requests(Box::pin(futures::stream::iter([Ok(part.clone())])));
+        let replies = served.replies(Box::pin(futures::stream::iter([Ok(part.clone())])));
+        // The member's part arrives first; the round starts after it.
+        let mut requests = requests;
+        assert!(requests.next().await.is_some());
+        let tally = rounds.tally(&part.group_id);
+        let replies: Vec<_> = replies.collect().await;
+        assert_eq!(replies.len(), 1);
+        assert_eq!((tally.sent(), tally.received()), (size, size));
+        // The call is open until both of its streams are gone (collect dropped the replies).
+        assert!(tally.replies_done().now_or_never().is_none());
+        drop(requests);
+        assert!(tally.replies_done().now_or_never().is_some());
+        rounds.end(&part.group_id);
+        assert!(!Arc::ptr_eq(&rounds.tally(&part.group_id), &tally));
     }
 
     #[tokio::test]
