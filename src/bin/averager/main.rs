@@ -15,6 +15,7 @@ mod bench;
 mod cli;
 mod demo;
 mod failure;
+mod metrics;
 mod node;
 mod plan;
 mod plot;
