@@ -6,6 +6,8 @@ mod common;
 mod demo;
 mod errors;
 #[cfg(feature = "kad")]
+mod metrics;
+#[cfg(feature = "kad")]
 mod node;
 mod plan;
 #[cfg(feature = "kad")]

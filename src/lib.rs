@@ -15,8 +15,8 @@
 pub use averager_core::matchmaking::PeerMode;
 pub use averager_core::{
     Averager, AveragerConfig, Compression, CompressionInfo, DType, Dht, Error, ErrorKind, Gathered, Reducer,
-    Registry, Result, Stage, StepControl, StepOptions, Tensor, TensorRole, TensorView, Transport, allreduce,
-    averager, compression, error, matchmaking, reduce, registry, state, tensor, time, transport,
+    Registry, Result, Stage, StepControl, StepOptions, StepReport, Tensor, TensorRole, TensorView, Transport,
+    allreduce, averager, compression, error, matchmaking, reduce, registry, state, tensor, time, transport,
 };
 #[doc(inline)]
 pub use averager_core::{register_codec, register_dht, register_reducer, register_transport};

@@ -13,7 +13,7 @@ pub mod tensor;
 pub mod time;
 pub mod transport;
 
-pub use averager::{Averager, AveragerConfig, Gathered, Stage, StepControl, StepOptions};
+pub use averager::{Averager, AveragerConfig, Gathered, Stage, StepControl, StepOptions, StepReport};
 pub use averager_proto as proto;
 pub use compression::{Compression, CompressionInfo, TensorRole};
 pub use dht::Dht;

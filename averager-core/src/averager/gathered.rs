@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use serde::de::DeserializeOwned;
 
+use super::report::StepReport;
 use crate::error::Result;
 use crate::matchmaking::{GatherPayload, PeerMode};
 
@@ -11,12 +12,24 @@ use crate::matchmaking::{GatherPayload, PeerMode};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gathered {
     members: Vec<(String, GatherPayload)>,
+    report: StepReport,
 }
 
 impl Gathered {
     /// A result from `(endpoint, payload)` pairs in group order.
     pub fn new(members: Vec<(String, GatherPayload)>) -> Self {
-        Gathered { members }
+        Gathered { members, report: StepReport::default() }
+    }
+
+    /// This result with the step's figures.
+    pub fn with_report(mut self, report: StepReport) -> Self {
+        self.report = report;
+        self
+    }
+
+    /// How the step went: its group, timings and traffic (all zero for a result built by hand).
+    pub fn report(&self) -> &StepReport {
+        &self.report
     }
 
     /// Number of members (this peer, CLIENTs and AUX peers included).

@@ -4,12 +4,14 @@
 
 mod config;
 mod gathered;
+mod report;
 mod round;
 mod schema;
 mod service;
 mod state;
 mod step_control;
 mod step_options;
+mod telemetry;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{AveragerConfig, AveragerConfigBuilder, CodecSpec, TensorSettings};
 pub use gathered::Gathered;
+pub use report::StepReport;
 pub use schema::schema_hash;
 pub use state::AveragerState;
 pub use step_control::{Stage, StepControl};
@@ -74,6 +77,8 @@ pub(crate) struct Inner {
     shutdown: CancellationToken,
     server: Mutex<Option<ServerHandle>>,
     state: state::StateParts,
+    /// Part messages sent and received in the round under way, for the steps' reports.
+    traffic: Arc<telemetry::RoundTraffic>,
 }
 
 impl Averager {
@@ -188,6 +193,7 @@ impl Averager {
             step_lock: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             server: Mutex::new(server),
+            traffic: Arc::default(),
         });
         let _ = service.inner.set(Arc::downgrade(&inner));
         inner.start_donor_loop();

@@ -1,13 +1,22 @@
 //! protocol 8.1: the round loop of one step: matchmaking, the trigger, the all-reduce, retries.
+//!
+//! Every step runs in a `step` span (`matchmaking` and `allreduce` spans inside), whose fields
+//! (group id and size, bytes, durations, outcome) are recorded from what the round returns; the
+//! same figures come back to the caller as the result's [`StepReport`].
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use averager_proto::MessageCode;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::gathered::Gathered;
+use super::report::StepReport;
 use super::step_control::{Stage, StepControl};
+use super::telemetry::{CountingTransport, Tally};
 use super::{Inner, hex};
 use crate::allreduce::{AllReduceGroup, AllReduceInputs, AllReduceRunner, AllReduceSettings};
 use crate::error::{Error, Operation, Result};
@@ -21,19 +30,46 @@ impl Inner {
     pub(super) async fn run_step(self: Arc<Self>, control: StepControl<Gathered>) {
         // A second step queues behind the first (protocol 3.1).
         let _one_at_a_time = self.step_lock.lock().await;
-        let result = self.round_loop(&control).await;
+        let span = tracing::info_span!(
+            "step",
+            group_id = Empty,
+            group_size = Empty,
+            attempts = Empty,
+            bytes_sent = Empty,
+            bytes_received = Empty,
+            matchmaking_seconds = Empty,
+            allreduce_seconds = Empty,
+            outcome = Empty,
+        );
+        let mut report = StepReport::default();
+        let result = self.round_loop(&control, &mut report).instrument(span.clone()).await;
+        span.record("attempts", report.attempts);
+        span.record("matchmaking_seconds", report.matchmaking.as_secs_f64());
+        let result = result.map(|gathered| {
+            span.record("group_id", report.group_id.as_str());
+            span.record("group_size", report.group_size);
+            span.record("bytes_sent", report.bytes_sent);
+            span.record("bytes_received", report.bytes_received);
+            span.record("allreduce_seconds", report.all_reduce.as_secs_f64());
+            span.record("outcome", "success");
+            gathered.with_report(report)
+        });
+        if let Err(e) = &result {
+            span.record("outcome", tracing::field::debug(e.kind()));
+        }
         control.set_result(result);
         control.set_stage(Stage::Finished);
     }
 
-    async fn round_loop(&self, control: &StepControl<Gathered>) -> Result<Gathered> {
+    async fn round_loop(&self, control: &StepControl<Gathered>, report: &mut StepReport) -> Result<Gathered> {
         loop {
             if control.is_done() {
                 return Err(Error::Cancelled("the step was cancelled".into()));
             }
             control.set_group(None);
             control.set_stage(Stage::LookingForGroup);
-            let error = match self.round(control).await {
+            report.attempts += 1;
+            let error = match self.round(control, report).await {
                 Ok(gathered) => return Ok(gathered),
                 Err(e) => e,
             };
@@ -52,14 +88,23 @@ impl Inner {
     }
 
     /// One attempt: find a group, await the trigger, run the all-reduce, apply the result.
-    async fn round(&self, control: &StepControl<Gathered>) -> Result<Gathered> {
-        let group = self.find_group(control).await?;
+    async fn round(&self, control: &StepControl<Gathered>, report: &mut StepReport) -> Result<Gathered> {
+        let span = tracing::info_span!("matchmaking", group_id = Empty, group_size = Empty, seconds = Empty);
+        let started = Instant::now();
+        let group = self.find_group(control).instrument(span.clone()).await;
+        report.matchmaking += started.elapsed();
+        span.record("seconds", started.elapsed().as_secs_f64());
+        let group = group?;
+        span.record("group_id", hex(&group.group_id).as_str());
+        span.record("group_size", group.endpoints.len());
         if control.is_done() || self.shutdown.is_cancelled() {
             // Cancelled while the group formed: tell its members instead of vanishing.
             self.abandon(&group);
             return Err(Error::Cancelled("the step was cancelled".into()));
         }
-        // Members may stream to us before our trigger fires; their streams wait (protocol 8.2).
+        // Members may stream to us before our trigger fires; their streams wait (protocol 8.2)
+        // and are counted into this tally (which they may have started).
+        let tally = self.traffic.tally(&group.group_id);
         self.router.expect(group.group_id.clone());
         control.set_group(Some(group.endpoints.clone()));
         if !control.triggered() {
@@ -100,9 +145,33 @@ impl Inner {
                     .set_temporary());
             }
         };
-        self.all_reduce(all_reduce_group, control, &group)
+        let group_id = hex(&group.group_id);
+        let span = tracing::info_span!(
+            "allreduce",
+            group_id = group_id.as_str(),
+            group_size = group.endpoints.len(),
+            bytes_sent = Empty,
+            bytes_received = Empty,
+            failed_reducers = Empty,
+            seconds = Empty,
+        );
+        let figures = self
+            .all_reduce(all_reduce_group, control, &group, &tally)
+            .instrument(span.clone())
             .await
-            .map_err(|e| e.during(Operation::AllReduce).with_context("group", hex(&group.group_id)))?;
+            .map_err(|e| e.during(Operation::AllReduce).with_context("group", &group_id));
+        self.traffic.end(&group.group_id);
+        let figures = figures?;
+        span.record("bytes_sent", figures.bytes_sent);
+        span.record("bytes_received", figures.bytes_received);
+        span.record("failed_reducers", figures.failed_reducers);
+        span.record("seconds", figures.seconds.as_secs_f64());
+        report.group_size = group.endpoints.len();
+        report.group_id = group_id;
+        report.all_reduce = figures.seconds;
+        report.bytes_sent = figures.bytes_sent;
+        report.bytes_received = figures.bytes_received;
+        report.failed_reducers = figures.failed_reducers;
         Ok(gathered)
     }
 
@@ -165,8 +234,10 @@ impl Inner {
         group: AllReduceGroup,
         control: &StepControl<Gathered>,
         formed: &FormedGroup,
-    ) -> Result<()> {
+        tally: &Arc<Tally>,
+    ) -> Result<AllReduceFigures> {
         let group_id = group.group_id.clone();
+        let started = Instant::now();
         let mut guard = self.tensors.lock().await;
         if let Err(e) = self.check_schema(&guard) {
             self.abandon(formed);
@@ -188,7 +259,7 @@ impl Inner {
             infos: self.infos.clone(),
             codec: Arc::clone(&self.codec),
             reducer: Arc::clone(&self.reducer),
-            transport: Arc::clone(&self.transport),
+            transport: Arc::new(CountingTransport::new(Arc::clone(&self.transport), Arc::clone(tally))),
             registry: self.registry,
             settings,
         });
@@ -220,17 +291,34 @@ impl Inner {
         drop(runner);
         let mut tensors = take_back(tensors);
         let applied = outcome.and_then(|outcome| {
-            if self.mode == PeerMode::Aux {
-                return Ok(());
+            if self.mode != PeerMode::Aux {
+                outcome.deltas.apply(&outcome.plan, &mut tensors, self.config.averaging_alpha)?;
             }
-            outcome.deltas.apply(&outcome.plan, &mut tensors, self.config.averaging_alpha)
+            Ok(outcome.failed_reducers.len())
         });
         *guard = tensors;
         drop(guard);
-        applied?;
+        let failed_reducers = applied?;
         self.after_update();
-        Ok(())
+        let seconds = started.elapsed();
+        // This peer's reducer may still be streaming its last replies; they are this round's
+        // traffic. A member that stopped reading is not waited for beyond one request timeout.
+        let _ = tokio::time::timeout(self.config.request_timeout, tally.replies_done()).await;
+        Ok(AllReduceFigures {
+            seconds,
+            bytes_sent: tally.sent(),
+            bytes_received: tally.received(),
+            failed_reducers,
+        })
     }
+}
+
+/// What one all-reduce cost, for the step's report.
+struct AllReduceFigures {
+    seconds: Duration,
+    bytes_sent: u64,
+    bytes_received: u64,
+    failed_reducers: usize,
 }
 
 /// The tensors back from the runner: without a copy when no reducer task still holds them (the

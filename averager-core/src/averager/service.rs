@@ -11,7 +11,7 @@
 //! pseudonym (or an empty `endpoint`) names no served peer, so it claims no one's identity and
 //! passes to the usual checks.
 
-use std::sync::{OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use async_trait::async_trait;
 use averager_proto::MessageCode;
@@ -31,7 +31,7 @@ pub(super) struct AveragerService {
 }
 
 impl AveragerService {
-    fn inner(&self) -> Result<std::sync::Arc<Inner>> {
+    fn inner(&self) -> Result<Arc<Inner>> {
         self.inner
             .get()
             .and_then(Weak::upgrade)
@@ -58,11 +58,15 @@ impl AveragingService for AveragerService {
     async fn rpc_aggregate_part(
         &self,
         call: CallContext,
-        mut requests: MessageStream<AveragingData>,
+        requests: MessageStream<AveragingData>,
     ) -> Result<MessageStream<AveragingData>> {
-        let router = self.inner()?.router.clone();
+        let inner = self.inner()?;
+        let (router, traffic) = (inner.router.clone(), Arc::clone(&inner.traffic));
+        drop(inner);
+        // Counted into the round of the group the first part names.
+        let (mut requests, served) = traffic.count_requests(requests);
         if call.authenticated_peer.is_none() {
-            return router.route(requests).await;
+            return Ok(served.replies(router.route(requests).await?));
         }
         // The first part is checked before routing, so an impersonator gets its answer at once
         // and never reaches a group. Authenticating transports bound the wait for it.
@@ -82,7 +86,8 @@ impl AveragingService for AveragerService {
                 None => Ok(part),
             }
         });
-        router.route(Box::pin(futures::stream::iter(first).chain(rest))).await
+        let replies = router.route(Box::pin(futures::stream::iter(first).chain(rest))).await?;
+        Ok(served.replies(replies))
     }
 
     async fn rpc_download_state(

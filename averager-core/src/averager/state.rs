@@ -3,10 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
+use tracing::field::Empty;
 
+use super::telemetry::{CountingTransport, Tally};
 use super::{Averager, Inner};
 use crate::compression::Compression;
 use crate::dht::Dht;
@@ -167,14 +170,38 @@ impl Averager {
     /// when that round began (a donor serves at once rather than after its round). A donor with
     /// its own state provider serves whatever that provider returns.
     ///
+    /// Runs in a `state_download` span recording the donor that delivered, the bytes received
+    /// and the duration.
+    ///
     /// # Errors
     /// The DHT's error when the donors cannot be listed.
     pub async fn load_state_from_peers(&self, timeout: Option<Duration>) -> Result<Option<AveragerState>> {
+        let span = tracing::info_span!("state_download", donor = Empty, bytes = Empty, seconds = Empty);
+        let started = Instant::now();
+        // Its own counter, so a download never counts into a running step's traffic.
+        let traffic = Arc::new(Tally::default());
+        let transport = CountingTransport::new(Arc::clone(&self.inner.transport), Arc::clone(&traffic));
+        let loaded = self.download(&transport, timeout).instrument(span.clone()).await;
+        span.record("seconds", started.elapsed().as_secs_f64());
+        span.record("bytes", traffic.received());
+        if let Ok(Some(_)) = &loaded
+            && let Some(donor) = traffic.last_dialled()
+        {
+            span.record("donor", donor.as_str());
+        }
+        loaded
+    }
+
+    async fn download(
+        &self,
+        transport: &CountingTransport,
+        timeout: Option<Duration>,
+    ) -> Result<Option<AveragerState>> {
         let inner = &self.inner;
         let chunk_timeout = inner.config.next_chunk_timeout.unwrap_or(inner.config.request_timeout);
         let loaded = load_state_from_peers(
             inner.state.dht.as_ref(),
-            inner.transport.as_ref(),
+            transport,
             inner.registry,
             &inner.config.prefix,
             &inner.endpoint,

@@ -225,6 +225,10 @@ pub(crate) struct NodeArgs {
     /// How peers reach each other.
     #[arg(long, value_enum, default_value_t = TransportKind::Grpc)]
     pub(crate) transport: TransportKind,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port; the bound address
+    /// is printed as `metrics address ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<SocketAddr>,
 }
 
 /// Flags of the hidden `worker` subcommand: one peer of `demo --processes`. The demo passes

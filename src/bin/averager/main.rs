@@ -15,6 +15,7 @@ mod bench;
 mod cli;
 mod demo;
 mod failure;
+mod metrics;
 mod node;
 mod plan;
 mod plot;
@@ -79,9 +80,13 @@ fn init_logs(default_filter: &str) {
     use std::io::IsTerminal;
 
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::format::FmtSpan;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // A closing span is a line with its fields: `RUST_LOG=averager_core=info` shows every
+        // step's `step`, `matchmaking`, `allreduce` and `state_download` spans.
+        .with_span_events(FmtSpan::CLOSE)
         .with_writer(std::io::stderr)
         // Colour codes only for a person; files and pipes get plain text.
         .with_ansi(std::io::stderr().is_terminal())

@@ -5,8 +5,12 @@
 //! stdout carries the lines other programs need, each once: `peer id <peer id>` (the Kademlia
 //! node's libp2p identity, kept across restarts with `--identity FILE`), `averaging endpoint
 //! <endpoint>` (`libp2p://<peer id>` with `--transport libp2p`, which serves on the DHT node's
-//! own port), `dht address <multiaddr>` per address (bootstrap other peers from any of them), `ready`, and
-//! `stopped`. Step progress is logged to stderr.
+//! own port), `dht address <multiaddr>` per address (bootstrap other peers from any of them),
+//! `metrics address <addr>` with `--metrics`, `ready`, and `stopped`. Step progress is logged to
+//! stderr, one line per step: `averaged` with the group size, the all-reduce's seconds and MB/s,
+//! and how far this peer's values moved (`moved`, the rms change: its distance to its group's
+//! mean, which shrinks as the swarm agrees; the spread across all peers is not known to one
+//! node), or `step failed` with the error.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use crate::backends::{self, DhtKind, Dhts, TransportKind, Transports};
 use crate::bench::seconds;
 use crate::cli::NodeArgs;
 use crate::failure::{Context, Failure};
+use crate::metrics::{Metrics, secs};
 use crate::tensors::{read_f32_file, write_f32_file};
 
 /// Default tensor size of a node without `--tensors`: 1 Mi f32 (4 MiB).
@@ -118,27 +123,43 @@ async fn serve(
     for addr in dhts.bootstrap_addrs() {
         say(&format!("dht address {addr}"));
     }
+    let metrics = Metrics::new();
+    let exporter = match args.metrics {
+        Some(addr) => {
+            let (bound, task) = crate::metrics::serve(addr, metrics.clone()).await?;
+            say(&format!("metrics address {bound}"));
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     tracing::info!(%prefix, "node running; Ctrl+C stops it");
     say("ready");
     let shutdown = crate::signals::shutdown_signal();
     tokio::pin!(shutdown);
     let outcome = tokio::select! {
-        outcome = work(args, &averager, every) => outcome,
+        outcome = work(args, &averager, every, &metrics) => outcome,
         () = &mut shutdown => {
             tracing::info!("shutting down");
             Ok(())
         }
     };
     let stopped = averager.shutdown().await;
+    drop(exporter);
     outcome?;
     stopped.context("shutting the averager down")?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Loads state if asked, then steps every `every` until `--steps` steps (or forever).
-async fn work(args: &NodeArgs, averager: &Averager, every: Duration) -> Result<()> {
+async fn work(args: &NodeArgs, averager: &Averager, every: Duration, metrics: &Metrics) -> Result<()> {
     if args.load_state {
-        load_state(averager).await?;
+        let loaded = load_state(averager).await;
+        metrics.state_download(match &loaded {
+            Ok(true) => "loaded",
+            Ok(false) => "none",
+            Err(_) => "failed",
+        });
+        loaded?;
     }
     // A step may outlive the period (matchmaking waits for others); it just delays the next.
     let timeout = every.max(Duration::from_secs(30));
@@ -148,12 +169,26 @@ async fn work(args: &NodeArgs, averager: &Averager, every: Duration) -> Result<(
     while args.steps.is_none_or(|n| step < n) {
         ticks.tick().await;
         step += 1;
+        let before = first_tensor(averager).await;
         let start = Instant::now();
         match averager.step(StepOptions::default().timeout(timeout)).await {
             Ok(gathered) => {
+                let report = gathered.report();
+                metrics.step_succeeded(report);
+                let after = first_tensor(averager).await;
+                // MB of this peer's tensor averaged per second of all-reduce (the demo's algbw).
+                let mb = (after.len() * 4) as f64 / 1e6;
+                let allreduce = report.all_reduce.as_secs_f64();
+                let mb_per_s = if allreduce > 0.0 { mb / allreduce } else { 0.0 };
+                // `seconds` stays the last field: the soak test reads it.
                 tracing::info!(
                     step,
                     group = gathered.len(),
+                    allreduce_secs = secs(report.all_reduce),
+                    mb_per_s = (mb_per_s * 10.0).round() / 10.0,
+                    moved = %format_args!("{:.3e}", rms_change(&before, &after)),
+                    sent_kb = report.bytes_sent / 1000,
+                    received_kb = report.bytes_received / 1000,
                     seconds = start.elapsed().as_secs_f64(),
                     "averaged"
                 );
@@ -166,17 +201,44 @@ async fn work(args: &NodeArgs, averager: &Averager, every: Duration) -> Result<(
                 }
             }
             // Being alone, or a group that fell apart, is normal for a long-running peer.
-            Err(e) => tracing::warn!(step, error = %e, "step failed"),
+            Err(e) => {
+                metrics.step_failed(&e);
+                tracing::warn!(step, error = %e, "step failed");
+            }
         }
     }
     Ok(())
 }
 
-/// Replaces the tensors with a donor's, when one answers and its tensors fit.
-async fn load_state(averager: &Averager) -> Result<()> {
+/// A copy of the node's (one, f32) tensor.
+async fn first_tensor(averager: &Averager) -> Vec<f32> {
+    let tensors = averager.tensors().await;
+    tensors.first().and_then(|t| t.as_f32().ok()).map(<[f32]>::to_vec).unwrap_or_default()
+}
+
+/// Root-mean-square difference of two equally long vectors (0 for empty or unequal ones).
+fn rms_change(before: &[f32], after: &[f32]) -> f64 {
+    if before.is_empty() || before.len() != after.len() {
+        return 0.0;
+    }
+    let sum: f64 = before.iter().zip(after).map(|(a, b)| f64::from(b - a).powi(2)).sum();
+    (sum / before.len() as f64).sqrt()
+}
+
+/// Aborts the metrics endpoint's task when the node stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Replaces the tensors with a donor's, when one answers and its tensors fit; whether it did.
+async fn load_state(averager: &Averager) -> Result<bool> {
     let Some(state) = averager.load_state_from_peers(Some(LOAD_STATE_TIMEOUT)).await? else {
         tracing::warn!("no peer shared its state; starting from the local tensors");
-        return Ok(());
+        return Ok(false);
     };
     let mut tensors = averager.tensors().await;
     let fits = state.tensors.len() == tensors.len()
@@ -187,13 +249,13 @@ async fn load_state(averager: &Averager) -> Result<()> {
             .all(|(a, b)| a.shape() == b.shape() && a.dtype() == b.dtype());
     if !fits {
         tracing::warn!("the downloaded state has other tensor shapes; keeping the local tensors");
-        return Ok(());
+        return Ok(false);
     }
     for (mine, theirs) in tensors.iter_mut().zip(state.tensors) {
         *mine = theirs;
     }
     tracing::info!("loaded the state of a peer");
-    Ok(())
+    Ok(true)
 }
 
 /// One line on stdout (Rust's stdout is line-buffered, also into a pipe, so a reader sees it at
