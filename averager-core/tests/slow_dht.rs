@@ -54,7 +54,6 @@ impl Dht for SlowDht {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the matchmaking refresh fix (search.rs: stamp last_refresh after the read)"]
 async fn peers_form_groups_when_dht_reads_are_slower_than_the_refresh_interval() {
     let dht: Arc<dyn Dht> = Arc::new(SlowDht { inner: MemoryDht::new(), delay: Duration::from_millis(120) });
     let network = MemoryNetwork::new();

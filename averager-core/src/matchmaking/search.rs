@@ -252,8 +252,12 @@ impl Matchmaker {
             let clock = tokio::time::Instant::now();
             let due = if want_refresh { next_refresh } else { next_idle_refresh };
             if due.is_none_or(|t| t <= clock) {
+                // Stamped after the read: a read slower than the refresh interval (a loaded
+                // Kademlia swarm) would otherwise make the next refresh due at once, and the
+                // loop would re-read forever without ever asking the leaders it found.
+                let read = declared_peers(self.dht.as_ref(), &self.current_key(), true).await;
                 *last_refresh = Some(tokio::time::Instant::now());
-                match declared_peers(self.dht.as_ref(), &self.current_key(), true).await {
+                match read {
                     Ok(peers) => {
                         let min_time = self.config.min_matchmaking_time.as_secs_f64();
                         queue.refresh(peers, &self.config.endpoint, dht_now(), min_time);
