@@ -2,11 +2,10 @@
 //! (50 ms), as a debug-build Kademlia DHT of 8 or 9 nodes on a loaded machine does (reads of
 //! 70-350 ms measured in the 8-node soak).
 //!
-//! Ignored until the fix in `matchmaking/search.rs` lands: the pick loop stamps the refresh time
-//! *before* the read, so a read slower than the interval makes the next refresh due at once and
-//! the loop re-reads forever without ever asking the best leader to take it; every step then
-//! fails with "could not find a group" (the soak's 8 nodes averaged 12-35 times a minute instead
-//! of ~370). Stamping it after the read lets the loop look at the queue between reads.
+//! The pick loop once stamped the refresh time *before* the read, so a read slower than the
+//! interval made the next refresh due at once and the loop re-read forever without ever asking
+//! the best leader to take it; every step then failed with "could not find a group" (the soak's
+//! 8 nodes averaged 12-35 times a minute instead of ~370). It stamps it after the read now.
 
 mod common;
 
