@@ -7,12 +7,13 @@ use std::time::Duration;
 use averager_core::{Error, Result};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::driver::{Command, Driver, Shared};
 use crate::error;
+use crate::reachability::NatReport;
 use crate::record::RecordLimits;
 use crate::settings::KadSettings;
 use crate::store::{MergingStore, StoreLimits};
@@ -81,6 +82,14 @@ impl Libp2pNode {
         let mut driver = Driver::new(swarm, Arc::clone(&shared), limits);
         driver.listen(&settings.listen, settings.query_timeout).await?;
         driver.join(&settings.bootstrap, settings.query_timeout).await?;
+        driver.add_external_addrs(&settings.external_addrs);
+        if !settings.relays.is_empty() {
+            // Not fatal: the relay client keeps asking while the listener lives, and the node
+            // is useful (it can dial out) meanwhile.
+            if let Err(e) = driver.listen_through_relays(&settings.relays, settings.query_timeout).await {
+                tracing::warn!(error = %e, "not reachable through every relay yet");
+            }
+        }
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (stop, stop_rx) = oneshot::channel();
         let task = tokio::spawn(
@@ -140,6 +149,17 @@ impl Libp2pNode {
             Ok(Err(_)) => Err(error::stopped()),
             Err(_) => Err(Error::timeout(format!("{peers} peers in the kad routing table"), limit)),
         }
+    }
+
+    /// How other peers can reach this node, as far as it knows now (see [`NatReport`]).
+    pub fn nat_report(&self) -> NatReport {
+        self.shared.nat.borrow().clone()
+    }
+
+    /// Follows [`Libp2pNode::nat_report`]: the receiver sees every change (relay reservations,
+    /// AutoNAT's verdicts, hole punches) until the node stops.
+    pub fn watch_nat(&self) -> watch::Receiver<NatReport> {
+        self.shared.nat.subscribe()
     }
 
     /// Takes every inbound substream of `protocol` (see [`Streams::accept`]).
