@@ -6,7 +6,10 @@
 //! node's libp2p identity, kept across restarts with `--identity FILE`), `averaging endpoint
 //! <endpoint>` (`libp2p://<peer id>` with `--transport libp2p`, which serves on the DHT node's
 //! own port), `dht address <multiaddr>` per address (bootstrap other peers from any of them), `ready`, and
-//! `stopped`. Step progress is logged to stderr.
+//! `stopped`; after each successful step, `averaged step <n> group <size>`. With the Kademlia DHT it also prints `reachability <how>` (`direct`, `hole-punched`,
+//! `relayed` or `private`) each time that changes, and `hole punched <peer id>` for each peer a
+//! hole punch connected it to directly (`--relay` makes a NATed node reachable through a relay;
+//! `--external-addr` declares a public address). Step progress is logged to stderr.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,7 +47,13 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
     if let Some(path) = &args.identity {
         dhts.use_identity(path)?;
     }
+    dhts.use_nat(&args.relay, &args.external_addr)?;
     let dht = dhts.node_at(&args.dht_listen).await?;
+    // At once, before the averager exists: a NATed node's first verdicts (relay reservation)
+    // arrive while it starts.
+    if let Some(peer) = dhts.peer_id() {
+        say(&format!("peer id {peer}"));
+    }
     let transport = match transports.build(0, args.listen, dhts.last_node()) {
         Ok(transport) => transport,
         Err(e) => {
@@ -52,7 +61,11 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
+    let reachability = dhts.print_reachability();
     let outcome = serve(&args, config, tensors, transport, dht, &dhts, every).await;
+    if let Some(task) = reachability {
+        task.abort();
+    }
     dhts.shutdown().await;
     if outcome.is_ok() {
         say("stopped");
@@ -111,9 +124,6 @@ async fn serve(
     let prefix = config.prefix.clone();
     let averager = Averager::new(tensors, dht, transport, config).await?;
     averager.set_allow_state_sharing(true)?;
-    if let Some(peer) = dhts.peer_id() {
-        say(&format!("peer id {peer}"));
-    }
     say(&format!("averaging endpoint {}", averager.endpoint()));
     for addr in dhts.bootstrap_addrs() {
         say(&format!("dht address {addr}"));
@@ -151,6 +161,7 @@ async fn work(args: &NodeArgs, averager: &Averager, every: Duration) -> Result<(
         let start = Instant::now();
         match averager.step(StepOptions::default().timeout(timeout)).await {
             Ok(gathered) => {
+                say(&format!("averaged step {step} group {}", gathered.len()));
                 tracing::info!(
                     step,
                     group = gathered.len(),
