@@ -9,12 +9,18 @@
 # The public namespace forwards between the two routers (it plays the internet) and has no route
 # to either home network. Every address lives inside these namespaces only.
 #
-#   netns.sh up SUFFIX     creates the namespaces avnat-{pub,ra,rb,ha,hb}-SUFFIX; exit 77 with the
-#                          reason on stderr when this machine cannot (not root, no `ip`, no nft)
+#   netns.sh up SUFFIX [cone|symmetric]
+#                          creates the namespaces avnat-{pub,ra,rb,ha,hb}-SUFFIX; exit 77 with the
+#                          reason on stderr when this machine cannot (not root, no `ip`, no nft).
+#                          cone (default): the routers keep a connection's source port when they
+#                          can, so hole punching works; symmetric: they pick a random port for
+#                          each connection, so a peer's observed address is useless to others
+#                          and only the relay connects the homes.
 #   netns.sh down SUFFIX   kills what runs in them and deletes them (never fails)
 set -u
 cmd=${1:-}
 suffix=${2:-}
+kind=${3:-cone}
 if [ -z "$cmd" ] || [ -z "$suffix" ]; then
     echo "usage: $0 up|down SUFFIX" >&2
     exit 2
@@ -40,6 +46,11 @@ cannot() {
 }
 
 up() {
+    case "$kind" in
+        cone) masquerade="masquerade" ;;
+        symmetric) masquerade="masquerade random" ;;
+        *) echo "unknown NAT kind $kind" >&2; exit 2 ;;
+    esac
     [ "$(id -u)" = 0 ] || cannot "not root: network namespaces need root"
     command -v ip >/dev/null || cannot "no \`ip\` command (iproute2)"
     if ! command -v nft >/dev/null; then
@@ -74,7 +85,7 @@ up() {
 table ip nat {
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "wan" masquerade
+        oifname "wan" $masquerade
     }
 }
 table ip filter {
