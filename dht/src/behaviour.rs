@@ -68,8 +68,12 @@ pub(crate) fn build_swarm(
             let peer_id = key.public().to_peer_id();
             let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
             kad.set_mode(Some(kad::Mode::Server));
-            let identify =
-                identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), key.public()));
+            // Pushed as they change: a NATed node's relayed address appears after it connected
+            // to the relay, and must reach the others' tables before they dial it.
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_VERSION.into(), key.public())
+                    .with_push_listen_addr_updates(true),
+            );
             let mut relay = relay::Behaviour::new(peer_id, relay_config(settings));
             relay.set_status(Some(relay::Status::Enable));
             let autonat = autonat::Behaviour::new(peer_id, autonat_config());

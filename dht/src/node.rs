@@ -182,7 +182,7 @@ impl Libp2pNode {
         protocol: StreamProtocol,
         addresses: Vec<Multiaddr>,
     ) -> std::result::Result<Stream, OpenError> {
-        match self.streams.open(peer, protocol.clone(), addresses).await {
+        match self.streams.open(peer, protocol.clone(), addresses.clone()).await {
             Err(OpenError::NoAddresses(_)) => {
                 let found = self.find_peer(peer).await;
                 if found.is_empty() {
@@ -190,6 +190,10 @@ impl Libp2pNode {
                 }
                 self.streams.open(peer, protocol, found).await
             }
+            Err(failed @ OpenError::Dial { .. }) => match self.fresh_addresses(peer, &addresses).await {
+                Some(found) => self.streams.open(peer, protocol, found).await,
+                None => Err(failed),
+            },
             other => other,
         }
     }
@@ -204,7 +208,7 @@ impl Libp2pNode {
         peer: PeerId,
         addresses: Vec<Multiaddr>,
     ) -> std::result::Result<(), OpenError> {
-        match self.streams.connect(peer, addresses).await {
+        match self.streams.connect(peer, addresses.clone()).await {
             Err(OpenError::NoAddresses(_)) => {
                 let found = self.find_peer(peer).await;
                 if found.is_empty() {
@@ -212,8 +216,20 @@ impl Libp2pNode {
                 }
                 self.streams.connect(peer, found).await
             }
+            Err(failed @ OpenError::Dial { .. }) => match self.fresh_addresses(peer, &addresses).await {
+                Some(found) => self.streams.connect(peer, found).await,
+                None => Err(failed),
+            },
             other => other,
         }
+    }
+
+    /// After a failed dial: the addresses a lookup finds now, when it finds any beyond `tried`.
+    /// A peer behind a NAT is first heard of with its private addresses only; its relayed
+    /// address reaches the others a moment later.
+    async fn fresh_addresses(&self, peer: PeerId, tried: &[Multiaddr]) -> Option<Vec<Multiaddr>> {
+        let found = self.find_peer(peer).await;
+        found.iter().any(|addr| !tried.contains(addr)).then_some(found)
     }
 
     /// The addresses of `peer` a Kademlia lookup finds (empty when it finds none, or the node
