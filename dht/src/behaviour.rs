@@ -19,7 +19,9 @@
 use std::num::NonZeroU8;
 
 use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, Swarm, SwarmBuilder, autonat, dcutr, identify, kad, noise, relay, tcp, yamux};
 
 use averager_core::{Error, Result};
@@ -42,10 +44,12 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) unreachable: Unreachable,
     pub(crate) streams: StreamBehaviour,
-    pub(crate) relay: relay::Behaviour,
+    pub(crate) relay: Toggle<relay::Behaviour>,
     pub(crate) relay_client: relay::client::Behaviour,
-    pub(crate) autonat: autonat::Behaviour,
-    pub(crate) dcutr: dcutr::Behaviour,
+    /// The relay server, AutoNAT and DCUtR are off on a node that listens on loopback only
+    /// (see [`traverses_nats`]).
+    pub(crate) autonat: Toggle<autonat::Behaviour>,
+    pub(crate) dcutr: Toggle<dcutr::Behaviour>,
 }
 
 /// A swarm for `keypair` with `settings`, not yet listening.
@@ -68,16 +72,22 @@ pub(crate) fn build_swarm(
             let peer_id = key.public().to_peer_id();
             let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
             kad.set_mode(Some(kad::Mode::Server));
+            let nat = traverses_nats(settings);
             // Pushed as they change: a NATed node's relayed address appears after it connected
             // to the relay, and must reach the others' tables before they dial it.
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_VERSION.into(), key.public())
-                    .with_push_listen_addr_updates(true),
+                    .with_push_listen_addr_updates(nat),
             );
-            let mut relay = relay::Behaviour::new(peer_id, relay_config(settings));
-            relay.set_status(Some(relay::Status::Enable));
-            let autonat = autonat::Behaviour::new(peer_id, autonat_config());
-            let dcutr = dcutr::Behaviour::new(peer_id);
+            let relay = nat
+                .then(|| {
+                    let mut relay = relay::Behaviour::new(peer_id, relay_config(settings));
+                    relay.set_status(Some(relay::Status::Enable));
+                    relay
+                })
+                .into();
+            let autonat = nat.then(|| autonat::Behaviour::new(peer_id, autonat_config())).into();
+            let dcutr = nat.then(|| dcutr::Behaviour::new(peer_id)).into();
             Behaviour {
                 kad,
                 identify,
@@ -141,6 +151,19 @@ const RELAY_MAX_CIRCUITS: usize = 256;
 
 /// The most circuits one peer may hold through a relay at once.
 const RELAY_MAX_CIRCUITS_PER_PEER: usize = 16;
+
+/// Whether the node runs the relay server, AutoNAT and DCUtR: not when it listens on loopback
+/// only (and has no relay), as every node of a test on one host does. There they have nothing to
+/// do, and measurably slowed the DHT scenario suites (AutoNAT's dial-backs open second
+/// connections between peers).
+fn traverses_nats(settings: &KadSettings) -> bool {
+    let loopback = |addr: &libp2p::Multiaddr| match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        _ => false,
+    };
+    !settings.relays.is_empty() || !settings.listen.iter().all(loopback)
+}
 
 /// AutoNAT v1, probing sooner than libp2p's defaults (15 s, then every 90 s) so a node reports
 /// its reachability within seconds of joining; peers on private networks count as servers (the
