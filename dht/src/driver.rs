@@ -20,9 +20,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::error;
+use crate::reachability::NatReport;
 use crate::rebootstrap::Rebootstrap;
 use crate::record;
 use crate::store::{Offer, StoreLimits, offer_entry};
+
+mod nat;
 
 /// How often expired entries of keys nobody touches are dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -44,11 +47,17 @@ pub(crate) struct Shared {
     pub(crate) listen_addrs: Mutex<Vec<Multiaddr>>,
     /// How many peers the routing table holds.
     pub(crate) peers: watch::Sender<usize>,
+    /// What the node knows of its own reachability.
+    pub(crate) nat: watch::Sender<NatReport>,
 }
 
 impl Shared {
     pub(crate) fn new() -> Self {
-        Shared { listen_addrs: Mutex::new(Vec::new()), peers: watch::Sender::new(0) }
+        Shared {
+            listen_addrs: Mutex::new(Vec::new()),
+            peers: watch::Sender::new(0),
+            nat: watch::Sender::new(NatReport::default()),
+        }
     }
 
     pub(crate) fn listen_addrs(&self) -> Vec<Multiaddr> {
@@ -86,6 +95,8 @@ pub(crate) struct Driver {
     failed_dials: HashMap<ConnectionId, String>,
     /// The lookups repeated after joining (see [`Rebootstrap`]).
     rebootstrap: Rebootstrap,
+    /// The relays this node listens through, and their listeners (see [`nat`]).
+    relays: nat::RelayListeners,
 }
 
 impl Driver {
@@ -103,6 +114,7 @@ impl Driver {
             join_dials: HashSet::new(),
             failed_dials: HashMap::new(),
             rebootstrap: Rebootstrap::default(),
+            relays: nat::RelayListeners::default(),
         }
     }
 
@@ -225,6 +237,8 @@ impl Driver {
         mut commands: mpsc::Receiver<Command>,
         mut stop: oneshot::Receiver<()>,
     ) {
+        let mut relisten = tokio::time::interval(nat::RELAY_RETRY);
+        relisten.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -237,6 +251,7 @@ impl Driver {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = sweep.tick() => self.swarm.behaviour_mut().kad.store_mut().sweep(dht_now()),
+                _ = relisten.tick() => self.relisten_relays(),
                 () = self.rebootstrap.due() => {
                     if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
                         tracing::debug!(error = %e, "no repeated bootstrap lookup: no known peer");
@@ -318,6 +333,12 @@ impl Driver {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Unreachable(never)) => match never {},
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => nat::on_relay(event),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                nat::on_relay_client(&self.shared, event);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => nat::on_autonat(&self.shared, event),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => nat::on_dcutr(&self.shared, event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -333,12 +354,17 @@ impl Driver {
                 self.shared.edit_listen_addrs(|addrs| addrs.push(address));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
+                nat::on_address_gone(&self.shared, &address);
                 self.shared.edit_listen_addrs(|addrs| addrs.retain(|a| *a != address));
             }
-            SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+            SwarmEvent::ListenerClosed { listener_id, addresses, reason, .. } => {
+                self.relays.closed(listener_id);
                 if let Err(e) = reason {
                     tracing::warn!(error = %e, "a kad listener failed");
                     self.listen_failures.push(format!("a listener failed: {e}"));
+                }
+                for address in &addresses {
+                    nat::on_address_gone(&self.shared, address);
                 }
                 self.shared.edit_listen_addrs(|addrs| addrs.retain(|a| !addresses.contains(a)));
             }

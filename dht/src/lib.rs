@@ -6,6 +6,7 @@ mod error;
 mod identity;
 mod kad;
 mod node;
+mod reachability;
 mod rebootstrap;
 mod record;
 mod settings;
@@ -24,7 +25,8 @@ pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
 pub use libp2p::{Stream, StreamProtocol};
 pub use node::Libp2pNode;
-pub use settings::KadSettings;
+pub use reachability::{NatReport, Reachability};
+pub use settings::{DEFAULT_RELAY_CIRCUIT_BYTES, DEFAULT_RELAY_CIRCUIT_DURATION, KadSettings};
 
 averager_core::register_dht!(
     KadDht::NAME,

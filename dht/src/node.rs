@@ -7,12 +7,13 @@ use std::time::Duration;
 use averager_core::{Error, Result};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::driver::{Command, Driver, Shared};
 use crate::error;
+use crate::reachability::NatReport;
 use crate::record::RecordLimits;
 use crate::settings::KadSettings;
 use crate::store::{MergingStore, StoreLimits};
@@ -81,6 +82,14 @@ impl Libp2pNode {
         let mut driver = Driver::new(swarm, Arc::clone(&shared), limits);
         driver.listen(&settings.listen, settings.query_timeout).await?;
         driver.join(&settings.bootstrap, settings.query_timeout).await?;
+        driver.add_external_addrs(&settings.external_addrs);
+        if !settings.relays.is_empty() {
+            // Not fatal: the relay client keeps asking while the listener lives, and the node
+            // is useful (it can dial out) meanwhile.
+            if let Err(e) = driver.listen_through_relays(&settings.relays, settings.query_timeout).await {
+                tracing::warn!(error = %e, "not reachable through every relay yet");
+            }
+        }
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (stop, stop_rx) = oneshot::channel();
         let task = tokio::spawn(
@@ -142,6 +151,17 @@ impl Libp2pNode {
         }
     }
 
+    /// How other peers can reach this node, as far as it knows now (see [`NatReport`]).
+    pub fn nat_report(&self) -> NatReport {
+        self.shared.nat.borrow().clone()
+    }
+
+    /// Follows [`Libp2pNode::nat_report`]: the receiver sees every change (relay reservations,
+    /// AutoNAT's verdicts, hole punches) until the node stops.
+    pub fn watch_nat(&self) -> watch::Receiver<NatReport> {
+        self.shared.nat.subscribe()
+    }
+
     /// Takes every inbound substream of `protocol` (see [`Streams::accept`]).
     ///
     /// # Errors
@@ -162,7 +182,7 @@ impl Libp2pNode {
         protocol: StreamProtocol,
         addresses: Vec<Multiaddr>,
     ) -> std::result::Result<Stream, OpenError> {
-        match self.streams.open(peer, protocol.clone(), addresses).await {
+        match self.streams.open(peer, protocol.clone(), addresses.clone()).await {
             Err(OpenError::NoAddresses(_)) => {
                 let found = self.find_peer(peer).await;
                 if found.is_empty() {
@@ -170,6 +190,10 @@ impl Libp2pNode {
                 }
                 self.streams.open(peer, protocol, found).await
             }
+            Err(failed @ OpenError::Dial { .. }) => match self.fresh_addresses(peer, &addresses).await {
+                Some(found) => self.streams.open(peer, protocol, found).await,
+                None => Err(failed),
+            },
             other => other,
         }
     }
@@ -184,7 +208,7 @@ impl Libp2pNode {
         peer: PeerId,
         addresses: Vec<Multiaddr>,
     ) -> std::result::Result<(), OpenError> {
-        match self.streams.connect(peer, addresses).await {
+        match self.streams.connect(peer, addresses.clone()).await {
             Err(OpenError::NoAddresses(_)) => {
                 let found = self.find_peer(peer).await;
                 if found.is_empty() {
@@ -192,8 +216,20 @@ impl Libp2pNode {
                 }
                 self.streams.connect(peer, found).await
             }
+            Err(failed @ OpenError::Dial { .. }) => match self.fresh_addresses(peer, &addresses).await {
+                Some(found) => self.streams.connect(peer, found).await,
+                None => Err(failed),
+            },
             other => other,
         }
+    }
+
+    /// After a failed dial: the addresses a lookup finds now, when it finds any beyond `tried`.
+    /// A peer behind a NAT is first heard of with its private addresses only; its relayed
+    /// address reaches the others a moment later.
+    async fn fresh_addresses(&self, peer: PeerId, tried: &[Multiaddr]) -> Option<Vec<Multiaddr>> {
+        let found = self.find_peer(peer).await;
+        found.iter().any(|addr| !tried.contains(addr)).then_some(found)
     }
 
     /// The addresses of `peer` a Kademlia lookup finds (empty when it finds none, or the node

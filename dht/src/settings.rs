@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 /// their addresses), so the largest record always fits in one message.
 pub(crate) const MESSAGE_OVERHEAD_BYTES: usize = 64 << 10;
 
+/// The default [`KadSettings::relay_max_circuit_duration`]: long enough for any round.
+pub const DEFAULT_RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(12 * 3600);
+
+/// The default [`KadSettings::relay_max_circuit_bytes`]: thousands of rounds of 16 MB tensors.
+pub const DEFAULT_RELAY_CIRCUIT_BYTES: u64 = 256 << 30;
+
 /// Settings of a [`KadDht`](crate::KadDht), also its registry config (`"kad"`); durations are
 /// seconds and addresses are multiaddr strings in config files, every field optional:
 ///
@@ -61,6 +67,26 @@ pub struct KadSettings {
     /// handshake per query. Default 60 s.
     #[serde(with = "averager_core::time::secs")]
     pub idle_connection_timeout: Duration,
+    /// Relays to be reachable through (each `/.../p2p/<relay peer id>`): the node reserves a slot
+    /// on each and listens on `<relay>/p2p-circuit`, so a node behind a NAT can be dialled at
+    /// `<relay>/p2p-circuit/p2p/<its peer id>` (identify and Kademlia carry that address to the
+    /// others, and hole punching then tries to replace the relayed connection by a direct one).
+    /// Default: none.
+    #[serde(with = "addrs")]
+    pub relays: Vec<Multiaddr>,
+    /// Addresses at which others can reach this node directly (a public IP, a forwarded port),
+    /// taken as confirmed without AutoNAT's probes and advertised to peers. Default: none.
+    #[serde(with = "addrs")]
+    pub external_addrs: Vec<Multiaddr>,
+    /// The longest one relayed connection through this node may last (when this node serves as
+    /// a relay), in seconds; then the relay closes it and the peers dial again. libp2p's default
+    /// (2 min) would cut an all-reduce in the middle. Default 12 h.
+    #[serde(with = "averager_core::time::secs")]
+    pub relay_max_circuit_duration: Duration,
+    /// The most bytes one relayed connection through this node may carry (both directions
+    /// together) before the relay closes it. libp2p's default (128 KiB) is smaller than one
+    /// tensor part. Default 256 GiB.
+    pub relay_max_circuit_bytes: u64,
 }
 
 impl Default for KadSettings {
@@ -77,6 +103,10 @@ impl Default for KadSettings {
             max_records_per_peer: 128,
             replication_interval: Some(Duration::from_secs(300)),
             idle_connection_timeout: Duration::from_secs(60),
+            relays: Vec::new(),
+            external_addrs: Vec::new(),
+            relay_max_circuit_duration: DEFAULT_RELAY_CIRCUIT_DURATION,
+            relay_max_circuit_bytes: DEFAULT_RELAY_CIRCUIT_BYTES,
         }
     }
 }
@@ -111,6 +141,14 @@ impl KadSettings {
         }
         if self.max_record_bytes > usize::MAX - MESSAGE_OVERHEAD_BYTES {
             return Err(Error::Config("kad: `max_record_bytes` is too large".into()));
+        }
+        if self.relay_max_circuit_duration.is_zero() || self.relay_max_circuit_bytes == 0 {
+            return Err(Error::Config("kad: relay circuit limits must be positive".into()));
+        }
+        for relay in &self.relays {
+            if !matches!(relay.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                return Err(Error::Config(format!("kad: relay {relay} must end in /p2p/<relay peer id>")));
+            }
         }
         if self.replication_interval.is_some_and(|d| d.is_zero()) {
             return Err(Error::Config("kad: `replication_interval` must be positive or null".into()));

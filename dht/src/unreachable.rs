@@ -6,7 +6,10 @@
 //! for a QUIC dial to a dead address, per query. This behaviour remembers, for
 //! [`UNREACHABLE_BACKOFF`], each peer all of whose addresses just failed, and refuses further
 //! dials to it at once, so a query counts it as failed without waiting. Any connection with the
-//! peer (it dialled us, or another dial got through) clears the memory.
+//! peer (it dialled us, or another dial got through) clears the memory. A dial that names an
+//! address not among those that failed goes ahead: a peer behind a NAT is first heard of with
+//! its private addresses only, and its relayed address, learned a moment later, must not wait
+//! out the backoff.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,20 +35,42 @@ struct RecentlyUnreachable;
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct Unreachable {
-    /// Until when each peer is not dialled.
-    until: HashMap<PeerId, Instant>,
+    /// Until when each peer is not dialled, and the addresses that failed (without `/p2p`).
+    until: HashMap<PeerId, (Instant, Vec<Multiaddr>)>,
 }
 
+/// The most failed addresses remembered per peer: a hostile peer may advertise many.
+const MAX_FAILED_ADDRESSES: usize = 32;
+
 impl Unreachable {
-    fn mark(&mut self, peer: PeerId, now: Instant) {
+    fn mark(&mut self, peer: PeerId, now: Instant, failed: impl IntoIterator<Item = Multiaddr>) {
         // Dropping lapsed entries here keeps the map as small as the recent failures.
-        self.until.retain(|_, until| *until > now);
-        self.until.insert(peer, now + UNREACHABLE_BACKOFF);
+        self.until.retain(|_, (until, _)| *until > now);
+        let (until, addresses) = self.until.entry(peer).or_insert_with(|| (now, Vec::new()));
+        *until = now + UNREACHABLE_BACKOFF;
+        for addr in failed.into_iter().map(without_p2p) {
+            if !addresses.contains(&addr) && addresses.len() < MAX_FAILED_ADDRESSES {
+                addresses.push(addr);
+            }
+        }
     }
 
     fn is_marked(&self, peer: &PeerId, now: Instant) -> bool {
-        self.until.get(peer).is_some_and(|until| *until > now)
+        self.until.get(peer).is_some_and(|(until, _)| *until > now)
     }
+
+    /// Whether a dial of a marked `peer` at `addresses` only repeats what failed.
+    fn only_failed(&self, peer: &PeerId, addresses: &[Multiaddr]) -> bool {
+        let failed = self.until.get(peer).map(|(_, failed)| failed.as_slice()).unwrap_or_default();
+        addresses.iter().all(|addr| failed.contains(&without_p2p(addr.clone())))
+    }
+}
+
+fn without_p2p(mut addr: Multiaddr) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
 }
 
 impl NetworkBehaviour for Unreachable {
@@ -66,11 +91,11 @@ impl NetworkBehaviour for Unreachable {
         &mut self,
         _connection_id: ConnectionId,
         maybe_peer: Option<PeerId>,
-        _addresses: &[Multiaddr],
+        addresses: &[Multiaddr],
         _effective_role: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
         match maybe_peer {
-            Some(peer) if self.is_marked(&peer, Instant::now()) => {
+            Some(peer) if self.is_marked(&peer, Instant::now()) && self.only_failed(&peer, addresses) => {
                 Err(ConnectionDenied::new(RecentlyUnreachable))
             }
             _ => Ok(Vec::new()),
@@ -97,10 +122,10 @@ impl NetworkBehaviour for Unreachable {
             // another) says nothing new about the peer.
             FromSwarm::DialFailure(DialFailure {
                 peer_id: Some(peer),
-                error: DialError::Transport(_),
+                error: DialError::Transport(failures),
                 ..
             }) => {
-                self.mark(peer, Instant::now());
+                self.mark(peer, Instant::now(), failures.iter().map(|(addr, _)| addr.clone()));
             }
             _ => {}
         }
@@ -129,7 +154,8 @@ mod tests {
         let mut memory = Unreachable::default();
         let (dead, alive) = (PeerId::random(), PeerId::random());
         let now = Instant::now();
-        memory.mark(dead, now);
+        let failed: Multiaddr = "/ip4/10.0.0.1/tcp/1".parse().unwrap();
+        memory.mark(dead, now, [failed.clone().with(libp2p::multiaddr::Protocol::P2p(dead))]);
         assert!(memory.is_marked(&dead, now));
         assert!(!memory.is_marked(&alive, now));
         assert!(!memory.is_marked(&dead, now + UNREACHABLE_BACKOFF));
@@ -153,8 +179,20 @@ mod tests {
                 )
                 .is_ok()
         );
+        // Only the failed address again: refused; a new one: tried.
+        let relayed: Multiaddr = "/ip4/10.0.0.2/tcp/1/p2p-circuit".parse().unwrap();
+        let dial = |memory: &mut Unreachable, addrs: &[Multiaddr]| {
+            memory.handle_pending_outbound_connection(
+                ConnectionId::new_unchecked(3),
+                Some(dead),
+                addrs,
+                Endpoint::Dialer,
+            )
+        };
+        assert!(dial(&mut memory, std::slice::from_ref(&failed)).is_err());
+        assert!(dial(&mut memory, &[failed, relayed]).is_ok());
         // Marking another peer later drops the lapsed entry.
-        memory.mark(alive, now + UNREACHABLE_BACKOFF);
+        memory.mark(alive, now + UNREACHABLE_BACKOFF, []);
         assert_eq!(memory.until.len(), 1);
     }
 }

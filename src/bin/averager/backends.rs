@@ -192,6 +192,28 @@ impl Dhts {
         }
     }
 
+    /// Relays and external addresses (`--relay`, `--external-addr`) of the nodes started from
+    /// now on.
+    ///
+    /// # Errors
+    /// For the in-process table, or an address that does not parse.
+    pub(crate) fn use_nat(&mut self, relays: &[String], external_addrs: &[String]) -> Result<()> {
+        match self {
+            Dhts::Memory(_) if relays.is_empty() && external_addrs.is_empty() => Ok(()),
+            Dhts::Memory(_) => Err(Failure::new("--relay and --external-addr need the Kademlia DHT")),
+            Dhts::Kad(nodes) => nodes.use_nat(relays, external_addrs),
+        }
+    }
+
+    /// Prints the first Kademlia node's reachability changes on stdout (see
+    /// `KadNodes::print_reachability`), until the returned task is aborted.
+    pub(crate) fn print_reachability(&self) -> Option<tokio::task::JoinHandle<()>> {
+        match self {
+            Dhts::Memory(_) => None,
+            Dhts::Kad(nodes) => nodes.print_reachability(),
+        }
+    }
+
     /// The libp2p peer id of the first Kademlia node (none for the in-process table).
     pub(crate) fn peer_id(&self) -> Option<String> {
         match self {

@@ -193,6 +193,14 @@ pub(crate) struct NodeArgs {
     /// Multiaddr of a running peer's DHT node, with /p2p/<peer id> (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
     pub(crate) bootstrap: Vec<String>,
+    /// Multiaddr of a relay, with /p2p/<relay peer id> (repeatable): the node listens through
+    /// it, so peers reach it behind a NAT (any reachable node serves as a relay).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) relay: Vec<String>,
+    /// Multiaddr at which others reach this node directly (a public IP or forwarded port;
+    /// repeatable): advertised as confirmed, without AutoNAT's probes.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) external_addr: Vec<String>,
     /// Average every this many seconds.
     #[arg(long, default_value_t = 10.0)]
     pub(crate) every: f64,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use averager::Dht;
-use averager::dht::{KadDht, KadSettings, Keypair, Libp2pNode, Multiaddr};
+use averager::dht::{KadDht, KadSettings, Keypair, Libp2pNode, Multiaddr, Reachability};
 
 use crate::Result;
 use crate::failure::{Context, Failure};
@@ -23,6 +23,9 @@ pub(crate) struct KadNodes {
     nodes: Vec<Arc<KadDht>>,
     /// The identity of the next node started; a new one each node when `None`.
     identity: Option<Box<Keypair>>,
+    /// Relays every node started listens through, and external addresses of the next node.
+    relays: Vec<Multiaddr>,
+    external_addrs: Vec<Multiaddr>,
 }
 
 impl KadNodes {
@@ -32,7 +35,13 @@ impl KadNodes {
     /// When a bootstrap address is not a multiaddr.
     pub(crate) fn new(bootstrap: &[String]) -> Result<Self> {
         let bootstrap = bootstrap.iter().map(|a| parse(a, "--bootstrap")).collect::<Result<_>>()?;
-        Ok(KadNodes { bootstrap, nodes: Vec::new(), identity: None })
+        Ok(KadNodes {
+            bootstrap,
+            nodes: Vec::new(),
+            identity: None,
+            relays: Vec::new(),
+            external_addrs: Vec::new(),
+        })
     }
 
     /// Starts one more node listening on `listen` (a multiaddr); it returns once it has joined.
@@ -46,7 +55,13 @@ impl KadNodes {
         } else {
             self.bootstrap.clone()
         };
-        let settings = KadSettings { listen: vec![listen], bootstrap, ..KadSettings::default() };
+        let settings = KadSettings {
+            listen: vec![listen],
+            bootstrap,
+            relays: self.relays.clone(),
+            external_addrs: std::mem::take(&mut self.external_addrs),
+            ..KadSettings::default()
+        };
         let keypair = self.identity.take().map_or_else(Keypair::generate_ed25519, |key| *key);
         let node = Libp2pNode::start(settings, keypair).await.context("starting a Kademlia node")?;
         let node = Arc::new(KadDht::with_node(Arc::new(node)));
@@ -62,6 +77,45 @@ impl KadNodes {
     pub(crate) fn use_identity(&mut self, path: &std::path::Path) -> Result<()> {
         self.identity = Some(Box::new(averager::dht::load_or_create_identity(path).context("--identity")?));
         Ok(())
+    }
+
+    /// Relays (`--relay`) for the nodes started from now on, and external addresses
+    /// (`--external-addr`) of the next one.
+    ///
+    /// # Errors
+    /// When an address is not a multiaddr, or a relay's lacks its `/p2p/<peer id>`.
+    pub(crate) fn use_nat(&mut self, relays: &[String], external_addrs: &[String]) -> Result<()> {
+        self.relays = relays.iter().map(|a| parse(a, "--relay")).collect::<Result<_>>()?;
+        self.external_addrs =
+            external_addrs.iter().map(|a| parse(a, "--external-addr")).collect::<Result<_>>()?;
+        Ok(())
+    }
+
+    /// Prints a line on stdout each time the first node's reachability changes
+    /// (`reachability direct|hole-punched|relayed|private`) and each time a hole punch connects
+    /// it directly to a peer (`hole punched <peer id>`), until the returned task is aborted.
+    pub(crate) fn print_reachability(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let mut reports = self.nodes.first()?.node().watch_nat();
+        Some(tokio::spawn(async move {
+            let mut shown = Reachability::Unknown;
+            let mut punched = std::collections::BTreeSet::new();
+            loop {
+                let report = reports.borrow_and_update().clone();
+                let now = report.reachability();
+                if now != shown {
+                    crate::out!("reachability {now}");
+                    shown = now;
+                }
+                for peer in report.hole_punched() {
+                    if punched.insert(peer) {
+                        crate::out!("hole punched {peer}");
+                    }
+                }
+                if reports.changed().await.is_err() {
+                    return;
+                }
+            }
+        }))
     }
 
     /// The first node's peer id.

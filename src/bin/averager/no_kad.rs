@@ -39,6 +39,16 @@ impl KadNodes {
         Err(missing())
     }
 
+    /// Always an error: there is no Kademlia here.
+    pub(crate) fn use_nat(&mut self, _relays: &[String], _external_addrs: &[String]) -> Result<()> {
+        Err(missing())
+    }
+
+    /// Nothing to report.
+    pub(crate) fn print_reachability(&self) -> Option<tokio::task::JoinHandle<()>> {
+        None
+    }
+
     /// No peer id.
     pub(crate) fn peer_id(&self) -> Option<String> {
         None

@@ -6,11 +6,15 @@
 //! node's libp2p identity, kept across restarts with `--identity FILE`), `averaging endpoint
 //! <endpoint>` (`libp2p://<peer id>` with `--transport libp2p`, which serves on the DHT node's
 //! own port), `dht address <multiaddr>` per address (bootstrap other peers from any of them),
-//! `metrics address <addr>` with `--metrics`, `ready`, and `stopped`. Step progress is logged to
-//! stderr, one line per step: `averaged` with the group size, the all-reduce's seconds and MB/s,
-//! and how far this peer's values moved (`moved`, the rms change: its distance to its group's
-//! mean, which shrinks as the swarm agrees; the spread across all peers is not known to one
-//! node), or `step failed` with the error.
+//! `metrics address <addr>` with `--metrics`, `ready`, and `stopped`; after each successful step,
+//! `averaged step <n> group <size>`. With the Kademlia DHT it also prints `reachability <how>`
+//! (`direct`, `hole-punched`, `relayed` or `private`) each time that changes, and `hole punched
+//! <peer id>` for each peer a hole punch connected it to directly (`--relay` makes a NATed node
+//! reachable through a relay; `--external-addr` declares a public address). Step progress is
+//! logged to stderr, one line per step: `averaged` with the group size, the all-reduce's seconds
+//! and MB/s, and how far this peer's values moved (`moved`, the rms change: its distance to its
+//! group's mean, which shrinks as the swarm agrees; the spread across all peers is not known to
+//! one node), or `step failed` with the error.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,7 +53,13 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
     if let Some(path) = &args.identity {
         dhts.use_identity(path)?;
     }
+    dhts.use_nat(&args.relay, &args.external_addr)?;
     let dht = dhts.node_at(&args.dht_listen).await?;
+    // At once, before the averager exists: a NATed node's first verdicts (relay reservation)
+    // arrive while it starts.
+    if let Some(peer) = dhts.peer_id() {
+        say(&format!("peer id {peer}"));
+    }
     let transport = match transports.build(0, args.listen, dhts.last_node()) {
         Ok(transport) => transport,
         Err(e) => {
@@ -57,7 +67,11 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
+    let reachability = dhts.print_reachability();
     let outcome = serve(&args, config, tensors, transport, dht, &dhts, every).await;
+    if let Some(task) = reachability {
+        task.abort();
+    }
     dhts.shutdown().await;
     if outcome.is_ok() {
         say("stopped");
@@ -116,9 +130,6 @@ async fn serve(
     let prefix = config.prefix.clone();
     let averager = Averager::new(tensors, dht, transport, config).await?;
     averager.set_allow_state_sharing(true)?;
-    if let Some(peer) = dhts.peer_id() {
-        say(&format!("peer id {peer}"));
-    }
     say(&format!("averaging endpoint {}", averager.endpoint()));
     for addr in dhts.bootstrap_addrs() {
         say(&format!("dht address {addr}"));
@@ -180,6 +191,7 @@ async fn work(args: &NodeArgs, averager: &Averager, every: Duration, metrics: &M
                 let mb = (after.len() * 4) as f64 / 1e6;
                 let allreduce = report.all_reduce.as_secs_f64();
                 let mb_per_s = if allreduce > 0.0 { mb / allreduce } else { 0.0 };
+                say(&format!("averaged step {step} group {}", gathered.len()));
                 // `seconds` stays the last field: the soak test reads it.
                 tracing::info!(
                     step,
