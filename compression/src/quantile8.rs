@@ -5,11 +5,11 @@
 
 use averager_core::Result;
 use averager_core::compression::{
-    CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
+    BytesMut, CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
 };
 use averager_core::tensor::{DType, Tensor, TensorView};
 
-use crate::codebook::{self, BINS};
+use crate::codebook::{self, BINS, BinSums};
 
 /// Number of quantile levels, `linspace(0, 1, 257)`: the two ends and 255 inner borders.
 const LEVELS: usize = BINS + 1;
@@ -184,16 +184,12 @@ fn quantize(values: &[f32], q: &mut [u8]) -> [f32; BINS] {
         return [0f32; BINS];
     }
     let borders = borders(values);
-    let mut sums = [0f64; BINS];
-    let mut counts = [0u64; BINS];
+    let mut sums = BinSums::new();
     for (src, dst) in values.chunks(CHUNK).zip(q.chunks_mut(CHUNK)) {
         bucketize(&borders, src, dst);
-        for (&b, &x) in dst.iter().zip(src) {
-            sums[usize::from(b)] += f64::from(x);
-            counts[usize::from(b)] += 1;
-        }
+        sums.add(src, dst);
     }
-    codebook::means(&sums, &counts)
+    sums.means()
 }
 
 impl Compression for Quantile8Bit {
@@ -215,6 +211,23 @@ impl Compression for Quantile8Bit {
 
     fn extract(&self, message: &WireTensor) -> Result<Tensor> {
         codebook::decode(Self::NAME, message)
+    }
+
+    fn encode_into(
+        &self,
+        tensor: &TensorView<'_>,
+        _info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Result<WireTensor> {
+        codebook::encode_into(Self::NAME, CompressionType::Quantile8bit, tensor, quantize, out)
+    }
+
+    fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
+        codebook::decode_into(Self::NAME, message, out)
+    }
+
+    fn decode_add_into(&self, message: &WireTensor, weight: f32, out: &mut [f32]) -> Result<()> {
+        codebook::decode_add_into(Self::NAME, message, weight, out)
     }
 
     /// `8 / bits(dtype)` (protocol 7.1; the 1032-byte header is not counted, as in hivemind).
