@@ -6,6 +6,7 @@ use averager_proto::MessageCode;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::bandwidth::{MeteredTransport, RoundMeter};
 use super::gathered::Gathered;
 use super::step_control::{Stage, StepControl};
 use super::{Inner, hex};
@@ -14,7 +15,7 @@ use crate::error::{Error, Operation, Result};
 use crate::matchmaking::{FormedGroup, GatherPayload, PeerMode, SearchRequest};
 use crate::tensor::Tensor;
 use crate::time::{dht_now, with_timeout};
-use crate::transport::AveragingData;
+use crate::transport::{AveragingData, Transport};
 
 impl Inner {
     /// Runs a step to its end and reports through its control (protocol 8.1 round loop).
@@ -182,13 +183,19 @@ impl Inner {
             reducer_timeout: self.config.effective_reducer_timeout(),
             weight: if self.mode == PeerMode::Aux { 0.0 } else { control.weight() },
         };
+        // [averager] without a configured bandwidth, this all-reduce's streams are measured.
+        let meter = self.config.bandwidth.is_none().then(|| Arc::new(RoundMeter::default()));
+        let transport: Arc<dyn Transport> = match &meter {
+            Some(meter) => Arc::new(MeteredTransport::new(Arc::clone(&self.transport), Arc::clone(meter))),
+            None => Arc::clone(&self.transport),
+        };
         let runner = AllReduceRunner::new(AllReduceInputs {
             group,
             tensors: Arc::clone(&tensors),
             infos: self.infos.clone(),
             codec: Arc::clone(&self.codec),
             reducer: Arc::clone(&self.reducer),
-            transport: Arc::clone(&self.transport),
+            transport,
             registry: self.registry,
             settings,
         });
@@ -218,6 +225,9 @@ impl Inner {
         self.router.unregister(&group_id);
         self.round_tensors.send_replace(None);
         drop(runner);
+        if let (Ok(_), Some(sample)) = (&outcome, meter.as_deref().and_then(RoundMeter::sample)) {
+            self.bandwidth.record(sample);
+        }
         let mut tensors = take_back(tensors);
         let applied = outcome.and_then(|outcome| {
             if self.mode == PeerMode::Aux {
