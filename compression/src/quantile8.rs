@@ -9,7 +9,9 @@ use averager_core::compression::{
 };
 use averager_core::tensor::{DType, Tensor, TensorView};
 
+use crate::bucket_table::BucketTable;
 use crate::codebook::{self, BINS, BinSums};
+use crate::radix;
 
 /// Number of quantile levels, `linspace(0, 1, 257)`: the two ends and 255 inner borders.
 const LEVELS: usize = BINS + 1;
@@ -79,6 +81,21 @@ fn lerp(a: f32, b: f32, t: f64) -> f32 {
     (if t >= 0.5 { b - diff * (1.0 - t) } else { a + diff * t }) as f32
 }
 
+/// From this many values on, buckets are found through a [`BucketTable`].
+const TABLE_FROM: usize = 1 << 16;
+
+/// From this many values on, a chunk is radix-sorted whole instead of selected rank by rank.
+const RADIX_FROM: usize = 4096;
+
+/// `sort_unstable_by(f32::total_cmp)`, by radix for long slices.
+fn sort(values: &mut [f32]) {
+    if values.len() >= RADIX_FROM {
+        radix::sort_total(values);
+    } else {
+        values.sort_unstable_by(f32::total_cmp);
+    }
+}
+
 /// Puts the value of every rank in `ranks` (sorted, unique, each in `offset..offset +
 /// values.len()`) at its sorted position, by recursive selection: each split orders the slice
 /// around the middle wanted rank, so the work is about `n log(ranks)` instead of a full sort.
@@ -87,7 +104,7 @@ fn select_ranks(values: &mut [f32], offset: usize, ranks: &[usize]) {
         return;
     }
     if ranks.len().saturating_mul(SORT_WHEN_DENSER_THAN) >= values.len() {
-        values.sort_unstable_by(f32::total_cmp);
+        sort(values);
         return;
     }
     let mid = ranks.len() / 2;
@@ -112,7 +129,12 @@ fn quantiles(values: &mut [f32]) -> [f32; LEVELS] {
     }
     // Positions grow with the level, so `ranks` is sorted already; only repeats remain.
     ranks.dedup();
-    select_ranks(values, 0, &ranks);
+    if n >= RADIX_FROM {
+        // Counting passes beat a selection that visits the values about log2(257) times.
+        radix::sort_total(values);
+    } else {
+        select_ranks(values, 0, &ranks);
+    }
     let mut out = [0f32; LEVELS];
     for (k, q) in out.iter_mut().enumerate() {
         let (lo, frac) = level_position(n, k);
@@ -184,9 +206,14 @@ fn quantize(values: &[f32], q: &mut [u8]) -> [f32; BINS] {
         return [0f32; BINS];
     }
     let borders = borders(values);
+    // Building the table costs about as much as searching 65536 values.
+    let table = if values.len() >= TABLE_FROM { BucketTable::new(&borders) } else { None };
     let mut sums = BinSums::new();
     for (src, dst) in values.chunks(CHUNK).zip(q.chunks_mut(CHUNK)) {
-        bucketize(&borders, src, dst);
+        match &table {
+            Some(table) => table.bucketize(src, dst),
+            None => bucketize(&borders, src, dst),
+        }
         sums.add(src, dst);
     }
     sums.means()
@@ -354,6 +381,10 @@ mod tests {
         }
         // NaN compares false with every border: bucket 0, and no panic.
         assert_eq!(bucket_of(&b, f32::NAN), 0);
+        let table = BucketTable::new(&b).unwrap();
+        for &x in probes.iter().chain(&[f32::NAN, -0.0, 0.0]) {
+            assert_eq!(table.bucket(x), bucket_of(&b, x), "{x}");
+        }
     }
 
     #[test]
