@@ -19,6 +19,9 @@ import time
 
 PREFIX = "avwan"
 BRIDGE = f"{PREFIX}-br"
+# The bridge lives in a namespace of its own: in the root namespace, br_netfilter would pass the
+# bridged traffic through the host's firewall (whose FORWARD policy may drop it).
+HUB = f"{PREFIX}-hub"
 SUBNET = "10.77.0"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -38,25 +41,26 @@ def host_veth(i):
 
 
 class Network:
-    """A bridge in the root namespace and one namespace per peer, each behind a veth pair."""
+    """A bridge in a hub namespace and one namespace per peer, each behind a veth pair."""
 
     def __init__(self, peers):
         self.peers = peers
 
     def up(self):
         self.down()
-        run("ip", "link", "add", BRIDGE, "type", "bridge")
-        run("ip", "link", "set", BRIDGE, "up")
+        run("ip", "netns", "add", HUB)
+        run("ip", "-n", HUB, "link", "add", BRIDGE, "type", "bridge")
+        run("ip", "-n", HUB, "link", "set", BRIDGE, "up")
         for i in range(self.peers):
             run("ip", "netns", "add", ns(i))
             run("ip", "-n", ns(i), "link", "set", "lo", "up")
-            run("ip", "link", "add", host_veth(i), "type", "veth", "peer", "name", f"{PREFIX}-p{i}")
-            run("ip", "link", "set", f"{PREFIX}-p{i}", "netns", ns(i))
+            run("ip", "-n", HUB, "link", "add", host_veth(i), "type", "veth", "peer", "name", f"{PREFIX}-p{i}")
+            run("ip", "-n", HUB, "link", "set", f"{PREFIX}-p{i}", "netns", ns(i))
             run("ip", "-n", ns(i), "link", "set", f"{PREFIX}-p{i}", "name", "eth0")
             run("ip", "-n", ns(i), "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
             run("ip", "-n", ns(i), "link", "set", "eth0", "up")
-            run("ip", "link", "set", host_veth(i), "master", BRIDGE)
-            run("ip", "link", "set", host_veth(i), "up")
+            run("ip", "-n", HUB, "link", "set", host_veth(i), "master", BRIDGE)
+            run("ip", "-n", HUB, "link", "set", host_veth(i), "up")
 
     def address(self, i):
         return f"{SUBNET}.{i + 1}"
@@ -69,13 +73,13 @@ class Network:
             burst = max(64 * 1024, int(rate * 1e6 / 8 / 100))
             spec = ["root", "tbf", "rate", f"{rate}mbit", "burst", str(burst), "latency", "100ms"]
             run("ip", "netns", "exec", ns(i), "tc", "qdisc", "replace", "dev", "eth0", *spec)
-            run("tc", "qdisc", "replace", "dev", host_veth(i), *spec)
+            run("ip", "netns", "exec", HUB, "tc", "qdisc", "replace", "dev", host_veth(i), *spec)
 
     def down(self):
+        # Deleting a namespace deletes its end of each veth, and with it the pair.
         for i in range(self.peers):
-            run("ip", "link", "del", host_veth(i), check=False)
             run("ip", "netns", "del", ns(i), check=False)
-        run("ip", "link", "del", BRIDGE, check=False)
+        run("ip", "netns", "del", HUB, check=False)
 
 
 class Worker:
@@ -90,23 +94,36 @@ class Worker:
         if bandwidth is not None:
             cmd += ["--bandwidth", str(bandwidth)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+        # Lines are split here, not by a buffered reader: select() on the pipe cannot see lines
+        # that a reader already pulled into its buffer.
+        self.pending = b""
 
     def send(self, line):
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
+    def readline(self, deadline):
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                raise RuntimeError("a worker exited before its report")
+            self.pending += data
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line.decode()
+
     def expect(self, event, timeout):
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            line = self.readline(deadline)
+            if line is None:
                 raise RuntimeError(f"no {event} report within {timeout} s")
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
-            if not ready:
-                continue
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"a worker exited before its {event} report")
             try:
                 report = json.loads(line)
             except json.JSONDecodeError:
