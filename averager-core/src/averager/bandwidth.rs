@@ -7,9 +7,12 @@
 //! them all (it takes them as fast as it can send them: the sender produces parts ahead of the
 //! replies). Replies are not timed: a reducer answers a part only once every sender's copy of it
 //! arrived, so every reply stream runs at the slowest member's pace. A slow peer is slow on every
-//! one of its streams, while a fast peer is slow only on its streams to slow members; so the
-//! fastest stream says the most about this peer's own link. Its streams run at the same time and share that link, so the round's sample is the
-//! fastest stream's rate times the number of streams. Samples are smoothed with an exponentially
+//! one of its streams, while a fast peer is slow only on its streams to slow members. Its streams
+//! run at the same time and share its link, so the round's sample is the median stream's rate
+//! times the number of streams: the median rather than the fastest, because socket and flow-control
+//! buffers let a stream's last parts be taken before they cross the link, which makes single
+//! streams look faster than the link (`bench/wan.sh` showed the fastest-stream estimate
+//! overshooting 200 Mbit/s links many times over). Samples are smoothed with an exponentially
 //! weighted moving average and declared in MB/s (10^6 bytes per second), the unit to use when
 //! configuring `bandwidth` by hand in a group that mixes both.
 
@@ -51,14 +54,20 @@ impl RoundMeter {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner).push(record);
     }
 
-    /// The round's sample in MB/s: the fastest stream's rate times the number of streams that
+    /// The round's sample in MB/s: the median stream's rate times the number of streams that
     /// carried tensor bytes; `None` when no stream did.
     pub(crate) fn sample(&self) -> Option<f64> {
         let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         let timed: Vec<&StreamRecord> =
             streams.iter().filter(|s| s.bytes > 0 && s.elapsed >= MIN_STREAM_TIME).collect();
-        let fastest = timed.iter().map(|s| s.bytes as f64 / s.elapsed.as_secs_f64()).fold(0.0, f64::max);
-        (fastest > 0.0).then(|| fastest * timed.len() as f64 / 1e6)
+        let mut rates: Vec<f64> = timed.iter().map(|s| s.bytes as f64 / s.elapsed.as_secs_f64()).collect();
+        rates.sort_by(f64::total_cmp);
+        let median = match rates.len() {
+            0 => return None,
+            n if n % 2 == 1 => rates[n / 2],
+            n => (rates[n / 2 - 1] + rates[n / 2]) / 2.0,
+        };
+        (median > 0.0).then(|| median * rates.len() as f64 / 1e6)
     }
 }
 
@@ -197,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn a_round_sample_is_the_fastest_stream_times_the_stream_count() {
+    fn a_round_sample_is_the_median_stream_times_the_stream_count() {
         let meter = RoundMeter::default();
         assert_eq!(meter.sample(), None);
         meter.record(StreamRecord { bytes: 1_000_000, elapsed: Duration::from_secs(1) });
@@ -205,6 +214,10 @@ mod tests {
         // Untimed streams (no bytes, or too short to time) count neither as rate nor as streams.
         meter.record(StreamRecord { bytes: 0, elapsed: Duration::from_secs(1) });
         meter.record(StreamRecord { bytes: 10, elapsed: Duration::from_nanos(5) });
-        assert_eq!(meter.sample(), Some(8.0));
+        // Median of 1 and 4 MB/s, times 2 streams.
+        assert_eq!(meter.sample(), Some(5.0));
+        meter.record(StreamRecord { bytes: 100_000_000, elapsed: Duration::from_secs(1) });
+        // One stream far above the others does not carry the sample: median 4, times 3.
+        assert_eq!(meter.sample(), Some(12.0));
     }
 }
