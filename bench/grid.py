@@ -10,8 +10,8 @@ for instance) is killed afterwards. Each command prints JSON result lines on std
 goes to logs/<system>-<peers>-<size>-<compression>.log.
 
 The averager's command is AVERAGER_BENCH_CMD (default: 'cargo run --release --') followed by
-'bench --peers N --floats F --transport grpc --compression C --rounds R --json', run from the
-repository root. A missing or failing command gives an 'n/a' cell with the reason, never an abort.
+'bench --processes --peers N --floats F --transport grpc --compression C --rounds R --json', run
+from the repository root: every peer its own process, as gloo's and hivemind's are. A missing or failing command gives an 'n/a' cell with the reason, never an abort.
 """
 
 import argparse
@@ -38,7 +38,7 @@ def command_for(system, peers, floats, compression, args):
     """The argv that benchmarks `system` on one cell, and the directory to run it in."""
     if system == "averager":
         base = shlex.split(os.environ.get("AVERAGER_BENCH_CMD", DEFAULT_AVERAGER_CMD))
-        rest = ["bench", "--peers", str(peers), "--floats", str(floats), "--transport", "grpc"]
+        rest = ["bench", "--processes", "--peers", str(peers), "--floats", str(floats), "--transport", "grpc"]
         rest += ["--compression", compression, "--rounds", str(args.repeats), "--json"]
         return base + rest, REPO
     script = os.path.join(HERE, f"{system}_bench.py")

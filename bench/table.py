@@ -22,6 +22,7 @@ COLUMNS = (
     ("hivemind MB/s", 13),
     ("averager/gloo", 13),
     ("averager/hivemind", 17),
+    ("averager peak RSS MB", 20),
 )
 
 
@@ -31,6 +32,13 @@ def algbw(cell, system):
     if not result or "algbw_mb_s" not in result:
         return None
     return result["algbw_mb_s"]
+
+
+def peak_rss(cell):
+    """The largest peak resident set of the averager's peers in MB (bench --processes), or None."""
+    result = cell["results"].get("averager") or {}
+    peaks = [p for p in result.get("peak_rss_mb") or [] if p is not None]
+    return max(peaks) if peaks else None
 
 
 def ratio(numerator, denominator):
@@ -62,6 +70,7 @@ def format_table(results):
             show(figures["hivemind"], ".1f", ran["hivemind"]),
             show(ratio(figures["averager"], figures["gloo"]), ".2f", ran["averager"] and ran["gloo"]),
             show(ratio(figures["averager"], figures["hivemind"]), ".2f", ran["averager"] and ran["hivemind"]),
+            show(peak_rss(cell), ".1f", ran["averager"]),
         )
         lines.append("  ".join(text.rjust(width) for text, (_, width) in zip(row, COLUMNS)))
         for system in SYSTEMS:

@@ -45,3 +45,32 @@ fn bench_table_names_its_columns() {
     assert!(out.status.success(), "{out:?}");
     assert!(out.stdout.contains("algbw med MB/s") && out.stdout.contains("memory"), "{out:?}");
 }
+
+/// `--processes`: two worker processes average tiny tensors; the JSON line says so and carries
+/// each worker's peak resident memory, the table prints it.
+#[test]
+fn bench_processes_runs_one_process_per_peer_and_reports_peak_rss() {
+    let out =
+        run(&["bench", "--processes", "--peers", "2", "--floats", "1000", "--rounds", "1", "--json"], LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    assert_eq!(
+        (v["processes"].as_bool(), v["dht"].as_str(), v["rounds"].as_u64()),
+        (Some(true), Some("kad"), Some(1))
+    );
+    let peaks = v["peak_rss_mb"].as_array().expect("peak_rss_mb is a list");
+    assert_eq!(peaks.len(), 2, "{v}");
+    // Linux reports VmHWM; a worker is at least a megabyte and far below a gigabyte here.
+    if cfg!(target_os = "linux") {
+        assert!(peaks.iter().all(|p| p.as_f64().is_some_and(|mb| mb > 1.0 && mb < 1000.0)), "{v}");
+    }
+
+    let out = run(
+        &["bench", "--processes", "--peers", "2", "--floats", "1000", "--rounds", "1", "--warmup", "0"],
+        LIMIT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("peak RSS per peer (MB, one process each):"), "{out:?}");
+}

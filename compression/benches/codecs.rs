@@ -2,12 +2,14 @@
 //!
 //! Encodes and decodes 16,777,216 seeded standard-normal values with each codec, keeps the best of
 //! up to [`MAX_RUNS`] runs (fewer once a codec has used [`BUDGET`]), and prints, per codec, encode
-//! and decode throughput in GB/s of the original tensor (1e9 bytes, so 0.067 GB per pass), the
+//! and decode throughput (with `compress`/`extract`, which allocate, and with `encode_into`/
+//! `decode_into` on reused buffers, as the all-reduce calls them) in GB/s of the original tensor (1e9 bytes, so 0.067 GB per pass), the
 //! encoded size over the original size and the mean squared error of the round trip.
 //!
 //! ```text
 //! cargo bench -p averager-compression --all-features            # a table
 //! cargo bench -p averager-compression --all-features -- --json  # JSON lines
+//! cargo bench -p averager-compression -- float16 uniform8         # only these codecs
 //! ```
 //!
 //! Without `--all-features` the `zstd+*` and `lz4+*` rows are skipped.
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use averager_compression as _;
 use averager_conformance::compression::fixtures::{case_rng, standard_normal};
 use averager_core::Registry;
-use averager_core::compression::{Compression, CompressionInfo, NoCompression, WireTensor};
+use averager_core::compression::{BytesMut, Compression, CompressionInfo, NoCompression, WireTensor};
 use averager_core::tensor::{Tensor, TensorSlice, TensorView};
 
 /// Elements of the benchmarked tensor: 64 MiB of float32.
@@ -57,6 +59,10 @@ struct Row {
     runs: usize,
     encode_gbps: f64,
     decode_gbps: f64,
+    /// `encode_into` a reused buffer.
+    encode_into_gbps: f64,
+    /// `decode_into` a reused f32 buffer.
+    decode_into_gbps: f64,
     ratio: f64,
     mse: f64,
 }
@@ -103,6 +109,10 @@ fn bench(name: &str, shape: &[usize], values: &[f32]) -> Row {
     let bytes = std::mem::size_of_val(values) as f64;
 
     let (mut best_encode, mut best_decode) = (Duration::MAX, Duration::MAX);
+    let (mut best_encode_into, mut best_decode_into) = (Duration::MAX, Duration::MAX);
+    // Reused across runs, as a sender reuses its part buffer: the first run pays the page faults.
+    let mut buffer = BytesMut::new();
+    let mut decoded_into = vec![0f32; values.len()];
     let mut encoded_len = 0;
     let mut mse = f64::NAN;
     let mut runs = 0;
@@ -116,6 +126,24 @@ fn bench(name: &str, shape: &[usize], values: &[f32]) -> Row {
         let t = Instant::now();
         let decoded = codec.extract(black_box(&wire)).unwrap_or_else(|e| panic!("{name}: decode: {e}"));
         best_decode = best_decode.min(t.elapsed());
+
+        buffer.clear();
+        let t = Instant::now();
+        let header = codec
+            .encode_into(black_box(&view), &info, &mut buffer)
+            .unwrap_or_else(|e| panic!("{name}: encode_into: {e}"));
+        best_encode_into = best_encode_into.min(t.elapsed());
+        assert_eq!(buffer[..], wire.buffer[..], "{name}: encode_into differs from compress");
+
+        let into_wire = WireTensor { buffer: buffer.split().freeze(), ..header };
+        let t = Instant::now();
+        codec
+            .decode_into(black_box(&into_wire), &mut decoded_into)
+            .unwrap_or_else(|e| panic!("{name}: decode_into: {e}"));
+        best_decode_into = best_decode_into.min(t.elapsed());
+        // Give the buffer back so the next run reuses its allocation.
+        drop(into_wire);
+        buffer.reserve(wire.buffer.len());
 
         encoded_len = wire.buffer.len();
         if runs == 0 {
@@ -132,14 +160,17 @@ fn bench(name: &str, shape: &[usize], values: &[f32]) -> Row {
         runs,
         encode_gbps: bytes / best_encode.as_secs_f64() / 1e9,
         decode_gbps: bytes / best_decode.as_secs_f64() / 1e9,
+        encode_into_gbps: bytes / best_encode_into.as_secs_f64() / 1e9,
+        decode_into_gbps: bytes / best_decode_into.as_secs_f64() / 1e9,
         ratio: encoded_len as f64 / bytes,
         mse,
     }
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; anything but `--json` is ignored.
+    // `cargo bench` passes `--bench`; other words that do not start with `-` pick codecs by name.
     let json = std::env::args().skip(1).any(|a| a == "--json");
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
 
     let values: Vec<f32> =
         standard_normal(&mut case_rng("bench codecs"), NUMEL).into_iter().map(|x| x as f32).collect();
@@ -151,11 +182,14 @@ fn main() {
             (NUMEL * 4) as f64 / 1e6
         );
         println!(
-            "{:<14} {:>10} {:>10} {:>8} {:>11} {:>5}",
-            "codec", "enc GB/s", "dec GB/s", "ratio", "mse", "runs"
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>11} {:>5}",
+            "codec", "enc GB/s", "dec GB/s", "enc_into", "dec_into", "into e+d", "ratio", "mse", "runs"
         );
     }
     for &(name, shape) in CODECS {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
         let shape: &[usize] = match &shape {
             Some(s) => s,
             None => &flat,
@@ -168,14 +202,26 @@ fn main() {
                 "runs": r.runs,
                 "encode_gbps": r.encode_gbps,
                 "decode_gbps": r.decode_gbps,
+                "encode_into_gbps": r.encode_into_gbps,
+                "decode_into_gbps": r.decode_into_gbps,
                 "ratio": r.ratio,
                 "mse": r.mse,
             });
             println!("{line}");
         } else {
+            // The rate of one encode followed by one decode (times add, so rates combine harmonically).
+            let round_trip = 1.0 / (1.0 / r.encode_into_gbps + 1.0 / r.decode_into_gbps);
             println!(
-                "{:<14} {:>10.3} {:>10.3} {:>8.4} {:>11.3e} {:>5}",
-                r.codec, r.encode_gbps, r.decode_gbps, r.ratio, r.mse, r.runs
+                "{:<14} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>8.4} {:>11.3e} {:>5}",
+                r.codec,
+                r.encode_gbps,
+                r.decode_gbps,
+                r.encode_into_gbps,
+                r.decode_into_gbps,
+                round_trip,
+                r.ratio,
+                r.mse,
+                r.runs
             );
         }
     }

@@ -2,7 +2,9 @@
 //! `K (i64 LE, = 256) || codebook (f32 LE x K) || q (u8 x numel)`. The two codecs differ only in
 //! how they assign values to the 256 entries; writing, checking and decoding the layout is here.
 
-use averager_core::compression::{CompressionInfo, CompressionType, WireTensor, wire_dtype, wire_shape};
+use averager_core::compression::{
+    BytesMut, CompressionInfo, CompressionType, WireTensor, check_decode_len, wire_dtype, wire_shape,
+};
 use averager_core::tensor::{DType, Tensor, TensorData, TensorView};
 use averager_core::{Error, Result};
 use half::{bf16, f16};
@@ -24,6 +26,59 @@ pub(crate) fn means(sums: &[f64; BINS], counts: &[u64; BINS]) -> [f32; BINS] {
     codebook
 }
 
+/// Independent copies of the per-bin sums: neighbouring values often share a bin, and with one
+/// copy each addition would wait for the previous one's store.
+const SUM_LANES: usize = 4;
+
+/// Per-bin sums and counts of the values given so far, for [`means`].
+pub(crate) struct BinSums {
+    sums: [[f64; BINS]; SUM_LANES],
+    counts: [[u64; BINS]; SUM_LANES],
+}
+
+impl BinSums {
+    /// No values yet.
+    pub(crate) fn new() -> Self {
+        BinSums { sums: [[0.0; BINS]; SUM_LANES], counts: [[0; BINS]; SUM_LANES] }
+    }
+
+    /// Adds each of `values` to the bin `q` gives it.
+    pub(crate) fn add(&mut self, values: &[f32], q: &[u8]) {
+        let mut v = values.chunks_exact(SUM_LANES);
+        let mut b = q.chunks_exact(SUM_LANES);
+        for (xs, bs) in (&mut v).zip(&mut b) {
+            for lane in 0..SUM_LANES {
+                let bin = usize::from(bs[lane]);
+                self.sums[lane][bin] += f64::from(xs[lane]);
+                self.counts[lane][bin] += 1;
+            }
+        }
+        for (&x, &bin) in v.remainder().iter().zip(b.remainder()) {
+            self.sums[0][usize::from(bin)] += f64::from(x);
+            self.counts[0][usize::from(bin)] += 1;
+        }
+    }
+
+    /// Puts `count` values summing to `sum` in `bin`.
+    pub(crate) fn set(&mut self, bin: usize, sum: f64, count: u64) {
+        self.sums[0][bin] += sum;
+        self.counts[0][bin] += count;
+    }
+
+    /// The codebook: each bin's mean, 0 for empty bins.
+    pub(crate) fn means(&self) -> [f32; BINS] {
+        let mut sums = [0f64; BINS];
+        let mut counts = [0u64; BINS];
+        for lane in 0..SUM_LANES {
+            for bin in 0..BINS {
+                sums[bin] += self.sums[lane][bin];
+                counts[bin] += self.counts[lane][bin];
+            }
+        }
+        means(&sums, &counts)
+    }
+}
+
 /// Encodes a floating tensor: `quantize(values, q)` fills one index per value and returns the
 /// codebook.
 pub(crate) fn encode(
@@ -32,6 +87,19 @@ pub(crate) fn encode(
     tensor: &TensorView<'_>,
     quantize: impl FnOnce(&[f32], &mut [u8]) -> [f32; BINS],
 ) -> Result<WireTensor> {
+    let mut buffer = BytesMut::new();
+    let header = encode_into(name, wire_type, tensor, quantize, &mut buffer)?;
+    Ok(WireTensor { buffer: buffer.freeze(), ..header })
+}
+
+/// [`encode`], appending the buffer to `out` and returning the message without it.
+pub(crate) fn encode_into(
+    name: &str,
+    wire_type: CompressionType,
+    tensor: &TensorView<'_>,
+    quantize: impl FnOnce(&[f32], &mut [u8]) -> [f32; BINS],
+    out: &mut BytesMut,
+) -> Result<WireTensor> {
     let dtype = tensor.dtype();
     if !dtype.is_floating() {
         return Err(Error::codec(name, format!("{dtype} tensors are not accepted (floating dtypes only)")));
@@ -39,8 +107,9 @@ pub(crate) fn encode(
     // Borrowed for float32 input; other dtypes are converted once, as the passes over the values
     // would otherwise convert them several times.
     let values = tensor.data().to_f32()?;
-    let mut buffer = vec![0u8; HEADER + values.len()];
-    let (header, q) = buffer.split_at_mut(HEADER);
+    let start = out.len();
+    out.resize(start + HEADER + values.len(), 0);
+    let (header, q) = out[start..].split_at_mut(HEADER);
     let codebook = quantize(&values, q);
     let (k, entries) = header.split_at_mut(8);
     k.copy_from_slice(&(BINS as i64).to_le_bytes());
@@ -48,7 +117,7 @@ pub(crate) fn encode(
         out.copy_from_slice(&entry.to_le_bytes());
     }
     Ok(WireTensor {
-        buffer: buffer.into(),
+        buffer: Default::default(),
         size: tensor.shape().iter().map(|&d| d as u32).collect(),
         requires_grad: tensor.requires_grad(),
         dtype: dtype.name().to_string(),
@@ -58,8 +127,16 @@ pub(crate) fn encode(
     })
 }
 
-/// Decodes a floating tensor in this layout, checking `K` and the exact length before allocating.
-pub(crate) fn decode(name: &str, message: &WireTensor) -> Result<Tensor> {
+/// A checked message in this layout: its dtype, shape, codebook and indices.
+struct Parsed<'a> {
+    dtype: DType,
+    shape: Vec<usize>,
+    codebook: [f32; BINS],
+    q: &'a [u8],
+}
+
+/// Checks `K` and the exact length before anything is allocated or written.
+fn parse<'a>(name: &str, message: &'a WireTensor) -> Result<Parsed<'a>> {
     let dtype = wire_dtype(name, message)?;
     if !dtype.is_floating() {
         return Err(Error::codec(name, format!("{dtype} is not a floating dtype")));
@@ -87,6 +164,12 @@ pub(crate) fn decode(name: &str, message: &WireTensor) -> Result<Tensor> {
     for (entry, b) in codebook.iter_mut().zip(entries.chunks_exact(4)) {
         *entry = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
+    Ok(Parsed { dtype, shape, codebook, q })
+}
+
+/// Decodes a floating tensor in this layout, checking `K` and the exact length before allocating.
+pub(crate) fn decode(name: &str, message: &WireTensor) -> Result<Tensor> {
+    let Parsed { dtype, shape, codebook, q } = parse(name, message)?;
     let data = match dtype {
         DType::F32 => TensorData::F32(gather(q, &codebook)),
         DType::F64 => TensorData::F64(gather(q, &codebook.map(f64::from))),
@@ -94,6 +177,39 @@ pub(crate) fn decode(name: &str, message: &WireTensor) -> Result<Tensor> {
         _ => TensorData::BF16(gather(q, &codebook.map(bf16::from_f32))),
     };
     Ok(Tensor::new(shape, data)?.with_requires_grad(message.requires_grad))
+}
+
+/// The codebook as `decode` gives its entries in `dtype`, widened back to f32 (f64 widens and
+/// narrows exactly; f16 and bf16 round).
+fn f32_table(dtype: DType, codebook: [f32; BINS]) -> [f32; BINS] {
+    match dtype {
+        DType::F16 => codebook.map(|e| f16::from_f32(e).to_f32()),
+        DType::BF16 => codebook.map(|e| bf16::from_f32(e).to_f32()),
+        _ => codebook,
+    }
+}
+
+/// `Compression::decode_into` for this layout: one table lookup per value.
+pub(crate) fn decode_into(name: &str, message: &WireTensor, out: &mut [f32]) -> Result<()> {
+    let Parsed { dtype, codebook, q, .. } = parse(name, message)?;
+    check_decode_len(name, q.len(), out.len())?;
+    let table = f32_table(dtype, codebook);
+    for (o, &b) in out.iter_mut().zip(q) {
+        *o = table[usize::from(b)];
+    }
+    Ok(())
+}
+
+/// `Compression::decode_add_into` for this layout: the weight is applied to the 256 entries once,
+/// which gives the same products as applying it to every decoded value.
+pub(crate) fn decode_add_into(name: &str, message: &WireTensor, weight: f32, out: &mut [f32]) -> Result<()> {
+    let Parsed { dtype, codebook, q, .. } = parse(name, message)?;
+    check_decode_len(name, q.len(), out.len())?;
+    let table = f32_table(dtype, codebook).map(|e| weight * e);
+    for (o, &b) in out.iter_mut().zip(q) {
+        *o += table[usize::from(b)];
+    }
+    Ok(())
 }
 
 /// `8 / bits(dtype)` (protocol 7.1; the 1032-byte header is not counted, as in hivemind); a

@@ -2,8 +2,8 @@
 //! precision (nearest-even); the buffer is the little-endian f16 values.
 
 use averager_core::compression::{
-    CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor, wire_dtype,
-    wire_shape,
+    BytesMut, CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
+    add_scaled, check_decode_len, wire_dtype, wire_shape,
 };
 use averager_core::tensor::{DType, Tensor, TensorData, TensorSlice, TensorView};
 use averager_core::{Error, Result};
@@ -41,14 +41,22 @@ impl Float16 {
 fn encode_f32(src: &[f32], out: &mut [u8]) {
     let mut clamped = [0f32; CHUNK];
     let mut halves = [f16::ZERO; CHUNK];
+    // Where memory holds f16 as the wire does and `out` is 2-byte aligned, `half` converts
+    // straight into it; otherwise through a stack buffer and a byte copy.
+    let direct = cfg!(target_endian = "little") && out.as_ptr().align_offset(2) == 0;
     for (src, out) in src.chunks(CHUNK).zip(out.chunks_mut(2 * CHUNK)) {
         let n = src.len();
         for (c, &x) in clamped[..n].iter_mut().zip(src) {
             // `clamp` returns NaN for NaN, as protocol 7.2 asks.
             *c = x.clamp(-F16_MAX, F16_MAX);
         }
-        halves[..n].convert_from_f32_slice(&clamped[..n]);
-        write_halves(&halves[..n], out);
+        match bytemuck::try_cast_slice_mut::<u8, f16>(out) {
+            Ok(dst) if direct => dst.convert_from_f32_slice(&clamped[..n]),
+            _ => {
+                halves[..n].convert_from_f32_slice(&clamped[..n]);
+                write_halves(&halves[..n], out);
+            }
+        }
     }
 }
 
@@ -65,6 +73,91 @@ fn read_halves(bytes: &[u8], out: &mut [f16]) {
     }
 }
 
+/// Widens the little-endian f16 values of `bytes` into `out` (`bytes.len() == 2 * out.len()`).
+fn decode_f32(bytes: &[u8], out: &mut [f32]) {
+    if cfg!(target_endian = "little")
+        && let Ok(halves) = bytemuck::try_cast_slice::<u8, f16>(bytes)
+    {
+        halves.convert_to_f32_slice(out);
+        return;
+    }
+    let mut halves = [f16::ZERO; CHUNK];
+    for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
+        read_halves(src, &mut halves[..dst.len()]);
+        halves[..dst.len()].convert_to_f32_slice(dst);
+    }
+}
+
+/// `out[i] += weight * f16(bytes[i])`, a chunk at a time through a stack buffer.
+fn decode_add_f32(bytes: &[u8], weight: f32, out: &mut [f32]) {
+    let mut widened = [0f32; CHUNK];
+    for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
+        let n = dst.len();
+        decode_f32(src, &mut widened[..n]);
+        add_scaled(dst, &widened[..n], weight);
+    }
+}
+
+/// Writes the FLOAT16 buffer of `data` into `out` (`out.len() == 2 * data.len()`).
+fn encode_slice(data: TensorSlice<'_>, out: &mut [u8]) -> Result<()> {
+    match data {
+        TensorSlice::F32(values) => encode_f32(values, out),
+        TensorSlice::F64(values) => {
+            let mut narrow = [0f32; CHUNK];
+            for (src, out) in values.chunks(CHUNK).zip(out.chunks_mut(2 * CHUNK)) {
+                for (n, &x) in narrow.iter_mut().zip(src) {
+                    *n = x as f32;
+                }
+                encode_f32(&narrow[..src.len()], out);
+            }
+        }
+        TensorSlice::F16(values) => {
+            // Already f16: only the infinities change (to ±65504); NaN keeps its bits.
+            for (&h, o) in values.iter().zip(out.chunks_exact_mut(2)) {
+                let h = if h.is_infinite() { f16::MAX.copysign(h) } else { h };
+                o.copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        other => {
+            return Err(Error::codec(
+                Float16::NAME,
+                format!("{} tensors are not accepted (float32, float64 or float16 only)", other.dtype()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The message of `tensor` without its buffer.
+fn header(tensor: &TensorView<'_>) -> WireTensor {
+    WireTensor {
+        buffer: Default::default(),
+        size: tensor.shape().iter().map(|&d| d as u32).collect(),
+        requires_grad: tensor.requires_grad(),
+        dtype: tensor.dtype().name().to_string(),
+        compression: CompressionType::Float16 as i32,
+        chunks: 0,
+        codec: Float16::NAME.to_string(),
+    }
+}
+
+/// The f16 payload of `message` after checking its dtype and length, and the element count.
+fn payload(message: &WireTensor) -> Result<(DType, Vec<usize>, &[u8])> {
+    let dtype = wire_dtype(Float16::NAME, message)?;
+    if !Float16.accepts(dtype, message.size.len()) {
+        return Err(Error::codec(Float16::NAME, format!("{dtype} is not a FLOAT16 dtype")));
+    }
+    let (shape, numel) = wire_shape(Float16::NAME, message)?;
+    let bytes = &message.buffer[..];
+    if numel.checked_mul(2) != Some(bytes.len()) {
+        return Err(Error::codec(
+            Float16::NAME,
+            format!("buffer of {} bytes does not hold {numel} f16 values", bytes.len()),
+        ));
+    }
+    Ok((dtype, shape, bytes))
+}
+
 impl Compression for Float16 {
     fn name(&self) -> &str {
         Self::NAME
@@ -79,58 +172,15 @@ impl Compression for Float16 {
     }
 
     fn compress(&self, tensor: &TensorView<'_>, _info: &CompressionInfo) -> Result<WireTensor> {
-        let data = tensor.data();
         // The tensor's elements take at least 2 bytes each in memory, so this cannot overflow.
-        let mut buffer = vec![0u8; 2 * data.len()];
-        match data {
-            TensorSlice::F32(values) => encode_f32(values, &mut buffer),
-            TensorSlice::F64(values) => {
-                let mut narrow = [0f32; CHUNK];
-                for (src, out) in values.chunks(CHUNK).zip(buffer.chunks_mut(2 * CHUNK)) {
-                    for (n, &x) in narrow.iter_mut().zip(src) {
-                        *n = x as f32;
-                    }
-                    encode_f32(&narrow[..src.len()], out);
-                }
-            }
-            TensorSlice::F16(values) => {
-                // Already f16: only the infinities change (to ±65504); NaN keeps its bits.
-                for (&h, o) in values.iter().zip(buffer.chunks_exact_mut(2)) {
-                    let h = if h.is_infinite() { f16::MAX.copysign(h) } else { h };
-                    o.copy_from_slice(&h.to_le_bytes());
-                }
-            }
-            other => {
-                return Err(Error::codec(
-                    Self::NAME,
-                    format!("{} tensors are not accepted (float32, float64 or float16 only)", other.dtype()),
-                ));
-            }
-        }
-        Ok(WireTensor {
-            buffer: buffer.into(),
-            size: tensor.shape().iter().map(|&d| d as u32).collect(),
-            requires_grad: tensor.requires_grad(),
-            dtype: tensor.dtype().name().to_string(),
-            compression: CompressionType::Float16 as i32,
-            chunks: 0,
-            codec: Self::NAME.to_string(),
-        })
+        let mut buffer = vec![0u8; 2 * tensor.numel()];
+        encode_slice(tensor.data(), &mut buffer)?;
+        Ok(WireTensor { buffer: buffer.into(), ..header(tensor) })
     }
 
     fn extract(&self, message: &WireTensor) -> Result<Tensor> {
-        let dtype = wire_dtype(Self::NAME, message)?;
-        if !self.accepts(dtype, message.size.len()) {
-            return Err(Error::codec(Self::NAME, format!("{dtype} is not a FLOAT16 dtype")));
-        }
-        let (shape, numel) = wire_shape(Self::NAME, message)?;
-        let bytes = &message.buffer[..];
-        if numel.checked_mul(2) != Some(bytes.len()) {
-            return Err(Error::codec(
-                Self::NAME,
-                format!("buffer of {} bytes does not hold {numel} f16 values", bytes.len()),
-            ));
-        }
+        let (dtype, shape, bytes) = payload(message)?;
+        let numel = bytes.len() / 2;
         let data = match dtype {
             DType::F16 => {
                 let mut out = vec![f16::ZERO; numel];
@@ -139,11 +189,7 @@ impl Compression for Float16 {
             }
             DType::F32 => {
                 let mut out = vec![0f32; numel];
-                let mut halves = [f16::ZERO; CHUNK];
-                for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
-                    read_halves(src, &mut halves[..dst.len()]);
-                    halves[..dst.len()].convert_to_f32_slice(dst);
-                }
+                decode_f32(bytes, &mut out);
                 TensorData::F32(out)
             }
             _ => {
@@ -157,6 +203,37 @@ impl Compression for Float16 {
             }
         };
         Ok(Tensor::new(shape, data)?.with_requires_grad(message.requires_grad))
+    }
+
+    fn encode_into(
+        &self,
+        tensor: &TensorView<'_>,
+        _info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Result<WireTensor> {
+        let start = out.len();
+        out.resize(start + 2 * tensor.numel(), 0);
+        if let Err(e) = encode_slice(tensor.data(), &mut out[start..]) {
+            out.truncate(start);
+            return Err(e);
+        }
+        Ok(header(tensor))
+    }
+
+    /// Every accepted dtype decodes to f16 values, which f32 holds exactly: the f32 of the
+    /// wire's halves is what `extract` gives, whatever the message's dtype.
+    fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
+        let (_, _, bytes) = payload(message)?;
+        check_decode_len(Self::NAME, bytes.len() / 2, out.len())?;
+        decode_f32(bytes, out);
+        Ok(())
+    }
+
+    fn decode_add_into(&self, message: &WireTensor, weight: f32, out: &mut [f32]) -> Result<()> {
+        let (_, _, bytes) = payload(message)?;
+        check_decode_len(Self::NAME, bytes.len() / 2, out.len())?;
+        decode_add_f32(bytes, weight, out);
+        Ok(())
     }
 
     /// `16 / bits(dtype)` (protocol 7.1); a descriptor without a dtype counts as float32.

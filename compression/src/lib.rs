@@ -1,12 +1,14 @@
 #![doc = include_str!("../README.md")]
 
 mod blockwise8;
+mod bucket_table;
 mod codebook;
 mod float16;
 #[cfg(any(feature = "zstd", feature = "lz4"))]
 mod lossless;
 mod meanstd16;
 mod quantile8;
+mod radix;
 mod select;
 mod sums;
 #[cfg(test)]

@@ -5,11 +5,13 @@
 
 use averager_core::Result;
 use averager_core::compression::{
-    CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
+    BytesMut, CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
 };
 use averager_core::tensor::{DType, Tensor, TensorView};
 
-use crate::codebook::{self, BINS};
+use crate::bucket_table::BucketTable;
+use crate::codebook::{self, BINS, BinSums};
+use crate::radix;
 
 /// Number of quantile levels, `linspace(0, 1, 257)`: the two ends and 255 inner borders.
 const LEVELS: usize = BINS + 1;
@@ -79,6 +81,21 @@ fn lerp(a: f32, b: f32, t: f64) -> f32 {
     (if t >= 0.5 { b - diff * (1.0 - t) } else { a + diff * t }) as f32
 }
 
+/// From this many values on, buckets are found through a [`BucketTable`].
+const TABLE_FROM: usize = 1 << 16;
+
+/// From this many values on, a chunk is radix-sorted whole instead of selected rank by rank.
+const RADIX_FROM: usize = 4096;
+
+/// `sort_unstable_by(f32::total_cmp)`, by radix for long slices.
+fn sort(values: &mut [f32]) {
+    if values.len() >= RADIX_FROM {
+        radix::sort_total(values);
+    } else {
+        values.sort_unstable_by(f32::total_cmp);
+    }
+}
+
 /// Puts the value of every rank in `ranks` (sorted, unique, each in `offset..offset +
 /// values.len()`) at its sorted position, by recursive selection: each split orders the slice
 /// around the middle wanted rank, so the work is about `n log(ranks)` instead of a full sort.
@@ -87,7 +104,7 @@ fn select_ranks(values: &mut [f32], offset: usize, ranks: &[usize]) {
         return;
     }
     if ranks.len().saturating_mul(SORT_WHEN_DENSER_THAN) >= values.len() {
-        values.sort_unstable_by(f32::total_cmp);
+        sort(values);
         return;
     }
     let mid = ranks.len() / 2;
@@ -112,7 +129,12 @@ fn quantiles(values: &mut [f32]) -> [f32; LEVELS] {
     }
     // Positions grow with the level, so `ranks` is sorted already; only repeats remain.
     ranks.dedup();
-    select_ranks(values, 0, &ranks);
+    if n >= RADIX_FROM {
+        // Counting passes beat a selection that visits the values about log2(257) times.
+        radix::sort_total(values);
+    } else {
+        select_ranks(values, 0, &ranks);
+    }
     let mut out = [0f32; LEVELS];
     for (k, q) in out.iter_mut().enumerate() {
         let (lo, frac) = level_position(n, k);
@@ -184,16 +206,17 @@ fn quantize(values: &[f32], q: &mut [u8]) -> [f32; BINS] {
         return [0f32; BINS];
     }
     let borders = borders(values);
-    let mut sums = [0f64; BINS];
-    let mut counts = [0u64; BINS];
+    // Building the table costs about as much as searching 65536 values.
+    let table = if values.len() >= TABLE_FROM { BucketTable::new(&borders) } else { None };
+    let mut sums = BinSums::new();
     for (src, dst) in values.chunks(CHUNK).zip(q.chunks_mut(CHUNK)) {
-        bucketize(&borders, src, dst);
-        for (&b, &x) in dst.iter().zip(src) {
-            sums[usize::from(b)] += f64::from(x);
-            counts[usize::from(b)] += 1;
+        match &table {
+            Some(table) => table.bucketize(src, dst),
+            None => bucketize(&borders, src, dst),
         }
+        sums.add(src, dst);
     }
-    codebook::means(&sums, &counts)
+    sums.means()
 }
 
 impl Compression for Quantile8Bit {
@@ -215,6 +238,23 @@ impl Compression for Quantile8Bit {
 
     fn extract(&self, message: &WireTensor) -> Result<Tensor> {
         codebook::decode(Self::NAME, message)
+    }
+
+    fn encode_into(
+        &self,
+        tensor: &TensorView<'_>,
+        _info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Result<WireTensor> {
+        codebook::encode_into(Self::NAME, CompressionType::Quantile8bit, tensor, quantize, out)
+    }
+
+    fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
+        codebook::decode_into(Self::NAME, message, out)
+    }
+
+    fn decode_add_into(&self, message: &WireTensor, weight: f32, out: &mut [f32]) -> Result<()> {
+        codebook::decode_add_into(Self::NAME, message, weight, out)
     }
 
     /// `8 / bits(dtype)` (protocol 7.1; the 1032-byte header is not counted, as in hivemind).
@@ -341,6 +381,10 @@ mod tests {
         }
         // NaN compares false with every border: bucket 0, and no panic.
         assert_eq!(bucket_of(&b, f32::NAN), 0);
+        let table = BucketTable::new(&b).unwrap();
+        for &x in probes.iter().chain(&[f32::NAN, -0.0, 0.0]) {
+            assert_eq!(table.bucket(x), bucket_of(&b, x), "{x}");
+        }
     }
 
     #[test]

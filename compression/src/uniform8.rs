@@ -5,11 +5,11 @@
 
 use averager_core::Result;
 use averager_core::compression::{
-    CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
+    BytesMut, CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
 };
 use averager_core::tensor::{DType, Tensor, TensorView};
 
-use crate::codebook::{self, BINS};
+use crate::codebook::{self, BINS, BinSums};
 use crate::sums::{centred_sum_of_squares, sum};
 
 /// The bin that holds the mean (hivemind's zero point, `n_bins / 2`).
@@ -49,20 +49,26 @@ impl Uniform8Bit {
     const SCENARIO_23_MSE: f64 = 8e-4;
 }
 
-/// Adding and subtracting 1.5 * 2^23 rounds an f32 of magnitude below 2^22 to an integer in the
-/// current rounding mode, which is nearest-even: `round_ties_even` without a libm call, so the
-/// quantizing loop vectorizes on CPUs without SSE4.1's `roundps`.
+/// Adding 1.5 * 2^23 to an f32 of magnitude below 2^22 rounds it to an integer in the current
+/// rounding mode, which is nearest-even, and leaves that integer in the low mantissa bits:
+/// `round_ties_even` without a libm call or a float-to-int conversion, so the quantizing loop
+/// vectorizes on CPUs without SSE4.1's `roundps`.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
-/// `clamp(round_half_even(y) + 128, 0, 255)`.
+/// The bit pattern of [`ROUND_MAGIC`]: subtracting it from `(y + ROUND_MAGIC).to_bits()` gives
+/// `round_ties_even(y)` as an integer.
+const ROUND_MAGIC_BITS: i32 = 0x4b40_0000;
+
+/// `clamp(round_half_even(y) + 128, 0, 255)`, with NaN in bin 0.
 #[inline(always)]
 fn bin_of(y: f32) -> u8 {
-    // Clamping first keeps the magic-number rounding exact and maps ±inf to the outer bins; every
-    // value outside [-129, 128] lands in bin 0 or 255 either way.
-    let y = y.clamp(-129.0, 128.0);
-    let rounded = (y + ROUND_MAGIC) - ROUND_MAGIC;
-    // The float-to-int cast saturates and maps NaN to 0, so every result is a bin.
-    (rounded + ZERO_POINT).clamp(0.0, 255.0) as u8
+    // `max` and `min` drop a NaN operand, so NaN becomes -129 (bin 0); every value outside
+    // [-129, 128] lands in bin 0 or 255 either way, and within it the rounding below is exact.
+    // Not `clamp`, which keeps NaN.
+    #[allow(clippy::manual_clamp)]
+    let y = y.max(-129.0).min(128.0);
+    let rounded = ((y + ROUND_MAGIC).to_bits() as i32).wrapping_sub(ROUND_MAGIC_BITS);
+    (rounded + ZERO_POINT as i32).clamp(0, 255) as u8
 }
 
 /// Writes the bin index of every value to `q` and returns the codebook: the mean of the values
@@ -74,26 +80,21 @@ fn quantize(values: &[f32], q: &mut [u8]) -> [f32; BINS] {
     let sigma = (centred_sum_of_squares(values, mu) / (n as f64 - 1.0)).sqrt();
     let scale = (RANGE_IN_SIGMAS * sigma / BINS as f64) as f32;
 
-    let mut sums = [0f64; BINS];
-    let mut counts = [0u64; BINS];
+    let mut sums = BinSums::new();
     if scale > 0.0 && scale.is_finite() {
         for (src, dst) in values.chunks(CHUNK).zip(q.chunks_mut(CHUNK)) {
             for (b, &x) in dst.iter_mut().zip(src) {
                 *b = bin_of((x - mu) / scale);
             }
-            for (&b, &x) in dst.iter().zip(src) {
-                sums[usize::from(b)] += f64::from(x);
-                counts[usize::from(b)] += 1;
-            }
+            sums.add(src, dst);
         }
     } else {
         // [averager]: no spread to quantize (constant, `numel <= 1`, or non-finite values).
         q.fill(ZERO_POINT as u8);
-        sums[ZERO_POINT as usize] = total;
-        counts[ZERO_POINT as usize] = n as u64;
+        sums.set(ZERO_POINT as usize, total, n as u64);
     }
 
-    codebook::means(&sums, &counts)
+    sums.means()
 }
 
 impl Compression for Uniform8Bit {
@@ -115,6 +116,23 @@ impl Compression for Uniform8Bit {
 
     fn extract(&self, message: &WireTensor) -> Result<Tensor> {
         codebook::decode(Self::NAME, message)
+    }
+
+    fn encode_into(
+        &self,
+        tensor: &TensorView<'_>,
+        _info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Result<WireTensor> {
+        codebook::encode_into(Self::NAME, CompressionType::Uniform8bit, tensor, quantize, out)
+    }
+
+    fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
+        codebook::decode_into(Self::NAME, message, out)
+    }
+
+    fn decode_add_into(&self, message: &WireTensor, weight: f32, out: &mut [f32]) -> Result<()> {
+        codebook::decode_add_into(Self::NAME, message, weight, out)
     }
 
     /// `8 / bits(dtype)` (protocol 7.1; the 1032-byte header is not counted, as in hivemind).

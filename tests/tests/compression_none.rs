@@ -5,8 +5,8 @@ use std::sync::Arc;
 use averager_conformance::compression::{self, CodecFactory};
 use averager_conformance::{Outcome, block_on_case};
 use averager_core::compression::{
-    CodecCapabilities, Compression, CompressionInfo, ErrorBound, NoCompression, WireTensor, wire_dtype,
-    wire_shape,
+    BytesMut, CodecCapabilities, Compression, CompressionInfo, ErrorBound, NoCompression, WireTensor,
+    wire_dtype, wire_shape,
 };
 use averager_core::tensor::{DType, Tensor, TensorData, TensorView};
 use averager_core::{Error, Result};
@@ -306,4 +306,85 @@ fn an_understated_error_bound_fails_the_round_trip() {
 fn closures_are_factories() {
     let f = || Arc::new(NoCompression) as Arc<dyn Compression>;
     assert_eq!(f.codec().name(), NoCompression::NAME);
+}
+
+/// A third-party codec written before the allocation-free methods existed (it implements only
+/// `compress` and `extract`) passes their cases through the trait's defaults.
+#[test]
+fn a_codec_with_only_the_old_methods_passes_the_allocation_free_cases() {
+    let f = || Arc::new(HalfCodec(ErrorBound::MeanSquared(5e-7))) as Arc<dyn Compression>;
+    for (case, outcome) in [
+        (
+            "encode_into_appends_what_compress_writes",
+            block_on_case(compression::encode_into_appends_what_compress_writes(&f)),
+        ),
+        ("decode_into_matches_extract", block_on_case(compression::decode_into_matches_extract(&f))),
+        (
+            "decode_add_into_accumulates_or_leaves_untouched",
+            block_on_case(compression::decode_add_into_accumulates_or_leaves_untouched(&f)),
+        ),
+    ] {
+        assert!(outcome.is_ok(), "{case}: {}", outcome.unwrap_err());
+    }
+}
+
+/// NoCompression whose native allocation-free methods are wrong in the ways the cases look for:
+/// `encode_into` replaces the caller's buffer, `decode_add_into` ignores the weight.
+#[derive(Debug)]
+struct CarelessInto;
+
+impl Compression for CarelessInto {
+    fn name(&self) -> &str {
+        NoCompression::NAME
+    }
+
+    fn accepts(&self, dtype: DType, ndim: usize) -> bool {
+        NoCompression.accepts(dtype, ndim)
+    }
+
+    fn compress(&self, tensor: &TensorView<'_>, info: &CompressionInfo) -> Result<WireTensor> {
+        NoCompression.compress(tensor, info)
+    }
+
+    fn extract(&self, message: &WireTensor) -> Result<Tensor> {
+        NoCompression.extract(message)
+    }
+
+    fn encode_into(
+        &self,
+        tensor: &TensorView<'_>,
+        info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Result<WireTensor> {
+        out.clear();
+        NoCompression.encode_into(tensor, info, out)
+    }
+
+    fn decode_add_into(&self, message: &WireTensor, _weight: f32, out: &mut [f32]) -> Result<()> {
+        NoCompression.decode_add_into(message, 1.0, out)
+    }
+
+    fn estimate_compression_ratio(&self, _info: &CompressionInfo) -> f64 {
+        1.0
+    }
+
+    fn error_bound(&self, _dtype: DType) -> ErrorBound {
+        ErrorBound::Exact
+    }
+}
+
+#[test]
+fn careless_allocation_free_methods_fail_their_cases() {
+    let f = || Arc::new(CarelessInto) as Arc<dyn Compression>;
+    assert_fails(
+        block_on_case(compression::encode_into_appends_what_compress_writes(&f)),
+        "encode_into_appends_what_compress_writes",
+        "changed what the buffer held",
+    );
+    assert_fails(
+        block_on_case(compression::decode_add_into_accumulates_or_leaves_untouched(&f)),
+        "decode_add_into_accumulates_or_leaves_untouched",
+        "decode_add_into gave",
+    );
+    assert!(block_on_case(compression::decode_into_matches_extract(&f)).is_ok());
 }

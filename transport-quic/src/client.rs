@@ -19,8 +19,8 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::oneshot;
 
 use crate::frame::{
-    CODE_CANCELLED, CODE_TOO_LARGE, Frame, METHOD_AGGREGATE, METHOD_DOWNLOAD, METHOD_JOIN, connection_lost,
-    decode, encode, read_frame, write_error, write_frame,
+    CODE_CANCELLED, CODE_TOO_LARGE, Frame, METHOD_AGGREGATE, METHOD_DOWNLOAD, METHOD_JOIN, Outgoing,
+    connection_lost, decode, encode_frame, read_frame, write_error, write_frame,
 };
 use crate::tls;
 
@@ -196,14 +196,14 @@ impl QuicClient {
         Ok((send, recv))
     }
 
-    async fn unary<Q: prost::Message, R: prost::Message + Default + 'static>(
+    async fn unary<Q: Outgoing, R: prost::Message + Default + 'static>(
         &self,
         method: u8,
-        request: &Q,
+        request: Q,
     ) -> Result<MessageStream<R>> {
-        let bytes = encode(request, self.limit)?;
+        let chunks = encode_frame(request, self.limit)?;
         let (mut send, recv) = self.open(method).await?;
-        write_frame(&mut send, &bytes, &self.endpoint).await?;
+        write_frame(&mut send, chunks, &self.endpoint).await?;
         let _ = send.finish();
         Ok(response_stream(recv, self.limit, self.endpoint.clone(), None))
     }
@@ -212,7 +212,7 @@ impl QuicClient {
 #[async_trait]
 impl AveragingClient for QuicClient {
     async fn rpc_join_group(&self, request: JoinRequest) -> Result<MessageStream<MessageFromLeader>> {
-        self.unary(METHOD_JOIN, &request).await
+        self.unary(METHOD_JOIN, request).await
     }
 
     async fn rpc_aggregate_part(
@@ -232,7 +232,7 @@ impl AveragingClient for QuicClient {
     }
 
     async fn rpc_download_state(&self, request: DownloadRequest) -> Result<MessageStream<DownloadData>> {
-        self.unary(METHOD_DOWNLOAD, &request).await
+        self.unary(METHOD_DOWNLOAD, request).await
     }
 }
 
@@ -272,8 +272,8 @@ async fn pump_requests(
             let _ = send.finish();
             return;
         };
-        let bytes = match encode(&message, limit) {
-            Ok(bytes) => bytes,
+        let chunks = match encode_frame(message, limit) {
+            Ok(chunks) => chunks,
             Err(e) => {
                 drop(requests);
                 let _ = failed.send(e);
@@ -287,7 +287,7 @@ async fn pump_requests(
                 let _ = send.reset(CODE_CANCELLED);
                 return;
             }
-            written = write_frame(&mut send, &bytes, &peer) => if written.is_err() { return },
+            written = write_frame(&mut send, chunks, &peer) => if written.is_err() { return },
         }
     }
 }
@@ -328,7 +328,7 @@ fn response_stream<R: prost::Message + Default + 'static>(
             read = read_frame(&mut state.recv, state.limit, true, &state.peer) => read,
         };
         match read {
-            Ok(Frame::Message(bytes)) => match decode::<R>(&bytes, &state.peer) {
+            Ok(Frame::Message(bytes)) => match decode::<R>(bytes, &state.peer) {
                 Ok(message) => Some((Ok(message), Some(state))),
                 Err(e) => Some((Err(e), None)),
             },

@@ -1,6 +1,10 @@
 //! The wire format of one call on one bidirectional QUIC stream (see the crate docs, "Framing").
 
 use averager_core::{Error, Result};
+use averager_proto::{AveragingData, DownloadData, DownloadRequest, JoinRequest, MessageFromLeader, Tensor};
+use prost::Message;
+use prost::bytes::{Bytes, BytesMut};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use quinn::{ConnectionError, ReadError, ReadExactError, RecvStream, SendStream, VarInt, WriteError};
 
 /// The method byte of `rpc_join_group`.
@@ -37,8 +41,8 @@ pub(crate) const CODE_TOO_LARGE: VarInt = VarInt::from_u32(2);
 /// One frame read from a stream.
 #[derive(Debug)]
 pub(crate) enum Frame {
-    /// An encoded prost message.
-    Message(Vec<u8>),
+    /// An encoded prost message, in one buffer that its decoded `bytes` fields share.
+    Message(Bytes),
     /// An error frame sent by the peer.
     Failure(Error),
     /// The peer finished its send stream at a frame boundary.
@@ -114,9 +118,10 @@ pub(crate) async fn read_frame(
 }
 
 /// Reads a message body of `size` bytes, never holding more capacity than twice what arrived (or
-/// [`INITIAL_MESSAGE_CAPACITY`]).
-async fn read_message(recv: &mut RecvStream, size: usize, peer: &str) -> Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(size.min(INITIAL_MESSAGE_CAPACITY));
+/// [`INITIAL_MESSAGE_CAPACITY`]). QUIC hands out one chunk per packet, so the body is copied once
+/// into a buffer of its own; decoding then slices tensor buffers out of it instead of copying.
+async fn read_message(recv: &mut RecvStream, size: usize, peer: &str) -> Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(size.min(INITIAL_MESSAGE_CAPACITY));
     while buf.len() < size {
         let chunk = match recv.read_chunk(size - buf.len(), true).await {
             Ok(Some(chunk)) => chunk.bytes,
@@ -130,11 +135,11 @@ async fn read_message(recv: &mut RecvStream, size: usize, peer: &str) -> Result<
         };
         if buf.capacity() - buf.len() < chunk.len() {
             let target = (buf.capacity() * 2).max(buf.len() + chunk.len()).min(size);
-            buf.reserve_exact(target - buf.len());
+            buf.reserve(target - buf.len());
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(buf)
+    Ok(buf.freeze())
 }
 
 async fn read_error_frame(recv: &mut RecvStream, peer: &str) -> Result<Error> {
@@ -175,28 +180,88 @@ async fn read_error_frame(recv: &mut RecvStream, peer: &str) -> Result<Error> {
     }
 }
 
-/// Encodes `message`, refusing it when its encoded size is over `limit`.
-pub(crate) fn encode<T: prost::Message>(message: &T, limit: usize) -> Result<Vec<u8>> {
-    let size = message.encoded_len();
-    if size > limit {
-        return Err(Error::MessageTooLarge { size, limit });
-    }
-    Ok(message.encode_to_vec())
-}
-
-/// Decodes a message frame.
-pub(crate) fn decode<T: prost::Message + Default>(bytes: &[u8], peer: &str) -> Result<T> {
+/// Decodes a message frame; its `bytes` fields share the frame's buffer.
+pub(crate) fn decode<T: prost::Message + Default>(bytes: Bytes, peer: &str) -> Result<T> {
     T::decode(bytes).map_err(|e| Error::Transport(format!("{peer} sent an undecodable message: {e}")))
 }
 
-/// Writes one message frame (`u32` LE length, then the bytes).
-pub(crate) async fn write_frame(send: &mut SendStream, bytes: &[u8], peer: &str) -> Result<()> {
-    let len = u32::try_from(bytes.len())
+/// A message this transport sends. Those that carry a tensor say where, so that the tensor's
+/// buffer (a part, megabytes) goes to QUIC as it is instead of being copied into the encoding.
+pub(crate) trait Outgoing: prost::Message + Sized {
+    /// The field number of the message's tensor and the tensor; `None` for messages without one.
+    fn tensor(&mut self) -> Option<(u32, &mut Option<Tensor>)> {
+        None
+    }
+}
+
+impl Outgoing for JoinRequest {}
+impl Outgoing for MessageFromLeader {}
+impl Outgoing for DownloadRequest {}
+
+impl Outgoing for AveragingData {
+    fn tensor(&mut self) -> Option<(u32, &mut Option<Tensor>)> {
+        Some((4, &mut self.tensor_part))
+    }
+}
+
+impl Outgoing for DownloadData {
+    fn tensor(&mut self) -> Option<(u32, &mut Option<Tensor>)> {
+        Some((2, &mut self.tensor_part))
+    }
+}
+
+/// The field number of `Tensor.buffer`.
+const TENSOR_BUFFER_FIELD: u32 = 1;
+
+/// Encodes `message` as one frame (`u32` LE length, then the protobuf bytes), refusing it when
+/// the encoding is over `limit`: a head with every field but the tensor's buffer, and that buffer
+/// as the second chunk, shared rather than copied.
+///
+/// The tensor is written last and its buffer last within it. Protobuf decoders accept fields in
+/// any order, so this is the same message as prost's own encoding (which keeps field order).
+pub(crate) fn encode_frame<T: Outgoing>(mut message: T, limit: usize) -> Result<Vec<Bytes>> {
+    let (field, tensor) = match message.tensor() {
+        Some((field, slot)) => (field, slot.take()),
+        None => (0, None),
+    };
+    let mut head = BytesMut::with_capacity(4 + message.encoded_len() + 64);
+    head.extend_from_slice(&[0u8; 4]);
+    message.encode_raw(&mut head);
+    let mut payload = Bytes::new();
+    if let Some(mut tensor) = tensor {
+        payload = std::mem::take(&mut tensor.buffer);
+        let buffer_len = if payload.is_empty() {
+            0
+        } else {
+            key_len(TENSOR_BUFFER_FIELD) + encoded_len_varint(payload.len() as u64) + payload.len()
+        };
+        encode_key(field, WireType::LengthDelimited, &mut head);
+        encode_varint((tensor.encoded_len() + buffer_len) as u64, &mut head);
+        tensor.encode_raw(&mut head);
+        if !payload.is_empty() {
+            encode_key(TENSOR_BUFFER_FIELD, WireType::LengthDelimited, &mut head);
+            encode_varint(payload.len() as u64, &mut head);
+        }
+    }
+    let size = head.len() - 4 + payload.len();
+    if size > limit {
+        return Err(Error::MessageTooLarge { size, limit });
+    }
+    let len = u32::try_from(size)
         .ok()
         .filter(|len| *len != ERROR_MARKER)
-        .ok_or(Error::MessageTooLarge { size: bytes.len(), limit: MAX_FRAME_BYTES })?;
-    send.write_all(&len.to_le_bytes()).await.map_err(|e| write_error(peer, &e))?;
-    send.write_all(bytes).await.map_err(|e| write_error(peer, &e))
+        .ok_or(Error::MessageTooLarge { size, limit: MAX_FRAME_BYTES })?;
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    let mut chunks = vec![head.freeze()];
+    if !payload.is_empty() {
+        chunks.push(payload);
+    }
+    Ok(chunks)
+}
+
+/// Writes a frame from [`encode_frame`]; QUIC takes the chunks without copying them.
+pub(crate) async fn write_frame(send: &mut SendStream, mut chunks: Vec<Bytes>, peer: &str) -> Result<()> {
+    send.write_all_chunks(&mut chunks).await.map_err(|e| write_error(peer, &e))
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
@@ -234,4 +299,64 @@ pub(crate) async fn write_error_frame(send: &mut SendStream, error: &Error, peer
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     frame.extend_from_slice(&payload);
     send.write_all(&frame).await.map_err(|e| write_error(peer, &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_bytes(chunks: &[Bytes]) -> (u32, Vec<u8>) {
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        (u32::from_le_bytes([all[0], all[1], all[2], all[3]]), all[4..].to_vec())
+    }
+
+    fn part(buffer: Vec<u8>) -> AveragingData {
+        AveragingData {
+            code: 3,
+            group_id: b"group".to_vec().into(),
+            endpoint: "quic://127.0.0.1:1".into(),
+            tensor_part: Some(Tensor {
+                buffer: buffer.into(),
+                size: vec![2, 3],
+                requires_grad: true,
+                dtype: "float32".into(),
+                compression: 0,
+                chunks: 0,
+                codec: "none".into(),
+            }),
+            metadata: b"meta".to_vec().into(),
+            weight: 0.5,
+        }
+    }
+
+    #[test]
+    fn a_tensor_buffer_travels_as_its_own_chunk_and_decodes_to_the_same_message() {
+        for buffer in [vec![7u8; 24], Vec::new(), (0..=255).cycle().take(70_000).collect()] {
+            let message = part(buffer.clone());
+            let chunks = encode_frame(message.clone(), usize::MAX).unwrap();
+            assert_eq!(chunks.len(), if buffer.is_empty() { 1 } else { 2 });
+            if let Some(payload) = chunks.get(1) {
+                assert_eq!(payload.as_ptr(), message.tensor_part.as_ref().unwrap().buffer.as_ptr(), "copied");
+            }
+            let (len, body) = frame_bytes(&chunks);
+            assert_eq!(len as usize, body.len());
+            assert_eq!(body.len(), prost::Message::encoded_len(&message));
+            let decoded: AveragingData = decode(Bytes::from(body), "peer").unwrap();
+            assert_eq!(decoded, message);
+        }
+        let no_tensor = AveragingData { tensor_part: None, ..part(Vec::new()) };
+        let (_, body) = frame_bytes(&encode_frame(no_tensor.clone(), usize::MAX).unwrap());
+        assert_eq!(decode::<AveragingData>(Bytes::from(body), "peer").unwrap(), no_tensor);
+    }
+
+    #[test]
+    fn frames_over_the_limit_are_refused() {
+        let message = part(vec![0u8; 1000]);
+        let size = prost::Message::encoded_len(&message);
+        assert!(encode_frame(message.clone(), size).is_ok());
+        assert!(matches!(
+            encode_frame(message, size - 1),
+            Err(Error::MessageTooLarge { size: s, limit }) if s == size && limit == size - 1
+        ));
+    }
 }

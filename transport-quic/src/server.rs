@@ -13,8 +13,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 
 use crate::frame::{
-    self, CODE_CANCELLED, Frame, METHOD_AGGREGATE, METHOD_DOWNLOAD, METHOD_JOIN, decode, encode, read_frame,
-    write_error_frame, write_frame,
+    self, CODE_CANCELLED, Frame, METHOD_AGGREGATE, METHOD_DOWNLOAD, METHOD_JOIN, Outgoing, decode,
+    encode_frame, read_frame, write_error_frame, write_frame,
 };
 
 /// What every call task of one server shares.
@@ -118,7 +118,7 @@ async fn read_one<T: prost::Message + Default>(
         return Err(first_request_timed_out(wait));
     };
     match read? {
-        Frame::Message(bytes) => decode(&bytes, peer),
+        Frame::Message(bytes) => decode(bytes, peer),
         Frame::End | Frame::Failure(_) => Err(Error::Transport(format!("{peer} sent no request"))),
     }
 }
@@ -169,7 +169,7 @@ fn request_stream(
         };
         let error = match read {
             Ok(Frame::End) => return None,
-            Ok(Frame::Message(bytes)) => match decode::<AveragingData>(&bytes, &state.peer) {
+            Ok(Frame::Message(bytes)) => match decode::<AveragingData>(bytes, &state.peer) {
                 Ok(message) => return Some((Ok(message), Some(state))),
                 Err(e) => e,
             },
@@ -200,7 +200,7 @@ async fn request_failure(slot: &mut Option<oneshot::Receiver<Error>>) -> Error {
 /// Starts the handler and streams its replies until it ends, fails, or the caller cancels (stops
 /// reading its side, or loses the connection); the handler's stream is dropped before the caller
 /// sees the end.
-async fn respond<T: prost::Message>(
+async fn respond<T: Outgoing>(
     mut send: SendStream,
     start: impl Future<Output = Result<MessageStream<T>>>,
     limit: usize,
@@ -234,11 +234,11 @@ async fn respond<T: prost::Message>(
             Some(Err(e)) => break Some(e),
             Some(Ok(message)) => message,
         };
-        let bytes = match encode(&message, limit) {
-            Ok(bytes) => bytes,
+        let chunks = match encode_frame(message, limit) {
+            Ok(chunks) => chunks,
             Err(e) => break Some(e),
         };
-        if write_frame(&mut send, &bytes, peer).await.is_err() {
+        if write_frame(&mut send, chunks, peer).await.is_err() {
             // The caller stopped reading or the connection is gone: the call is over.
             return;
         }

@@ -127,7 +127,9 @@ pub struct AveragerConfig {
     pub reducer_settings: serde_json::Value,
     /// Per-tensor compression settings, by tensor index; missing entries default.
     pub tensor_infos: Vec<TensorSettings>,
-    /// This peer's bandwidth for load balancing; `None`: the group's mean; 0: reduce nothing.
+    /// This peer's bandwidth for load balancing, in MB/s; 0: reduce nothing. `None`: measured
+    /// (**\[averager\]**: the smoothed rate of its recent all-reduces; the group's mean until the
+    /// first one, as in hivemind).
     pub bandwidth: Option<f64>,
     /// Members whose share would be smaller than this many elements get none.
     pub min_vector_size: usize,

@@ -52,6 +52,12 @@ impl Gathered {
         self.members.iter().find(|(e, _)| e == endpoint).map(|(_, p)| p.mode)
     }
 
+    /// The bandwidth a member declared (configured, or measured when it configured none; `None`:
+    /// it declared none, or is not a member).
+    pub fn bandwidth(&self, endpoint: &str) -> Option<f64> {
+        self.members.iter().find(|(e, _)| e == endpoint).and_then(|(_, p)| p.bandwidth)
+    }
+
     /// Every member's gathered object as `T` (`None` for members that gathered nothing).
     ///
     /// # Errors

@@ -2,6 +2,7 @@
 //! transport and an [`AveragerConfig`]; it serves the three RPCs, runs steps (matchmaking, then
 //! the all-reduce), shares its state, and shuts down cleanly.
 
+mod bandwidth;
 mod config;
 mod gathered;
 mod report;
@@ -79,6 +80,8 @@ pub(crate) struct Inner {
     state: state::StateParts,
     /// Part messages sent and received in the round under way, for the steps' reports.
     traffic: Arc<telemetry::RoundTraffic>,
+    /// What this peer measured of its all-reduces, declared when no bandwidth is configured.
+    bandwidth: bandwidth::BandwidthEstimator,
 }
 
 impl Averager {
@@ -177,6 +180,7 @@ impl Averager {
                     )),
             ),
             state: state::StateParts::new(dht, sharing, state_codec, provider),
+            bandwidth: bandwidth::BandwidthEstimator::default(),
             config,
             mode,
             endpoint,
@@ -203,6 +207,13 @@ impl Averager {
     /// The endpoint other peers reach this averager at (`client://...` for a CLIENT).
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
+    }
+
+    /// **\[averager\]** the bandwidth this peer measured in its recent all-reduces, in MB/s
+    /// (smoothed); it declares it to its groups while `bandwidth` is not configured. `None` before
+    /// its first all-reduce, or when a bandwidth is configured (nothing is measured then).
+    pub fn estimated_bandwidth(&self) -> Option<f64> {
+        self.inner.bandwidth.estimate()
     }
 
     /// How this averager takes part (NODE, CLIENT or AUX).
@@ -233,6 +244,12 @@ impl Averager {
         self.step_background(options).await?.result().await
     }
 
+    /// The bandwidth this peer declares: the configured one, else its estimate (a CLIENT's is
+    /// 0 to every reducer anyway).
+    fn declared_bandwidth(&self) -> Option<f64> {
+        self.inner.bandwidth.declared(self.inner.config.bandwidth)
+    }
+
     /// Starts one averaging round in the background and returns its control (`wait=False`).
     ///
     /// # Errors
@@ -243,7 +260,7 @@ impl Averager {
         }
         let user = options.gather_bytes().map(<[u8]>::to_vec).unwrap_or_else(|| vec![0xc0]);
         let payload =
-            GatherPayload { bandwidth: self.inner.config.bandwidth, mode: self.inner.mode, user_bytes: user };
+            GatherPayload { bandwidth: self.declared_bandwidth(), mode: self.inner.mode, user_bytes: user };
         let control = options.into_control::<Gathered>(
             dht_now(),
             self.inner.mode == PeerMode::Aux,

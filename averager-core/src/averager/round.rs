@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use super::bandwidth::{MeteredTransport, RoundMeter};
 use super::gathered::Gathered;
 use super::report::StepReport;
 use super::step_control::{Stage, StepControl};
@@ -23,7 +24,7 @@ use crate::error::{Error, Operation, Result};
 use crate::matchmaking::{FormedGroup, GatherPayload, PeerMode, SearchRequest};
 use crate::tensor::Tensor;
 use crate::time::{dht_now, with_timeout};
-use crate::transport::AveragingData;
+use crate::transport::{AveragingData, Transport};
 
 impl Inner {
     /// Runs a step to its end and reports through its control (protocol 8.1 round loop).
@@ -253,13 +254,20 @@ impl Inner {
             reducer_timeout: self.config.effective_reducer_timeout(),
             weight: if self.mode == PeerMode::Aux { 0.0 } else { control.weight() },
         };
+        // [averager] without a configured bandwidth, this all-reduce's streams are measured.
+        let meter = self.config.bandwidth.is_none().then(|| Arc::new(RoundMeter::default()));
+        let transport: Arc<dyn Transport> = match &meter {
+            Some(meter) => Arc::new(MeteredTransport::new(Arc::clone(&self.transport), Arc::clone(meter))),
+            None => Arc::clone(&self.transport),
+        };
         let runner = AllReduceRunner::new(AllReduceInputs {
             group,
             tensors: Arc::clone(&tensors),
             infos: self.infos.clone(),
             codec: Arc::clone(&self.codec),
             reducer: Arc::clone(&self.reducer),
-            transport: Arc::new(CountingTransport::new(Arc::clone(&self.transport), Arc::clone(tally))),
+            // Counted for the step report outside the bandwidth meter, so both see every part.
+            transport: Arc::new(CountingTransport::new(transport, Arc::clone(tally))),
             registry: self.registry,
             settings,
         });
@@ -289,6 +297,9 @@ impl Inner {
         self.router.unregister(&group_id);
         self.round_tensors.send_replace(None);
         drop(runner);
+        if let (Ok(_), Some(sample)) = (&outcome, meter.as_deref().and_then(RoundMeter::sample)) {
+            self.bandwidth.record(sample);
+        }
         let mut tensors = take_back(tensors);
         let applied = outcome.and_then(|outcome| {
             if self.mode != PeerMode::Aux {

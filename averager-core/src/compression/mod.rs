@@ -5,13 +5,18 @@
 //! older peers, by the `compression` enum), through the [registry](crate::registry).
 
 mod info;
+mod into;
 mod none;
 mod streaming;
 
 use std::fmt::Debug;
 
 pub use averager_proto::{CompressionType, Tensor as WireTensor};
+pub use bytes::BytesMut;
 pub use info::{CompressionInfo, TensorDescriptor, TensorKey, TensorRole};
+pub use into::{
+    add_scaled, check_decode_len, decode_add_via_extract, decode_via_extract, encode_via_compress,
+};
 pub use none::NoCompression;
 pub use streaming::{STREAM_CHUNK_BYTES, combine_from_streaming, split_for_streaming};
 
@@ -100,6 +105,44 @@ pub trait Compression: Send + Sync + Debug + 'static {
     /// What the codec offers.
     fn capabilities(&self) -> CodecCapabilities {
         CodecCapabilities { lossless: false }
+    }
+
+    /// Encodes like [`Compression::compress`], appending the buffer to `out` instead of
+    /// allocating one, so a caller can reuse one buffer for every part it sends.
+    ///
+    /// # Behavior
+    /// Returns the message `compress` would return with an empty `buffer`; the bytes that buffer
+    /// would hold are appended to `out` (what `out` held before stays). On error `out` keeps its
+    /// original length. The default calls `compress` and copies; built-in codecs write in place.
+    fn encode_into(
+        &self,
+        tensor: &TensorView<'_>,
+        info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Result<WireTensor> {
+        encode_via_compress(self, tensor, info, out)
+    }
+
+    /// Decodes `message` straight into `out` as f32 values, one per element in row-major order.
+    ///
+    /// # Behavior
+    /// `out` ends up bit-equal to [`Compression::extract`]'s values converted to f32. An `out`
+    /// whose length is not the message's element count, or a dtype without an f32 form, is an
+    /// [`Error::Codec`](crate::Error::Codec); untrusted input is refused as by `extract`, and `out`
+    /// may then hold anything. The default calls `extract` and copies.
+    fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
+        decode_via_extract(self, message, out)
+    }
+
+    /// Decodes `message` and accumulates it into `out`: `out[i] += weight * decoded[i]`, each
+    /// step in f32, so a reducer needs no buffer per sender.
+    ///
+    /// # Behavior
+    /// The result is bit-equal to decoding with [`Compression::decode_into`] and then adding
+    /// `weight * decoded[i]`. Errors as `decode_into`, and on an error `out` is unchanged (the
+    /// message is checked before anything is added). The default decodes into a temporary vector.
+    fn decode_add_into(&self, message: &WireTensor, weight: f32, out: &mut [f32]) -> Result<()> {
+        decode_add_via_extract(self, message, weight, out)
     }
 }
 

@@ -3,7 +3,12 @@
 use averager_proto::{CompressionType, Tensor as WireTensor};
 use half::bf16;
 
-use super::{CodecCapabilities, Compression, CompressionInfo, ErrorBound, wire_dtype, wire_shape};
+use bytes::BytesMut;
+
+use super::{
+    CodecCapabilities, Compression, CompressionInfo, ErrorBound, check_decode_len, decode_add_via_extract,
+    decode_via_extract, encode_via_compress, wire_dtype, wire_shape,
+};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor, TensorData, TensorSlice, TensorView};
 
@@ -24,6 +29,64 @@ fn legacy_bfloat16() -> bool {
     std::env::var("USE_LEGACY_BFLOAT16").map(|v| v != "0").unwrap_or(true)
 }
 
+/// The message of `tensor` without its buffer.
+fn header(tensor: &TensorView<'_>) -> WireTensor {
+    WireTensor {
+        buffer: Default::default(),
+        size: tensor.shape().iter().map(|&d| d as u32).collect(),
+        requires_grad: tensor.requires_grad(),
+        dtype: tensor.dtype().name().to_string(),
+        compression: CompressionType::None as i32,
+        chunks: 0,
+        codec: NoCompression::NAME.to_string(),
+    }
+}
+
+/// The NONE buffer of `tensor`.
+fn encode_bytes(tensor: &TensorView<'_>) -> Vec<u8> {
+    let data = tensor.data();
+    let mut buffer = Vec::new();
+    match data {
+        TensorSlice::BF16(values) if legacy_bfloat16() => {
+            buffer.reserve(values.len() * 4);
+            for v in values {
+                buffer.extend_from_slice(&v.to_f32().to_le_bytes());
+            }
+        }
+        _ => data.write_le_bytes(&mut buffer),
+    }
+    buffer
+}
+
+/// Appends the little-endian bytes of `values` to `out`.
+fn append_f32(values: &[f32], out: &mut BytesMut) {
+    if cfg!(target_endian = "little") {
+        out.extend_from_slice(bytemuck::cast_slice(values));
+    } else {
+        out.reserve(values.len() * 4);
+        for v in values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// The buffer of a float32 message checked against an output of `out_len` values; `None` for
+/// other dtypes, which take the general path.
+fn f32_payload(message: &WireTensor, out_len: usize) -> Result<Option<&[u8]>> {
+    if wire_dtype(NoCompression::NAME, message)? != DType::F32 {
+        return Ok(None);
+    }
+    let (_, numel) = wire_shape(NoCompression::NAME, message)?;
+    check_decode_len(NoCompression::NAME, numel, out_len)?;
+    if numel.checked_mul(4) != Some(message.buffer.len()) {
+        return Err(Error::codec(
+            NoCompression::NAME,
+            format!("buffer of {} bytes does not hold {numel} float32 values", message.buffer.len()),
+        ));
+    }
+    Ok(Some(&message.buffer[..]))
+}
+
 impl Compression for NoCompression {
     fn name(&self) -> &str {
         Self::NAME
@@ -34,26 +97,7 @@ impl Compression for NoCompression {
     }
 
     fn compress(&self, tensor: &TensorView<'_>, _info: &CompressionInfo) -> Result<WireTensor> {
-        let data = tensor.data();
-        let mut buffer = Vec::new();
-        match data {
-            TensorSlice::BF16(values) if legacy_bfloat16() => {
-                buffer.reserve(values.len() * 4);
-                for v in values {
-                    buffer.extend_from_slice(&v.to_f32().to_le_bytes());
-                }
-            }
-            _ => data.write_le_bytes(&mut buffer),
-        }
-        Ok(WireTensor {
-            buffer: buffer.into(),
-            size: tensor.shape().iter().map(|&d| d as u32).collect(),
-            requires_grad: tensor.requires_grad(),
-            dtype: tensor.dtype().name().to_string(),
-            compression: CompressionType::None as i32,
-            chunks: 0,
-            codec: Self::NAME.to_string(),
-        })
+        Ok(WireTensor { buffer: encode_bytes(tensor).into(), ..header(tensor) })
     }
 
     fn extract(&self, message: &WireTensor) -> Result<Tensor> {
@@ -78,6 +122,45 @@ impl Compression for NoCompression {
             TensorData::from_le_bytes(dtype, &message.buffer)?
         };
         Ok(Tensor::new(shape, data)?.with_requires_grad(message.requires_grad))
+    }
+
+    fn encode_into(
+        &self,
+        tensor: &TensorView<'_>,
+        info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Result<WireTensor> {
+        match tensor.data() {
+            TensorSlice::F32(values) => {
+                append_f32(values, out);
+                Ok(header(tensor))
+            }
+            _ => encode_via_compress(self, tensor, info, out),
+        }
+    }
+
+    fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
+        match f32_payload(message, out.len())? {
+            Some(bytes) => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+                Ok(())
+            }
+            None => decode_via_extract(self, message, out),
+        }
+    }
+
+    fn decode_add_into(&self, message: &WireTensor, weight: f32, out: &mut [f32]) -> Result<()> {
+        match f32_payload(message, out.len())? {
+            Some(bytes) => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o += weight * f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+                Ok(())
+            }
+            None => decode_add_via_extract(self, message, weight, out),
+        }
     }
 
     fn estimate_compression_ratio(&self, _info: &CompressionInfo) -> f64 {

@@ -1,7 +1,8 @@
 //! `averager bench`: the throughput benchmark. N peers in this process form one full group
 //! (target size N, no group bits) round after round; each round times matchmaking and the
 //! all-reduce per peer, and the round counts its slowest peer (the group is done when the last
-//! member has its result).
+//! member has its result). With `--processes` every peer is a process of its own
+//! ([`crate::bench_processes`]).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,11 +10,12 @@ use std::time::Duration;
 use averager::AveragerConfig;
 
 use crate::Result;
-use crate::backends::{self, Transports};
+use crate::backends::{self, DhtKind, Transports};
+use crate::bench_processes::ProcessPeers;
 use crate::cli::{BenchArgs, DEFAULT_FLOATS};
 use crate::failure::Failure;
 use crate::report::{BenchSummary, algbw_mb_s, secs, tensor_bytes};
-use crate::swarm::{Swarm, SwarmSpec};
+use crate::swarm::{RoundStats, Swarm, SwarmSpec};
 use crate::tensors::peer_values;
 
 /// Runs the benchmark and prints the table, or one JSON line with `--json`.
@@ -44,12 +46,17 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
         floats,
         transport = args.transport.name(),
         compression = %args.compression,
+        processes = args.processes,
         "starting the bench swarm"
     );
-    let swarm = Swarm::start(&spec, |i| peer_values(0, i, floats)).await?;
+    let mut peers = if args.processes {
+        Peers::Processes(ProcessPeers::start(&args, floats, timeout).await?)
+    } else {
+        Peers::InProcess(Swarm::start(&spec, |i| peer_values(0, i, floats)).await?)
+    };
     let mut summary = BenchSummary {
         transport: args.transport.name(),
-        dht: args.dht.name(),
+        dht: if args.processes { DhtKind::Kad.name() } else { args.dht.name() },
         compression: args.compression.clone(),
         peers: args.peers,
         floats,
@@ -58,7 +65,58 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
         warmup: args.warmup,
         allreduce_s: Vec::new(),
         matchmaking_ms: Vec::new(),
+        processes: args.processes,
+        peak_rss_bytes: Vec::new(),
     };
+    let measured = measure(&mut peers, &args, timeout, &mut summary).await;
+    if let Peers::Processes(workers) = &peers {
+        summary.peak_rss_bytes = workers.peak_rss();
+    }
+    peers.shutdown().await;
+    measured?;
+    if args.json {
+        crate::out!("{}", summary.json());
+    } else {
+        crate::out!("{}", summary.table());
+    }
+    if summary.rounds == 0 {
+        return Err(Failure::new("no measured round succeeded on every peer (see the warnings above)"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The peers of a run: in this process, or one process each.
+enum Peers {
+    InProcess(Swarm),
+    Processes(ProcessPeers),
+}
+
+impl Peers {
+    async fn round(&mut self, timeout: Duration, label: &str) -> Result<RoundStats> {
+        match self {
+            Peers::InProcess(swarm) => Ok(swarm.round(timeout, label).await),
+            Peers::Processes(workers) => workers.round().await,
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Peers::InProcess(swarm) => swarm.shutdown().await,
+            Peers::Processes(workers) => workers.shutdown().await,
+        }
+    }
+}
+
+/// The warm-up and measured rounds, recorded in `summary`.
+///
+/// # Errors
+/// When a worker process stops answering.
+async fn measure(
+    peers: &mut Peers,
+    args: &BenchArgs,
+    timeout: Duration,
+    summary: &mut BenchSummary,
+) -> Result<()> {
     let total = args.warmup + args.rounds;
     for round in 0..total {
         let warmup = round < args.warmup;
@@ -67,7 +125,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
         } else {
             format!("round {}", round + 1 - args.warmup)
         };
-        let stats = swarm.round(timeout, &label).await;
+        let stats = peers.round(timeout, &label).await?;
         let (failed, reason) = stats.failures();
         let (Some(allreduce), Some(matchmaking), 0) = (stats.allreduce(), stats.matchmaking(), failed) else {
             tracing::warn!(%label, failed, reason = reason.unwrap_or("no group"), "round failed");
@@ -79,7 +137,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
         tracing::info!(
             "{label}: all-reduce {:.3} s ({:.1} MB/s per peer), matchmaking {:.1} ms",
             secs(allreduce),
-            algbw_mb_s(tensor_bytes(floats), secs(allreduce)),
+            algbw_mb_s(tensor_bytes(summary.floats), secs(allreduce)),
             secs(matchmaking) * 1e3
         );
         if !warmup {
@@ -88,16 +146,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
             summary.matchmaking_ms.push(secs(matchmaking) * 1e3);
         }
     }
-    swarm.shutdown().await;
-    if args.json {
-        crate::out!("{}", summary.json());
-    } else {
-        crate::out!("{}", summary.table());
-    }
-    if summary.rounds == 0 {
-        return Err(Failure::new("no measured round succeeded on every peer (see the warnings above)"));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The checks clap cannot make alone.

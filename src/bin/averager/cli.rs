@@ -175,6 +175,10 @@ pub(crate) struct BenchArgs {
     /// Seconds one step may take.
     #[arg(long, default_value_t = 60.0)]
     pub(crate) timeout: f64,
+    /// Every peer in its own OS process, as the other systems' benchmarks run, and each one's peak
+    /// resident memory in the report (peers find each other through Kademlia; --dht is ignored).
+    #[arg(long)]
+    pub(crate) processes: bool,
 }
 
 /// Flags of `averager node`.
@@ -270,9 +274,10 @@ pub(crate) struct WorkerArgs {
     /// DHT bootstrap multiaddrs.
     #[arg(long)]
     pub(crate) bootstrap: Vec<String>,
-    /// Where to write the tensor (raw little-endian f32) after every round, for the demo to compare.
+    /// Where to write the tensor (raw little-endian f32) after every round, for the demo to compare
+    /// (the benchmark's workers write none).
     #[arg(long)]
-    pub(crate) dump: PathBuf,
+    pub(crate) dump: Option<PathBuf>,
     /// Seconds one step may take.
     #[arg(long)]
     pub(crate) timeout: f64,
@@ -282,6 +287,13 @@ pub(crate) struct WorkerArgs {
     /// Seconds a silent reducer is waited for (`reducer_timeout`; twice the sender's when absent).
     #[arg(long, requires = "sender_timeout")]
     pub(crate) reducer_timeout: Option<f64>,
+    /// The address the peer's transport and DHT node listen on (bench/wan.sh puts each peer in a
+    /// network namespace of its own).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: std::net::Ipv4Addr,
+    /// The bandwidth to declare, in MB/s (default: measured, see `AveragerConfig::bandwidth`).
+    #[arg(long)]
+    pub(crate) bandwidth: Option<f64>,
 }
 
 /// Parses a byte size: a number with an optional decimal (k, M, G, kB, MB, GB) or binary (KiB,

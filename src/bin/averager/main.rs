@@ -12,6 +12,7 @@
 
 mod backends;
 mod bench;
+mod bench_processes;
 mod cli;
 mod demo;
 mod failure;

@@ -25,22 +25,28 @@ use crate::tensors::{AgreementMeter, ExactMean, peer_values, read_f32_file};
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One worker process and its pipes.
-struct Worker {
+pub(crate) struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
-    dump: PathBuf,
+    /// The file the worker writes its tensor to (`--dump`), if it was given one.
+    dump: Option<PathBuf>,
 }
 
 impl Worker {
+    /// The worker's process id (`None` once it has been waited for).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Sends one command line.
-    async fn send(&mut self, line: &str) -> Result<()> {
+    pub(crate) async fn send(&mut self, line: &str) -> Result<()> {
         self.stdin.write_all(format!("{line}\n").as_bytes()).await.context("writing to a worker")?;
         self.stdin.flush().await.context("writing to a worker")
     }
 
     /// The next report line with `event`, within `limit`.
-    async fn expect(&mut self, event: &str, limit: Duration) -> Result<Value> {
+    pub(crate) async fn expect(&mut self, event: &str, limit: Duration) -> Result<Value> {
         let read = async {
             loop {
                 let Some(line) = self.stdout.next_line().await.context("reading a worker's reports")? else {
@@ -97,12 +103,18 @@ async fn drive(
     outcome
 }
 
-/// Starts worker `index` (this binary again, with the hidden subcommand).
-fn spawn(plan: &DemoPlan, index: usize, bootstrap: &[String], dump: PathBuf) -> Result<Worker> {
+/// This binary's hidden `worker` subcommand, to which the caller adds the worker's flags.
+pub(crate) fn worker_command() -> Result<Command> {
     let exe = std::env::current_exe().context("finding this program to start workers")?;
     let mut command = Command::new(exe);
+    command.arg("worker");
+    Ok(command)
+}
+
+/// Starts worker `index` (this binary again, with the hidden subcommand).
+fn spawn(plan: &DemoPlan, index: usize, bootstrap: &[String], dump: PathBuf) -> Result<Worker> {
+    let mut command = worker_command()?;
     command
-        .arg("worker")
         .args(["--index", &index.to_string()])
         .args(["--floats", &plan.floats.to_string()])
         .args(["--seed", &plan.args.seed.to_string()])
@@ -117,6 +129,11 @@ fn spawn(plan: &DemoPlan, index: usize, bootstrap: &[String], dump: PathBuf) -> 
     for addr in bootstrap {
         command.args(["--bootstrap", addr]);
     }
+    launch(command, Some(dump))
+}
+
+/// Starts a worker from its full command; `dump` is the file it was told to write its tensor to.
+pub(crate) fn launch(mut command: Command, dump: Option<PathBuf>) -> Result<Worker> {
     // A demo that dies must not leave peers behind.
     command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
     let mut child = command.spawn().context("starting a worker process")?;
@@ -162,7 +179,8 @@ async fn rounds(plan: &DemoPlan, workers: &mut [Worker], started: Instant) -> Re
         let stats = RoundStats { peers, wall: start.elapsed() };
         let mut meter = AgreementMeter::new(&mean);
         for worker in workers.iter() {
-            meter.add(&read_f32_file(&worker.dump)?)?;
+            let dump = worker.dump.as_deref().ok_or("a demo worker has no --dump file")?;
+            meter.add(&read_f32_file(dump)?)?;
         }
         let agreement = meter.finish();
         crate::out!("{}", log.record(round, &stats, agreement, plan.floats));
@@ -187,7 +205,7 @@ fn peer_round(report: &Value) -> PeerRound {
 }
 
 /// Asks every worker to quit, then waits for them all; one that hangs is killed.
-async fn stop(workers: Vec<Worker>) {
+pub(crate) async fn stop(workers: Vec<Worker>) {
     let mut children = Vec::with_capacity(workers.len());
     for mut worker in workers {
         let _ = worker.send("quit").await;

@@ -61,6 +61,10 @@ pub(crate) struct BenchSummary {
     pub(crate) allreduce_s: Vec<f64>,
     /// Per successful round: the slowest peer's matchmaking milliseconds.
     pub(crate) matchmaking_ms: Vec<f64>,
+    /// Whether every peer ran in its own process.
+    pub(crate) processes: bool,
+    /// With `processes`: each peer's peak resident set in bytes (`None` where unknown).
+    pub(crate) peak_rss_bytes: Vec<Option<u64>>,
 }
 
 impl BenchSummary {
@@ -92,6 +96,8 @@ impl BenchSummary {
             "allreduce_s_median": finite(self.allreduce_median()),
             "allreduce_s_min": finite(self.allreduce_min()),
             "matchmaking_ms_median": finite(median(&self.matchmaking_ms).unwrap_or(f64::NAN)),
+            "processes": self.processes,
+            "peak_rss_mb": self.peak_rss_bytes.iter().map(|b| b.map(|b| b as f64 / 1e6)).collect::<Vec<_>>(),
         })
     }
 
@@ -133,6 +139,18 @@ impl BenchSummary {
             algbw_mb_s(bytes, self.allreduce_min()),
             median(&self.matchmaking_ms).unwrap_or(f64::NAN),
         );
+        if self.processes {
+            let peaks: Vec<String> = self
+                .peak_rss_bytes
+                .iter()
+                .map(|b| b.map_or_else(|| "?".to_string(), |b| format!("{:.1}", b as f64 / 1e6)))
+                .collect();
+            out += &format!(
+                "\npeak RSS per peer (MB, one process each): {} (tensor {:.1} MB)",
+                peaks.join(", "),
+                bytes / 1e6
+            );
+        }
         out
     }
 }
@@ -163,6 +181,8 @@ mod tests {
             warmup: 1,
             allreduce_s: vec![0.002, 0.004],
             matchmaking_ms: vec![5.0, 7.0],
+            processes: true,
+            peak_rss_bytes: vec![Some(80_000_000), None],
         };
         let v = summary.json();
         for key in [
@@ -180,5 +200,7 @@ mod tests {
         }
         assert_eq!(v["algbw_mb_s"], json!(4000.0 / 0.003 / 1e6));
         assert!(summary.table().contains("grpc"));
+        assert_eq!(v["peak_rss_mb"], json!([80.0, null]));
+        assert!(summary.table().contains("peak RSS per peer (MB, one process each): 80.0, ?"));
     }
 }

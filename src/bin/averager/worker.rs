@@ -5,10 +5,10 @@
 //! line on stdin it steps once, writes its tensor to the `--dump` file, and prints
 //! `{"event":"round","round":N,...}`, after `{"event":"allreduce","round":N}` the moment its
 //! all-reduce begins (so a test can kill it mid-all-reduce). `quit` or the end of stdin shuts it
-//! down cleanly. stdout carries nothing else (logs go to stderr). The `--dump` file holds the
-//! initial tensor from the ready line on.
+//! down cleanly. stdout carries nothing else (logs go to stderr). The `--dump` file, when given,
+//! holds the initial tensor from the ready line on.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use averager::{Averager, Tensor};
@@ -32,19 +32,27 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
     let timeout = seconds("--timeout", args.timeout)?;
     let transports = Transports::new(args.transport)?;
     let mut dhts = Dhts::new(DhtKind::Kad, &args.bootstrap)?;
-    let dht = dhts.node().await?;
-    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let dht = dhts.node_at(&format!("/ip4/{}/tcp/0", args.host)).await?;
+    let listen = SocketAddr::from((args.host, 0));
     let transport = transports.build(args.index, listen, dhts.last_node())?;
     let mut config = demo_config(&args.prefix, args.group_size, &args.compression);
     config.initial_group_bits = args.bits.clone();
     config.sender_timeout = args.sender_timeout.map(|s| seconds("--sender-timeout", s)).transpose()?;
     config.reducer_timeout = args.reducer_timeout.map(|s| seconds("--reducer-timeout", s)).transpose()?;
+    config.bandwidth = args.bandwidth;
     config.validate()?;
     let values = peer_values(args.seed, args.index, args.floats);
-    write_f32_file(&args.dump, &values)?;
+    if let Some(dump) = &args.dump {
+        write_f32_file(dump, &values)?;
+    }
     let tensors = vec![Tensor::from_f32(vec![args.floats], values)?];
     let averager = Averager::new(tensors, dht, transport, config).await?;
-    say(json!({"event": "ready", "index": args.index, "endpoint": averager.endpoint()}));
+    say(json!({
+        "event": "ready",
+        "index": args.index,
+        "endpoint": averager.endpoint(),
+        "dht": dhts.bootstrap_addrs(),
+    }));
 
     let outcome = serve_rounds(&averager, &args, timeout).await;
     if let Err(e) = averager.shutdown().await {
@@ -72,10 +80,10 @@ async fn serve_rounds(averager: &Averager, args: &WorkerArgs, timeout: std::time
             }
         })
         .await;
-        {
+        if let Some(dump) = &args.dump {
             let tensors = averager.tensors().await;
             let values = tensors.first().ok_or("the worker holds no tensor")?.as_f32()?;
-            write_f32_file(&args.dump, values)?;
+            write_f32_file(dump, values)?;
         }
         say(json!({
             "event": "round",
@@ -84,6 +92,7 @@ async fn serve_rounds(averager: &Averager, args: &WorkerArgs, timeout: std::time
             "allreduce_s": step.allreduce.map(|d| d.as_secs_f64()),
             "group": step.group,
             "error": step.error,
+            "bandwidth_estimate": averager.estimated_bandwidth(),
         }));
     }
     Ok(())

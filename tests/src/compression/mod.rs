@@ -26,6 +26,7 @@ mod cases;
 pub mod checks;
 pub mod fixtures;
 mod hostile;
+mod into;
 
 use std::sync::Arc;
 
@@ -41,6 +42,10 @@ pub use cases::{
 pub use hostile::{
     garbage_buffers_never_panic, huge_declared_shapes_are_refused_quickly, mutated_buffers_never_panic,
     truncated_buffers_are_errors, unknown_dtype_names_are_errors,
+};
+pub use into::{
+    decode_add_into_accumulates_or_leaves_untouched, decode_into_matches_extract,
+    encode_into_appends_what_compress_writes,
 };
 
 use crate::Outcome;
@@ -82,6 +87,9 @@ macro_rules! __compression_cases {
             unaccepted_dtypes_are_refused,
             lossless_codecs_declare_exact_bounds if lossless,
             registry_decodes_like_the_codec if registered,
+            encode_into_appends_what_compress_writes,
+            decode_into_matches_extract,
+            decode_add_into_accumulates_or_leaves_untouched,
             truncated_buffers_are_errors,
             garbage_buffers_never_panic,
             huge_declared_shapes_are_refused_quickly,

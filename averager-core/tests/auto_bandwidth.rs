@@ -1,0 +1,90 @@
+//! **\[averager\]** automatic bandwidth: peers configured without `bandwidth` declare what they
+//! measured in their previous all-reduce, so a slow peer gets a smaller span from its second
+//! round on.
+//!
+//! One of three in-process peers has every `rpc_aggregate_part` message it sends delayed by
+//! [`DELAY`] (as a sender and as a reducer): its streams run at a fraction of the others' rate
+//! (parts are 16 KiB, so the delay dominates each message by orders of magnitude, whatever the
+//! machine's load), and the margin asked for is a factor of 2.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use averager_core::allreduce::load_balance;
+use averager_core::averager::{Averager, AveragerConfig, StepOptions};
+use averager_core::dht::{Dht, MemoryDht};
+use averager_core::transport::{
+    Fault, FaultyTransport, MemoryNetwork, MemorySettings, MemoryTransport, Rpc, Transport,
+};
+use common::*;
+
+/// What every message of the slow peer waits before it is sent.
+const DELAY: Duration = Duration::from_millis(20);
+
+const FLOATS: usize = 96 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_peer_declares_less_and_gets_a_smaller_share_from_the_second_round() {
+    let network = MemoryNetwork::new();
+    let dht = Arc::new(MemoryDht::new());
+    let mut rng = rng(14);
+    let mut peers = Vec::new();
+    let mut plans = Vec::new();
+    for i in 0..3 {
+        let settings = MemorySettings { name: Some(format!("peer{i}")), ..Default::default() };
+        let inner: Arc<dyn Transport> = Arc::new(MemoryTransport::with_settings(network.clone(), settings));
+        let (faulty, plan) = FaultyTransport::new(inner);
+        let config = AveragerConfig {
+            prefix: "auto-bandwidth".into(),
+            target_group_size: Some(3),
+            min_group_size: 3,
+            request_timeout: Duration::from_secs(2),
+            min_matchmaking_time: Duration::from_secs(1),
+            part_size_bytes: 1 << 14,
+            ..AveragerConfig::default()
+        };
+        let tensors = vec![f32s(&[FLOATS], (0..FLOATS).map(|_| randn(&mut rng)))];
+        peers.push(
+            Averager::new(tensors, dht.clone() as Arc<dyn Dht>, Arc::new(faulty), config).await.unwrap(),
+        );
+        plans.push(plan);
+    }
+    plans[0].add(Fault::Delay(DELAY).rpc(Rpc::AggregatePart));
+    let slow = peers[0].endpoint().to_string();
+
+    // Round 1: nobody has measured anything, so nobody declares a bandwidth.
+    let first = step_every_peer(&peers).await;
+    assert!(peers.iter().all(|p| first.bandwidth(p.endpoint()).is_none()), "{first:?}");
+    let estimates: Vec<f64> =
+        peers.iter().map(|p| p.estimated_bandwidth().expect("measured in round 1")).collect();
+    assert!(estimates[0] * 2.0 < estimates[1].min(estimates[2]), "estimates {estimates:?}");
+    eprintln!("estimates after round 1 (MB/s): {estimates:?}");
+
+    // Round 2: the measured rates are declared, and load balancing follows them.
+    let second = step_every_peer(&peers).await;
+    let endpoints: Vec<String> = second.endpoints().map(str::to_string).collect();
+    let declared: Vec<Option<f64>> = endpoints.iter().map(|e| second.bandwidth(e)).collect();
+    assert!(declared.iter().all(Option::is_some), "{declared:?}");
+    let shares = load_balance(FLOATS, &declared, 0).unwrap();
+    let slow_index = endpoints.iter().position(|e| *e == slow).unwrap();
+    let fast_min = (0..3).filter(|&i| i != slow_index).map(|i| shares[i]).min().unwrap();
+    assert!(
+        shares[slow_index] < fast_min,
+        "shares {shares:?} (slow peer at {slow_index}), declared {declared:?}"
+    );
+    for p in peers {
+        p.shutdown().await.unwrap();
+    }
+}
+
+/// One step on every peer at once; the slow peer's result (the group is the same for all).
+async fn step_every_peer(peers: &[Averager]) -> averager_core::averager::Gathered {
+    let steps = peers.iter().map(|p| p.step(StepOptions::default().timeout(Duration::from_secs(60))));
+    let results = tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(steps))
+        .await
+        .expect("the round finished");
+    let mut gathered = results.into_iter().map(|r| r.expect("every peer averaged"));
+    gathered.next().unwrap()
+}

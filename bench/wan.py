@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""The driver of bench/wan.sh: builds the namespaces and links, runs the averager's workers in
+them cell by cell, and prints the table (also written to bench/wan-results.json).
+
+Each cell starts fresh workers (`averager worker`, one per namespace): peer 0 first, whose DHT
+address the others bootstrap from; then `--rounds` rounds, each one line `round N` to every
+worker and one JSON report back. A round's all-reduce time is the slowest peer's. The bound of a
+cell is 2(N-1)/N * bytes / rate of its slowest link: what equal shares cost when every byte
+crosses that link once each way."""
+
+import argparse
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import time
+
+PREFIX = "avwan"
+BRIDGE = f"{PREFIX}-br"
+# The bridge lives in a namespace of its own: in the root namespace, br_netfilter would pass the
+# bridged traffic through the host's firewall (whose FORWARD policy may drop it).
+HUB = f"{PREFIX}-hub"
+SUBNET = "10.77.0"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(*cmd, check=True):
+    result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {result.stderr.strip()}")
+
+
+def ns(i):
+    return f"{PREFIX}{i}"
+
+
+def host_veth(i):
+    return f"{PREFIX}-h{i}"
+
+
+class Network:
+    """A bridge in a hub namespace and one namespace per peer, each behind a veth pair."""
+
+    def __init__(self, peers):
+        self.peers = peers
+
+    def up(self):
+        self.down()
+        run("ip", "netns", "add", HUB)
+        run("ip", "-n", HUB, "link", "add", BRIDGE, "type", "bridge")
+        run("ip", "-n", HUB, "link", "set", BRIDGE, "up")
+        for i in range(self.peers):
+            run("ip", "netns", "add", ns(i))
+            run("ip", "-n", ns(i), "link", "set", "lo", "up")
+            run("ip", "-n", HUB, "link", "add", host_veth(i), "type", "veth", "peer", "name", f"{PREFIX}-p{i}")
+            run("ip", "-n", HUB, "link", "set", f"{PREFIX}-p{i}", "netns", ns(i))
+            run("ip", "-n", ns(i), "link", "set", f"{PREFIX}-p{i}", "name", "eth0")
+            run("ip", "-n", ns(i), "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
+            run("ip", "-n", ns(i), "link", "set", "eth0", "up")
+            run("ip", "-n", HUB, "link", "set", host_veth(i), "master", BRIDGE)
+            run("ip", "-n", HUB, "link", "set", host_veth(i), "up")
+
+    def address(self, i):
+        return f"{SUBNET}.{i + 1}"
+
+    def shape(self, rates_mbit):
+        """Caps peer i's link at rates_mbit[i] both ways: its upload leaves through eth0 in its
+        namespace, its download through its veth's bridge end."""
+        for i, rate in enumerate(rates_mbit):
+            # A burst of about 10 ms at the rate, at least 64 KiB (tbf needs rate / HZ at least).
+            burst = max(64 * 1024, int(rate * 1e6 / 8 / 100))
+            spec = ["root", "tbf", "rate", f"{rate}mbit", "burst", str(burst), "latency", "100ms"]
+            run("ip", "netns", "exec", ns(i), "tc", "qdisc", "replace", "dev", "eth0", *spec)
+            run("ip", "netns", "exec", HUB, "tc", "qdisc", "replace", "dev", host_veth(i), *spec)
+
+    def down(self):
+        # Deleting a namespace deletes its end of each veth, and with it the pair.
+        for i in range(self.peers):
+            run("ip", "netns", "del", ns(i), check=False)
+        run("ip", "netns", "del", HUB, check=False)
+
+
+class Worker:
+    def __init__(self, args, net, index, prefix, bootstrap, bandwidth, log):
+        cmd = ["ip", "netns", "exec", ns(index), args.binary, "worker"]
+        cmd += ["--index", str(index), "--floats", str(args.floats), "--seed", "0"]
+        cmd += ["--group-size", str(args.peers), "--prefix", prefix, "--transport", args.transport]
+        cmd += ["--compression", args.compression, "--timeout", str(args.step_timeout)]
+        cmd += ["--host", net.address(index)]
+        for addr in bootstrap:
+            cmd += ["--bootstrap", addr]
+        if bandwidth is not None:
+            cmd += ["--bandwidth", str(bandwidth)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+        # Lines are split here, not by a buffered reader: select() on the pipe cannot see lines
+        # that a reader already pulled into its buffer.
+        self.pending = b""
+
+    def send(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def readline(self, deadline):
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                raise RuntimeError("a worker exited before its report")
+            self.pending += data
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line.decode()
+
+    def expect(self, event, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.readline(deadline)
+            if line is None:
+                raise RuntimeError(f"no {event} report within {timeout} s")
+            try:
+                report = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if report.get("event") == event:
+                return report
+
+    def stop(self):
+        try:
+            self.send("quit")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=20)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_cell(args, net, name, rates, informed, log):
+    net.shape(rates)
+    prefix = f"wan-{name}-{os.getpid()}"
+    workers = []
+    try:
+        first = Worker(args, net, 0, prefix, [], rates[0] / 8 if informed else None, log)
+        workers.append(first)
+        ready = first.expect("ready", 120)
+        bootstrap = [a for a in ready.get("dht", []) if f"/{net.address(0)}/" in a] or ready.get("dht", [])
+        for i in range(1, args.peers):
+            workers.append(Worker(args, net, i, prefix, bootstrap, rates[i] / 8 if informed else None, log))
+        for w in workers[1:]:
+            w.expect("ready", 120)
+        rounds = []
+        for r in range(1, args.rounds + 1):
+            for w in workers:
+                w.send(f"round {r}")
+            reports = [w.expect("round", args.step_timeout + 60) for w in workers]
+            errors = [rep.get("error") for rep in reports if rep.get("error")]
+            allreduce = [rep.get("allreduce_s") for rep in reports]
+            step = [(rep.get("matchmaking_s") or 0) + (rep.get("allreduce_s") or 0) for rep in reports]
+            rounds.append({
+                "round": r,
+                "allreduce_s": None if errors or None in allreduce else max(allreduce),
+                "step_s": max(step),
+                "errors": errors,
+                "estimates_mb_s": [rep.get("bandwidth_estimate") for rep in reports],
+            })
+            print(f"wan: {name} round {r}: {rounds[-1]}", file=sys.stderr, flush=True)
+        return rounds
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--binary", required=True)
+    parser.add_argument("--hivemind-python", default="")
+    parser.add_argument("--peers", type=int, default=4)
+    parser.add_argument("--size", default="16M", help="floats per peer (M = 2**20); 16M = 64 MiB")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--transport", default="grpc")
+    parser.add_argument("--compression", default="none")
+    parser.add_argument("--step-timeout", type=float, default=300.0)
+    parser.add_argument("--cells", default="200,1000,mix,mix-informed")
+    parser.add_argument("--out", default=os.path.join(HERE, "wan-results.json"))
+    args = parser.parse_args()
+    size = args.size.upper()
+    args.floats = int(float(size[:-1]) * 2**20) if size.endswith("M") else int(size)
+    mix = [50, 100, 200, 400][: args.peers] + [400] * max(0, args.peers - 4)
+    cells = {
+        "200": ([200] * args.peers, False),
+        "1000": ([1000] * args.peers, False),
+        "mix": (mix, False),
+        "mix-informed": (mix, True),
+    }
+    if args.hivemind_python:
+        print("wan: hivemind: not run on the namespaces yet (bench/hivemind_bench.py starts every peer "
+              "from one process; it needs a per-namespace launcher)", file=sys.stderr)
+    net = Network(args.peers)
+    bytes_per_peer = args.floats * 4
+    results = []
+    os.makedirs(os.path.join(HERE, "logs"), exist_ok=True)
+    log_path = os.path.join(HERE, "logs", "wan-workers.log")
+    try:
+        net.up()
+        with open(log_path, "w") as log:
+            for name in args.cells.split(","):
+                rates, informed = cells[name]
+                bound = 2 * (args.peers - 1) / args.peers * bytes_per_peer * 8 / (min(rates) * 1e6)
+                rounds = run_cell(args, net, name, rates, informed, log)
+                results.append({"cell": name, "rates_mbit": rates, "informed": informed,
+                                "bound_s": bound, "rounds": rounds})
+    finally:
+        net.down()
+    load = open("/proc/loadavg").read().split()[:3]
+    with open(args.out, "w") as f:
+        json.dump({"peers": args.peers, "bytes_per_peer": bytes_per_peer, "load": load, "cells": results}, f, indent=1)
+    print(f"{args.peers} peers x {bytes_per_peer / 1e6:.1f} MB, transport {args.transport}, "
+          f"compression {args.compression}, {args.rounds} rounds per cell; load after: {' '.join(load)}")
+    print("| cell | links (Mbit/s) | bandwidth | bound (s) | all-reduce round 1 (s) | rounds 2+ median (s) | bound / rounds 2+ | step median (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for cell in results:
+        times = [r["allreduce_s"] for r in cell["rounds"]]
+        later = [t for t in times[1:] if t is not None]
+        med = statistics.median(later) if later else None
+        steps = [r["step_s"] for r in cell["rounds"] if r["step_s"]]
+        fmt = lambda v: "failed" if v is None else f"{v:.2f}"
+        ratio = f"{cell['bound_s'] / med:.0%}" if med else "-"
+        print(f"| {cell['cell']} | {'/'.join(map(str, cell['rates_mbit']))} | "
+              f"{'told' if cell['informed'] else 'measured'} | {cell['bound_s']:.2f} | {fmt(times[0])} | "
+              f"{fmt(med)} | {ratio} | {fmt(statistics.median(steps)) if steps else '-'} |")
+
+
+if __name__ == "__main__":
+    main()

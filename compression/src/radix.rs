@@ -1,0 +1,98 @@
+//! Sorting f32 values in `f32::total_cmp` order by a least-significant-digit radix sort of their
+//! order keys: three counting passes instead of `n log n` comparisons, for the quantile codec's
+//! chunks of about 100000 values.
+
+/// Bits per digit: 11, 11 and 10 cover the 32-bit key with counting tables that fit in L1.
+const DIGIT_BITS: [u32; 3] = [11, 11, 10];
+
+/// A u32 that orders like `f32::total_cmp`: negative values (sign bit set) have every bit
+/// flipped, positive ones only the sign bit.
+#[inline(always)]
+fn key(x: f32) -> u32 {
+    let bits = x.to_bits();
+    bits ^ (((bits as i32 >> 31) as u32) | 0x8000_0000)
+}
+
+/// The inverse of [`key`].
+#[inline(always)]
+fn value(key: u32) -> f32 {
+    let bits = if key & 0x8000_0000 != 0 { key ^ 0x8000_0000 } else { !key };
+    f32::from_bits(bits)
+}
+
+/// Sorts `values` as `sort_unstable_by(f32::total_cmp)` does (the same bits in the same order).
+pub(crate) fn sort_total(values: &mut [f32]) {
+    let n = values.len();
+    let mut keys: Vec<u32> = values.iter().map(|&x| key(x)).collect();
+    let mut other = vec![0u32; n];
+    let mut shift = 0;
+    for bits in DIGIT_BITS {
+        let mask = (1u32 << bits) - 1;
+        let mut counts = vec![0usize; 1 << bits];
+        for &k in &keys {
+            counts[((k >> shift) & mask) as usize] += 1;
+        }
+        // Skips a pass in which every key has the same digit (common for the top digit).
+        if counts.contains(&n) {
+            shift += bits;
+            continue;
+        }
+        let mut start = 0;
+        for c in counts.iter_mut() {
+            let count = *c;
+            *c = start;
+            start += count;
+        }
+        for &k in &keys {
+            let digit = ((k >> shift) & mask) as usize;
+            other[counts[digit]] = k;
+            counts[digit] += 1;
+        }
+        std::mem::swap(&mut keys, &mut other);
+        shift += bits;
+    }
+    for (v, &k) in values.iter_mut().zip(&keys) {
+        *v = value(k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    #[test]
+    fn sorts_like_total_cmp_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let specials = [
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            f32::MAX,
+            f32::MIN,
+        ];
+        for n in [0, 1, 2, 17, 1000, 100_000] {
+            let mut values: Vec<f32> = (0..n).map(|_| rng.random_range(-1e3f32..1e3)).collect();
+            values.extend(specials);
+            for v in values.iter_mut().step_by(5) {
+                *v = (*v * 4.0).round() / 4.0;
+            }
+            let mut expected = values.clone();
+            expected.sort_unstable_by(f32::total_cmp);
+            sort_total(&mut values);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&values), bits(&expected), "n = {n}");
+        }
+        for x in specials {
+            assert_eq!(value(key(x)).to_bits(), x.to_bits());
+        }
+    }
+}
