@@ -312,9 +312,17 @@ impl Inner {
         let failed_reducers = applied?;
         self.after_update();
         let seconds = started.elapsed();
-        // This peer's reducer may still be streaming its last replies; they are this round's
-        // traffic. A member that stopped reading is not waited for beyond one request timeout.
-        let _ = tokio::time::timeout(self.config.request_timeout, tally.replies_done()).await;
+        // **\[averager\]** This peer's reducer may still be streaming its last replies (a slow
+        // sender's only leave when its last part arrives). The step returns once the transport
+        // has taken them: a caller that shuts down right after its step (a script's last step)
+        // would otherwise cut them off, and its groupmates would keep their own values for
+        // those parts. They are also this round's traffic for the report. A member that stopped
+        // reading is not waited for beyond its `sender_timeout` (or `REPLY_DRAIN_LIMIT`).
+        let limit = self.config.effective_sender_timeout().unwrap_or(REPLY_DRAIN_LIMIT);
+        tokio::select! {
+            _ = tokio::time::timeout(limit, tally.replies_done()) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
         Ok(AllReduceFigures {
             seconds,
             bytes_sent: tally.sent(),
@@ -323,6 +331,10 @@ impl Inner {
         })
     }
 }
+
+/// How long a step waits for the transport to take the replies its reducer still owes when no
+/// `sender_timeout` is set.
+const REPLY_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// What one all-reduce cost, for the step's report.
 struct AllReduceFigures {
