@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 /// # Errors
 /// [`Error::Config`] when every member has bandwidth 0 (nobody can reduce), or a bandwidth is
 /// negative or not finite.
-pub fn load_balance(total: usize, bandwidths: &[Option<f64>], min_size: usize) -> Result<Vec<usize>> {
+pub(crate) fn load_balance(total: usize, bandwidths: &[Option<f64>], min_size: usize) -> Result<Vec<usize>> {
     if let Some(bad) = bandwidths.iter().flatten().find(|b| !b.is_finite() || **b < 0.0) {
         return Err(Error::Config(format!("bandwidth {bad} is not a finite number >= 0")));
     }
@@ -79,7 +79,7 @@ fn optimal_fractions(bandwidths: &[f64]) -> Vec<f64> {
 ///
 /// # Errors
 /// [`Error::Config`] when the scores are all zero.
-pub fn hagenbach_bischoff(total: usize, scores: &[f64]) -> Result<Vec<usize>> {
+pub(crate) fn hagenbach_bischoff(total: usize, scores: &[f64]) -> Result<Vec<usize>> {
     let sum: f64 = scores.iter().sum();
     if sum <= 0.0 || !sum.is_finite() {
         return Err(Error::Config(format!("cannot apportion by scores {scores:?}")));

@@ -1,11 +1,12 @@
-//! protocol 4 and 5: the all-reduce: load balancing, partitioning, the part reducer (protocol 4.6) that
-//! every reducer runs under, the runner of one group (sender and reducer sides), and the router
-//! that hands incoming streams to the runner of their group.
+//! protocol 4 and 5: the all-reduce: load balancing, partitioning, the runner of one group (sender
+//! and reducer sides), and the router that hands incoming streams to the runner of their group.
+//!
+//! Crate-private: the averager's round loop drives it. The plan's value types are public through
+//! [`crate::plan`], and the part reducer every reducer runs under through [`crate::reduce`].
 
 mod deltas;
 mod group;
 mod load_balancing;
-mod part_reducer;
 mod partition;
 mod plan;
 mod presence;
@@ -14,15 +15,13 @@ mod router;
 mod runner;
 mod serve;
 
-pub use deltas::Deltas;
-pub use group::{AllReduceGroup, GroupMember};
-pub use load_balancing::{hagenbach_bischoff, load_balance};
-pub use part_reducer::PartReducer;
+pub(crate) use group::AllReduceGroup;
+pub use group::GroupMember;
 pub use partition::{PartitionPlan, PlannedPart, TensorLayout};
 pub use plan::{AllReducePlan, MemberIndex, PlannedMember, SenderIndex, Traffic};
 pub(crate) use progress::progress_interval;
-pub use router::RunnerRouter;
-pub use runner::{AllReduceInputs, AllReduceOutcome, AllReduceRunner, AllReduceSettings};
+pub(crate) use router::RunnerRouter;
+pub(crate) use runner::{AllReduceInputs, AllReduceRunner, AllReduceSettings};
 
 #[cfg(test)]
 mod cascade_tests;

@@ -35,7 +35,7 @@ use crate::transport::{
 /// runners, join requests are answered `NOT_LOOKING_FOR_GROUP`, and state downloads end at once
 /// (protocol 6.2: nothing to share). The averager's own handler delegates `rpc_aggregate_part` here.
 #[derive(Debug)]
-pub struct RunnerRouter {
+pub(crate) struct RunnerRouter {
     routes: Arc<Routes>,
     /// How long a stream's group may stay unknown here (`request_timeout`, protocol 11.8).
     wait: Duration,
@@ -81,7 +81,7 @@ impl Default for RunnerRouter {
 impl RunnerRouter {
     /// An empty router whose incoming streams wait at most `wait` for their first message and
     /// for an unknown group to register (the averager passes `request_timeout`).
-    pub fn new(wait: Duration) -> Self {
+    pub(crate) fn new(wait: Duration) -> Self {
         RunnerRouter {
             routes: Arc::new(Routes {
                 runners: Mutex::new(HashMap::new()),
@@ -97,7 +97,7 @@ impl RunnerRouter {
     /// Sends `PART_PENDING` every `every` to a stream that waits for its group to register, so
     /// its sender does not take this live peer for a dead reducer (the averager passes a quarter
     /// of `reducer_timeout`; see `progress.rs`).
-    pub fn pending_every(mut self, every: Option<Duration>) -> Self {
+    pub(crate) fn pending_every(mut self, every: Option<Duration>) -> Self {
         self.pending_every = every;
         self
     }
@@ -108,7 +108,7 @@ impl RunnerRouter {
     /// A sender whose first part is merely late must not be cut: the stream carries no group id
     /// until that part arrives, so the runner expecting the sender could never be told, and would
     /// wait for it until its own timeouts (none by default).
-    pub fn first_part_wait(mut self, wait: Option<Duration>) -> Self {
+    pub(crate) fn first_part_wait(mut self, wait: Option<Duration>) -> Self {
         self.first_part_wait = wait;
         self
     }
@@ -141,13 +141,13 @@ impl RunnerRouter {
 
     /// Announces that this peer formed `group_id` and will register its runner: streams for it
     /// wait without the unknown-group bound (protocol 8.2).
-    pub fn expect(&self, group_id: Bytes) {
+    pub(crate) fn expect(&self, group_id: Bytes) {
         self.set(group_id, Some(Route::Expected));
     }
 
     /// Makes `runner` reachable by its group id (waking streams that wait for it), and excludes
     /// the members that already said goodbye to that group.
-    pub fn register(&self, runner: Arc<AllReduceRunner>) {
+    pub(crate) fn register(&self, runner: Arc<AllReduceRunner>) {
         let id = runner.group().group_id.clone();
         self.set(id.clone(), Some(Route::Running(Arc::clone(&runner))));
         let left: Vec<String> = {
@@ -171,17 +171,17 @@ impl RunnerRouter {
     }
 
     /// Forgets `group_id` (after its all-reduce ended).
-    pub fn unregister(&self, group_id: &[u8]) {
+    pub(crate) fn unregister(&self, group_id: &[u8]) {
         self.set(Bytes::copy_from_slice(group_id), None);
     }
 
     /// Marks `group_id` abandoned by this peer: its streams are answered `CANCELLED` at once.
-    pub fn abandon(&self, group_id: Bytes) {
+    pub(crate) fn abandon(&self, group_id: Bytes) {
         self.set(group_id, Some(Route::Abandoned));
     }
 
     /// Cancels every registered runner (protocol 8.3 shutdown, **\[averager\]** 11.12).
-    pub fn cancel_all(&self) {
+    pub(crate) fn cancel_all(&self) {
         let routes: Vec<_> =
             self.routes.runners.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         for route in routes {
@@ -201,7 +201,7 @@ impl RunnerRouter {
     /// # Errors
     /// [`Error::Timeout`] when the first message does not come in time, [`Error::Protocol`] when
     /// the stream ends or fails before it. An unknown group is answered with one `BAD_GROUP_ID`.
-    pub async fn route(
+    pub(crate) async fn route(
         &self,
         mut requests: MessageStream<AveragingData>,
     ) -> Result<MessageStream<AveragingData>> {

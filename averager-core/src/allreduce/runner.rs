@@ -15,13 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::deltas::Deltas;
 use super::group::AllReduceGroup;
-use super::part_reducer::PartReducer;
 use super::partition::{PartitionPlan, PlannedPart, TensorLayout};
 use super::plan::AllReducePlan;
 use super::progress::{ReplyClock, is_pending};
 use crate::compression::{Compression, CompressionInfo, WireTensor};
 use crate::error::{Error, Result};
 use crate::matchmaking::PeerMode;
+use crate::reduce::PartReducer;
 use crate::reduce::{PartOutcome, Reducer};
 use crate::registry::Registry;
 use crate::tensor::{DType, Tensor, TensorData};
@@ -30,37 +30,37 @@ use crate::transport::{AveragingData, Transport};
 
 /// The settings of one all-reduce (from the averager's config and the step).
 #[derive(Debug, Clone, PartialEq)]
-pub struct AllReduceSettings {
+pub(crate) struct AllReduceSettings {
     /// Parts are at most this many bytes on the wire.
-    pub part_size_bytes: usize,
+    pub(crate) part_size_bytes: usize,
     /// Members whose share would be under this many elements get none.
-    pub min_vector_size: usize,
+    pub(crate) min_vector_size: usize,
     /// A sender silent this long is dropped (`None`: never).
-    pub sender_timeout: Option<Duration>,
+    pub(crate) sender_timeout: Option<Duration>,
     /// A reducer silent this long is dropped (`None`: never).
-    pub reducer_timeout: Option<Duration>,
+    pub(crate) reducer_timeout: Option<Duration>,
     /// This peer's averaging weight (ignored for AUX).
-    pub weight: f64,
+    pub(crate) weight: f64,
 }
 
 /// Everything a runner averages with, besides the members' shares.
-pub struct AllReduceInputs {
+pub(crate) struct AllReduceInputs {
     /// The formed group and this peer's place in it.
-    pub group: AllReduceGroup,
+    pub(crate) group: AllReduceGroup,
     /// This peer's tensors (taken from the averager for the duration of the all-reduce).
-    pub tensors: Arc<Vec<Tensor>>,
+    pub(crate) tensors: Arc<Vec<Tensor>>,
     /// `infos[i]` describes `tensors[i]` for the codec.
-    pub infos: Vec<CompressionInfo>,
+    pub(crate) infos: Vec<CompressionInfo>,
     /// The codec parts are sent with.
-    pub codec: Arc<dyn Compression>,
+    pub(crate) codec: Arc<dyn Compression>,
     /// The reducer of this peer's span.
-    pub reducer: Arc<dyn Reducer>,
+    pub(crate) reducer: Arc<dyn Reducer>,
     /// How members reach each other.
-    pub transport: Arc<dyn Transport>,
+    pub(crate) transport: Arc<dyn Transport>,
     /// Where incoming parts' codecs are found.
-    pub registry: &'static Registry,
+    pub(crate) registry: &'static Registry,
     /// Part size, timeouts and weight.
-    pub settings: AllReduceSettings,
+    pub(crate) settings: AllReduceSettings,
 }
 
 impl std::fmt::Debug for AllReduceInputs {
@@ -74,18 +74,18 @@ impl std::fmt::Debug for AllReduceInputs {
 
 /// What one all-reduce produced for this peer.
 #[derive(Debug)]
-pub struct AllReduceOutcome {
+pub(crate) struct AllReduceOutcome {
     /// The deltas to apply (`tensor += alpha * delta`), one per part that came back.
-    pub deltas: Deltas,
+    pub(crate) deltas: Deltas,
     /// The plan the deltas follow.
-    pub plan: PartitionPlan,
+    pub(crate) plan: PartitionPlan,
     /// Endpoints of reducers that failed (their remaining parts keep local values).
-    pub failed_reducers: Vec<String>,
+    pub(crate) failed_reducers: Vec<String>,
 }
 
 /// One all-reduce in one group (protocol 4), driven by [`AllReduceRunner::run`] and fed incoming
 /// streams by [`AllReduceRunner::serve`].
-pub struct AllReduceRunner {
+pub(crate) struct AllReduceRunner {
     pub(super) group: AllReduceGroup,
     pub(super) plan: PartitionPlan,
     pub(super) shares: Vec<f64>,
@@ -128,7 +128,7 @@ impl AllReduceRunner {
     ///
     /// # Errors
     /// [`Error::Config`] for the refusals of protocol 4.2 or an impossible plan.
-    pub fn new(inputs: AllReduceInputs) -> Result<Arc<Self>> {
+    pub(crate) fn new(inputs: AllReduceInputs) -> Result<Arc<Self>> {
         let layouts = Self::layouts(&inputs);
         let plan = AllReducePlan::new(
             &inputs.group.members,
@@ -139,12 +139,13 @@ impl AllReduceRunner {
         Self::with_plan(inputs, plan)
     }
 
+    #[cfg(test)]
     /// As [`AllReduceRunner::new`], with the members' shares given (relative weights, in group
     /// order) instead of load-balanced: for tests and for callers with their own balancing.
     ///
     /// # Errors
     /// As [`AllReduceRunner::new`].
-    pub fn with_shares(inputs: AllReduceInputs, shares: Vec<f64>) -> Result<Arc<Self>> {
+    pub(crate) fn with_shares(inputs: AllReduceInputs, shares: Vec<f64>) -> Result<Arc<Self>> {
         let layouts = Self::layouts(&inputs);
         let plan = AllReducePlan::with_shares(
             &inputs.group.members,
@@ -208,18 +209,13 @@ impl AllReduceRunner {
     }
 
     /// The group this runner averages in.
-    pub fn group(&self) -> &AllReduceGroup {
+    pub(crate) fn group(&self) -> &AllReduceGroup {
         &self.group
-    }
-
-    /// The members' shares (element counts when load-balanced), in group order.
-    pub fn shares(&self) -> &[f64] {
-        &self.shares
     }
 
     /// Stops the all-reduce: [`AllReduceRunner::run`] returns [`Error::Cancelled`], pending
     /// reductions end, and incoming streams are answered `CANCELLED` (protocol 4.7, 11.12).
-    pub fn cancel(&self) {
+    pub(crate) fn cancel(&self) {
         self.cancel.cancel();
         // A caller that stops awaiting `run` (a timeout, a shutdown) cancels here instead.
         self.tensors.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -230,7 +226,7 @@ impl AllReduceRunner {
 
     /// Records that the member at `endpoint` left the group, and excludes it from the rest of the
     /// reduction if it was a sender.
-    pub fn sender_left(&self, endpoint: &str) {
+    pub(crate) fn sender_left(&self, endpoint: &str) {
         let Some(position) = self.group.position_of(endpoint) else { return };
         self.mark_left(position);
         let Some(sender) = self.group.sender_index(position) else { return };
@@ -247,7 +243,7 @@ impl AllReduceRunner {
     }
 
     /// Whether [`AllReduceRunner::cancel`] was called.
-    pub fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
 
@@ -258,7 +254,7 @@ impl AllReduceRunner {
     /// # Errors
     /// [`Error::Cancelled`] when cancelled. A failed reducer is not an error: its remaining parts
     /// simply have no delta (protocol 4.4).
-    pub async fn run(self: &Arc<Self>) -> Result<AllReduceOutcome> {
+    pub(crate) async fn run(self: &Arc<Self>) -> Result<AllReduceOutcome> {
         let outcome = self.run_to_end().await;
         // Nothing of this peer is sent after the run, so the tensors go back to the caller now.
         self.tensors.lock().unwrap_or_else(PoisonError::into_inner).take();

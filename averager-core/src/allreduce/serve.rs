@@ -36,7 +36,7 @@ impl AllReduceRunner {
     ///
     /// Replies come in part order, one per received part; a refusal is a single message with
     /// its code, after which the stream ends.
-    pub fn serve(
+    pub(crate) fn serve(
         self: &Arc<Self>,
         first: AveragingData,
         rest: MessageStream<AveragingData>,

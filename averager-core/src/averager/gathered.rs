@@ -15,7 +15,7 @@ pub struct Gathered {
 
 impl Gathered {
     /// A result from `(endpoint, payload)` pairs in group order.
-    pub fn new(members: Vec<(String, GatherPayload)>) -> Self {
+    pub(crate) fn new(members: Vec<(String, GatherPayload)>) -> Self {
         Gathered { members }
     }
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{AveragerConfig, AveragerConfigBuilder, CodecSpec, TensorSettings};
 pub use gathered::Gathered;
-pub use schema::schema_hash;
+pub(crate) use schema::schema_hash;
 pub use state::AveragerState;
 pub use step_control::{Stage, StepControl};
 pub use step_options::StepOptions;

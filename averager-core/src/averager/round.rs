@@ -220,6 +220,9 @@ impl Inner {
         drop(runner);
         let mut tensors = take_back(tensors);
         let applied = outcome.and_then(|outcome| {
+            if !outcome.failed_reducers.is_empty() {
+                tracing::info!(failed = ?outcome.failed_reducers, "averaged without the parts of failed reducers");
+            }
             if self.mode == PeerMode::Aux {
                 return Ok(());
             }
