@@ -23,7 +23,7 @@ pub use state::AveragerState;
 pub use step_control::{Stage, StepControl};
 pub use step_options::StepOptions;
 
-use crate::allreduce::RunnerRouter;
+use crate::allreduce::RoundRouter;
 use crate::compression::{Compression, CompressionInfo, TensorKey};
 use crate::dht::Dht;
 use crate::error::{Error, Result};
@@ -68,7 +68,7 @@ pub(crate) struct Inner {
     infos: Vec<CompressionInfo>,
     schema_hash: Bytes,
     matchmaker: Arc<Matchmaker>,
-    router: Arc<RunnerRouter>,
+    router: Arc<RoundRouter>,
     bits: Arc<Mutex<String>>,
     step_lock: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
@@ -164,7 +164,7 @@ impl Averager {
         });
         let inner = Arc::new(Inner {
             router: Arc::new(
-                RunnerRouter::new(config.request_timeout)
+                RoundRouter::new(config.request_timeout)
                     .first_part_wait(config.effective_sender_timeout())
                     .pending_every(crate::allreduce::progress_interval(
                         config.effective_sender_timeout(),
