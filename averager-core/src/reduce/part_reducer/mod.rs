@@ -313,7 +313,7 @@ impl PartReducer {
         }
     }
 
-    /// Stops the reducer (protocol 4.7: cancelling or failing the runner).
+    /// Stops the reducer (protocol 4.7: cancelling or failing the round).
     ///
     /// # Behavior
     /// Every submission waiting for its turn or for an unfinished part, and every later

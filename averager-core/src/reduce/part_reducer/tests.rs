@@ -73,7 +73,7 @@ async fn sender_banned_while_waiting_to_submit_does_not_stall() {
     assert!(poll!(&mut f1).is_pending());
     assert_eq!(pr.lock().received, 1, "part 1 of sender 2 is waiting, not contributed");
 
-    // Its handler is cancelled and the sender banned, as the runner does.
+    // Its handler is cancelled and the sender banned, as the span reducer does.
     drop(f1);
     pr.sender_failed(2);
 
