@@ -246,9 +246,12 @@ impl SpanReducer {
                             return Err(Error::Cancelled("the all-reduce was cancelled".into()));
                         }
                     };
-                    match read? {
+                    // Whatever broke the stream (a timeout, the transport), the sender hears
+                    // INTERNAL_ERROR, as from hivemind: a `CANCELLED` would tell it that this
+                    // peer left the group.
+                    match read.map_err(unreadable)? {
                         None => break,
-                        Some(message) => message?,
+                        Some(message) => message.map_err(unreadable)?,
                     }
                 }
             };
@@ -320,6 +323,11 @@ impl SpanReducer {
 /// stands for a code of its own (`CANCELLED` when the reduction was cancelled).
 fn internal(e: Error) -> Error {
     if e.message_code().is_some() { e } else { Error::Internal(e.to_string()) }
+}
+
+/// A sender's stream that cannot be read any more.
+fn unreadable(e: Error) -> Error {
+    Error::Internal(format!("reading the sender's stream: {e}"))
 }
 
 /// The one message that ends a stream this side refuses or stops serving.
