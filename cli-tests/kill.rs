@@ -21,7 +21,7 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use averager::dht::{KadDht, KadSettings};
+use averager::kad::{KadDht, KadSettings};
 use common::{LineReader, averager, wait_or_kill};
 use std::io::Write;
 

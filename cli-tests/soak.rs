@@ -32,7 +32,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use averager::dht::{KadDht, KadSettings};
+use averager::kad::{KadDht, KadSettings};
 use common::averager;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -56,7 +56,7 @@ async fn dhts(name: &str, peers: usize) -> averager::Result<Vec<Arc<dyn Dht>>> {
     if name == "kad" {
         // The first node is started by type, to learn its address; the others join it through
         // the registry, exactly as a config file naming "kad" with a bootstrap list would.
-        let first = averager::dht::KadDht::start(averager::dht::KadSettings::default()).await?;
+        let first = averager::kad::KadDht::start(averager::kad::KadSettings::default()).await?;
         let bootstrap: Vec<String> = first.listen_addrs().iter().map(ToString::to_string).collect();
         let mut nodes: Vec<Arc<dyn Dht>> = vec![Arc::new(first)];
         for _ in 1..peers {

@@ -4,19 +4,17 @@
 //!
 //! This facade re-exports the core ([`averager_core`]) at its root and each backend crate as a
 //! module under the Cargo feature that enables it: `grpc` (feature `grpc`, default), `quic`
-//! (`quic`), `libp2p` (`libp2p`, with `kad`), `dht` (`kad`, default), `codecs` (`compression`,
+//! (`quic`), `libp2p` (`libp2p`, with `kad`), `kad` (`kad`, default), `codecs` (`compression`,
 //! default; `zstd` and `lz4` add the lossless wrappers), `reducers` (`reducers`, default: the
 //! Byzantine-robust reducers). The in-process backends are always there, in [`memory`].
 //!
 //! Mentioning a backend crate here is also what links its plugin records into a binary, so
 //! [`Registry::global`] finds every backend whose feature is on.
 
-/// How a peer takes part in averaging: what [`Averager::mode`] and [`Gathered::mode`] return.
-pub use averager_core::matchmaking::PeerMode;
 pub use averager_core::{
-    Averager, AveragerConfig, Compression, CompressionInfo, DType, Dht, Error, ErrorKind, Gathered, Reducer,
-    Registry, Result, Stage, StepControl, StepOptions, StepReport, Tensor, TensorRole, TensorView, Transport,
-    allreduce, averager, compression, error, matchmaking, reduce, registry, state, tensor, time, transport,
+    Averager, AveragerConfig, Compression, CompressionInfo, DType, Dht, Error, ErrorKind, Gathered, PeerMode,
+    Reducer, Registry, Result, Stage, StepControl, StepOptions, StepReport, Tensor, TensorRole, TensorView,
+    Transport, averager, compression, dht, error, plan, reduce, registry, state, tensor, time, transport,
 };
 #[doc(inline)]
 pub use averager_core::{register_codec, register_dht, register_reducer, register_transport};
@@ -47,10 +45,10 @@ pub use averager_transport_quic as quic;
 #[doc(inline)]
 pub use averager_transport_libp2p as libp2p;
 
-/// The Kademlia DHT (feature `kad`).
+/// The Kademlia DHT (feature `kad`); the DHT interface itself is [`Dht`].
 #[cfg(feature = "kad")]
 #[doc(inline)]
-pub use averager_dht as dht;
+pub use averager_dht as kad;
 
 /// The codecs of protocol 7 (feature `compression`); the codec interface itself is [`compression`].
 #[cfg(feature = "compression")]

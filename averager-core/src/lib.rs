@@ -1,11 +1,14 @@
 #![doc = include_str!("../README.md")]
 
-pub mod allreduce;
+// The engine: crate-private, driven by the `Averager`.
+pub(crate) mod allreduce;
+pub(crate) mod matchmaking;
+
 pub mod averager;
 pub mod compression;
 pub mod dht;
 pub mod error;
-pub mod matchmaking;
+pub mod plan;
 pub mod reduce;
 pub mod registry;
 pub mod state;
@@ -13,11 +16,15 @@ pub mod tensor;
 pub mod time;
 pub mod transport;
 
+#[doc(hidden)]
+pub mod records;
+
 pub use averager::{Averager, AveragerConfig, Gathered, Stage, StepControl, StepOptions, StepReport};
 pub use averager_proto as proto;
 pub use compression::{Compression, CompressionInfo, TensorRole};
 pub use dht::Dht;
 pub use error::{Error, ErrorKind, Operation, Result};
+pub use matchmaking::PeerMode;
 pub use reduce::Reducer;
 pub use registry::Registry;
 pub use tensor::{DType, Tensor, TensorView};

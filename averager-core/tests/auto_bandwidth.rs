@@ -12,9 +12,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use averager_core::allreduce::load_balance;
 use averager_core::averager::{Averager, AveragerConfig, StepOptions};
 use averager_core::dht::{Dht, MemoryDht};
+use averager_core::plan::load_balance;
 use averager_core::transport::{
     Fault, FaultyTransport, MemoryNetwork, MemorySettings, MemoryTransport, Rpc, Transport,
 };

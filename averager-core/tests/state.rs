@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use averager_core::averager::{Averager, AveragerConfig};
 use averager_core::dht::{Dht, MemoryDht};
-use averager_core::state::decode_priority;
+use averager_core::records::decode_priority;
 use averager_core::transport::{MemoryNetwork, MemorySettings, MemoryTransport, Transport};
 use common::*;
 

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use averager_compression::SizeAdaptive;
-use averager_core::allreduce::{PartitionPlan, TensorLayout};
 use averager_core::averager::{Averager, AveragerConfig, CodecSpec, StepOptions, TensorSettings};
 use averager_core::compression::{Compression, CompressionInfo, NoCompression, TensorRole};
 use averager_core::dht::{Dht, MemoryDht};
+use averager_core::plan::{PartitionPlan, TensorLayout};
 use averager_core::registry::Registry;
 use averager_core::tensor::Tensor;
 use averager_core::transport::{MemoryNetwork, MemorySettings, MemoryTransport, Transport};

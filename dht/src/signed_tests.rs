@@ -77,7 +77,7 @@ async fn forged_and_unsigned_entries_are_refused_on_store_and_never_read() {
 
 #[tokio::test]
 async fn declarations_of_two_peers_read_back_through_the_core() {
-    use averager_core::matchmaking::{declare, declared_peers};
+    use averager_core::records::{declare, declared_peers};
     let nodes = swarm(3).await;
     let dhts: Vec<KadDht> = nodes.iter().map(|n| KadDht::with_node(Arc::clone(n))).collect();
     let expiration = dht_now() + 60.0;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use averager::dht::{KadDht, KadSettings};
+use averager::kad::{KadDht, KadSettings};
 use averager::grpc::GrpcTransport;
 use averager::{Averager, AveragerConfig, Dht, StepOptions, Tensor, Transport};
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::averager::dht::{KadDht, KadSettings, Multiaddr};
+use ::averager::kad::{KadDht, KadSettings, Multiaddr};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 

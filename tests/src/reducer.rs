@@ -24,7 +24,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use averager_core::allreduce::PartReducer;
+use averager_core::reduce::PartReducer;
 use averager_core::reduce::{PartOutcome, Reducer};
 use averager_core::tensor::{DType, Tensor, TensorData};
 use futures::poll;

@@ -68,7 +68,7 @@ async fn first<T>(
 /// in their names is refused, and the honest peers still form their group and average.
 #[tokio::test]
 async fn a_forger_cannot_withdraw_declarations_and_honest_peers_still_average() {
-    use averager_core::matchmaking::{declare, donors_key, group_key, undeclare};
+    use averager_core::records::{declare, donors_key, group_key, undeclare};
     use averager_core::time::dht_now;
 
     let nodes = common::swarm(3).await;

@@ -35,7 +35,7 @@ const REDUCER_TIMEOUT: Duration = Duration::from_millis(2200);
 struct Peers {
     transports: Vec<Arc<dyn Transport>>,
     plans: Vec<FaultPlan>,
-    routers: Vec<Arc<RunnerRouter>>,
+    routers: Vec<Arc<RoundRouter>>,
     endpoints: Vec<String>,
     _servers: Vec<ServerHandle>,
 }
@@ -49,7 +49,7 @@ async fn peers(tag: &str) -> Peers {
         let (transport, plan) =
             FaultyTransport::new(Arc::new(MemoryTransport::with_settings(network.clone(), settings)));
         let transport: Arc<dyn Transport> = Arc::new(transport);
-        let router = Arc::new(RunnerRouter::new(Duration::from_secs(10)));
+        let router = Arc::new(RoundRouter::new(Duration::from_secs(10)));
         let server = transport.serve(router.clone()).await.unwrap();
         peers.endpoints.push(server.endpoint().to_string());
         peers._servers.push(server);
@@ -67,7 +67,7 @@ fn tensors(i: usize) -> Vec<Tensor> {
     vec![Tensor::from_f32(vec![FLOATS], values.collect()).unwrap()]
 }
 
-fn runner(peers: &Peers, i: usize, reducer_timeout: Duration) -> Arc<AllReduceRunner> {
+fn runner(peers: &Peers, i: usize, reducer_timeout: Duration) -> AllReduceRound {
     let members = peers
         .endpoints
         .iter()
@@ -76,7 +76,7 @@ fn runner(peers: &Peers, i: usize, reducer_timeout: Duration) -> Arc<AllReduceRu
     let group = AllReduceGroup { group_id: Bytes::from_static(b"cascade-group-000000"), members, me: i };
     let tensors = tensors(i);
     let infos = vec![CompressionInfo::for_tensor(0, &tensors[0].view())];
-    let runner = AllReduceRunner::with_shares(
+    let runner = AllReduceRound::with_shares(
         AllReduceInputs {
             group,
             tensors: Arc::new(tensors),
@@ -96,7 +96,7 @@ fn runner(peers: &Peers, i: usize, reducer_timeout: Duration) -> Arc<AllReduceRu
         vec![1.0; PEERS],
     )
     .unwrap();
-    peers.routers[i].register(runner.clone());
+    peers.routers[i].register(runner.span());
     runner
 }
 
@@ -115,7 +115,7 @@ enum Value {
 /// of the allowed values it holds (panicking on any other value).
 async fn run_and_classify(peers: &Peers, survivors: &[usize], reducer_timeout: Duration) -> Vec<Vec<Value>> {
     let runners: Vec<_> = survivors.iter().map(|&i| runner(peers, i, reducer_timeout)).collect();
-    let outcomes = futures::future::join_all(runners.iter().map(|r| r.run())).await;
+    let outcomes = futures::future::join_all(runners.into_iter().map(|r| r.run())).await;
     let inputs: Vec<Vec<f32>> = (0..PEERS).map(|i| tensors(i)[0].as_f32().unwrap().to_vec()).collect();
     let mean =
         |who: &[usize], e: usize| who.iter().map(|&p| inputs[p][e] as f64).sum::<f64>() / who.len() as f64;

@@ -12,13 +12,13 @@ use crate::tensor::{Tensor, TensorData};
 ///
 /// A part without a delta (its reducer failed, or this peer sent nothing) keeps the local values.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Deltas {
+pub(crate) struct Deltas {
     parts: Vec<Option<TensorData>>,
 }
 
 impl Deltas {
     /// No delta for any of `num_parts` parts.
-    pub fn new(num_parts: usize) -> Self {
+    pub(crate) fn new(num_parts: usize) -> Self {
         Deltas { parts: vec![None; num_parts] }
     }
 
@@ -26,7 +26,7 @@ impl Deltas {
     ///
     /// # Errors
     /// [`Error::Internal`] for an index outside the plan.
-    pub fn set(&mut self, index: usize, delta: TensorData) -> Result<()> {
+    pub(crate) fn set(&mut self, index: usize, delta: TensorData) -> Result<()> {
         let slot = self
             .parts
             .get_mut(index)
@@ -35,17 +35,12 @@ impl Deltas {
         Ok(())
     }
 
-    /// How many parts have a delta.
-    pub fn received(&self) -> usize {
-        self.parts.iter().filter(|p| p.is_some()).count()
-    }
-
     /// `tensor += alpha * delta` for every part that has a delta (protocol 4.8).
     ///
     /// # Errors
     /// [`Error::Tensor`] when a delta does not fit its part (dtype or length); nothing is applied
     /// then, because every delta is checked first.
-    pub fn apply(&self, plan: &PartitionPlan, tensors: &mut [Tensor], alpha: f64) -> Result<()> {
+    pub(crate) fn apply(&self, plan: &PartitionPlan, tensors: &mut [Tensor], alpha: f64) -> Result<()> {
         for (part, delta) in plan.parts().iter().zip(&self.parts) {
             let Some(delta) = delta else { continue };
             let tensor = tensors

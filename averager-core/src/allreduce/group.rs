@@ -20,13 +20,13 @@ pub struct GroupMember {
 
 /// A formed group: its id, its ordered members, and which one is this peer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AllReduceGroup {
+pub(crate) struct AllReduceGroup {
     /// The group id from `BEGIN_ALLREDUCE`.
-    pub group_id: Bytes,
+    pub(crate) group_id: Bytes,
     /// Members in the leader's order (it fixes who reduces which span).
-    pub members: Vec<GroupMember>,
+    pub(crate) members: Vec<GroupMember>,
     /// This peer's position in `members`.
-    pub me: usize,
+    pub(crate) me: usize,
 }
 
 impl AllReduceGroup {
@@ -35,7 +35,7 @@ impl AllReduceGroup {
     /// # Errors
     /// [`Error::Protocol`] when the lists differ in length or a payload is malformed;
     /// [`Error::Config`] when `me` is not in the group.
-    pub fn from_gathered(
+    pub(crate) fn from_gathered(
         group_id: Bytes,
         endpoints: &[String],
         gathered: &[Bytes],
@@ -67,30 +67,22 @@ impl AllReduceGroup {
     }
 
     /// Group positions of the senders (members that are not AUX), in group order.
-    pub fn senders(&self) -> Vec<usize> {
+    pub(crate) fn senders(&self) -> Vec<usize> {
         (0..self.members.len()).filter(|&i| self.members[i].mode != PeerMode::Aux).collect()
     }
 
     /// The sender index (position among [`AllReduceGroup::senders`]) of group position `member`.
-    pub fn sender_index(&self, member: usize) -> Option<usize> {
+    pub(crate) fn sender_index(&self, member: usize) -> Option<usize> {
         self.senders().iter().position(|&m| m == member)
     }
 
     /// The group position of the member with `endpoint`.
-    pub fn position_of(&self, endpoint: &str) -> Option<usize> {
+    pub(crate) fn position_of(&self, endpoint: &str) -> Option<usize> {
         self.members.iter().position(|m| m.endpoint == endpoint)
     }
 
-    /// Bandwidths for load balancing: CLIENTs download nothing (0), others as declared (protocol 4.1).
-    pub fn download_bandwidths(&self) -> Vec<Option<f64>> {
-        self.members
-            .iter()
-            .map(|m| if m.mode == PeerMode::Client { Some(0.0) } else { m.bandwidth })
-            .collect()
-    }
-
     /// This peer's mode.
-    pub fn my_mode(&self) -> PeerMode {
+    pub(crate) fn my_mode(&self) -> PeerMode {
         self.members[self.me].mode
     }
 
@@ -100,7 +92,7 @@ impl AllReduceGroup {
     ///
     /// # Errors
     /// [`Error::Config`] for the first broken rule.
-    pub fn validate(
+    pub(crate) fn validate(
         &self,
         sender_timeout: Option<Duration>,
         reducer_timeout: Option<Duration>,

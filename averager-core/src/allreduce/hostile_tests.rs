@@ -25,7 +25,7 @@ const GROUP: &[u8] = b"group-of-the-test-00";
 /// 1 elements 4..8.
 struct Setup {
     swarm: Swarm,
-    honest: Vec<Arc<AllReduceRunner>>,
+    honest: Vec<AllReduceRound>,
     inputs: Vec<Vec<Tensor>>,
 }
 
@@ -39,7 +39,7 @@ async fn setup(sender_timeout: Option<Duration>) -> Setup {
     settings.sender_timeout = sender_timeout;
     let honest = (0..2)
         .map(|i| {
-            let runner = AllReduceRunner::with_shares(
+            let runner = AllReduceRound::with_shares(
                 AllReduceInputs {
                     group: swarm.group(&modes, i),
                     tensors: Arc::new(inputs[i].clone()),
@@ -53,7 +53,7 @@ async fn setup(sender_timeout: Option<Duration>) -> Setup {
                 vec![1.0, 1.0, 0.0],
             )
             .unwrap();
-            swarm.routers[i].register(runner.clone());
+            swarm.routers[i].register(runner.span());
             runner
         })
         .collect();
@@ -110,8 +110,8 @@ async fn codes(mut replies: MessageStream<AveragingData>) -> Vec<i32> {
 }
 
 /// Runs the honest peers to completion (bounded) and returns their tensors after the update.
-async fn finish_honest(setup: &Setup) -> Vec<Vec<f32>> {
-    let runs = futures::future::join_all(setup.honest.iter().map(|r| r.run()));
+async fn finish_honest(setup: &mut Setup) -> Vec<Vec<f32>> {
+    let runs = futures::future::join_all(std::mem::take(&mut setup.honest).into_iter().map(|r| r.run()));
     let outcomes = tokio::time::timeout(Duration::from_secs(20), runs).await.expect("honest peers hung");
     outcomes
         .into_iter()
@@ -131,22 +131,22 @@ fn honest_mean() -> Vec<f32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_group_id_gets_bad_group_id() {
-    let s = setup(Some(Duration::from_millis(500))).await;
+    let mut s = setup(Some(Duration::from_millis(500))).await;
     let me = s.swarm.endpoints[2].clone();
     let (replies, _) = attack(&s, 0, vec![first_message(&me, b"not-this-group", &[0.0; 4])], false).await;
     assert_eq!(codes(replies).await, [MessageCode::BadGroupId as i32]);
     // The attacker never joined the reduction, so it is excluded after sender_timeout.
-    for values in finish_honest(&s).await {
+    for values in finish_honest(&mut s).await {
         assert_eq!(values, honest_mean());
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_sender_endpoint_gets_protocol_violation() {
-    let s = setup(Some(Duration::from_millis(500))).await;
+    let mut s = setup(Some(Duration::from_millis(500))).await;
     let (replies, _) = attack(&s, 0, vec![first_message("mem://stranger", GROUP, &[0.0; 4])], false).await;
     assert_eq!(codes(replies).await, [MessageCode::ProtocolViolation as i32]);
-    for values in finish_honest(&s).await {
+    for values in finish_honest(&mut s).await {
         assert_eq!(values, honest_mean());
     }
 }
@@ -155,25 +155,25 @@ async fn a_non_sender_endpoint_gets_protocol_violation() {
 async fn a_part_of_the_wrong_length_gets_protocol_violation() {
     // The ban on the bad part unblocks reducer 0; reducer 1, which the attacker never contacts,
     // excludes it after sender_timeout.
-    let s = setup(Some(Duration::from_millis(500))).await;
+    let mut s = setup(Some(Duration::from_millis(500))).await;
     let me = s.swarm.endpoints[2].clone();
     let (replies, _) = attack(&s, 0, vec![first_message(&me, GROUP, &[0.0; 3])], false).await;
     assert_eq!(codes(replies).await, [MessageCode::ProtocolViolation as i32]);
-    for values in finish_honest(&s).await {
+    for values in finish_honest(&mut s).await {
         assert_eq!(values, honest_mean());
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_beyond_the_plan_gets_protocol_violation_after_the_honest_replies() {
-    let s = setup(None).await;
+    let mut s = setup(None).await;
     let me = s.swarm.endpoints[2].clone();
     let attacker = [100.0f32; 8];
     let extra = AveragingData { tensor_part: Some(part(&[1.0; 4])), weight: 1.0, ..Default::default() };
     let (to_0, _) = attack(&s, 0, vec![first_message(&me, GROUP, &attacker[..4]), extra], false).await;
     let (to_1, _) = attack(&s, 1, vec![first_message(&me, GROUP, &attacker[4..])], false).await;
     // Joined in one task: the swarm (and its servers) must outlive the attacker's reads.
-    let (honest, codes_0, codes_1) = tokio::join!(finish_honest(&s), codes(to_0), codes(to_1));
+    let (honest, codes_0, codes_1) = tokio::join!(finish_honest(&mut s), codes(to_0), codes(to_1));
     assert_eq!(codes_0, [MessageCode::AveragedPart as i32, MessageCode::ProtocolViolation as i32]);
     assert_eq!(codes_1, [MessageCode::AveragedPart as i32]);
     // The attacker's one planned part counts: the mean is over three senders.
@@ -187,7 +187,7 @@ async fn a_part_beyond_the_plan_gets_protocol_violation_after_the_honest_replies
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_stalls_forever_is_dropped_after_sender_timeout() {
-    let s = setup(Some(Duration::from_millis(500))).await;
+    let mut s = setup(Some(Duration::from_millis(500))).await;
     let me = s.swarm.endpoints[2].clone();
     // To peer 1: one part, then the input stays open forever. To peer 0: a stream that never
     // sends its first message; the router refuses it after its wait.
@@ -196,7 +196,7 @@ async fn a_stream_that_stalls_forever_is_dropped_after_sender_timeout() {
     let (_hold_0, rx) = mpsc::channel::<AveragingData>(1);
     let requests = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let silent = tokio::spawn(async move { client.rpc_aggregate_part(Box::pin(requests)).await.map(|_| ()) });
-    let values = finish_honest(&s).await;
+    let values = finish_honest(&mut s).await;
     // Reducer 0 never saw the attacker (excluded by the watchdog); reducer 1 got its one part.
     let mut expected = honest_mean();
     for (e, x) in expected.iter_mut().enumerate().skip(4) {
@@ -215,16 +215,16 @@ async fn a_stream_that_stalls_forever_is_dropped_after_sender_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_goodbye_that_arrives_before_the_group_registers_still_excludes_the_sender() {
-    // Runners exist but are not registered yet; no timeouts at all, so only the goodbye can
+    // Rounds exist but are not registered yet; no timeouts at all, so only the goodbye can
     // release the reducers from waiting for the attacker (who leaves instead of sending).
     let swarm = Swarm::with_wait(3, Duration::from_millis(200)).await;
     let modes = [PeerMode::Node; 3];
     let inputs: Vec<Vec<Tensor>> = (0..2)
         .map(|i| vec![Tensor::from_f32(vec![8], (0..8).map(|e| (10 * i + e) as f32).collect()).unwrap()])
         .collect();
-    let runners: Vec<Arc<AllReduceRunner>> = (0..2)
+    let runners: Vec<AllReduceRound> = (0..2)
         .map(|i| {
-            AllReduceRunner::with_shares(
+            AllReduceRound::with_shares(
                 AllReduceInputs {
                     group: swarm.group(&modes, i),
                     tensors: Arc::new(inputs[i].clone()),
@@ -253,9 +253,9 @@ async fn a_goodbye_that_arrives_before_the_group_registers_still_excludes_the_se
         assert!(codes(replies).await.is_empty(), "a goodbye gets no reply");
     }
     for (router, runner) in swarm.routers.iter().zip(&runners) {
-        router.register(runner.clone());
+        router.register(runner.span());
     }
-    let runs = futures::future::join_all(runners.iter().map(|r| r.run()));
+    let runs = futures::future::join_all(runners.into_iter().map(|r| r.run()));
     let outcomes =
         tokio::time::timeout(Duration::from_secs(20), runs).await.expect("a reducer waited for the leaver");
     for (outcome, input) in outcomes.into_iter().zip(&inputs) {

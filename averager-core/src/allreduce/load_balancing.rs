@@ -79,7 +79,7 @@ fn optimal_fractions(bandwidths: &[f64]) -> Vec<f64> {
 ///
 /// # Errors
 /// [`Error::Config`] when the scores are all zero.
-pub fn hagenbach_bischoff(total: usize, scores: &[f64]) -> Result<Vec<usize>> {
+pub(crate) fn hagenbach_bischoff(total: usize, scores: &[f64]) -> Result<Vec<usize>> {
     let sum: f64 = scores.iter().sum();
     if sum <= 0.0 || !sum.is_finite() {
         return Err(Error::Config(format!("cannot apportion by scores {scores:?}")));

@@ -1,28 +1,35 @@
-//! protocol 4 and 5: the all-reduce: load balancing, partitioning, the part reducer (protocol 4.6) that
-//! every reducer runs under, the runner of one group (sender and reducer sides), and the router
-//! that hands incoming streams to the runner of their group.
+//! protocol 4 and 5: the all-reduce of one formed group, and the router that hands incoming
+//! streams to the round of their group.
+//!
+//! Crate-private: the averager's round loop drives it. A round ([`AllReduceRound`], `round.rs`)
+//! is made of parts with one job each: the pure plan (`plan.rs`, `load_balancing.rs`,
+//! `partition.rs`), the membership tracker (`membership.rs`, `presence.rs`), the sender
+//! (`sender.rs`) and the span reducer (`span_reducer.rs`). The plan's value types are public
+//! through [`crate::plan`], and the part reducer every reducer runs under through
+//! [`crate::reduce`].
 
 mod deltas;
 mod group;
 mod load_balancing;
-mod part_reducer;
+mod membership;
 mod partition;
 mod plan;
 mod presence;
 mod progress;
+mod round;
 mod router;
-mod runner;
-mod serve;
+mod sender;
+mod span_reducer;
+mod tasks;
 
-pub use deltas::Deltas;
-pub use group::{AllReduceGroup, GroupMember};
-pub use load_balancing::{hagenbach_bischoff, load_balance};
-pub use part_reducer::PartReducer;
+pub(crate) use group::AllReduceGroup;
+pub use group::GroupMember;
+pub use load_balancing::load_balance;
 pub use partition::{PartitionPlan, PlannedPart, TensorLayout};
 pub use plan::{AllReducePlan, MemberIndex, PlannedMember, SenderIndex, Traffic};
 pub(crate) use progress::progress_interval;
-pub use router::RunnerRouter;
-pub use runner::{AllReduceInputs, AllReduceOutcome, AllReduceRunner, AllReduceSettings};
+pub(crate) use round::{AllReduceInputs, AllReduceRound, AllReduceSettings};
+pub(crate) use router::RoundRouter;
 
 #[cfg(test)]
 mod cascade_tests;

@@ -43,7 +43,7 @@ pub struct PartitionPlan {
 
 impl PartitionPlan {
     /// Plans the parts of `tensors` for members with `shares` (any non-negative weights; usually
-    /// the element counts from [`load_balance`](super::load_balance)), with at most
+    /// the element counts of load balancing, protocol 5), with at most
     /// `part_size_bytes` per part on the wire.
     ///
     /// # Errors

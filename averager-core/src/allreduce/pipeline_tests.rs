@@ -84,7 +84,7 @@ async fn scenario_18_output_reading_starts_before_input_writing_ends() {
         let settings = MemorySettings { name: Some(format!("peer{i}")), ..Default::default() };
         let memory: Arc<dyn Transport> = Arc::new(MemoryTransport::with_settings(network.clone(), settings));
         let transport: Arc<dyn Transport> = Arc::new(Recording { inner: memory, log: log.clone() });
-        let router = Arc::new(RunnerRouter::default());
+        let router = Arc::new(RoundRouter::default());
         servers.push(transport.serve(router.clone()).await.unwrap());
         transports.push(transport);
         routers.push(router);
@@ -104,7 +104,7 @@ async fn scenario_18_output_reading_starts_before_input_writing_ends() {
             members: members.clone(),
             me: i,
         };
-        let runner = AllReduceRunner::with_shares(
+        let runner = AllReduceRound::with_shares(
             AllReduceInputs {
                 group,
                 tensors: Arc::new(tensors[i].clone()),
@@ -118,10 +118,10 @@ async fn scenario_18_output_reading_starts_before_input_writing_ends() {
             vec![1.0, 1.0],
         )
         .unwrap();
-        routers[i].register(runner.clone());
+        routers[i].register(runner.span());
         runners.push(runner);
     }
-    let outcomes = futures::future::join_all(runners.iter().map(|r| r.run())).await;
+    let outcomes = futures::future::join_all(runners.into_iter().map(|r| r.run())).await;
     assert!(outcomes.iter().all(|o| o.as_ref().is_ok_and(|o| o.failed_reducers.is_empty())));
     let log = log.lock().unwrap();
     let first_received = log.iter().position(|e| *e == Event::Received).unwrap();

@@ -3,6 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 
+use super::deltas::Deltas;
 use super::*;
 use crate::compression::{Compression, CompressionInfo, NoCompression};
 use crate::tensor::{DType, Tensor, TensorData};

@@ -18,7 +18,7 @@ use crate::transport::{MemoryNetwork, MemorySettings, MemoryTransport, Transport
 /// Peers on one memory network, each serving a router.
 pub(super) struct Swarm {
     pub(super) transports: Vec<Arc<dyn Transport>>,
-    pub(super) routers: Vec<Arc<RunnerRouter>>,
+    pub(super) routers: Vec<Arc<RoundRouter>>,
     pub(super) endpoints: Vec<String>,
     _servers: Vec<crate::transport::ServerHandle>,
 }
@@ -35,7 +35,7 @@ impl Swarm {
             let settings = MemorySettings { name: Some(format!("peer{i}")), ..Default::default() };
             let transport: Arc<dyn Transport> =
                 Arc::new(MemoryTransport::with_settings(network.clone(), settings));
-            let router = Arc::new(RunnerRouter::new(wait));
+            let router = Arc::new(RoundRouter::new(wait));
             let server = transport.serve(router.clone()).await.unwrap();
             endpoints.push(server.endpoint().to_string());
             servers.push(server);
@@ -96,7 +96,7 @@ async fn run_case(
     let inputs: Vec<Vec<Tensor>> = (0..modes.len()).map(|i| scenario_20_tensors(i, &mut rng)).collect();
     let mut runners = Vec::new();
     for i in 0..modes.len() {
-        let runner = AllReduceRunner::with_shares(
+        let runner = AllReduceRound::with_shares(
             AllReduceInputs {
                 group: swarm.group(modes, i),
                 tensors: Arc::new(inputs[i].clone()),
@@ -110,10 +110,10 @@ async fn run_case(
             shares.to_vec(),
         )
         .unwrap();
-        swarm.routers[i].register(runner.clone());
+        swarm.routers[i].register(runner.span());
         runners.push(runner);
     }
-    let outcomes = futures::future::join_all(runners.iter().map(|r| r.run())).await;
+    let outcomes = futures::future::join_all(runners.into_iter().map(|r| r.run())).await;
     let mut outputs = inputs.clone();
     for (i, outcome) in outcomes.into_iter().enumerate() {
         let outcome = outcome.unwrap();

@@ -17,12 +17,12 @@ pub struct Gathered {
 
 impl Gathered {
     /// A result from `(endpoint, payload)` pairs in group order.
-    pub fn new(members: Vec<(String, GatherPayload)>) -> Self {
+    pub(crate) fn new(members: Vec<(String, GatherPayload)>) -> Self {
         Gathered { members, report: StepReport::default() }
     }
 
     /// This result with the step's figures.
-    pub fn with_report(mut self, report: StepReport) -> Self {
+    pub(crate) fn with_report(mut self, report: StepReport) -> Self {
         self.report = report;
         self
     }

@@ -22,12 +22,12 @@ use tokio_util::sync::CancellationToken;
 pub use config::{AveragerConfig, AveragerConfigBuilder, CodecSpec, TensorSettings};
 pub use gathered::Gathered;
 pub use report::StepReport;
-pub use schema::schema_hash;
+pub(crate) use schema::schema_hash;
 pub use state::AveragerState;
 pub use step_control::{Stage, StepControl};
 pub use step_options::StepOptions;
 
-use crate::allreduce::RunnerRouter;
+use crate::allreduce::RoundRouter;
 use crate::compression::{Compression, CompressionInfo, TensorKey};
 use crate::dht::Dht;
 use crate::error::{Error, Result};
@@ -72,7 +72,7 @@ pub(crate) struct Inner {
     infos: Vec<CompressionInfo>,
     schema_hash: Bytes,
     matchmaker: Arc<Matchmaker>,
-    router: Arc<RunnerRouter>,
+    router: Arc<RoundRouter>,
     bits: Arc<Mutex<String>>,
     step_lock: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
@@ -172,7 +172,7 @@ impl Averager {
         });
         let inner = Arc::new(Inner {
             router: Arc::new(
-                RunnerRouter::new(config.request_timeout)
+                RoundRouter::new(config.request_timeout)
                     .first_part_wait(config.effective_sender_timeout())
                     .pending_every(crate::allreduce::progress_interval(
                         config.effective_sender_timeout(),

@@ -19,7 +19,7 @@ use super::report::StepReport;
 use super::step_control::{Stage, StepControl};
 use super::telemetry::{CountingTransport, Tally};
 use super::{Inner, hex};
-use crate::allreduce::{AllReduceGroup, AllReduceInputs, AllReduceRunner, AllReduceSettings};
+use crate::allreduce::{AllReduceGroup, AllReduceInputs, AllReduceRound, AllReduceSettings};
 use crate::error::{Error, Operation, Result};
 use crate::matchmaking::{FormedGroup, GatherPayload, PeerMode, SearchRequest};
 use crate::tensor::Tensor;
@@ -244,8 +244,8 @@ impl Inner {
             self.abandon(formed);
             return Err(e);
         }
-        // The runner (and its spawned reducer tasks) get the tensors without a copy; they come
-        // back when the all-reduce is over.
+        // The round's sender gets the tensors without a copy; they come back when the all-reduce
+        // is over (its span reducer, which may outlive it by a reply, needs only their dtypes).
         let tensors = Arc::new(std::mem::take(&mut *guard));
         let settings = AllReduceSettings {
             part_size_bytes: self.config.part_size_bytes,
@@ -260,7 +260,7 @@ impl Inner {
             Some(meter) => Arc::new(MeteredTransport::new(Arc::clone(&self.transport), Arc::clone(meter))),
             None => Arc::clone(&self.transport),
         };
-        let runner = AllReduceRunner::new(AllReduceInputs {
+        let round = AllReduceRound::new(AllReduceInputs {
             group,
             tensors: Arc::clone(&tensors),
             infos: self.infos.clone(),
@@ -271,37 +271,41 @@ impl Inner {
             registry: self.registry,
             settings,
         });
-        let runner = match runner {
-            Ok(runner) => runner,
+        let round = match round {
+            Ok(round) => round,
             Err(e) => {
                 *guard = take_back(tensors);
                 self.abandon(formed);
                 return Err(e);
             }
         };
-        self.router.register(Arc::clone(&runner));
+        let span = Arc::clone(round.span());
+        self.router.register(&span);
         self.round_tensors.send_replace(Some(Arc::clone(&tensors)));
         control.set_stage(Stage::RunningAllreduce);
         let timeout = self.config.allreduce_timeout;
         let outcome = tokio::select! {
             // Protocol 11.11: a group that used its whole allreduce_timeout is not retried (the
             // step's time is spent), unlike the shorter waits inside it.
-            outcome = with_timeout(timeout, runner.run(), "the all-reduce") => {
+            outcome = with_timeout(timeout, round.run(), "the all-reduce") => {
                 outcome.map_err(Error::set_persistent).and_then(|o| o)
             }
             _ = self.shutdown.cancelled() => Err(Error::Cancelled("the averager shut down".into())),
         };
         if outcome.is_err() {
-            runner.cancel();
+            span.cancel();
         }
         self.router.unregister(&group_id);
         self.round_tensors.send_replace(None);
-        drop(runner);
+        drop(span);
         if let (Ok(_), Some(sample)) = (&outcome, meter.as_deref().and_then(RoundMeter::sample)) {
             self.bandwidth.record(sample);
         }
         let mut tensors = take_back(tensors);
         let applied = outcome.and_then(|outcome| {
+            if !outcome.failed_reducers.is_empty() {
+                tracing::info!(failed = ?outcome.failed_reducers, "averaged without the parts of failed reducers");
+            }
             if self.mode != PeerMode::Aux {
                 outcome.deltas.apply(&outcome.plan, &mut tensors, self.config.averaging_alpha)?;
             }
@@ -344,8 +348,8 @@ struct AllReduceFigures {
     failed_reducers: usize,
 }
 
-/// The tensors back from the runner: without a copy when no reducer task still holds them (the
-/// usual case), else a copy, so a slow reply cannot block the step.
+/// The tensors back from the round: without a copy when no encoding task still holds them (the
+/// usual case), else a copy, so a slow encoding cannot block the step.
 fn take_back(tensors: Arc<Vec<Tensor>>) -> Vec<Tensor> {
     Arc::try_unwrap(tensors).unwrap_or_else(|shared| (*shared).clone())
 }

@@ -13,7 +13,7 @@ use crate::tensor::TensorView;
 /// SHA-256 over everything the partition depends on, in a fixed little-endian layout.
 ///
 /// `infos[i]` describes tensor `i` (its key and role choose the codec of a selector).
-pub fn schema_hash(
+pub(crate) fn schema_hash(
     tensors: &[TensorView<'_>],
     infos: &[CompressionInfo],
     codec: &dyn Compression,

@@ -1,5 +1,5 @@
 //! The averager's `DecentralizedAveraging` handler: joins go to matchmaking, part streams to the
-//! runner of their group, downloads to state sharing.
+//! round of their group, downloads to state sharing.
 //!
 //! The transport keeps the service alive while it serves, so the service holds the averager
 //! weakly: dropping or shutting down the averager is never kept from happening by its own server.

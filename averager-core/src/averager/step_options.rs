@@ -144,7 +144,7 @@ impl StepOptions {
     ///
     /// # Errors
     /// As [`StepOptions::validate`].
-    pub fn into_control<T: Clone + Send + Sync + 'static>(
+    pub(crate) fn into_control<T: Clone + Send + Sync + 'static>(
         self,
         now: DhtTime,
         is_aux: bool,

@@ -1,10 +1,10 @@
 //! What a step or a state download moved over the wire, counted by a thin wrapper around the
 //! averager's transport.
 //!
-//! The all-reduce runner does not count bytes itself. Each round gets a [`Tally`]: the transport
-//! handed to its runner counts the parts this peer sends and the replies it gets, and the service
+//! The all-reduce round does not count bytes itself. Each round gets a [`Tally`]: the transport
+//! handed to its all-reduce counts the parts this peer sends and the replies it gets, and the service
 //! counts the parts other members stream to this peer and the replies it streams back (found by
-//! the group id of their first part, see [`RoundTraffic`]). The runner ends when this peer has its own result, while its
+//! the group id of their first part, see [`RoundTraffic`]). The all-reduce ends when this peer has its own result, while its
 //! reducer may still be streaming the last replies; the round waits for those streams to end
 //! ([`Tally::replies_done`]) before it reads the figures.
 

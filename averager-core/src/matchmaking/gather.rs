@@ -50,13 +50,13 @@ impl PeerMode {
 
 /// One member's all-gather payload.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GatherPayload {
+pub(crate) struct GatherPayload {
     /// The member's bandwidth for load balancing (`None`: unspecified).
-    pub bandwidth: Option<f64>,
+    pub(crate) bandwidth: Option<f64>,
     /// The member's mode.
-    pub mode: PeerMode,
+    pub(crate) mode: PeerMode,
     /// The msgpack encoding of the user's gather object (`nil` when there is none).
-    pub user_bytes: Vec<u8>,
+    pub(crate) user_bytes: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -66,11 +66,16 @@ struct Wire(Option<f64>, u8, #[serde(with = "serde_bytes")] Vec<u8>);
 const NIL: u8 = 0xc0;
 
 impl GatherPayload {
+    #[cfg(test)]
     /// A payload carrying `user` (any serde value; `None` for nothing).
     ///
     /// # Errors
     /// [`Error::Config`] when the user object does not serialize to msgpack.
-    pub fn new<T: Serialize>(bandwidth: Option<f64>, mode: PeerMode, user: Option<&T>) -> Result<Self> {
+    pub(crate) fn new<T: Serialize>(
+        bandwidth: Option<f64>,
+        mode: PeerMode,
+        user: Option<&T>,
+    ) -> Result<Self> {
         let user_bytes = match user {
             Some(value) => rmp_serde::to_vec_named(value)
                 .map_err(|e| Error::Config(format!("gather object is not serializable: {e}")))?,
@@ -80,7 +85,7 @@ impl GatherPayload {
     }
 
     /// The msgpack bytes that go into `JoinRequest.gather`.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let wire = Wire(self.bandwidth, self.mode.code(), self.user_bytes.clone());
         // A tuple of an optional float, a small integer and bytes always serializes.
         rmp_serde::to_vec(&wire).unwrap_or_default()
@@ -91,7 +96,7 @@ impl GatherPayload {
     /// # Errors
     /// [`Error::Protocol`] (`PROTOCOL_VIOLATION`) for anything that is not the expected array, an
     /// unknown mode, or a bandwidth that is negative or not finite.
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
         let violation = |what: String| Error::protocol(averager_proto::MessageCode::ProtocolViolation, what);
         let Wire(bandwidth, mode, user_bytes) =
             rmp_serde::from_slice(bytes).map_err(|e| violation(format!("malformed gather payload: {e}")))?;
@@ -107,7 +112,7 @@ impl GatherPayload {
     ///
     /// # Errors
     /// [`Error::Protocol`] (`PROTOCOL_VIOLATION`) when the bytes are not a `T`.
-    pub fn user<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+    pub(crate) fn user<T: DeserializeOwned>(&self) -> Result<Option<T>> {
         if self.user_bytes == [NIL] {
             return Ok(None);
         }

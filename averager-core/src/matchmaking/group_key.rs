@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 ///
 /// # Errors
 /// [`Error::Config`] otherwise.
-pub fn validate_prefix(prefix: &str) -> Result<()> {
+pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
     if prefix.is_empty() || prefix.contains('.') {
         return Err(Error::Config(format!("prefix {prefix:?} must be non-empty and contain no '.'")));
     }
@@ -19,7 +19,7 @@ pub fn validate_prefix(prefix: &str) -> Result<()> {
 ///
 /// # Errors
 /// [`Error::Config`] otherwise.
-pub fn validate_bits(bits: &str) -> Result<()> {
+pub(crate) fn validate_bits(bits: &str) -> Result<()> {
     if let Some(bad) = bits.chars().find(|c| *c != '0' && *c != '1') {
         return Err(Error::Config(format!(
             "group bits {bits:?} contain {bad:?}; only '0' and '1' are allowed"
@@ -46,7 +46,7 @@ pub fn donors_key(prefix: &str) -> String {
 /// # Errors
 /// [`Error::Config`] when `position` is not in the group, the group is larger than the bucket
 /// count allows, or the bits are invalid.
-pub fn next_group_bits(
+pub(crate) fn next_group_bits(
     bits: &str,
     target_group_size: Option<usize>,
     group_size: usize,

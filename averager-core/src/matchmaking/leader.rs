@@ -26,7 +26,7 @@ impl Drop for HandlerGuard {
 
 impl Matchmaker {
     /// Serves one `rpc_join_group` call (protocol 3.5).
-    pub fn handle_join(self: &Arc<Self>, request: JoinRequest) -> MessageStream<MessageFromLeader> {
+    pub(crate) fn handle_join(self: &Arc<Self>, request: JoinRequest) -> MessageStream<MessageFromLeader> {
         let (tx, rx) = mpsc::channel(2);
         self.handlers.send_modify(|n| *n += 1);
         let guard = HandlerGuard(Arc::clone(self));

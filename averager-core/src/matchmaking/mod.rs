@@ -12,10 +12,12 @@ mod search;
 mod state;
 
 pub use declarations::{declare, declared_peers, undeclare};
-pub use gather::{GatherPayload, PeerMode};
-pub use group_key::{donors_key, group_key, next_group_bits, validate_bits, validate_prefix};
-pub use search::SearchRequest;
-pub use state::{FormedGroup, Matchmaker, MatchmakingConfig};
+pub(crate) use gather::GatherPayload;
+pub use gather::PeerMode;
+pub use group_key::{donors_key, group_key};
+pub(crate) use group_key::{validate_bits, validate_prefix};
+pub(crate) use search::SearchRequest;
+pub(crate) use state::{FormedGroup, Matchmaker, MatchmakingConfig};
 
 #[cfg(test)]
 mod tests;

@@ -20,13 +20,13 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What one search needs from its step.
 #[derive(Clone)]
-pub struct SearchRequest {
+pub(crate) struct SearchRequest {
     /// This peer's gather payload (protocol 2.4), sent to the leader or handed to followers.
-    pub gather: Bytes,
+    pub(crate) gather: Bytes,
     /// The step's scheduled time, re-read at every re-declaration (users may move it).
-    pub scheduled_time: Arc<dyn Fn() -> DhtTime + Send + Sync>,
+    pub(crate) scheduled_time: Arc<dyn Fn() -> DhtTime + Send + Sync>,
     /// The step's deadline (DHT time), `None` for none.
-    pub deadline: Option<DhtTime>,
+    pub(crate) deadline: Option<DhtTime>,
 }
 
 impl std::fmt::Debug for SearchRequest {
@@ -86,7 +86,7 @@ impl Matchmaker {
     /// # Errors
     /// [`Error::Cancelled`] when `cancel` fires and no group formed (followers are disbanded and
     /// the declaration is withdrawn first); DHT errors are logged and retried, not returned.
-    pub async fn look_for_group(
+    pub(crate) async fn look_for_group(
         self: &Arc<Self>,
         request: SearchRequest,
         cancel: &CancellationToken,

@@ -18,34 +18,34 @@ use crate::transport::{JoinRequest, Transport};
 
 /// What matchmaking needs to know of its averager.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MatchmakingConfig {
+pub(crate) struct MatchmakingConfig {
     /// This peer's endpoint (a unique name for a CLIENT).
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// The run's prefix.
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// Whether this peer is a CLIENT (never declares, never leads).
-    pub client_mode: bool,
+    pub(crate) client_mode: bool,
     /// Groups never exceed this size.
-    pub target_group_size: Option<usize>,
+    pub(crate) target_group_size: Option<usize>,
     /// A leader whose time is up assembles only with this many members.
-    pub min_group_size: usize,
+    pub(crate) min_group_size: usize,
     /// Minimum lifetime of a declaration.
-    pub min_matchmaking_time: Duration,
+    pub(crate) min_matchmaking_time: Duration,
     /// How long to wait for a leader's first reply.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// Hash of what the partition depends on; peers with different hashes never group.
-    pub schema_hash: Bytes,
+    pub(crate) schema_hash: Bytes,
 }
 
 /// A group as matchmaking formed it (protocol 3.6).
 #[derive(Debug, Clone, PartialEq)]
-pub struct FormedGroup {
+pub(crate) struct FormedGroup {
     /// 20 random bytes chosen by the leader.
-    pub group_id: Bytes,
+    pub(crate) group_id: Bytes,
     /// Members in the leader's shuffled order.
-    pub endpoints: Vec<String>,
+    pub(crate) endpoints: Vec<String>,
     /// Each member's gather payload, in the same order.
-    pub gathered: Vec<Bytes>,
+    pub(crate) gathered: Vec<Bytes>,
 }
 
 /// A follower accepted by this peer.
@@ -84,7 +84,7 @@ impl Default for JoinState {
 }
 
 /// Matchmaking for one averager (protocol 3).
-pub struct Matchmaker {
+pub(crate) struct Matchmaker {
     pub(super) config: MatchmakingConfig,
     pub(super) dht: Arc<dyn Dht>,
     pub(super) transport: Arc<dyn Transport>,
@@ -113,7 +113,7 @@ impl std::fmt::Debug for Matchmaker {
 
 impl Matchmaker {
     /// A matchmaker whose group bits live in `bits` (shared with the averager's bits API).
-    pub fn new(
+    pub(crate) fn new(
         config: MatchmakingConfig,
         dht: Arc<dyn Dht>,
         transport: Arc<dyn Transport>,
@@ -134,18 +134,19 @@ impl Matchmaker {
         })
     }
 
+    #[cfg(test)]
     /// The configuration.
-    pub fn config(&self) -> &MatchmakingConfig {
+    pub(crate) fn config(&self) -> &MatchmakingConfig {
         &self.config
     }
 
     /// The current group bits.
-    pub fn group_bits(&self) -> String {
+    pub(crate) fn group_bits(&self) -> String {
         self.bits.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The current group key (`<prefix>.0b<bits>`).
-    pub fn current_key(&self) -> String {
+    pub(crate) fn current_key(&self) -> String {
         group_key(&self.config.prefix, &self.group_bits())
     }
 

@@ -2,7 +2,7 @@
 //!
 //! A reducer only does the arithmetic of one part; the async bookkeeping of protocol 4.6 (which part
 //! is current, who is expected, banned senders) lives in
-//! [`PartReducer`](crate::allreduce::PartReducer), written once for every reducer.
+//! [`PartReducer`], written once for every reducer.
 //!
 //! Both kinds of aggregator fit: the weighted mean folds each contribution in as it arrives
 //! ([`PartAccumulator::add`] does the work, [`PartAccumulator::finish`] divides), while robust
@@ -10,10 +10,12 @@
 //! work in `finish`.
 
 mod mean;
+mod part_reducer;
 
 use std::fmt::Debug;
 
 pub use mean::MeanReducer;
+pub use part_reducer::PartReducer;
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor, TensorView};

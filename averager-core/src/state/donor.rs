@@ -24,7 +24,7 @@ const NIL: u8 = 0xc0;
 const MIN_REFRESH: Duration = Duration::from_millis(1);
 
 /// The DHT value of a donor record: the priority as a msgpack float, or `nil` for "withdrew".
-pub fn encode_priority(priority: Option<f64>) -> Bytes {
+pub(crate) fn encode_priority(priority: Option<f64>) -> Bytes {
     match priority {
         // A msgpack float64 is the marker 0xcb and 8 big-endian bytes; writing it by hand keeps the
         // encoding fixed whatever the serializer prefers for round numbers.
@@ -61,13 +61,14 @@ pub fn decode_priority(value: &[u8]) -> Result<Option<f64>> {
 /// The record it wrote stays in the DHT until it expires (at most one period); to withdraw at once,
 /// switch sharing off and wait for the `nil` record before dropping the loop.
 #[derive(Debug)]
-pub struct DonorLoop {
+pub(crate) struct DonorLoop {
     task: JoinHandle<()>,
 }
 
 impl DonorLoop {
+    #[cfg(test)]
     /// Whether the loop has stopped (it stops only when aborted, or if it panicked).
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
 }
@@ -87,7 +88,7 @@ impl Drop for DonorLoop {
 /// logged and retried at the next iteration; a refused `nil` is retried until it lands.
 ///
 /// Must be called within a tokio runtime.
-pub fn spawn_donor_loop(
+pub(crate) fn spawn_donor_loop(
     dht: Arc<dyn Dht>,
     sharing: Arc<StateSharing>,
     prefix: &str,

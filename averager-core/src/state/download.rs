@@ -30,7 +30,11 @@ use crate::transport::{DownloadRequest, Transport};
 ///
 /// # Errors
 /// The DHT's error.
-pub async fn list_donors(dht: &dyn Dht, prefix: &str, my_endpoint: &str) -> Result<Vec<(String, f64)>> {
+pub(crate) async fn list_donors(
+    dht: &dyn Dht,
+    prefix: &str,
+    my_endpoint: &str,
+) -> Result<Vec<(String, f64)>> {
     let key = donors_key(prefix);
     let records = dht.get(&key, true).await?;
     let mut donors: Vec<(f64, f64, String)> = Vec::with_capacity(records.len());
@@ -68,7 +72,7 @@ pub async fn list_donors(dht: &dyn Dht, prefix: &str, my_endpoint: &str) -> Resu
 /// The DHT's error when the donor list cannot be read, or [`Error::Timeout`] when `overall` is
 /// given and runs out first (a download under way is then cancelled).
 #[expect(clippy::too_many_arguments, reason = "mirrors the averager's call site; every limit is explicit")]
-pub async fn load_state_from_peers(
+pub(crate) async fn load_state_from_peers(
     dht: &dyn Dht,
     transport: &dyn Transport,
     registry: &Registry,

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use averager_proto::MessageCode;
 use bytes::Bytes;
 
-use super::download::download_from;
+use super::donor::encode_priority;
+use super::download::{download_from, list_donors};
 use super::tests::{PREFIX, StateService, Swarm, randn, x_state};
 use super::*;
 use crate::compression::{Compression, CompressionInfo, NoCompression, WireTensor, split_for_streaming};

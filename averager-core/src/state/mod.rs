@@ -2,11 +2,15 @@
 //! `rpc_download_state` from an owned snapshot of its state, and a newcomer downloads the state of
 //! the best donor it can reach.
 //!
-//! - [`StateSharing`] is the run-time switchboard (`allow_state_sharing`, `state_sharing_priority`)
+//! Public: what a user gives the averager to share, a [`StateSnapshot`] from a [`StateProvider`]
+//! ([`FixedState`] is the simplest). The rest is the engine's, driven by the
+//! [`Averager`](crate::Averager):
+//!
+//! - `StateSharing` is the run-time switchboard (`allow_state_sharing`, `state_sharing_priority`)
 //!   shared by the averager's API, the donor loop and the RPC handler.
-//! - [`spawn_donor_loop`] keeps this peer's record under `<prefix>.all_averagers` fresh (protocol 6.1).
-//! - [`serve_download`] streams a [`StateSnapshot`] taken from a [`StateProvider`] (protocol 6.2).
-//! - [`load_state_from_peers`] picks donors by priority and downloads from the first that delivers
+//! - `spawn_donor_loop` keeps this peer's record under `<prefix>.all_averagers` fresh (protocol 6.1).
+//! - `serve_download` streams a snapshot taken from the provider (protocol 6.2).
+//! - `load_state_from_peers` picks donors by priority and downloads from the first that delivers
 //!   (protocol 6.3).
 //!
 //! The **\[averager\]** fixes of protocol 6 and 11.13 are all here: the donor record is refreshed at half
@@ -28,8 +32,10 @@ mod hostile_tests;
 #[cfg(test)]
 mod tests;
 
-pub use donor::{DonorLoop, decode_priority, encode_priority, spawn_donor_loop};
-pub use download::{list_donors, load_state_from_peers};
-pub use serve::serve_download;
-pub use sharing::StateSharing;
+#[doc(hidden)]
+pub use donor::decode_priority;
+pub(crate) use donor::{DonorLoop, spawn_donor_loop};
+pub(crate) use download::load_state_from_peers;
+pub(crate) use serve::serve_download;
+pub(crate) use sharing::StateSharing;
 pub use snapshot::{FixedState, StateProvider, StateSnapshot};

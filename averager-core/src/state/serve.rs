@@ -35,7 +35,7 @@ const NIL: &[u8] = &[0xc0];
 ///
 /// # Errors
 /// The provider's error (the call is refused).
-pub async fn serve_download(
+pub(crate) async fn serve_download(
     sharing: &StateSharing,
     provider: &dyn StateProvider,
     codec: Arc<dyn Compression>,

@@ -20,7 +20,7 @@ struct Switches {
 /// `priority` changing while sharing, and [`StateSharing::notify_updated`] after each all-reduce
 /// update (protocol 6.1).
 #[derive(Debug)]
-pub struct StateSharing {
+pub(crate) struct StateSharing {
     client_mode: bool,
     switches: Mutex<Switches>,
     /// Bumped on every wake-up; a `watch` rather than a `Notify` so that a change made while the
@@ -33,14 +33,14 @@ impl StateSharing {
     ///
     /// # Errors
     /// [`Error::Config`] when `priority` is not finite.
-    pub fn new(allow: bool, priority: f64) -> Result<Self> {
+    pub(crate) fn new(allow: bool, priority: f64) -> Result<Self> {
         check_finite(priority)?;
         Ok(Self::build(false, allow, priority))
     }
 
     /// The switches of a CLIENT: sharing is off, the priority is 0, and neither can change
     /// (protocol 6.1: a CLIENT cannot serve downloads).
-    pub fn client() -> Self {
+    pub(crate) fn client() -> Self {
         Self::build(true, false, 0.0)
     }
 
@@ -52,13 +52,14 @@ impl StateSharing {
         }
     }
 
+    #[cfg(test)]
     /// Whether these are a CLIENT's switches.
-    pub fn is_client(&self) -> bool {
+    pub(crate) fn is_client(&self) -> bool {
         self.client_mode
     }
 
     /// Whether this peer lets others download its state now.
-    pub fn allow_state_sharing(&self) -> bool {
+    pub(crate) fn allow_state_sharing(&self) -> bool {
         self.lock().allow
     }
 
@@ -67,7 +68,7 @@ impl StateSharing {
     ///
     /// # Errors
     /// [`Error::Config`] when a CLIENT asks to share.
-    pub fn set_allow_state_sharing(&self, allow: bool) -> Result<()> {
+    pub(crate) fn set_allow_state_sharing(&self, allow: bool) -> Result<()> {
         if allow && self.client_mode {
             return Err(Error::Config("a CLIENT cannot share its state (it accepts no connections)".into()));
         }
@@ -82,7 +83,7 @@ impl StateSharing {
     }
 
     /// This peer's donor priority (higher is preferred by downloaders).
-    pub fn state_sharing_priority(&self) -> f64 {
+    pub(crate) fn state_sharing_priority(&self) -> f64 {
         self.lock().priority
     }
 
@@ -90,7 +91,7 @@ impl StateSharing {
     ///
     /// # Errors
     /// [`Error::Config`] when `priority` is not finite, or is nonzero on a CLIENT.
-    pub fn set_state_sharing_priority(&self, priority: f64) -> Result<()> {
+    pub(crate) fn set_state_sharing_priority(&self, priority: f64) -> Result<()> {
         check_finite(priority)?;
         if self.client_mode && priority != 0.0 {
             return Err(Error::Config("a CLIENT cannot have a state_sharing_priority".into()));
@@ -108,13 +109,13 @@ impl StateSharing {
     }
 
     /// Called after every all-reduce update: the donor loop refreshes its record, as hivemind does.
-    pub fn notify_updated(&self) {
+    pub(crate) fn notify_updated(&self) {
         self.wake();
     }
 
     /// What the donor record should say now: `Some(priority)` while sharing, `None` (`nil`) when not.
     /// Read under one lock, so the pair is never torn.
-    pub fn declaration(&self) -> Option<f64> {
+    pub(crate) fn declaration(&self) -> Option<f64> {
         let switches = self.lock();
         switches.allow.then_some(switches.priority)
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use averager::Dht;
-use averager::dht::{KadDht, KadSettings, Keypair, Libp2pNode, Multiaddr, Reachability};
+use averager::kad::{KadDht, KadSettings, Keypair, Libp2pNode, Multiaddr, Reachability};
 
 use crate::Result;
 use crate::failure::{Context, Failure};
@@ -75,7 +75,7 @@ impl KadNodes {
     /// # Errors
     /// When the file cannot be read, created or parsed.
     pub(crate) fn use_identity(&mut self, path: &std::path::Path) -> Result<()> {
-        self.identity = Some(Box::new(averager::dht::load_or_create_identity(path).context("--identity")?));
+        self.identity = Some(Box::new(averager::kad::load_or_create_identity(path).context("--identity")?));
         Ok(())
     }
 

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use averager::allreduce::{AllReducePlan, GroupMember, TensorLayout};
-use averager::matchmaking::PeerMode;
+use averager::PeerMode;
+use averager::plan::{AllReducePlan, GroupMember, TensorLayout};
 use averager::{CompressionInfo, DType, Tensor};
 
 use crate::Result;

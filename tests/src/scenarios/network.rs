@@ -5,9 +5,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use averager_core::PeerMode;
 use averager_core::averager::Gathered;
 use averager_core::dht::MemoryDht;
-use averager_core::matchmaking::PeerMode;
 use averager_core::registry::Registry;
 use averager_core::state::StateProvider;
 use averager_core::{Averager, AveragerConfig, Dht, StepOptions, Tensor, Transport};

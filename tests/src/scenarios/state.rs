@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use averager_core::matchmaking::donors_key;
-use averager_core::state::{StateProvider, StateSnapshot, decode_priority};
+use averager_core::records::{decode_priority, donors_key};
+use averager_core::state::{StateProvider, StateSnapshot};
 use averager_core::{Averager, AveragerConfig, Dht, Tensor};
 
 use super::network::{NetworkFactory, PeerSetup, Peers, f32s, randn, rng};

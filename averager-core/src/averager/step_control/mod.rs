@@ -126,7 +126,7 @@ impl<T: Clone + Send + Sync + 'static> StepControl<T> {
     ///
     /// # Errors
     /// [`Error::Config`] when `weight` is negative or not finite, or `scheduled_time` is not finite.
-    pub fn new(
+    pub(crate) fn new(
         scheduled_time: DhtTime,
         weight: f64,
         deadline: Option<DhtTime>,
@@ -162,7 +162,7 @@ impl<T: Clone + Send + Sync + 'static> StepControl<T> {
 
     /// *Averager side.* A handle to the same step that does not count as the user's, so that the
     /// round loop holding it does not hide a user's drop of an untriggered control.
-    pub fn averager_handle(&self) -> Self {
+    pub(crate) fn averager_handle(&self) -> Self {
         StepControl { shared: self.shared.clone(), user: None }
     }
 
@@ -237,7 +237,7 @@ impl<T: Clone + Send + Sync + 'static> StepControl<T> {
 
     /// *Averager side.* Records the group the current attempt formed (`None` when a retry starts
     /// looking again).
-    pub fn set_group(&self, group: Option<Vec<String>>) {
+    pub(crate) fn set_group(&self, group: Option<Vec<String>>) {
         self.shared.state.send_modify(|s| s.group = group);
     }
 
@@ -341,7 +341,7 @@ impl<T: Clone + Send + Sync + 'static> StepControl<T> {
     /// Other moves are ignored. Entering [`Stage::RunningAllreduce`] sets `began_allreduce`;
     /// entering [`Stage::Finished`] without a result sets [`Error::Internal`], so a finished step is
     /// always done.
-    pub fn set_stage(&self, stage: Stage) {
+    pub(crate) fn set_stage(&self, stage: Stage) {
         self.shared.state.send_if_modified(|s| {
             let allowed = match (s.stage, stage) {
                 (Stage::Finished, _) | (_, Stage::Idle) => false,
@@ -371,7 +371,7 @@ impl<T: Clone + Send + Sync + 'static> StepControl<T> {
     ///
     /// # Errors
     /// [`Error::Cancelled`] when the step was cancelled before the trigger was set.
-    pub async fn wait_for_trigger(&self) -> Result<()> {
+    pub(crate) async fn wait_for_trigger(&self) -> Result<()> {
         let mut rx = self.shared.state.subscribe();
         let trigger = rx.wait_for(|s| s.trigger != Trigger::Pending).await.map(|s| s.trigger);
         match trigger {
@@ -382,14 +382,14 @@ impl<T: Clone + Send + Sync + 'static> StepControl<T> {
 
     /// *Averager side.* Resolves once [`StepControl::cancel`] has been called (even after the result
     /// was set), so matchmaking can be raced against it.
-    pub async fn cancelled_signal(&self) {
+    pub(crate) async fn cancelled_signal(&self) {
         let mut rx = self.shared.state.subscribe();
         let _ = rx.wait_for(|s| s.cancel_requested).await;
     }
 
     /// *Averager side.* Completes the step; the first result wins (a cancel counts), later ones are
     /// ignored. Returns whether this one was taken.
-    pub fn set_result(&self, result: Result<T>) -> bool {
+    pub(crate) fn set_result(&self, result: Result<T>) -> bool {
         self.shared.state.send_if_modified(|s| {
             let first = s.result.is_none();
             if first {

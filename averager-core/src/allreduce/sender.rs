@@ -1,0 +1,287 @@
+//! protocol 4.4: the sender side of one all-reduce: this peer's parts go to the reducer of each
+//! span (itself included), and each reducer's replies come back as deltas.
+//!
+//! A reply's bytes become a delta in [`Sender::decode_reply`], and the deltas of every reducer are
+//! collected in [`Sender::run`]: the two places to change for applying replies as they come; the
+//! averager applies the collected deltas to the tensors once the round is over.
+//!
+//! The sender owns this peer's tensors for the duration of the run and encodes parts straight from
+//! tensor memory on blocking threads, without a copy per peer. The tasks that encode hold the
+//! tensors only weakly, so once the run is over (or dropped) the caller takes them back without a
+//! copy, whatever encoding was still queued.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use averager_proto::MessageCode;
+use futures::StreamExt;
+use futures::future::join_all;
+use tokio::sync::{mpsc, watch};
+
+use super::deltas::Deltas;
+use super::group::AllReduceGroup;
+use super::membership::Membership;
+use super::partition::{PartitionPlan, PlannedPart};
+use super::progress::{ReplyClock, is_pending};
+use super::tasks::{AbortOnDrop, sleep_until};
+use crate::compression::{Compression, CompressionInfo, WireTensor};
+use crate::error::{Error, Result};
+use crate::matchmaking::PeerMode;
+use crate::reduce::{PartOutcome, PartReducer};
+use crate::registry::Registry;
+use crate::tensor::{DType, Tensor, TensorData};
+use crate::time::with_timeout;
+use crate::transport::{AveragingData, Transport};
+
+/// What the sender side produced: a delta per part that came back, and the reducers that failed.
+#[derive(Debug)]
+pub(crate) struct Sent {
+    /// The deltas to apply (`tensor += alpha * delta`).
+    pub(crate) deltas: Deltas,
+    /// Endpoints of reducers that failed (their remaining parts keep local values).
+    pub(crate) failed_reducers: Vec<String>,
+}
+
+/// The sender side of one all-reduce.
+pub(crate) struct Sender {
+    pub(crate) group: Arc<AllReduceGroup>,
+    pub(crate) plan: Arc<PartitionPlan>,
+    /// This peer's tensors, for its own span's parts; the part producers hold them weakly.
+    pub(crate) tensors: Arc<Vec<Tensor>>,
+    pub(crate) infos: Arc<Vec<CompressionInfo>>,
+    pub(crate) codec: Arc<dyn Compression>,
+    /// The dtype of every tensor, to check the replies against.
+    pub(crate) dtypes: Vec<DType>,
+    pub(crate) registry: &'static Registry,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) sender_timeout: Option<Duration>,
+    pub(crate) reducer_timeout: Option<Duration>,
+    /// This peer's averaging weight.
+    pub(crate) weight: f64,
+    /// Whether this peer has no share: its reducers answer only once its input ended (protocol 4.2).
+    pub(crate) delayed: bool,
+    /// This peer's own part reducer, which its parts of its own span go into directly.
+    pub(crate) own_span: Option<Arc<PartReducer>>,
+    pub(crate) membership: Arc<Membership>,
+}
+
+/// One member's parts as the producer task that encodes them sees them.
+struct Producer {
+    parts: Vec<PlannedPart>,
+    tensors: Weak<Vec<Tensor>>,
+    infos: Arc<Vec<CompressionInfo>>,
+    codec: Arc<dyn Compression>,
+    /// The first message of a stream names the group and this peer.
+    group_id: bytes::Bytes,
+    endpoint: String,
+    weight: f64,
+}
+
+impl Sender {
+    /// Sends this peer's parts to every reducer and collects the deltas. An AUX peer sends
+    /// nothing. A failed reducer is not an error: its remaining parts simply have no delta
+    /// (protocol 4.4).
+    pub(crate) async fn run(&self) -> Result<Sent> {
+        let sends = self.group.my_mode() != PeerMode::Aux;
+        let exchanges = (0..self.group.members.len())
+            .filter(|&j| sends && !self.plan.parts_of(j).is_empty())
+            .map(|j| self.exchange_with(j));
+        let mut deltas = Deltas::new(self.plan.parts().len());
+        let mut failed_reducers = Vec::new();
+        for (j, received, failure) in join_all(exchanges).await {
+            for (index, delta) in received {
+                deltas.set(index, delta)?;
+            }
+            if let Some(error) = failure {
+                let endpoint = &self.group.members[j].endpoint;
+                tracing::warn!(reducer = %endpoint, %error, "reducer failed; its remaining parts keep local values");
+                failed_reducers.push(endpoint.clone());
+            }
+        }
+        Ok(Sent { deltas, failed_reducers })
+    }
+
+    /// Sends this peer's parts of member `j`'s span and collects the deltas: `(plan index, delta)`
+    /// pairs, and why the exchange stopped early, if it did.
+    async fn exchange_with(&self, j: usize) -> (usize, Vec<(usize, TensorData)>, Option<Error>) {
+        let mut received = Vec::new();
+        let outcome = if j == self.group.me {
+            self.reduce_own_parts(&mut received).await
+        } else {
+            self.exchange_with_remote(j, &mut received).await
+        };
+        (j, received, outcome.err())
+    }
+
+    /// Feeds this peer's raw parts of its own span into its part reducer (protocol 4.4 "itself").
+    async fn reduce_own_parts(&self, received: &mut Vec<(usize, TensorData)>) -> Result<()> {
+        let (Some(reducer), Some(sender)) = (&self.own_span, self.group.sender_index(self.group.me)) else {
+            return Ok(());
+        };
+        let first = self.plan.first_index_of(self.group.me);
+        for (k, part) in self.plan.parts_of(self.group.me).iter().enumerate() {
+            let view = self.tensors[part.tensor].flat_view(part.range.clone())?;
+            let outcome = reducer.accumulate(sender, k, &view, self.weight).await?;
+            if let PartOutcome::Reduced(average) = outcome.as_ref() {
+                received.push((first + k, average.view().data().difference(view.data())?));
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams this peer's parts of member `j`'s span to it and reads back one delta per part
+    /// (protocol 4.4 "another peer").
+    async fn exchange_with_remote(&self, j: usize, received: &mut Vec<(usize, TensorData)>) -> Result<()> {
+        let parts = self.plan.parts_of(j);
+        let first = self.plan.first_index_of(j);
+        // A reducer that cannot even be dialed is as silent as one that stopped replying: without
+        // this bound a dead peer costs the transport's whole connect timeout instead. Replies are
+        // timed by a `ReplyClock`, which a reducer waiting for other senders keeps running with
+        // `PART_PENDING` (see `progress.rs`).
+        let dial = self.transport.connect(&self.group.members[j].endpoint);
+        let client = with_timeout(self.reducer_timeout, dial, "dialing a reducer").await??;
+        // Capacity 1 plus the part being encoded: one part of prefetch (protocol 9).
+        let (tx, rx) = mpsc::channel(1);
+        let mut producer = AbortOnDrop(tokio::spawn(self.producer(parts).run(tx)));
+        // How many parts the transport has taken: the reply to a part cannot come before it.
+        let (taken_tx, mut taken) = watch::channel(0usize);
+        let requests = futures::stream::unfold((rx, taken_tx), |(mut rx, taken_tx)| async move {
+            let message = rx.recv().await?;
+            taken_tx.send_modify(|n| *n += 1);
+            Some((message, (rx, taken_tx)))
+        });
+        let open = client.rpc_aggregate_part(Box::pin(requests));
+        let mut replies = with_timeout(self.reducer_timeout, open, "opening a part stream").await??;
+        let mut clock = ReplyClock::new(self.reducer_timeout, self.sender_timeout);
+        if self.delayed {
+            // Delayed results (protocol 4.2): the reducer answers only after our input ended, so the
+            // reply timeout starts once everything is sent.
+            producer.join().await;
+            clock.reply();
+        }
+        let (mut parts_taken, mut counting) = (0usize, true);
+        for (k, part) in parts.iter().enumerate() {
+            let reply = loop {
+                tokio::select! {
+                    next = replies.next() => {
+                        let message = next.ok_or_else(|| {
+                            Error::Transport(format!("reply stream ended after {k} of {} parts", parts.len()))
+                        })??;
+                        if is_pending(&message) {
+                            clock.pending();
+                            continue;
+                        }
+                        break message;
+                    }
+                    changed = taken.changed(), if counting => {
+                        let now = *taken.borrow_and_update();
+                        counting = changed.is_ok();
+                        if parts_taken <= k && now > k {
+                            clock.part_sent();
+                        }
+                        parts_taken = now;
+                    }
+                    _ = sleep_until(clock.deadline()) => {
+                        return Err(Error::Timeout {
+                            what: "the reducer's next reply".into(),
+                            after: clock.timeout().unwrap_or_default(),
+                        });
+                    }
+                }
+            };
+            clock.reply();
+            if reply.code == MessageCode::Cancelled as i32 {
+                self.membership.mark_left(j);
+            }
+            if reply.code == MessageCode::BadGroupId as i32 {
+                // **\[averager\]** the leader's acceptance reached it only after it gave up on
+                // the leader (see `presence.rs`).
+                self.membership.does_not_know_the_group(j);
+            }
+            received.push((first + k, self.decode_reply(part, reply)?));
+        }
+        Ok(())
+    }
+
+    /// Checks a reducer's reply for `part` and decodes its delta.
+    fn decode_reply(&self, part: &PlannedPart, reply: AveragingData) -> Result<TensorData> {
+        let code = MessageCode::try_from(reply.code).unwrap_or(MessageCode::NoCode);
+        if code != MessageCode::AveragedPart {
+            return Err(Error::protocol(code, "reducer replied with a code other than AVERAGED_PART"));
+        }
+        let wire = reply.tensor_part.ok_or_else(|| {
+            Error::protocol(MessageCode::ProtocolViolation, "AVERAGED_PART without a tensor")
+        })?;
+        let delta = self.registry.decode(&wire)?;
+        let dtype = self.dtypes[part.tensor];
+        if delta.numel() != part.range.len() || delta.dtype() != dtype {
+            return Err(Error::protocol(
+                MessageCode::ProtocolViolation,
+                format!(
+                    "delta of {} x {} for a part of {} x {dtype}",
+                    delta.numel(),
+                    delta.dtype(),
+                    part.range.len()
+                ),
+            ));
+        }
+        Ok(delta.into_parts().1)
+    }
+
+    /// The producer of this peer's `parts` of one span.
+    fn producer(&self, parts: &[PlannedPart]) -> Producer {
+        Producer {
+            parts: parts.to_vec(),
+            tensors: Arc::downgrade(&self.tensors),
+            infos: Arc::clone(&self.infos),
+            codec: Arc::clone(&self.codec),
+            group_id: self.group.group_id.clone(),
+            endpoint: self.group.members[self.group.me].endpoint.clone(),
+            weight: self.weight,
+        }
+    }
+}
+
+impl Producer {
+    /// Encodes the parts off the async threads and queues them for sending.
+    async fn run(self, tx: mpsc::Sender<AveragingData>) {
+        let this = Arc::new(self);
+        for k in 0..this.parts.len() {
+            let encoder = Arc::clone(&this);
+            let encoded = tokio::task::spawn_blocking(move || encoder.encode(k)).await;
+            let tensor = match encoded {
+                Ok(Ok(tensor)) => tensor,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot encode a part; ending the stream early");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "encoding task failed; ending the stream early");
+                    return;
+                }
+            };
+            let first = k == 0;
+            let message = AveragingData {
+                code: if first { MessageCode::PartForAveraging as i32 } else { 0 },
+                group_id: if first { this.group_id.clone() } else { Default::default() },
+                endpoint: if first { this.endpoint.clone() } else { String::new() },
+                tensor_part: Some(tensor),
+                metadata: Default::default(),
+                weight: this.weight,
+            };
+            if tx.send(message).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Encodes part `k` straight from the tensor's memory, while the run lasts.
+    fn encode(&self, k: usize) -> Result<WireTensor> {
+        let tensors =
+            self.tensors.upgrade().ok_or_else(|| Error::Cancelled("the all-reduce is over".into()))?;
+        let part = &self.parts[k];
+        let view = tensors[part.tensor].flat_view(part.range.clone())?;
+        let info = self.infos[part.tensor].for_part(part.part_index, part.part_size);
+        self.codec.compress(&view, &info)
+    }
+}
