@@ -107,6 +107,8 @@ pub struct AllReduceRunner {
     pub(super) cancel: CancellationToken,
     /// Group positions of members that left (a goodbye, or `CANCELLED` from their span).
     left: Mutex<std::collections::BTreeSet<usize>>,
+    /// Why this peer could not encode one of its own parts: the run then fails (see `run`).
+    encode_failed: Mutex<Option<Error>>,
 }
 
 impl std::fmt::Debug for AllReduceRunner {
@@ -204,6 +206,7 @@ impl AllReduceRunner {
             opened: Mutex::new(opened),
             cancel: CancellationToken::new(),
             left: Mutex::new(std::collections::BTreeSet::new()),
+            encode_failed: Mutex::new(None),
         }))
     }
 
@@ -304,6 +307,12 @@ impl AllReduceRunner {
         // the same instant: a cancelled run never reports success.
         if self.cancel.is_cancelled() {
             return Err(Error::Cancelled("all-reduce cancelled".into()));
+        }
+        // **\[averager\]** a peer that could not encode a part did not take part in that span:
+        // it reports the codec's error rather than an average it only partly joined (the
+        // others went on without it, see `produce_parts`).
+        if let Some(error) = self.encode_failed.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            return Err(error);
         }
         // **\[averager\]** when every other member left (cancelled after the group formed), nothing
         // was averaged: that is a failed round, which the step may retry with a new group, not a
@@ -473,19 +482,25 @@ impl AllReduceRunner {
         for (k, part) in self.plan.parts_of(j).iter().enumerate() {
             let this = Arc::clone(&self);
             let part = part.clone();
-            let encoded = tokio::task::spawn_blocking(move || this.encode_part(&part)).await;
+            let encoded = tokio::task::spawn_blocking(move || this.encode_part(&part))
+                .await
+                .unwrap_or_else(|e| Err(Error::Internal(format!("encoding task failed: {e}"))));
+            let first = k == 0;
             let tensor = match encoded {
-                Ok(Ok(tensor)) => tensor,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot encode a part; ending the stream early");
-                    return;
-                }
+                Ok(tensor) => tensor,
                 Err(e) => {
-                    tracing::warn!(error = %e, "encoding task failed; ending the stream early");
+                    // **\[averager\]** the reducer must not wait for parts that will never come.
+                    // A stream that ends early tells it (protocol 4.5: "stream ended after k of
+                    // n parts"); before the first part, the stream would carry no group id at
+                    // all, so it opens with this peer's goodbye instead, as when leaving a group.
+                    tracing::warn!(error = %e, "cannot encode a part; leaving this reducer's span");
+                    self.encode_failed.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(e);
+                    if first {
+                        let _ = tx.send(self.goodbye()).await;
+                    }
                     return;
                 }
             };
-            let first = k == 0;
             let message = AveragingData {
                 code: if first { averager_proto::MessageCode::PartForAveraging as i32 } else { 0 },
                 group_id: if first { self.group.group_id.clone() } else { Default::default() },
@@ -501,6 +516,16 @@ impl AllReduceRunner {
             if tx.send(message).await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// The one-message stream by which a member leaves a group (see `AllReduceRunner::serve`).
+    fn goodbye(&self) -> AveragingData {
+        AveragingData {
+            code: averager_proto::MessageCode::Cancelled as i32,
+            group_id: self.group.group_id.clone(),
+            endpoint: self.group.members[self.group.me].endpoint.clone(),
+            ..Default::default()
         }
     }
 
