@@ -109,6 +109,8 @@ pub struct AllReduceRunner {
     left: Mutex<std::collections::BTreeSet<usize>>,
     /// Why this peer could not encode one of its own parts: the run then fails (see `run`).
     encode_failed: Mutex<Option<Error>>,
+    /// How many reply streams this reducer serves that the transport has not read to the end.
+    pub(super) open_replies: Arc<watch::Sender<usize>>,
 }
 
 impl std::fmt::Debug for AllReduceRunner {
@@ -207,6 +209,7 @@ impl AllReduceRunner {
             cancel: CancellationToken::new(),
             left: Mutex::new(std::collections::BTreeSet::new()),
             encode_failed: Mutex::new(None),
+            open_replies: Arc::new(watch::channel(0).0),
         }))
     }
 
@@ -265,7 +268,25 @@ impl AllReduceRunner {
         let outcome = self.run_to_end().await;
         // Nothing of this peer is sent after the run, so the tensors go back to the caller now.
         self.tensors.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if outcome.is_ok() {
+            self.replies_delivered().await;
+        }
         outcome
+    }
+
+    /// **\[averager\]** waits until the transport has read every reply this reducer owes. The
+    /// reduction completes when the last part arrives, but its replies may still be on their way
+    /// out (a delayed sender's are only sent then): a peer whose step returned and that shuts down
+    /// at once would otherwise cut them off, and its groupmates would keep their own values for
+    /// those parts while reporting success. A sender that does not read its replies within
+    /// `sender_timeout` (or [`REPLY_DRAIN_LIMIT`] without one) is not waited for any longer.
+    async fn replies_delivered(&self) {
+        let mut open = self.open_replies.subscribe();
+        let limit = self.settings.sender_timeout.unwrap_or(REPLY_DRAIN_LIMIT);
+        tokio::select! {
+            _ = tokio::time::timeout(limit, open.wait_for(|&n| n == 0)) => {}
+            _ = self.cancel.cancelled() => {}
+        }
     }
 
     /// This peer's tensors while the run lasts.
@@ -537,6 +558,10 @@ impl AllReduceRunner {
         self.codec.compress(&view, &info)
     }
 }
+
+/// How long a finished reducer waits for its senders to read their last replies when no
+/// `sender_timeout` is set (see `AllReduceRunner::run`).
+const REPLY_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -9,7 +9,7 @@ use std::sync::{Arc, PoisonError};
 
 use averager_proto::MessageCode;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::progress::{pending, progress_interval, with_pending};
 use super::runner::AllReduceRunner;
@@ -45,7 +45,11 @@ impl AllReduceRunner {
         let (tx, rx) = mpsc::channel(2);
         let this = Arc::clone(self);
         tokio::spawn(async move { this.serve_sender(first, rest, tx).await });
-        Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (Ok(m), rx)) }))
+        // Counted until read to the end or dropped, so the run can wait for its replies to leave.
+        let open = OpenReply::new(Arc::clone(&self.open_replies));
+        Box::pin(futures::stream::unfold((rx, open), |(mut rx, open)| async move {
+            rx.recv().await.map(|m| (Ok(m), (rx, open)))
+        }))
     }
 
     async fn serve_sender(
@@ -218,5 +222,21 @@ impl AllReduceRunner {
             tensor_part: Some(encoded),
             ..Default::default()
         })
+    }
+}
+
+/// One reply stream that the transport has not read to the end (see `AllReduceRunner::run`).
+struct OpenReply(Arc<watch::Sender<usize>>);
+
+impl OpenReply {
+    fn new(count: Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        OpenReply(count)
+    }
+}
+
+impl Drop for OpenReply {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
