@@ -13,7 +13,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 venv="${AVERAGER_PYTHON_VENV:-$here/.venv}"
 python="${PYTHON:-python3}"
 
-step() { printf '\n== python: %s\n' "$*"; }
+# Each phase's duration is printed when the next one starts (the whole CI has a time budget).
+phase_start=$SECONDS
+step() {
+    [ -z "${phase:-}" ] || printf '   (%s: %d s)\n' "$phase" $((SECONDS - phase_start))
+    phase=$*
+    phase_start=$SECONDS
+    printf '\n== python: %s\n' "$*"
+}
 
 step "format and lint of the native crate"
 cargo fmt --manifest-path Cargo.toml --check
@@ -21,7 +28,9 @@ cargo clippy --manifest-path Cargo.toml --all-targets -- -D warnings
 
 step "virtualenv with maturin, pytest, numpy, msgpack and torch"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check maturin pytest numpy msgpack torch
+# Only what is missing is downloaded: an existing venv costs a few seconds here.
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    maturin pytest numpy msgpack torch
 
 step "pip install ./python (dev profile)"
 # --no-build-isolation: maturin is already in the venv, no per-build download.
@@ -32,8 +41,11 @@ step "pip install ./python (dev profile)"
     --force-reinstall --no-deps ./python)
 
 step "pytest"
+# Serial on purpose: with pytest-xdist (3 workers) the suite took longer (120 s against 79 s, both
+# on the shared, loaded 2-core machine): its peers compute more than they wait.
 status=0
 (cd "$here/tests" && "$venv/bin/python" -m pytest -q -p no:cacheprovider .) || status=$?
+printf '   (%s: %d s)\n' "$phase" $((SECONDS - phase_start))
 if [ "$status" -eq 5 ]; then
     echo "pytest collected no tests" >&2
     exit 1

@@ -27,7 +27,12 @@ pub(crate) struct Shared {
     /// Taken by `get_tensors()` and by every copy between the user's buffers and the averager's
     /// tensors, always before the averager's own tensor lock.
     pub(crate) user_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The user's buffers the averager was built from: every step's buffers must match them.
+    pub(crate) built: Vec<UserBuffer>,
 }
+
+/// The result of a copy into the averager's tensors that runs in the background.
+pub(crate) type CopyIn = tokio::sync::oneshot::Receiver<PyResult<()>>;
 
 impl Shared {
     /// Copies the user's buffers into the averager's tensors under both locks.
@@ -37,11 +42,37 @@ impl Shared {
         buffers::copy_all_in(buffers, &mut tensors)
     }
 
+    /// Starts copying the user's buffers into the averager's tensors on a runtime thread and
+    /// returns once it holds both locks, so a step started next reads the copied values (its
+    /// all-reduce waits for the tensor lock) while the copy overlaps its matchmaking. The copy
+    /// task owns `keepalive`, the Python objects whose memory `buffers` point into.
+    pub(crate) async fn start_copy_in(
+        self: &Arc<Self>,
+        buffers: Vec<UserBuffer>,
+        keepalive: Py<PyAny>,
+    ) -> CopyIn {
+        let (locked_tx, locked) = tokio::sync::oneshot::channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let shared = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let _keepalive = keepalive;
+            let _user = shared.user_lock.lock().await;
+            let mut tensors = shared.averager.tensors().await;
+            let _ = locked_tx.send(());
+            // A memcpy of up to gigabytes: off the worker, so the step's tasks keep running.
+            let copied = tokio::task::block_in_place(|| buffers::copy_all_in(&buffers, &mut tensors));
+            let _ = done_tx.send(copied);
+        });
+        // The task only ends without sending when the runtime shuts down; the step then fails.
+        let _ = locked.await;
+        done
+    }
+
     /// Copies the averager's tensors into the user's buffers under both locks.
     pub(crate) async fn copy_out(&self, buffers: &[UserBuffer]) -> PyResult<()> {
         let _user = self.user_lock.lock().await;
         let mut tensors = self.averager.tensors().await;
-        buffers::copy_all_out(buffers, &mut tensors)
+        tokio::task::block_in_place(|| buffers::copy_all_out(buffers, &mut tensors))
     }
 }
 
@@ -85,7 +116,7 @@ impl NativeAverager {
         let listen: SocketAddr = listen
             .parse()
             .map_err(|e| PyValueError::new_err(format!("listen address {listen:?} is not host:port: {e}")))?;
-        let (_, tensors) = buffers::parse_all(&specs)?;
+        let (built, tensors) = buffers::parse_all(&specs)?;
         let node: Arc<dyn Dht> = dht.node.clone();
         let runtime = Arc::clone(&dht.runtime);
         let provider = provider.map(|p| Arc::new(PyStateProvider::new(p)) as _);
@@ -94,7 +125,8 @@ impl NativeAverager {
             Averager::with_provider(tensors, node, transport, config, provider, Registry::global()).await
         });
         let averager = averager.py_err()?;
-        let shared = Arc::new(Shared { runtime, averager, user_lock: Arc::new(tokio::sync::Mutex::new(())) });
+        let user_lock = Arc::new(tokio::sync::Mutex::new(()));
+        let shared = Arc::new(Shared { runtime, averager, user_lock, built });
         Ok(NativeAverager { shared, held: Mutex::new(None) })
     }
 
@@ -110,8 +142,9 @@ impl NativeAverager {
         format!("{:?}", self.shared.averager.mode()).to_lowercase()
     }
 
-    /// Starts one step; its buffers are re-read now (and again at `allow_allreduce()` when the
-    /// step waits for a trigger), and written when the all-reduce succeeds.
+    /// Starts one step; its buffers are re-read now, while matchmaking begins (and again at
+    /// `allow_allreduce()` when the step waits for a trigger), and written when the all-reduce
+    /// succeeds.
     #[pyo3(signature = (specs, keepalive, gather, scheduled_time, weight, timeout, allow_retries, require_trigger))]
     #[allow(clippy::too_many_arguments)]
     fn step(
@@ -127,6 +160,7 @@ impl NativeAverager {
         require_trigger: bool,
     ) -> PyResult<NativeControl> {
         let buffers = specs.iter().map(UserBuffer::new).collect::<PyResult<Vec<_>>>()?;
+        buffers::check_all_like(&buffers, &self.shared.built)?;
         let mut options =
             StepOptions::default().allow_retries(allow_retries).require_trigger(require_trigger);
         if let Some(bytes) = gather {
@@ -144,14 +178,17 @@ impl NativeAverager {
             options = options.timeout(t);
         }
         let shared = Arc::clone(&self.shared);
-        let started = self.shared.runtime.block_on(py, {
+        let copy_keepalive = keepalive.clone_ref(py);
+        let (copied, started) = self.shared.runtime.block_on(py, {
             let buffers = buffers.clone();
             async move {
-                shared.copy_in(&buffers).await?;
-                shared.averager.step_background(options).await.py_err()
+                let copied = shared.start_copy_in(buffers, copy_keepalive).await;
+                (copied, shared.averager.step_background(options).await)
             }
-        })?;
-        Ok(NativeControl::start(Arc::clone(&self.shared), started, buffers, keepalive))
+        });
+        // A step that did not start still lets the copy finish (it holds its own keepalive).
+        let started = started.py_err()?;
+        Ok(NativeControl::start(Arc::clone(&self.shared), started, copied, buffers, keepalive))
     }
 
     /// Waits for (and takes) the lock `get_tensors()` holds.

@@ -51,6 +51,17 @@ impl UserBuffer {
         Ok(UserBuffer { address: *address, nbytes: *nbytes, dtype })
     }
 
+    /// Whether `self` has the dtype and size of `other` (the buffer a tensor was built from).
+    pub(crate) fn check_like(&self, other: &UserBuffer, index: usize) -> PyResult<()> {
+        if self.dtype != other.dtype || self.nbytes != other.nbytes {
+            return Err(PyValueError::new_err(format!(
+                "tensor {index} changed from {} bytes of {} to {} bytes of {} since the averager was built",
+                other.nbytes, other.dtype, self.nbytes, self.dtype
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks one spec and makes a tensor holding a copy of its contents.
     pub(crate) fn parse(spec: &BufferSpec) -> PyResult<(UserBuffer, Tensor)> {
         let buffer = UserBuffer::new(spec)?;
@@ -67,7 +78,7 @@ impl UserBuffer {
             // buffer and keeps its owner alive while this buffer is in use (module docs); the
             // destination is our own tensor's storage of exactly `nbytes` (checked above).
             let src = unsafe { std::slice::from_raw_parts(self.address as *const u8, self.nbytes) };
-            dst.copy_from_slice(src);
+            copy_bytes(dst, src);
         }
         Ok(())
     }
@@ -79,7 +90,7 @@ impl UserBuffer {
             // SAFETY: as in `copy_into`; the user's buffer is writable (checked in Python) and
             // only written under the averager's tensor lock, which `get_tensors()` also takes.
             let dst = unsafe { std::slice::from_raw_parts_mut(self.address as *mut u8, self.nbytes) };
-            dst.copy_from_slice(src);
+            copy_bytes(dst, src);
         }
         Ok(())
     }
@@ -100,6 +111,28 @@ impl UserBuffer {
     }
 }
 
+/// Buffers from this size on are copied by several threads.
+const PARALLEL_COPY_BYTES: usize = 8 << 20;
+
+/// At most this many threads copy one buffer: memory bandwidth, not cores, is the limit.
+const COPY_THREADS: usize = 4;
+
+/// `dst.copy_from_slice(src)`, split over a few threads for large buffers: one core's `memcpy`
+/// reaches only part of a machine's memory bandwidth, and a step waits for this copy.
+fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(COPY_THREADS);
+    if dst.len() < PARALLEL_COPY_BYTES || threads < 2 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let chunk = dst.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (to, from) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+            scope.spawn(move || to.copy_from_slice(from));
+        }
+    });
+}
+
 /// A floating-point tensor's storage as bytes.
 pub(crate) fn bytes_of(tensor: &mut Tensor) -> PyResult<&mut [u8]> {
     let err = |e: ::averager::Error| PyTypeError::new_err(e.to_string());
@@ -115,6 +148,18 @@ pub(crate) fn bytes_of(tensor: &mut Tensor) -> PyResult<&mut [u8]> {
 /// Parses every spec: the buffers and the averager's initial tensors.
 pub(crate) fn parse_all(specs: &[BufferSpec]) -> PyResult<(Vec<UserBuffer>, Vec<Tensor>)> {
     specs.iter().map(UserBuffer::parse).collect::<PyResult<Vec<_>>>().map(|v| v.into_iter().unzip())
+}
+
+/// Checks that `buffers` match the buffers the averager was built from, one for one.
+pub(crate) fn check_all_like(buffers: &[UserBuffer], built: &[UserBuffer]) -> PyResult<()> {
+    if buffers.len() != built.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} tensors given, the averager holds {}",
+            buffers.len(),
+            built.len()
+        )));
+    }
+    buffers.iter().zip(built).enumerate().try_for_each(|(i, (b, first))| b.check_like(first, i))
 }
 
 /// Re-reads every buffer into the averager's tensors.

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use tokio::sync::watch;
 
-use crate::averager::Shared;
+use crate::averager::{CopyIn, Shared};
 use crate::buffers::UserBuffer;
 
 /// Each member's endpoint and msgpack gather bytes (`None`: it gathered nothing), in group order.
@@ -57,6 +57,7 @@ impl NativeControl {
     pub(crate) fn start(
         shared: Arc<Shared>,
         control: StepControl<Gathered>,
+        copied: CopyIn,
         buffers: Vec<UserBuffer>,
         keepalive: Py<PyAny>,
     ) -> Self {
@@ -67,6 +68,19 @@ impl NativeControl {
         shared.runtime.spawn(async move {
             // Owns the Python objects whose memory `task_buffers` points into until the copy is done.
             let _keepalive = keepalive;
+            // Checked before the step started, so a failed copy is a bug; still, the step must
+            // not average what it did not read.
+            let copy_failed = match copied.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("reading the tensors: {e}")),
+                Err(_) => Some("reading the tensors: the runtime shut down".to_string()),
+            };
+            if let Some(reason) = copy_failed {
+                task_control.cancel();
+                let _ = task_control.result().await;
+                let _ = tx.send(Some(Outcome::Failed(reason)));
+                return;
+            }
             let result = task_control.result().await.and_then(|g| members(&g));
             let outcome = match result {
                 Ok(members) => match task_shared.copy_out(&task_buffers).await {

@@ -29,9 +29,23 @@ fn codec_names() -> Vec<String> {
     ::averager::Registry::global().codecs().into_iter().map(|p| p.name.to_string()).collect()
 }
 
+/// Sends the core's `tracing` events to stderr when `AVERAGER_LOG` holds a filter (`warn`,
+/// `averager=debug`, ...): the Rust side's reasons for a failed or partial round are otherwise
+/// invisible from Python.
+fn init_logging() {
+    let Ok(filter) = std::env::var("AVERAGER_LOG") else { return };
+    let Ok(filter) = tracing_subscriber::EnvFilter::try_new(&filter) else {
+        eprintln!("averager: AVERAGER_LOG={filter:?} is not a tracing filter; logging stays off");
+        return;
+    };
+    // Fails only when another subscriber is already installed, which then keeps logging.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
 /// The module object.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    init_logging();
     m.add_class::<dht::NativeDht>()?;
     m.add_class::<averager::NativeAverager>()?;
     m.add_class::<control::NativeControl>()?;

@@ -91,3 +91,32 @@ def test_dht_basics(swarm):
     with averager.DHT(initial_peers=a.get_visible_maddrs(), host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True) as c:
         assert c.peer_id
     assert averager.get_dht_time() == pytest.approx(__import__("time").time(), abs=5)
+
+
+def test_start_false_then_run_in_background_and_a_scheduled_step(group):
+    arrays = [[np.full(4, float(i), dtype=np.float32)] for i in range(2)]
+    peers = group(arrays, start=False)
+    assert not any(p.is_alive() for p in peers)
+    with pytest.raises(RuntimeError, match="not running"):
+        peers[0].step(timeout=1)
+    for peer in peers:
+        peer.run_in_background()
+    assert all(p.is_alive() for p in peers)
+    when = averager.get_dht_time() + 1.0
+    results = step_all(peers, scheduled_time=when)
+    assert all(r is not None for r in results)
+    for mine in arrays:
+        np.testing.assert_allclose(mine[0], np.full(4, 0.5))
+
+
+def test_a_step_reads_the_tensors_as_they_are_when_it_is_called(group):
+    # The copy into the averager runs while matchmaking begins: values set just before step()
+    # are the ones averaged.
+    arrays = [[np.zeros(1 << 16, dtype=np.float32)] for _ in range(2)]
+    peers = group(arrays)
+    for i, mine in enumerate(arrays):
+        mine[0][:] = 2.0 * i
+    controls = [p.step(wait=False) for p in peers]
+    assert all(c.result(timeout=120) is not None for c in controls)
+    for mine in arrays:
+        np.testing.assert_allclose(mine[0], 1.0)

@@ -65,6 +65,14 @@ pub(crate) struct Sender {
     pub(crate) membership: Arc<Membership>,
 }
 
+/// Why an exchange with one reducer stopped early.
+enum Failure {
+    /// The reducer failed (or left): its remaining parts keep their local values.
+    Reducer(Error),
+    /// This peer could not encode one of its parts.
+    Encode(Error),
+}
+
 /// One member's parts as the producer task that encodes them sees them.
 struct Producer {
     parts: Vec<PlannedPart>,
@@ -88,25 +96,35 @@ impl Sender {
             .map(|j| self.exchange_with(j));
         let mut deltas = Deltas::new(self.plan.parts().len());
         let mut failed_reducers = Vec::new();
+        let mut own_failure = None;
         for (j, received, failure) in join_all(exchanges).await {
             for (index, delta) in received {
                 deltas.set(index, delta)?;
             }
-            if let Some(error) = failure {
-                let endpoint = &self.group.members[j].endpoint;
-                tracing::warn!(reducer = %endpoint, %error, "reducer failed; its remaining parts keep local values");
-                failed_reducers.push(endpoint.clone());
+            match failure {
+                Some(Failure::Reducer(error)) => {
+                    let endpoint = &self.group.members[j].endpoint;
+                    tracing::warn!(reducer = %endpoint, %error, "reducer failed; its remaining parts keep local values");
+                    failed_reducers.push(endpoint.clone());
+                }
+                Some(Failure::Encode(error)) => own_failure = own_failure.or(Some(error)),
+                None => {}
             }
+        }
+        // **\[averager\]** a peer that could not encode one of its parts left that reducer's
+        // span: it reports the codec's error rather than an average it only partly joined.
+        if let Some(error) = own_failure {
+            return Err(error);
         }
         Ok(Sent { deltas, failed_reducers })
     }
 
     /// Sends this peer's parts of member `j`'s span and collects the deltas: `(plan index, delta)`
     /// pairs, and why the exchange stopped early, if it did.
-    async fn exchange_with(&self, j: usize) -> (usize, Vec<(usize, TensorData)>, Option<Error>) {
+    async fn exchange_with(&self, j: usize) -> (usize, Vec<(usize, TensorData)>, Option<Failure>) {
         let mut received = Vec::new();
         let outcome = if j == self.group.me {
-            self.reduce_own_parts(&mut received).await
+            self.reduce_own_parts(&mut received).await.map_err(Failure::Reducer)
         } else {
             self.exchange_with_remote(j, &mut received).await
         };
@@ -131,7 +149,28 @@ impl Sender {
 
     /// Streams this peer's parts of member `j`'s span to it and reads back one delta per part
     /// (protocol 4.4 "another peer").
-    async fn exchange_with_remote(&self, j: usize, received: &mut Vec<(usize, TensorData)>) -> Result<()> {
+    async fn exchange_with_remote(
+        &self,
+        j: usize,
+        received: &mut Vec<(usize, TensorData)>,
+    ) -> std::result::Result<(), Failure> {
+        let (encoded_tx, mut encoded) = tokio::sync::oneshot::channel();
+        let outcome = self.stream_to(j, received, encoded_tx).await;
+        // An exchange that ended because this peer could not encode a part is this peer's
+        // failure, not the reducer's.
+        if let Ok(error) = encoded.try_recv() {
+            return Err(Failure::Encode(error));
+        }
+        outcome.map_err(Failure::Reducer)
+    }
+
+    /// The stream of [`Self::exchange_with_remote`]; an encoding failure goes to `encoded`.
+    async fn stream_to(
+        &self,
+        j: usize,
+        received: &mut Vec<(usize, TensorData)>,
+        encoded: tokio::sync::oneshot::Sender<Error>,
+    ) -> Result<()> {
         let parts = self.plan.parts_of(j);
         let first = self.plan.first_index_of(j);
         // A reducer that cannot even be dialed is as silent as one that stopped replying: without
@@ -142,7 +181,7 @@ impl Sender {
         let client = with_timeout(self.reducer_timeout, dial, "dialing a reducer").await??;
         // Capacity 1 plus the part being encoded: one part of prefetch (protocol 9).
         let (tx, rx) = mpsc::channel(1);
-        let mut producer = AbortOnDrop(tokio::spawn(self.producer(parts).run(tx)));
+        let mut producer = AbortOnDrop(tokio::spawn(self.producer(parts).run(tx, encoded)));
         // How many parts the transport has taken: the reply to a part cannot come before it.
         let (taken_tx, mut taken) = watch::channel(0usize);
         let requests = futures::stream::unfold((rx, taken_tx), |(mut rx, taken_tx)| async move {
@@ -243,24 +282,31 @@ impl Sender {
 }
 
 impl Producer {
-    /// Encodes the parts off the async threads and queues them for sending.
-    async fn run(self, tx: mpsc::Sender<AveragingData>) {
+    /// Encodes the parts off the async threads and queues them for sending; why encoding failed
+    /// goes to `failed`.
+    async fn run(self, tx: mpsc::Sender<AveragingData>, failed: tokio::sync::oneshot::Sender<Error>) {
         let this = Arc::new(self);
         for k in 0..this.parts.len() {
             let encoder = Arc::clone(&this);
-            let encoded = tokio::task::spawn_blocking(move || encoder.encode(k)).await;
+            let encoded = tokio::task::spawn_blocking(move || encoder.encode(k))
+                .await
+                .unwrap_or_else(|e| Err(Error::Internal(format!("encoding task failed: {e}"))));
+            let first = k == 0;
             let tensor = match encoded {
-                Ok(Ok(tensor)) => tensor,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot encode a part; ending the stream early");
-                    return;
-                }
+                Ok(tensor) => tensor,
                 Err(e) => {
-                    tracing::warn!(error = %e, "encoding task failed; ending the stream early");
+                    // **\[averager\]** the reducer must not wait for parts that will never come:
+                    // a stream that ends early tells it (protocol 4.5), and before the first part
+                    // (which names the group) the stream opens with this peer's goodbye instead,
+                    // as when leaving a group.
+                    tracing::warn!(error = %e, "cannot encode a part; leaving this reducer's span");
+                    let _ = failed.send(e);
+                    if first {
+                        let _ = tx.send(this.goodbye()).await;
+                    }
                     return;
                 }
             };
-            let first = k == 0;
             let message = AveragingData {
                 code: if first { MessageCode::PartForAveraging as i32 } else { 0 },
                 group_id: if first { this.group_id.clone() } else { Default::default() },
@@ -272,6 +318,16 @@ impl Producer {
             if tx.send(message).await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// The one-message stream by which a member leaves a group (protocol 4.5).
+    fn goodbye(&self) -> AveragingData {
+        AveragingData {
+            code: MessageCode::Cancelled as i32,
+            group_id: self.group_id.clone(),
+            endpoint: self.endpoint.clone(),
+            ..Default::default()
         }
     }
 
