@@ -19,14 +19,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 
-use crate::error::Result;
-use crate::transport::{
-    AveragingClient, AveragingData, AveragingService, DownloadData, DownloadRequest, JoinRequest,
-    MessageFromLeader, MessageStream, RequestStream, ServerHandle, Transport, TransportCapabilities,
-};
+use crate::transport::{AveragingData, RequestStream};
 
 /// Weight of the newest sample in the moving average: half, so the estimate follows a changed
 /// link within a few rounds without jumping at every noisy one.
@@ -102,52 +97,14 @@ impl BandwidthEstimator {
     }
 }
 
-/// A transport whose `rpc_aggregate_part` calls are metered into a [`RoundMeter`]; everything
-/// else goes to the wrapped transport unchanged.
-pub(crate) struct MeteredTransport {
-    inner: Arc<dyn Transport>,
-    meter: Arc<RoundMeter>,
-}
-
-impl MeteredTransport {
-    /// Wraps `inner` for one all-reduce.
-    pub(crate) fn new(inner: Arc<dyn Transport>, meter: Arc<RoundMeter>) -> Self {
-        MeteredTransport { inner, meter }
-    }
-}
-
-#[async_trait]
-impl Transport for MeteredTransport {
-    fn scheme(&self) -> &str {
-        self.inner.scheme()
-    }
-
-    fn capabilities(&self) -> TransportCapabilities {
-        self.inner.capabilities()
-    }
-
-    async fn serve(&self, service: Arc<dyn AveragingService>) -> Result<ServerHandle> {
-        self.inner.serve(service).await
-    }
-
-    async fn connect(&self, endpoint: &str) -> Result<Arc<dyn AveragingClient>> {
-        let inner = self.inner.connect(endpoint).await?;
-        Ok(Arc::new(MeteredClient { inner, meter: Arc::clone(&self.meter) }))
-    }
-}
-
-struct MeteredClient {
-    inner: Arc<dyn AveragingClient>,
-    meter: Arc<RoundMeter>,
-}
-
 fn tensor_bytes(message: &AveragingData) -> u64 {
     message.tensor_part.as_ref().map_or(0, |t| t.buffer.len() as u64)
 }
 
-/// Counts a request stream's tensor bytes and records them with the time the transport took to
+/// Counts a request stream's tensor bytes (for the transport that counts a round's traffic,
+/// `telemetry.rs`) and records them with the time the transport took to
 /// take them all, when the last one is taken.
-fn metered_requests(
+pub(crate) fn metered_requests(
     requests: RequestStream<AveragingData>,
     meter: Arc<RoundMeter>,
 ) -> impl Stream<Item = AveragingData> + Send + 'static {
@@ -164,25 +121,6 @@ fn metered_requests(
             }
         }
     })
-}
-
-#[async_trait]
-impl AveragingClient for MeteredClient {
-    async fn rpc_join_group(&self, request: JoinRequest) -> Result<MessageStream<MessageFromLeader>> {
-        self.inner.rpc_join_group(request).await
-    }
-
-    async fn rpc_aggregate_part(
-        &self,
-        requests: RequestStream<AveragingData>,
-    ) -> Result<MessageStream<AveragingData>> {
-        let requests = metered_requests(requests, Arc::clone(&self.meter));
-        self.inner.rpc_aggregate_part(Box::pin(requests)).await
-    }
-
-    async fn rpc_download_state(&self, request: DownloadRequest) -> Result<MessageStream<DownloadData>> {
-        self.inner.rpc_download_state(request).await
-    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use super::bandwidth::{MeteredTransport, RoundMeter};
+use super::bandwidth::RoundMeter;
 use super::gathered::Gathered;
 use super::report::StepReport;
 use super::step_control::{Stage, StepControl};
@@ -24,7 +24,7 @@ use crate::error::{Error, Operation, Result};
 use crate::matchmaking::{FormedGroup, GatherPayload, PeerMode, SearchRequest};
 use crate::tensor::Tensor;
 use crate::time::{dht_now, with_timeout};
-use crate::transport::{AveragingData, Transport};
+use crate::transport::AveragingData;
 
 impl Inner {
     /// Runs a step to its end and reports through its control (protocol 8.1 round loop).
@@ -256,18 +256,15 @@ impl Inner {
         };
         // [averager] without a configured bandwidth, this all-reduce's streams are measured.
         let meter = self.config.bandwidth.is_none().then(|| Arc::new(RoundMeter::default()));
-        let transport: Arc<dyn Transport> = match &meter {
-            Some(meter) => Arc::new(MeteredTransport::new(Arc::clone(&self.transport), Arc::clone(meter))),
-            None => Arc::clone(&self.transport),
-        };
         let round = AllReduceRound::new(AllReduceInputs {
             group,
             tensors: Arc::clone(&tensors),
             infos: self.infos.clone(),
             codec: Arc::clone(&self.codec),
             reducer: Arc::clone(&self.reducer),
-            // Counted for the step report outside the bandwidth meter, so both see every part.
-            transport: Arc::new(CountingTransport::new(transport, Arc::clone(tally))),
+            transport: Arc::new(
+                CountingTransport::new(Arc::clone(&self.transport), Arc::clone(tally)).metered(meter.clone()),
+            ),
             registry: self.registry,
             settings,
         });

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use super::bandwidth::{RoundMeter, metered_requests};
 use crate::error::Result;
 use crate::transport::{
     AveragingClient, AveragingData, AveragingService, DownloadData, DownloadRequest, JoinRequest,
@@ -160,15 +161,23 @@ impl Drop for Served {
 }
 
 /// A transport that counts the part and state messages its clients send and receive into a
-/// [`Tally`]; joins are not counted (matchmaking's few bytes are not the data path).
+/// [`Tally`], and, given a [`RoundMeter`], times its part streams for the bandwidth estimate;
+/// joins are not counted (matchmaking's few bytes are not the data path).
 pub(super) struct CountingTransport {
     inner: Arc<dyn Transport>,
     traffic: Arc<Tally>,
+    meter: Option<Arc<RoundMeter>>,
 }
 
 impl CountingTransport {
     pub(super) fn new(inner: Arc<dyn Transport>, traffic: Arc<Tally>) -> Self {
-        CountingTransport { inner, traffic }
+        CountingTransport { inner, traffic, meter: None }
+    }
+
+    /// Also times the part streams into `meter`.
+    pub(super) fn metered(mut self, meter: Option<Arc<RoundMeter>>) -> Self {
+        self.meter = meter;
+        self
     }
 }
 
@@ -190,13 +199,14 @@ impl Transport for CountingTransport {
         *self.traffic.last_dialled.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(endpoint.to_string());
         let inner = self.inner.connect(endpoint).await?;
-        Ok(Arc::new(CountingClient { inner, traffic: Arc::clone(&self.traffic) }))
+        Ok(Arc::new(CountingClient { inner, traffic: Arc::clone(&self.traffic), meter: self.meter.clone() }))
     }
 }
 
 struct CountingClient {
     inner: Arc<dyn AveragingClient>,
     traffic: Arc<Tally>,
+    meter: Option<Arc<RoundMeter>>,
 }
 
 #[async_trait]
@@ -210,7 +220,11 @@ impl AveragingClient for CountingClient {
         requests: RequestStream<AveragingData>,
     ) -> Result<MessageStream<AveragingData>> {
         let traffic = Arc::clone(&self.traffic);
-        let requests = Box::pin(requests.inspect(move |message| traffic.add_sent(message)));
+        let mut requests: RequestStream<AveragingData> =
+            Box::pin(requests.inspect(move |message| traffic.add_sent(message)));
+        if let Some(meter) = &self.meter {
+            requests = Box::pin(metered_requests(requests, Arc::clone(meter)));
+        }
         let replies = self.inner.rpc_aggregate_part(requests).await?;
         let traffic = Arc::clone(&self.traffic);
         Ok(Box::pin(replies.inspect(move |item| {
