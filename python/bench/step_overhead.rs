@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use averager::kad::{KadDht, KadSettings};
 use averager::grpc::GrpcTransport;
+use averager::kad::{KadDht, KadSettings};
 use averager::{Averager, AveragerConfig, Dht, StepOptions, Tensor, Transport};
 
 fn arg(name: &str, default: usize) -> usize {
