@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::Result;
 use crate::backends::{DhtKind, Dhts};
 use crate::cli::BenchArgs;
-use crate::processes::{Worker, launch, stop, worker_command};
-use crate::swarm::{PeerRound, RoundStats};
+use crate::processes::{Worker, launch, peer_round, stop, worker_command};
+use crate::swarm::RoundStats;
 
 /// How long a worker may take to start (generate its tensor, bootstrap, serve).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -91,19 +91,6 @@ impl ProcessPeers {
     pub(crate) async fn shutdown(self) {
         stop(self.workers).await;
         self.dhts.shutdown().await;
-    }
-}
-
-/// A worker's round report as a [`PeerRound`].
-fn peer_round(report: &serde_json::Value) -> PeerRound {
-    let seconds = |key: &str| report[key].as_f64().map(Duration::from_secs_f64);
-    PeerRound {
-        matchmaking: seconds("matchmaking_s"),
-        allreduce: seconds("allreduce_s"),
-        group: report["group"]
-            .as_array()
-            .map(|members| members.iter().filter_map(|m| m.as_str().map(str::to_string)).collect()),
-        error: report["error"].as_str().map(str::to_string),
     }
 }
 

@@ -192,7 +192,7 @@ async fn rounds(plan: &DemoPlan, workers: &mut [Worker], started: Instant) -> Re
 }
 
 /// A worker's round report as a [`PeerRound`].
-fn peer_round(report: &Value) -> PeerRound {
+pub(crate) fn peer_round(report: &Value) -> PeerRound {
     let seconds = |key: &str| report[key].as_f64().map(Duration::from_secs_f64);
     PeerRound {
         matchmaking: seconds("matchmaking_s"),
