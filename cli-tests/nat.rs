@@ -70,7 +70,8 @@ impl Node {
             .arg(binary)
             .arg("node")
             .args(args)
-            .env("RUST_LOG", "warn,averager_dht=info")
+            // AVERAGER_NAT_LOG replaces the filter when a failure needs libp2p's own logs.
+            .env("RUST_LOG", std::env::var("AVERAGER_NAT_LOG").unwrap_or("warn,averager_dht=info".into()))
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

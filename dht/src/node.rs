@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use averager_core::{Error, Result};
 use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -171,8 +172,9 @@ impl Libp2pNode {
     }
 
     /// Opens a substream to `peer` on `protocol`. Without a connection, dials the peer at
-    /// `addresses` and the addresses the node knows (identify, the routing table); when it knows
-    /// none, looks the peer up in the DHT first. Callers bound the wait.
+    /// `addresses` and the addresses the node knows (identify, the routing table); then at the
+    /// addresses a DHT lookup finds; then through this node's relays (see [`Libp2pNode::connect`]).
+    /// Callers bound the wait.
     ///
     /// # Errors
     /// An [`OpenError`] saying which step failed.
@@ -182,24 +184,16 @@ impl Libp2pNode {
         protocol: StreamProtocol,
         addresses: Vec<Multiaddr>,
     ) -> std::result::Result<Stream, OpenError> {
-        match self.streams.open(peer, protocol.clone(), addresses.clone()).await {
-            Err(OpenError::NoAddresses(_)) => {
-                let found = self.find_peer(peer).await;
-                if found.is_empty() {
-                    return Err(OpenError::NoAddresses(peer));
-                }
-                self.streams.open(peer, protocol, found).await
-            }
-            Err(failed @ OpenError::Dial { .. }) => match self.fresh_addresses(peer, &addresses).await {
-                Some(found) => self.streams.open(peer, protocol, found).await,
-                None => Err(failed),
-            },
-            other => other,
-        }
+        self.reach(peer, addresses, |addrs| self.streams.open(peer, protocol.clone(), addrs)).await
     }
 
     /// Makes sure a connection to `peer` exists, dialling it as [`Libp2pNode::open_stream`] would.
-    /// Callers bound the wait.
+    ///
+    /// The last resort, dialling through this node's relays, reaches a peer behind a NAT that
+    /// holds a reservation on the same relay even when nothing has told this node its relayed
+    /// address: Kademlia first hears of such a peer with its private addresses, fails to dial
+    /// them, and forgets it, and a lookup lists only peers it could contact. Callers bound the
+    /// wait.
     ///
     /// # Errors
     /// An [`OpenError`] saying which step failed.
@@ -208,28 +202,39 @@ impl Libp2pNode {
         peer: PeerId,
         addresses: Vec<Multiaddr>,
     ) -> std::result::Result<(), OpenError> {
-        match self.streams.connect(peer, addresses.clone()).await {
-            Err(OpenError::NoAddresses(_)) => {
-                let found = self.find_peer(peer).await;
-                if found.is_empty() {
-                    return Err(OpenError::NoAddresses(peer));
-                }
-                self.streams.connect(peer, found).await
-            }
-            Err(failed @ OpenError::Dial { .. }) => match self.fresh_addresses(peer, &addresses).await {
-                Some(found) => self.streams.connect(peer, found).await,
-                None => Err(failed),
-            },
-            other => other,
-        }
+        self.reach(peer, addresses, |addrs| self.streams.connect(peer, addrs)).await
     }
 
-    /// After a failed dial: the addresses a lookup finds now, when it finds any beyond `tried`.
-    /// A peer behind a NAT is first heard of with its private addresses only; its relayed
-    /// address reaches the others a moment later.
-    async fn fresh_addresses(&self, peer: PeerId, tried: &[Multiaddr]) -> Option<Vec<Multiaddr>> {
+    /// Runs `attempt` with `addresses`; when it cannot dial, again with the addresses a lookup
+    /// finds (if it finds new ones), then with circuit addresses through this node's relays.
+    async fn reach<T, F, Fut>(
+        &self,
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+        attempt: F,
+    ) -> std::result::Result<T, OpenError>
+    where
+        F: Fn(Vec<Multiaddr>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, OpenError>>,
+    {
+        let mut failed = match attempt(addresses.clone()).await {
+            Err(e) if e.is_dial_failure() => e,
+            done => return done,
+        };
         let found = self.find_peer(peer).await;
-        found.iter().any(|addr| !tried.contains(addr)).then_some(found)
+        tracing::debug!(%peer, tried = ?addresses, ?found, error = %failed, "a dial failed; a lookup found");
+        if found.iter().any(|addr| !addresses.contains(addr)) {
+            match attempt(found).await {
+                Err(e) if e.is_dial_failure() => failed = e,
+                done => return done,
+            }
+        }
+        let relayed = circuits_to(peer, &self.settings.relays);
+        if relayed.is_empty() {
+            return Err(failed);
+        }
+        tracing::debug!(%peer, ?relayed, error = %failed, "dialling the peer through this node's relays");
+        attempt(relayed).await
     }
 
     /// The addresses of `peer` a Kademlia lookup finds (empty when it finds none, or the node
@@ -286,6 +291,16 @@ impl Drop for Libp2pNode {
     }
 }
 
+/// `<relay>/p2p-circuit/p2p/<peer>` for each relay (given as `.../p2p/<relay id>`) but the peer
+/// itself.
+fn circuits_to(peer: PeerId, relays: &[Multiaddr]) -> Vec<Multiaddr> {
+    relays
+        .iter()
+        .filter(|relay| !matches!(relay.iter().last(), Some(Protocol::P2p(id)) if id == peer))
+        .map(|relay| relay.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer)))
+        .collect()
+}
+
 fn store_limits(settings: &KadSettings) -> StoreLimits {
     StoreLimits {
         record: RecordLimits {
@@ -295,5 +310,24 @@ fn store_limits(settings: &KadSettings) -> StoreLimits {
         },
         max_records: settings.max_records,
         max_records_per_peer: settings.max_records_per_peer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn circuits_go_through_every_relay_but_the_peer_itself() {
+        let (peer, relay) = (PeerId::random(), PeerId::random());
+        let relays: Vec<Multiaddr> = vec![
+            format!("/ip4/10.0.0.1/tcp/4001/p2p/{relay}").parse().unwrap(),
+            format!("/ip4/10.0.0.2/tcp/4001/p2p/{peer}").parse().unwrap(),
+        ];
+        let circuits = circuits_to(peer, &relays);
+        let expected: Multiaddr =
+            format!("/ip4/10.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{peer}").parse().unwrap();
+        assert_eq!(circuits, vec![expected]);
+        assert!(circuits_to(peer, &[]).is_empty());
     }
 }

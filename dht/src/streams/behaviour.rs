@@ -138,6 +138,12 @@ impl NetworkBehaviour for StreamBehaviour {
                     // Another dial to the peer is under way; its outcome settles the opens.
                     DialError::DialPeerConditionFalse(_) => return,
                     DialError::NoAddresses => OpenError::NoAddresses(peer),
+                    // Its Display says only "Dial error"; the cause says which behaviour refused.
+                    DialError::Denied { cause } => {
+                        let why =
+                            std::error::Error::source(&cause).map_or(cause.to_string(), |c| c.to_string());
+                        OpenError::Dial { peer, reason: format!("refused: {why}") }
+                    }
                     other => OpenError::Dial { peer, reason: other.to_string() },
                 };
                 self.fail_waiting(peer, &error);

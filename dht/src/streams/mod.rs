@@ -60,6 +60,13 @@ pub enum OpenError {
     Stopped,
 }
 
+impl OpenError {
+    /// Whether no connection to the peer could be made (so other addresses may do better).
+    pub fn is_dial_failure(&self) -> bool {
+        matches!(self, OpenError::NoAddresses(_) | OpenError::Dial { .. })
+    }
+}
+
 /// What a [`Streams`] handle asks of a peer.
 pub(crate) enum Want {
     /// A substream on a protocol.
