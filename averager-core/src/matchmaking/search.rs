@@ -301,10 +301,17 @@ impl Matchmaker {
         };
         self.paused.send_replace(false);
         self.bump();
-        if let Some(key) = key
-            && let Err(e) = undeclare(self.dht.as_ref(), &key, &self.config.endpoint, expiration).await
-        {
-            tracing::warn!(error = %e, key, "cannot withdraw the declaration; it expires on its own");
+        // Bounded by one request timeout: the entry expires on its own, and a Kademlia store may
+        // take its whole query timeout (10 s), longer than a shutdown waits for running steps.
+        if let Some(key) = key {
+            let withdraw = undeclare(self.dht.as_ref(), &key, &self.config.endpoint, expiration);
+            match tokio::time::timeout(self.config.request_timeout, withdraw).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, key, "cannot withdraw the declaration; it expires on its own")
+                }
+                Err(_) => tracing::warn!(key, "withdrawing the declaration timed out; it expires on its own"),
+            }
         }
     }
 }
