@@ -221,9 +221,13 @@ fn scenario(nat: &str) -> bool {
     public_args[at] = "/ip4/0.0.0.0/tcp/4001".into();
     let mut public = Node::start(&namespaces, "pub", "public", &public_args);
     public.until(LIMIT, "ready", |l| l == "ready");
-    // Built from the fixed port: `dht address` lines list the interfaces found so far only.
-    let relay_id = public.lines_starting("peer id ").pop().expect("the public node's peer id");
-    let toward = |net: &str| format!("/ip4/{net}/tcp/4001/p2p/{relay_id}");
+    // Listening on 0.0.0.0, it prints an address per interface as it finds them, some maybe
+    // after `ready`: each home reaches it on its own side.
+    let mut toward = |net: &str| {
+        let wanted = format!("dht address /ip4/{net}/tcp/4001/p2p/");
+        let line = public.until(LIMIT, &format!("its address on {net}"), |l| l.starts_with(&wanted));
+        line.trim_start_matches("dht address ").to_string()
+    };
     let (for_a, for_b) = (toward("172.31.1.1"), toward("172.31.2.1"));
 
     let natted = |ns: &str, name: &'static str, i: usize, relay: &str| {

@@ -3,7 +3,7 @@
 //! followed by a write (a store's merge) cannot interleave with anything.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use averager_core::dht::{DhtDictionary, DhtEntry};
@@ -44,7 +44,7 @@ pub(crate) enum Command {
 #[derive(Debug)]
 pub(crate) struct Shared {
     /// The addresses the node listens on, without `/p2p`.
-    pub(crate) listen_addrs: Mutex<Vec<Multiaddr>>,
+    pub(crate) listen_addrs: watch::Sender<Vec<Multiaddr>>,
     /// How many peers the routing table holds.
     pub(crate) peers: watch::Sender<usize>,
     /// What the node knows of its own reachability.
@@ -54,18 +54,18 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new() -> Self {
         Shared {
-            listen_addrs: Mutex::new(Vec::new()),
+            listen_addrs: watch::Sender::new(Vec::new()),
             peers: watch::Sender::new(0),
             nat: watch::Sender::new(NatReport::default()),
         }
     }
 
     pub(crate) fn listen_addrs(&self) -> Vec<Multiaddr> {
-        self.listen_addrs.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.listen_addrs.borrow().clone()
     }
 
     fn edit_listen_addrs(&self, edit: impl FnOnce(&mut Vec<Multiaddr>)) {
-        edit(&mut self.listen_addrs.lock().unwrap_or_else(PoisonError::into_inner));
+        self.listen_addrs.send_modify(edit);
     }
 }
 

@@ -134,6 +134,14 @@ impl Libp2pNode {
             .collect()
     }
 
+    /// Follows [`Libp2pNode::listen_addrs`] (without the `/p2p` suffix): the receiver sees every
+    /// change until the node stops. A node listening on an unspecified address (`0.0.0.0`)
+    /// learns its interfaces' addresses one by one, some after [`Libp2pNode::start`] returns, and
+    /// relayed addresses come when a relay grants a reservation.
+    pub fn watch_listen_addrs(&self) -> watch::Receiver<Vec<Multiaddr>> {
+        self.shared.listen_addrs.subscribe()
+    }
+
     /// How many peers the Kademlia routing table holds now.
     pub fn known_peers(&self) -> usize {
         *self.shared.peers.borrow()

@@ -214,6 +214,22 @@ impl Dhts {
         }
     }
 
+    /// Prints a `dht address` line for each address of the first Kademlia node not printed yet.
+    pub(crate) fn print_new_addrs(&self) {
+        if let Dhts::Kad(nodes) = self {
+            nodes.print_new_addrs();
+        }
+    }
+
+    /// Prints `dht address` lines as the first Kademlia node learns more of its addresses
+    /// (see `KadNodes::print_addrs_as_found`), until the returned task is aborted.
+    pub(crate) fn print_addrs_as_found(&self) -> Option<tokio::task::JoinHandle<()>> {
+        match self {
+            Dhts::Memory(_) => None,
+            Dhts::Kad(nodes) => nodes.print_addrs_as_found(),
+        }
+    }
+
     /// The libp2p peer id of the first Kademlia node (none for the in-process table).
     pub(crate) fn peer_id(&self) -> Option<String> {
         match self {

@@ -2,7 +2,8 @@
 //! loopback, and every node after the first joins through the first, or through the
 //! `--bootstrap` addresses when there are any.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use averager::Dht;
 use averager::kad::{KadDht, KadSettings, Keypair, Libp2pNode, Multiaddr, Reachability};
@@ -26,6 +27,8 @@ pub(crate) struct KadNodes {
     /// Relays every node started listens through, and external addresses of the next node.
     relays: Vec<Multiaddr>,
     external_addrs: Vec<Multiaddr>,
+    /// The first node's addresses printed so far (`dht address` lines), so each is printed once.
+    printed: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl KadNodes {
@@ -41,6 +44,7 @@ impl KadNodes {
             identity: None,
             relays: Vec::new(),
             external_addrs: Vec::new(),
+            printed: Arc::default(),
         })
     }
 
@@ -89,6 +93,28 @@ impl KadNodes {
         self.external_addrs =
             external_addrs.iter().map(|a| parse(a, "--external-addr")).collect::<Result<_>>()?;
         Ok(())
+    }
+
+    /// Prints `dht address <multiaddr>` on stdout for each address of the first node not
+    /// printed yet.
+    pub(crate) fn print_new_addrs(&self) {
+        if let Some(first) = self.nodes.first() {
+            say_new_addrs(first.node(), &self.printed);
+        }
+    }
+
+    /// Prints `dht address` lines for the first node's addresses as it learns them (an
+    /// unspecified listen address reports its interfaces one by one, a relay's circuit address
+    /// comes with the reservation), until the returned task is aborted.
+    pub(crate) fn print_addrs_as_found(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let node = Arc::clone(self.nodes.first()?.node());
+        let printed = Arc::clone(&self.printed);
+        let mut addrs = node.watch_listen_addrs();
+        Some(tokio::spawn(async move {
+            while addrs.changed().await.is_ok() {
+                say_new_addrs(&node, &printed);
+            }
+        }))
     }
 
     /// Prints a line on stdout each time the first node's reachability changes
@@ -144,4 +170,16 @@ impl KadNodes {
 
 fn parse(text: &str, what: &str) -> Result<Multiaddr> {
     text.parse().map_err(|e| Failure::new(format!("{what} {text:?} is not a multiaddr: {e}")))
+}
+
+/// Prints the addresses of `node` that are not in `printed`, and adds them.
+fn say_new_addrs(node: &Libp2pNode, printed: &Mutex<BTreeSet<String>>) {
+    // Held while printing, so two callers cannot print one address twice.
+    let mut printed = printed.lock().unwrap_or_else(PoisonError::into_inner);
+    for addr in node.listen_addrs().iter().map(ToString::to_string) {
+        if !printed.contains(&addr) {
+            crate::out!("dht address {addr}");
+            printed.insert(addr);
+        }
+    }
 }

@@ -49,6 +49,14 @@ impl KadNodes {
         None
     }
 
+    /// Nothing to report.
+    pub(crate) fn print_addrs_as_found(&self) -> Option<tokio::task::JoinHandle<()>> {
+        None
+    }
+
+    /// No addresses.
+    pub(crate) fn print_new_addrs(&self) {}
+
     /// No peer id.
     pub(crate) fn peer_id(&self) -> Option<String> {
         None

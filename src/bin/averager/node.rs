@@ -5,7 +5,9 @@
 //! stdout carries the lines other programs need, each once: `peer id <peer id>` (the Kademlia
 //! node's libp2p identity, kept across restarts with `--identity FILE`), `averaging endpoint
 //! <endpoint>` (`libp2p://<peer id>` with `--transport libp2p`, which serves on the DHT node's
-//! own port), `dht address <multiaddr>` per address (bootstrap other peers from any of them),
+//! own port), `dht address <multiaddr>` per address (bootstrap other peers from any of them; a node
+//! listening on `0.0.0.0` prints those of interfaces found after `ready` when it finds them, and a
+//! relayed address when the relay grants it),
 //! `metrics address <addr>` with `--metrics`, `ready`, and `stopped`; after each successful step,
 //! `averaged step <n> group <size>`. With the Kademlia DHT it also prints `reachability <how>`
 //! (`direct`, `hole-punched`, `relayed` or `private`) each time that changes, and `hole punched
@@ -67,9 +69,9 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
-    let reachability = dhts.print_reachability();
+    let watchers = [dhts.print_reachability(), dhts.print_addrs_as_found()];
     let outcome = serve(&args, config, tensors, transport, dht, &dhts, every).await;
-    if let Some(task) = reachability {
+    for task in watchers.into_iter().flatten() {
         task.abort();
     }
     dhts.shutdown().await;
@@ -131,9 +133,7 @@ async fn serve(
     let averager = Averager::new(tensors, dht, transport, config).await?;
     averager.set_allow_state_sharing(true)?;
     say(&format!("averaging endpoint {}", averager.endpoint()));
-    for addr in dhts.bootstrap_addrs() {
-        say(&format!("dht address {addr}"));
-    }
+    dhts.print_new_addrs();
     let metrics = Metrics::new();
     let exporter = match args.metrics {
         Some(addr) => {
