@@ -9,7 +9,7 @@ use super::network::{NetworkFactory, PeerSetup, Peers, STEP_WAIT, f32s, values};
 use crate::{Failure, Outcome, ensure};
 
 /// How long a step may take to reach a stage before the case fails (protocol 10.2 scenario 12 asks for at least 5 s).
-const STAGE_WAIT: Duration = Duration::from_secs(10);
+const STAGE_WAIT: Duration = Duration::from_secs(60);
 
 /// Waits until `control` has reached `stage`, or fails naming the peer and the stage it is in.
 async fn reach<T: Clone + Send + Sync + 'static>(
@@ -35,17 +35,20 @@ pub async fn averaging_trigger(factory: &impl NetworkFactory) -> Outcome {
         let config = AveragerConfig {
             prefix: "mygroup".into(),
             target_group_size: Some(4),
-            min_matchmaking_time: Duration::from_millis(500),
-            request_timeout: Duration::from_millis(300),
+            // hivemind's test uses 0.5 s and 0.3 s; four times as much, so that a test binary
+            // running many swarms on two busy cores still forms the group of four in time.
+            min_matchmaking_time: Duration::from_secs(2),
+            request_timeout: Duration::from_millis(1200),
+            min_group_size: 4,
             client_mode: Some(false),
             ..AveragerConfig::default()
         };
         setups.push(PeerSetup::new(vec![f32s(&[4], [i as f32; 4])?], config));
     }
     let swarm = Peers::start(factory, setups).await?;
-    // The 0.3 s request_timeout assumes connected peers, as in hivemind (see `connect_all`).
+    // The short request_timeout assumes connected peers, as in hivemind (see `connect_all`).
     swarm.connect_all().await?;
-    let scheduled = dht_now() + 0.5;
+    let scheduled = dht_now() + 2.0;
     let triggered = |i: usize| i == 1 || i == 2;
     let mut controls = Vec::new();
     for (i, peer) in swarm.peers.iter().enumerate() {
