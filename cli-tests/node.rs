@@ -13,7 +13,8 @@ fn two_nodes_average_and_sigint_stops_a_node_cleanly() {
     let dir = std::env::temp_dir().join(format!("averager-cli-node-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let prefix = format!("node-test-{}", std::process::id());
-    let common = ["--every", "1", "--group-size", "2", "--prefix", prefix.as_str()];
+    // gRPC, named: libp2p (the default) has a test of its own below.
+    let common = ["--every", "1", "--group-size", "2", "--prefix", prefix.as_str(), "--transport", "grpc"];
 
     // Node A: random values in [-1, 1), runs until SIGINT.
     let mut a = averager()

@@ -184,10 +184,12 @@ pub(crate) struct BenchArgs {
 /// Flags of `averager node`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct NodeArgs {
-    /// Address the averaging transport serves on (port 0: any free port).
+    /// Address a grpc or quic averaging transport serves on (port 0: any free port); libp2p
+    /// serves on --dht-listen.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub(crate) listen: SocketAddr,
-    /// Multiaddr the DHT node listens on (with --transport libp2p, also the averaging port).
+    /// Multiaddr the DHT node listens on (with --transport libp2p, the default, also the
+    /// averaging port).
     #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
     pub(crate) dht_listen: String,
     /// File holding the node's ed25519 key, so it keeps its peer id across restarts (created,
@@ -234,8 +236,10 @@ pub(crate) struct NodeArgs {
     /// Codec for all-reduce parts (overrides the config).
     #[arg(long)]
     pub(crate) compression: Option<String>,
-    /// How peers reach each other.
-    #[arg(long, value_enum, default_value_t = TransportKind::Grpc)]
+    /// How peers reach each other. libp2p (the default) serves on the DHT node's port with the
+    /// node's proven identity and crosses NATs (relays, hole punching); grpc and quic serve on
+    /// --listen and need every peer directly reachable.
+    #[arg(long, value_enum, default_value_t = TransportKind::Libp2p)]
     pub(crate) transport: TransportKind,
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port; the bound address
     /// is printed as `metrics address ADDR`).
