@@ -31,6 +31,7 @@ pub async fn start_swarm(n: usize, settings: KadSettings) -> Vec<Arc<KadDht>> {
 
 /// [`start_swarm`] as the conformance suite wants it.
 pub async fn dyn_swarm(n: usize, settings: KadSettings) -> Vec<Arc<dyn Dht>> {
+    init_logs();
     start_swarm(n, settings).await.into_iter().map(|node| node as Arc<dyn Dht>).collect()
 }
 
