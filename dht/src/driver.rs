@@ -36,7 +36,8 @@ pub(crate) enum Command {
     Store { key: RecordKey, subkey: Bytes, entry: DhtEntry, reply: oneshot::Sender<Result<bool>> },
     /// Reads a key, from the network (`latest`) or from the local replica when it has entries.
     Get { key: RecordKey, latest: bool, reply: oneshot::Sender<Result<DhtDictionary>> },
-    /// Looks a peer up (a Kademlia walk towards its id), for the addresses of a substream's dial.
+    /// Looks a peer up (a Kademlia walk towards its id), for the addresses of a substream's dial;
+    /// forgets first that the peer was unreachable.
     FindPeer { peer: PeerId, reply: oneshot::Sender<Vec<Multiaddr>> },
 }
 
@@ -274,6 +275,9 @@ impl Driver {
             Command::Store { key, subkey, entry, reply } => self.store(key, subkey, entry, reply),
             Command::Get { key, latest, reply } => self.get(key, latest, reply),
             Command::FindPeer { peer, reply } => {
+                // The walk must be free to dial the peer at the addresses it learns on the way (a
+                // relayed one, say): the memory of a failed dial would refuse it at once.
+                self.swarm.behaviour_mut().unreachable.forget(&peer);
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 self.finds.insert(id, (peer, reply));
             }

@@ -246,7 +246,8 @@ impl Libp2pNode {
     }
 
     /// The addresses of `peer` a Kademlia lookup finds (empty when it finds none, or the node
-    /// stopped), within the query timeout.
+    /// stopped), within the query timeout. A lookup forgets that the peer could not be dialled
+    /// lately, so the walk may reach it at an address learned on the way.
     pub async fn find_peer(&self, peer: PeerId) -> Vec<Multiaddr> {
         let (reply, answer) = oneshot::channel();
         let limit = self.settings.query_timeout + REPLY_GRACE;

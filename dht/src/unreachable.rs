@@ -6,7 +6,8 @@
 //! for a QUIC dial to a dead address, per query. This behaviour remembers, for
 //! [`UNREACHABLE_BACKOFF`], each peer all of whose addresses just failed, and refuses further
 //! dials to it at once, so a query counts it as failed without waiting. Any connection with the
-//! peer (it dialled us, or another dial got through) clears the memory. A dial that names an
+//! peer (it dialled us, or another dial got through) clears the memory, and so does a lookup
+//! of the peer (`Libp2pNode::find_peer`), which must be free to dial it where it learns to. A dial that names an
 //! address not among those that failed goes ahead: a peer behind a NAT is first heard of with
 //! its private addresses only, and its relayed address, learned a moment later, must not wait
 //! out the backoff.
@@ -53,6 +54,11 @@ impl Unreachable {
                 addresses.push(addr);
             }
         }
+    }
+
+    /// Forgets that `peer` was unreachable: its next dial goes ahead whatever its addresses.
+    pub(crate) fn forget(&mut self, peer: &PeerId) {
+        self.until.remove(peer);
     }
 
     fn is_marked(&self, peer: &PeerId, now: Instant) -> bool {
@@ -191,6 +197,8 @@ mod tests {
         };
         assert!(dial(&mut memory, std::slice::from_ref(&failed)).is_err());
         assert!(dial(&mut memory, &[failed, relayed]).is_ok());
+        memory.forget(&dead);
+        assert!(dial(&mut memory, &[]).is_ok(), "a forgotten peer is dialled again");
         // Marking another peer later drops the lapsed entry.
         memory.mark(alive, now + UNREACHABLE_BACKOFF, []);
         assert_eq!(memory.until.len(), 1);
