@@ -125,3 +125,71 @@ impl LineReader {
         self.seen.clone()
     }
 }
+
+/// A running `averager node` (or any long-running command), its stdout and stderr read line by
+/// line.
+#[cfg_attr(not(feature = "kad"), allow(dead_code))]
+pub(crate) struct Node {
+    pub(crate) child: Child,
+    pub(crate) out: LineReader,
+    pub(crate) err: LineReader,
+}
+
+#[cfg_attr(not(feature = "kad"), allow(dead_code))]
+impl Node {
+    /// Spawns `command` (from [`averager`]) with its output piped; `what` names it in failures.
+    pub(crate) fn spawn(what: &str, command: &mut Command) -> Node {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+        let out = LineReader::new(child.stdout.take().expect("piped stdout"));
+        let err = LineReader::new(child.stderr.take().expect("piped stderr"));
+        Node { child, out, err }
+    }
+
+    /// [`Node::spawn`], then waits up to `limit` for the node to print `ready`.
+    pub(crate) fn ready(what: &str, command: &mut Command, limit: Duration) -> Node {
+        let mut node = Node::spawn(what, command);
+        assert!(
+            node.out.until(limit, |l| l == "ready").is_some(),
+            "{what} never got ready: {:?}",
+            node.out.seen
+        );
+        node
+    }
+
+    /// The rest of the first stdout line seen so far that starts with `prefix` (e.g.
+    /// `"dht address "`).
+    pub(crate) fn printed(&self, prefix: &str) -> String {
+        let line = self.out.seen.iter().find_map(|l| l.strip_prefix(prefix));
+        line.unwrap_or_else(|| panic!("no line {prefix:?} in {:?}", self.out.seen)).to_string()
+    }
+
+    /// Reads stdout to its end and waits for the exit (killing the node after `limit`); the exit
+    /// status and every stdout line.
+    pub(crate) fn finish(mut self, limit: Duration, what: &str) -> (ExitStatus, Vec<String>) {
+        let lines = self.out.rest(limit);
+        (wait_or_kill(self.child, limit, what), lines)
+    }
+
+    /// Stops the node with SIGINT, then [`Node::finish`].
+    pub(crate) fn interrupt(self, limit: Duration, what: &str) -> (ExitStatus, Vec<String>) {
+        kill(self.child.id(), "INT");
+        self.finish(limit, what)
+    }
+}
+
+/// Spawns `command` (from [`averager`]) with no input and its output discarded: a peer whose exit
+/// is all that matters.
+#[cfg_attr(not(feature = "kad"), allow(dead_code))]
+pub(crate) fn spawn_quiet(what: &str, command: &mut Command) -> Child {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} does not start: {e}"))
+}

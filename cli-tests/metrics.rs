@@ -4,10 +4,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{LineReader, averager, kill, wait_or_kill};
+use crate::common::{Node, averager, spawn_quiet, wait_or_kill};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -34,43 +33,27 @@ fn sample(body: &str, name: &str) -> f64 {
 fn a_node_serves_metrics_that_count_its_rounds() {
     let prefix = format!("metrics-test-{}", std::process::id());
     let common = ["--every", "1", "--group-size", "2", "--floats", "10000", "--prefix", prefix.as_str()];
-    let mut a = averager()
-        .args(["node", "--metrics", "127.0.0.1:0"])
-        .args(common)
-        .env("RUST_LOG", "warn,averager::node=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node A starts");
-    let mut a_out = LineReader::new(a.stdout.take().unwrap());
-    let mut a_err = LineReader::new(a.stderr.take().unwrap());
-    assert!(a_out.until(LIMIT, |l| l == "ready").is_some(), "node A never got ready: {:?}", a_out.seen);
-    let metrics = a_out
-        .seen
-        .iter()
-        .find_map(|l| l.strip_prefix("metrics address "))
-        .expect("a metrics address")
-        .to_string();
-    let dht =
-        a_out.seen.iter().find_map(|l| l.strip_prefix("dht address ")).expect("a DHT address").to_string();
+    let mut a = Node::ready(
+        "node A",
+        averager()
+            .args(["node", "--metrics", "127.0.0.1:0"])
+            .args(common)
+            .env("RUST_LOG", "warn,averager::node=info"),
+        LIMIT,
+    );
+    let metrics = a.printed("metrics address ");
+    let dht = a.printed("dht address ");
 
     // Before any round: the metrics exist, at zero.
     let before = scrape(&metrics);
     assert!(before.contains("# TYPE averager_allreduce_seconds histogram"), "{before}");
     assert_eq!(sample(&before, "averager_bytes_sent_total"), 0.0);
 
-    let b = averager()
-        .args(["node", "--steps", "3", "--bootstrap", &dht])
-        .args(common)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node B starts");
+    let b =
+        spawn_quiet("node B", averager().args(["node", "--steps", "3", "--bootstrap", &dht]).args(common));
     // The metrics are recorded before the round's log line.
-    let line = a_err.until(LIMIT, |l| l.contains(" averaged"));
-    let line = line.unwrap_or_else(|| panic!("node A never averaged: {:?}", a_err.seen));
+    let line = a.err.until(LIMIT, |l| l.contains(" averaged"));
+    let line = line.unwrap_or_else(|| panic!("node A never averaged: {:?}", a.err.seen));
     for field in ["group=2", "allreduce_secs=", "mb_per_s=", "moved=", "seconds="] {
         assert!(line.contains(field), "{field} missing from {line}");
     }
@@ -88,8 +71,6 @@ fn a_node_serves_metrics_that_count_its_rounds() {
 
     let b_status = wait_or_kill(b, LIMIT, "node B");
     assert!(b_status.success(), "node B: {b_status}");
-    kill(a.id(), "INT");
-    let _ = a_out.rest(LIMIT);
-    let status = wait_or_kill(a, LIMIT, "node A after SIGINT");
+    let (status, _) = a.interrupt(LIMIT, "node A after SIGINT");
     assert!(status.success(), "node A after SIGINT: {status}");
 }

@@ -4,6 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use averager_core::transport::frame::{
+    Frame, FrameWrite, IoStream, Outgoing, decode, encode_frame, end_frame, read_frame,
+};
 use averager_core::transport::{AveragingClient, AveragingData, MessageStream, RequestStream};
 use averager_core::{Error, Result};
 use averager_dht::streams::OpenError;
@@ -14,7 +17,6 @@ use futures::{AsyncReadExt, StreamExt};
 use tokio::sync::oneshot;
 
 use crate::endpoint::Target;
-use crate::frame::{Frame, decode, encode, read_frame, write_end, write_frame};
 use crate::protocol::Rpc;
 
 /// A client of one peer.
@@ -48,14 +50,15 @@ impl Libp2pClient {
     }
 
     /// A unary call: one request frame, then the replies.
-    async fn unary<Q: prost::Message, R: prost::Message + Default + 'static>(
+    async fn unary<Q: Outgoing, R: prost::Message + Default + 'static>(
         &self,
         rpc: Rpc,
-        request: &Q,
+        request: Q,
     ) -> Result<MessageStream<R>> {
-        let bytes = encode(request, self.limit)?;
-        let (recv, mut send) = self.open(rpc).await?.split();
-        write_frame(&mut send, &bytes, &self.endpoint).await?;
+        let chunks = encode_frame(request, self.limit)?;
+        let (recv, send) = self.open(rpc).await?.split();
+        let mut send = IoStream(send);
+        send.write_chunks(chunks, &self.endpoint).await?;
         // The write half stays open: closing it would read, on the server, like the caller
         // going away. It is dropped with the reply stream, which resets the substream.
         Ok(response_stream(recv, self.limit, self.endpoint.clone(), Hold::Unary { _send: send }))
@@ -65,7 +68,7 @@ impl Libp2pClient {
 #[async_trait]
 impl AveragingClient for Libp2pClient {
     async fn rpc_join_group(&self, request: JoinRequest) -> Result<MessageStream<MessageFromLeader>> {
-        self.unary(Rpc::Join, &request).await
+        self.unary(Rpc::Join, request).await
     }
 
     async fn rpc_aggregate_part(
@@ -75,20 +78,27 @@ impl AveragingClient for Libp2pClient {
         let (recv, send) = self.open(Rpc::Aggregate).await?.split();
         let (cancel, cancelled) = oneshot::channel();
         let (failed_tx, failed) = oneshot::channel();
-        tokio::spawn(pump_requests(send, requests, self.limit, self.endpoint.clone(), cancelled, failed_tx));
+        tokio::spawn(pump_requests(
+            IoStream(send),
+            requests,
+            self.limit,
+            self.endpoint.clone(),
+            cancelled,
+            failed_tx,
+        ));
         let pump = Pump { _cancel: cancel, failed: Some(failed) };
         Ok(response_stream(recv, self.limit, self.endpoint.clone(), Hold::Pump(pump)))
     }
 
     async fn rpc_download_state(&self, request: DownloadRequest) -> Result<MessageStream<DownloadData>> {
-        self.unary(Rpc::Download, &request).await
+        self.unary(Rpc::Download, request).await
     }
 }
 
 /// What a reply stream keeps alive besides its read half.
 enum Hold {
     /// A unary call's write half, held only to keep the caller's side open.
-    Unary { _send: WriteHalf<Stream> },
+    Unary { _send: IoStream<WriteHalf<Stream>> },
     /// The task sending an aggregate call's requests.
     Pump(Pump),
 }
@@ -105,7 +115,7 @@ struct Pump {
 /// Sends the caller's requests, then the end frame, until cancelled; a request over the cap is
 /// reported on `failed` and ends the pump.
 async fn pump_requests(
-    mut send: WriteHalf<Stream>,
+    mut send: IoStream<WriteHalf<Stream>>,
     mut requests: RequestStream<AveragingData>,
     limit: usize,
     peer: String,
@@ -120,13 +130,13 @@ async fn pump_requests(
         };
         let Some(message) = next else {
             drop(requests);
-            let _ = write_end(&mut send, &peer).await;
+            let _ = send.write_chunks(vec![end_frame()], &peer).await;
             // Keep the write half until the call ends: see `Libp2pClient::unary`.
             let _ = cancel.await;
             return;
         };
-        let bytes = match encode(&message, limit) {
-            Ok(bytes) => bytes,
+        let chunks = match encode_frame(message, limit) {
+            Ok(chunks) => chunks,
             Err(e) => {
                 let _ = failed.send(e);
                 return;
@@ -135,7 +145,7 @@ async fn pump_requests(
         tokio::select! {
             biased;
             _ = &mut cancel => return,
-            written = write_frame(&mut send, &bytes, &peer) => if written.is_err() { return },
+            written = send.write_chunks(chunks, &peer) => if written.is_err() { return },
         }
     }
 }
@@ -150,7 +160,7 @@ fn response_stream<R: prost::Message + Default + 'static>(
     hold: Hold,
 ) -> MessageStream<R> {
     struct State {
-        recv: ReadHalf<Stream>,
+        recv: IoStream<ReadHalf<Stream>>,
         limit: usize,
         peer: String,
         hold: Hold,
@@ -167,7 +177,7 @@ fn response_stream<R: prost::Message + Default + 'static>(
         }
         std::future::pending().await
     }
-    let state = State { recv, limit, peer, hold };
+    let state = State { recv: IoStream(recv), limit, peer, hold };
     Box::pin(futures::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
         let read = tokio::select! {
@@ -176,7 +186,7 @@ fn response_stream<R: prost::Message + Default + 'static>(
             read = read_frame(&mut state.recv, state.limit, true, &state.peer) => read,
         };
         match read {
-            Ok(Frame::Message(bytes)) => match decode::<R>(&bytes, &state.peer) {
+            Ok(Frame::Message(bytes)) => match decode::<R>(bytes, &state.peer) {
                 Ok(message) => Some((Ok(message), Some(state))),
                 Err(e) => Some((Err(e), None)),
             },

@@ -2,7 +2,6 @@
 
 mod client;
 mod endpoint;
-mod frame;
 mod protocol;
 mod server;
 
@@ -62,10 +61,12 @@ impl StreamSettings {
     /// # Errors
     /// [`Error::Config`] naming the offending field.
     pub fn validate(&self) -> Result<()> {
-        if self.max_message_bytes == 0 || self.max_message_bytes > frame::MAX_FRAME_BYTES {
+        if self.max_message_bytes == 0
+            || self.max_message_bytes > averager_core::transport::frame::MAX_FRAME_BYTES
+        {
             return Err(Error::Config(format!(
                 "libp2p max_message_bytes must be in 1..={}, not {}",
-                frame::MAX_FRAME_BYTES,
+                averager_core::transport::frame::MAX_FRAME_BYTES,
                 self.max_message_bytes
             )));
         }

@@ -4,21 +4,21 @@
 //! of a unary call (or the end frame of an aggregate call's requests) nothing more may arrive, so
 //! the end of the substream at that point is the caller cancelling.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use averager_core::transport::frame::{
+    FirstRequest, IoStream, Request, read_request, read_unary, refuse, respond,
+};
 use averager_core::transport::{AveragingData, AveragingService, CallContext, MessageStream};
 use averager_core::{Error, Result};
 use averager_dht::{PeerId, Stream};
 use averager_proto::{DownloadRequest, JoinRequest};
-use futures::io::{ReadHalf, WriteHalf};
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::AsyncReadExt;
+use futures::io::ReadHalf;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, timeout_at};
 
 use crate::endpoint::endpoint_of;
-use crate::frame::{Frame, decode, encode, read_frame, write_end, write_error_frame, write_frame};
 use crate::protocol::Rpc;
 
 /// What every call task of one server shares.
@@ -65,34 +65,35 @@ pub(crate) async fn accept_loop(mut inbound: Inbound, serving: Serving) {
 
 /// Runs one call: reads the request(s), runs the handler, streams its replies.
 async fn serve_call(rpc: Rpc, peer: PeerId, stream: Stream, serving: Serving) {
-    let (mut recv, send) = stream.split();
+    let (recv, send) = stream.split();
+    let (mut recv, send) = (IoStream(recv), IoStream(send));
     let caller = endpoint_of(&peer);
     // The noise handshake proved the peer id of the connection the substream came on.
     let context =
         CallContext { authenticated_peer: Some(caller.clone()), remote_address: Some(peer.to_string()) };
     let Serving { service, limit, first_request_timeout: wait, .. } = serving;
-    let deadline = Instant::now() + wait;
+    let first = FirstRequest::from_now(wait);
     match rpc {
-        Rpc::Join => match read_one::<JoinRequest>(&mut recv, limit, deadline, wait, &caller).await {
+        Rpc::Join => match read_unary::<JoinRequest, _>(&mut recv, limit, first, &caller).await {
             Ok(request) => {
                 let call = service.rpc_join_group(context, request);
-                respond(send, call, limit, caller_gone(recv, caller.clone()), None, &caller).await
+                respond(send, call, limit, caller_gone(recv.0, caller.clone()), None, &caller).await
             }
-            Err(e) => fail(send, &e, &caller).await,
+            Err(e) => refuse(send, &e, &caller).await,
         },
-        Rpc::Download => match read_one::<DownloadRequest>(&mut recv, limit, deadline, wait, &caller).await {
+        Rpc::Download => match read_unary::<DownloadRequest, _>(&mut recv, limit, first, &caller).await {
             Ok(request) => {
                 let call = service.rpc_download_state(context, request);
-                respond(send, call, limit, caller_gone(recv, caller.clone()), None, &caller).await
+                respond(send, call, limit, caller_gone(recv.0, caller.clone()), None, &caller).await
             }
-            Err(e) => fail(send, &e, &caller).await,
+            Err(e) => refuse(send, &e, &caller).await,
         },
         Rpc::Aggregate => {
             let (requests_tx, requests_rx) = mpsc::channel(1);
             let (failed_tx, failed_rx) = oneshot::channel();
             let failed = Report(Arc::new(Mutex::new(Some(failed_tx))));
             let (gone_tx, gone_rx) = oneshot::channel();
-            let reader = Reader { recv, limit, peer: caller.clone(), deadline, wait };
+            let reader = Reader { recv, limit, peer: caller.clone(), first };
             let reading = tokio::spawn(reader.run(requests_tx, failed.clone(), gone_tx));
             // A request error is reported to the caller when the handler reads it, so the handler
             // hears of it before the call ends with it.
@@ -132,31 +133,6 @@ async fn caller_gone(mut recv: ReadHalf<Stream>, caller: String) {
     }
 }
 
-/// Reads the single request of a unary call, by `deadline`.
-async fn read_one<T: prost::Message + Default>(
-    recv: &mut ReadHalf<Stream>,
-    limit: usize,
-    deadline: Instant,
-    wait: Duration,
-    peer: &str,
-) -> Result<T> {
-    let Ok(read) = timeout_at(deadline, read_frame(recv, limit, false, peer)).await else {
-        return Err(Error::timeout("the caller's request", wait));
-    };
-    match read? {
-        Frame::Message(bytes) => decode(&bytes, peer),
-        Frame::End | Frame::Closed | Frame::Failure(_) => {
-            Err(Error::Transport(format!("{peer} sent no request")))
-        }
-    }
-}
-
-/// Sends an error frame and closes the substream.
-async fn fail(mut send: WriteHalf<Stream>, error: &Error, peer: &str) {
-    let _ = write_error_frame(&mut send, error, peer).await;
-    let _ = send.close().await;
-}
-
 /// Where an aggregate call's request error goes, once: to the reply loop, which ends the call
 /// with it (taken by whichever of the reader and the handler's request stream reports first).
 #[derive(Clone)]
@@ -172,12 +148,11 @@ impl Report {
 
 /// The reading half of an aggregate call.
 struct Reader {
-    recv: ReadHalf<Stream>,
+    recv: IoStream<ReadHalf<Stream>>,
     limit: usize,
     peer: String,
     /// When the first request must have arrived.
-    deadline: Instant,
-    wait: Duration,
+    first: FirstRequest,
 }
 
 impl Reader {
@@ -192,42 +167,28 @@ impl Reader {
         failed: Report,
         gone: oneshot::Sender<()>,
     ) {
-        let mut first = true;
+        let mut first = Some(self.first);
         let error = loop {
-            let reading = read_frame(&mut self.recv, self.limit, false, &self.peer);
-            let read = if first {
-                match timeout_at(self.deadline, reading).await {
-                    Ok(read) => read,
-                    Err(_) => Err(Error::timeout("the caller's first request", self.wait)),
-                }
-            } else {
-                reading.await
-            };
-            first = false;
-            match read {
-                Ok(Frame::Message(bytes)) => match decode::<AveragingData>(&bytes, &self.peer) {
-                    Ok(message) => {
-                        if requests.send(Ok(message)).await.is_err() {
-                            // The handler stopped reading; its replies decide the rest.
-                            break None;
-                        }
+            match read_request(&mut self.recv, self.limit, &mut first, &self.peer).await {
+                Request::Message(message) => {
+                    if requests.send(Ok(message)).await.is_err() {
+                        // The handler stopped reading; its replies decide the rest.
+                        break None;
                     }
-                    Err(e) => break Some(e),
-                },
-                Ok(Frame::End) => {
+                }
+                Request::End => {
                     drop(requests);
-                    caller_gone(self.recv, self.peer).await;
+                    caller_gone(self.recv.0, self.peer).await;
                     let _ = gone.send(());
                     return;
                 }
-                Ok(Frame::Closed) => {
+                Request::Closed => {
                     let _ = requests.try_send(Err(Error::Cancelled(format!("{} went away", self.peer))));
                     let _ = gone.send(());
                     return;
                 }
-                Ok(Frame::Failure(e)) => break Some(e),
-                Err(e @ (Error::MessageTooLarge { .. } | Error::Timeout { .. })) => break Some(e),
-                Err(e) => {
+                Request::Refused(e) => break Some(e),
+                Request::Lost(e) => {
                     let _ = requests.try_send(Err(e));
                     let _ = gone.send(());
                     return;
@@ -240,70 +201,4 @@ impl Reader {
             failed.send(error);
         }
     }
-}
-
-/// Resolves with the request stream's failure, if it reports one; never resolves otherwise.
-async fn request_failure(slot: &mut Option<oneshot::Receiver<Error>>) -> Error {
-    if let Some(rx) = slot.as_mut() {
-        let received = rx.await;
-        *slot = None;
-        if let Ok(e) = received {
-            return e;
-        }
-    }
-    std::future::pending().await
-}
-
-/// Starts the handler and streams its replies until it ends, fails, or the caller goes away;
-/// the handler's stream is dropped before the caller sees the end.
-async fn respond<T: prost::Message>(
-    mut send: WriteHalf<Stream>,
-    start: impl Future<Output = Result<MessageStream<T>>>,
-    limit: usize,
-    gone: impl Future<Output = ()>,
-    mut request_failed: Option<oneshot::Receiver<Error>>,
-    peer: &str,
-) {
-    tokio::pin!(gone);
-    let outcome = tokio::select! {
-        biased;
-        () = &mut gone => return,
-        outcome = start => outcome,
-    };
-    let mut responses = match outcome {
-        Ok(responses) => responses,
-        Err(e) => return fail(send, &e, peer).await,
-    };
-    let last = loop {
-        let next = tokio::select! {
-            biased;
-            () = &mut gone => return,
-            e = request_failure(&mut request_failed) => Some(Err(e)),
-            next = responses.next() => next,
-        };
-        let message = match next {
-            None => break None,
-            Some(Err(e)) => break Some(e),
-            Some(Ok(message)) => message,
-        };
-        let bytes = match encode(&message, limit) {
-            Ok(bytes) => bytes,
-            Err(e) => break Some(e),
-        };
-        let written = tokio::select! {
-            biased;
-            () = &mut gone => return,
-            written = write_frame(&mut send, &bytes, peer) => written,
-        };
-        if written.is_err() {
-            // The caller reset the substream or the connection is gone: the call is over.
-            return;
-        }
-    };
-    drop(responses);
-    let _ = match last {
-        Some(e) => write_error_frame(&mut send, &e, peer).await,
-        None => write_end(&mut send, peer).await,
-    };
-    let _ = send.close().await;
 }

@@ -18,9 +18,11 @@ use futures::future::{BoxFuture, Shared};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::oneshot;
 
+use averager_core::transport::frame::{Frame, FrameWrite, Outgoing, decode, encode_frame, read_frame};
+
 use crate::frame::{
-    CODE_CANCELLED, CODE_TOO_LARGE, Frame, METHOD_AGGREGATE, METHOD_DOWNLOAD, METHOD_JOIN, Outgoing,
-    connection_lost, decode, encode_frame, read_frame, write_error, write_frame,
+    CODE_CANCELLED, CODE_TOO_LARGE, METHOD_AGGREGATE, METHOD_DOWNLOAD, METHOD_JOIN, Recv, Send,
+    connection_lost, write_error,
 };
 use crate::tls;
 
@@ -202,9 +204,10 @@ impl QuicClient {
         request: Q,
     ) -> Result<MessageStream<R>> {
         let chunks = encode_frame(request, self.limit)?;
-        let (mut send, recv) = self.open(method).await?;
-        write_frame(&mut send, chunks, &self.endpoint).await?;
-        let _ = send.finish();
+        let (send, recv) = self.open(method).await?;
+        let mut send = Send(send);
+        send.write_chunks(chunks, &self.endpoint).await?;
+        let _ = send.0.finish();
         Ok(response_stream(recv, self.limit, self.endpoint.clone(), None))
     }
 }
@@ -222,7 +225,7 @@ impl AveragingClient for QuicClient {
         let (send, recv) = self.open(METHOD_AGGREGATE).await?;
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let (failed_tx, failed_rx) = oneshot::channel();
-        tokio::spawn(pump_requests(send, requests, self.limit, self.endpoint.clone(), cancel_rx, failed_tx));
+        tokio::spawn(pump_requests(send, requests, self.limit, cancel_rx, failed_tx));
         Ok(response_stream(
             recv,
             self.limit,
@@ -251,7 +254,6 @@ async fn pump_requests(
     mut send: SendStream,
     mut requests: RequestStream<AveragingData>,
     limit: usize,
-    peer: String,
     mut cancel: oneshot::Receiver<()>,
     failed: oneshot::Sender<Error>,
 ) {
@@ -272,7 +274,7 @@ async fn pump_requests(
             let _ = send.finish();
             return;
         };
-        let chunks = match encode_frame(message, limit) {
+        let mut chunks = match encode_frame(message, limit) {
             Ok(chunks) => chunks,
             Err(e) => {
                 drop(requests);
@@ -287,7 +289,7 @@ async fn pump_requests(
                 let _ = send.reset(CODE_CANCELLED);
                 return;
             }
-            written = write_frame(&mut send, chunks, &peer) => if written.is_err() { return },
+            written = send.write_all_chunks(&mut chunks) => if written.is_err() { return },
         }
     }
 }
@@ -302,7 +304,7 @@ fn response_stream<R: prost::Message + Default + 'static>(
     pump: Option<Pump>,
 ) -> MessageStream<R> {
     struct State {
-        recv: RecvStream,
+        recv: Recv,
         limit: usize,
         peer: String,
         pump: Option<Pump>,
@@ -319,7 +321,7 @@ fn response_stream<R: prost::Message + Default + 'static>(
         }
         std::future::pending().await
     }
-    let state = State { recv, limit, peer, pump };
+    let state = State { recv: Recv(recv), limit, peer, pump };
     Box::pin(futures::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
         let read = tokio::select! {
@@ -334,7 +336,7 @@ fn response_stream<R: prost::Message + Default + 'static>(
             },
             // The server ends its replies when our reset reaches it; the pump reported the
             // oversize request before resetting, so a clean end may still owe the caller that error.
-            Ok(Frame::End) => {
+            Ok(Frame::End | Frame::Closed) => {
                 match state.pump.as_mut().and_then(|p| p.failed.as_mut()).map(|rx| rx.try_recv()) {
                     Some(Ok(e)) => Some((Err(e), None)),
                     _ => None,

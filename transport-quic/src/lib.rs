@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use averager_core::transport::frame::MAX_FRAME_BYTES;
 use averager_core::transport::{
     AveragingClient, AveragingService, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, ServerHandle,
     Transport, TransportCapabilities,
@@ -30,7 +31,7 @@ pub struct QuicSettings {
     /// The host name or address written into the served endpoint; `None`: the bound address
     /// (an unspecified address such as `0.0.0.0` is advertised as loopback).
     pub advertise_host: Option<String>,
-    /// The largest encoded message this peer sends or accepts, in bytes (at most `u32::MAX - 1`).
+    /// The largest encoded message this peer sends or accepts, in bytes (at most `u32::MAX - 2`).
     pub max_message_bytes: usize,
     /// How long a dial (resolution and QUIC handshake) may take, in seconds.
     #[serde(with = "averager_core::time::secs")]
@@ -85,14 +86,13 @@ impl QuicTransport {
     /// A transport with `settings`.
     ///
     /// # Errors
-    /// [`Error::Config`] when `max_message_bytes` is 0 or over `u32::MAX - 1`, `pin` is not 64
+    /// [`Error::Config`] when `max_message_bytes` is 0 or over `u32::MAX - 2`, `pin` is not 64
     /// hex digits, or `first_request_timeout` is zero.
     pub fn with_settings(mut settings: QuicSettings) -> Result<Self> {
-        if settings.max_message_bytes == 0 || settings.max_message_bytes > frame::MAX_FRAME_BYTES {
+        if settings.max_message_bytes == 0 || settings.max_message_bytes > MAX_FRAME_BYTES {
             return Err(Error::Config(format!(
                 "quic max_message_bytes must be in 1..={}, not {}",
-                frame::MAX_FRAME_BYTES,
-                settings.max_message_bytes
+                MAX_FRAME_BYTES, settings.max_message_bytes
             )));
         }
         if settings.first_request_timeout.is_zero() {

@@ -1,21 +1,17 @@
 //! The serving side: an accept loop per endpoint, a task per connection, a task per call.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use averager_core::transport::frame::{FirstRequest, Request, read_request, read_unary, refuse, respond};
 use averager_core::transport::{AveragingData, AveragingService, CallContext, MessageStream};
 use averager_core::{Error, Result};
 use averager_proto::{DownloadRequest, JoinRequest};
-use futures::StreamExt;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::{oneshot, watch};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::timeout_at;
 
-use crate::frame::{
-    self, CODE_CANCELLED, Frame, METHOD_AGGREGATE, METHOD_DOWNLOAD, METHOD_JOIN, Outgoing, decode,
-    encode_frame, read_frame, write_error_frame, write_frame,
-};
+use crate::frame::{self, CODE_CANCELLED, METHOD_AGGREGATE, METHOD_DOWNLOAD, METHOD_JOIN, Recv, Send};
 
 /// What every call task of one server shares.
 #[derive(Clone)]
@@ -62,77 +58,64 @@ async fn serve_connection(connection: Connection, serving: Serving) {
 /// The method byte and the first request must arrive within the first-request timeout of the
 /// stream's arrival: a silent caller would otherwise hold the call's task (and, for a handler
 /// that waits on it, the handler's state) for as long as it keeps the connection alive.
-async fn serve_call(send: SendStream, mut recv: RecvStream, serving: Serving, context: CallContext) {
+async fn serve_call(send: SendStream, recv: RecvStream, serving: Serving, context: CallContext) {
     let peer = context.remote_address.clone().unwrap_or_default();
     let Serving { service, limit, first_request_timeout: wait, .. } = serving;
-    let deadline = Instant::now() + wait;
-    let method = match timeout_at(deadline, frame::read_method(&mut recv)).await {
+    let first = FirstRequest::from_now(wait);
+    // The caller cancels by stopping its side of the stream (or losing the connection).
+    let stopped = send.stopped();
+    let gone = async move {
+        let _ = stopped.await;
+    };
+    let (send, mut recv) = (Send(send), Recv(recv));
+    let method = match timeout_at(first.deadline, frame::read_method(&mut recv.0)).await {
         Ok(Some(method)) => method,
         Ok(None) => return,
         Err(_) => {
             let e = Error::timeout("the caller's method byte", wait);
-            let _ = recv.stop(CODE_CANCELLED);
-            return fail(send, &e, &peer).await;
+            let _ = recv.0.stop(CODE_CANCELLED);
+            return refuse(send, &e, &peer).await;
         }
     };
     match method {
-        METHOD_JOIN => match read_one::<JoinRequest>(&mut recv, limit, deadline, wait, &peer).await {
-            Ok(request) => respond(send, service.rpc_join_group(context, request), limit, None, &peer).await,
-            Err(e) => fail(send, &e, &peer).await,
-        },
-        METHOD_DOWNLOAD => match read_one::<DownloadRequest>(&mut recv, limit, deadline, wait, &peer).await {
+        METHOD_JOIN => match unary::<JoinRequest>(&mut recv, limit, first, &peer).await {
             Ok(request) => {
-                respond(send, service.rpc_download_state(context, request), limit, None, &peer).await
+                respond(send, service.rpc_join_group(context, request), limit, gone, None, &peer).await
             }
-            Err(e) => fail(send, &e, &peer).await,
+            Err(e) => refuse(send, &e, &peer).await,
+        },
+        METHOD_DOWNLOAD => match unary::<DownloadRequest>(&mut recv, limit, first, &peer).await {
+            Ok(request) => {
+                respond(send, service.rpc_download_state(context, request), limit, gone, None, &peer).await
+            }
+            Err(e) => refuse(send, &e, &peer).await,
         },
         METHOD_AGGREGATE => {
             let (failed_tx, failed_rx) = oneshot::channel();
-            let first = FirstRequest { deadline, wait };
             let requests = request_stream(recv, limit, peer.clone(), first, failed_tx);
-            respond(send, service.rpc_aggregate_part(context, requests), limit, Some(failed_rx), &peer).await;
+            let call = service.rpc_aggregate_part(context, requests);
+            respond(send, call, limit, gone, Some(failed_rx), &peer).await;
         }
         other => {
             let e = Error::Transport(format!("unknown method byte {other}"));
-            let _ = recv.stop(CODE_CANCELLED);
-            fail(send, &e, &peer).await;
+            let _ = recv.0.stop(CODE_CANCELLED);
+            refuse(send, &e, &peer).await;
         }
     }
 }
 
-/// The error a call whose first request did not come within `wait` ends with.
-fn first_request_timed_out(wait: Duration) -> Error {
-    Error::timeout("the caller's first request", wait)
-}
-
-/// Reads the single request of a unary call, by `deadline`.
-async fn read_one<T: prost::Message + Default>(
-    recv: &mut RecvStream,
+/// Reads the single request of a unary call; a late one also stops the caller's side.
+async fn unary<T: prost::Message + Default>(
+    recv: &mut Recv,
     limit: usize,
-    deadline: Instant,
-    wait: Duration,
+    first: FirstRequest,
     peer: &str,
 ) -> Result<T> {
-    let Ok(read) = timeout_at(deadline, read_frame(recv, limit, false, peer)).await else {
-        let _ = recv.stop(CODE_CANCELLED);
-        return Err(first_request_timed_out(wait));
-    };
-    match read? {
-        Frame::Message(bytes) => decode(bytes, peer),
-        Frame::End | Frame::Failure(_) => Err(Error::Transport(format!("{peer} sent no request"))),
+    let read = read_unary(recv, limit, first, peer).await;
+    if let Err(Error::Timeout { .. }) = &read {
+        let _ = recv.0.stop(CODE_CANCELLED);
     }
-}
-
-/// Sends an error frame and finishes the stream.
-async fn fail(mut send: SendStream, error: &Error, peer: &str) {
-    let _ = write_error_frame(&mut send, error, peer).await;
-    let _ = send.finish();
-}
-
-/// When the first request of a stream must have arrived.
-struct FirstRequest {
-    deadline: Instant,
-    wait: Duration,
+    read
 }
 
 /// The handler's request stream of `rpc_aggregate_part`: frames read from `recv` until the caller
@@ -140,14 +123,14 @@ struct FirstRequest {
 /// undecodable or late request is also reported on `failed`, so the caller's reply stream ends
 /// with it.
 fn request_stream(
-    recv: RecvStream,
+    recv: Recv,
     limit: usize,
     peer: String,
     first: FirstRequest,
     failed: oneshot::Sender<Error>,
 ) -> MessageStream<AveragingData> {
     struct State {
-        recv: RecvStream,
+        recv: Recv,
         limit: usize,
         peer: String,
         first: Option<FirstRequest>,
@@ -156,96 +139,20 @@ fn request_stream(
     let state = State { recv, limit, peer, first: Some(first), failed: Some(failed) };
     Box::pin(futures::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
-        let reading = read_frame(&mut state.recv, state.limit, false, &state.peer);
-        let read = match state.first.take() {
-            None => reading.await,
-            Some(first) => match timeout_at(first.deadline, reading).await {
-                Ok(read) => read,
-                Err(_) => {
-                    let _ = state.recv.stop(CODE_CANCELLED);
-                    Err(first_request_timed_out(first.wait))
-                }
-            },
-        };
-        let error = match read {
-            Ok(Frame::End) => return None,
-            Ok(Frame::Message(bytes)) => match decode::<AveragingData>(bytes, &state.peer) {
-                Ok(message) => return Some((Ok(message), Some(state))),
-                Err(e) => e,
-            },
-            Ok(Frame::Failure(e)) => e,
-            Err(e @ (Error::MessageTooLarge { .. } | Error::Timeout { .. })) => e,
+        let error = match read_request(&mut state.recv, state.limit, &mut state.first, &state.peer).await {
+            Request::Message(message) => return Some((Ok(message), Some(state))),
+            // QUIC tells a finish from a reset, so a stream that ends is the caller's end.
+            Request::End | Request::Closed => return None,
+            Request::Refused(e) => e,
             // A reset or a lost connection: the caller is gone, nobody to report to.
-            Err(e) => return Some((Err(e), None)),
+            Request::Lost(e) => return Some((Err(e), None)),
         };
+        if let Error::Timeout { .. } = error {
+            let _ = state.recv.0.stop(CODE_CANCELLED);
+        }
         if let Some(failed) = state.failed.take() {
             let _ = failed.send(error.clone());
         }
         Some((Err(error), None))
     }))
-}
-
-/// Resolves with the request stream's failure, if it reports one; never resolves otherwise.
-async fn request_failure(slot: &mut Option<oneshot::Receiver<Error>>) -> Error {
-    if let Some(rx) = slot.as_mut() {
-        let received = rx.await;
-        *slot = None;
-        if let Ok(e) = received {
-            return e;
-        }
-    }
-    std::future::pending().await
-}
-
-/// Starts the handler and streams its replies until it ends, fails, or the caller cancels (stops
-/// reading its side, or loses the connection); the handler's stream is dropped before the caller
-/// sees the end.
-async fn respond<T: Outgoing>(
-    mut send: SendStream,
-    start: impl Future<Output = Result<MessageStream<T>>>,
-    limit: usize,
-    mut request_failed: Option<oneshot::Receiver<Error>>,
-    peer: &str,
-) {
-    let stopped = send.stopped();
-    tokio::pin!(stopped);
-    let outcome = tokio::select! {
-        biased;
-        _ = &mut stopped => return,
-        outcome = start => outcome,
-    };
-    let mut responses = match outcome {
-        Ok(responses) => responses,
-        Err(e) => return fail(send, &e, peer).await,
-    };
-    let last = loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut stopped => {
-                drop(responses);
-                let _ = send.reset(CODE_CANCELLED);
-                return;
-            }
-            e = request_failure(&mut request_failed) => Some(Err(e)),
-            next = responses.next() => next,
-        };
-        let message = match next {
-            None => break None,
-            Some(Err(e)) => break Some(e),
-            Some(Ok(message)) => message,
-        };
-        let chunks = match encode_frame(message, limit) {
-            Ok(chunks) => chunks,
-            Err(e) => break Some(e),
-        };
-        if write_frame(&mut send, chunks, peer).await.is_err() {
-            // The caller stopped reading or the connection is gone: the call is over.
-            return;
-        }
-    };
-    drop(responses);
-    if let Some(e) = last {
-        let _ = write_error_frame(&mut send, &e, peer).await;
-    }
-    let _ = send.finish();
 }

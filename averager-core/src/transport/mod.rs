@@ -6,6 +6,7 @@
 //! call, and the other end observes that promptly.
 
 mod faults;
+pub mod frame;
 mod memory;
 
 use std::fmt;

@@ -1,109 +1,99 @@
 //! A hostile caller's tools: a node of its own that opens raw substreams to the server on the
-//! RPCs' protocols and writes whatever it likes, and a reader for how the server ended the call.
+//! RPCs' protocols and writes whatever it likes; the conformance crate's hostile suite runs over
+//! it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use averager_dht::{KadSettings, Keypair, Libp2pNode, PeerId, Stream, StreamProtocol};
-use futures::{AsyncReadExt, AsyncWriteExt};
+use averager_conformance::hostile::{CAP, Echo, HostileTarget, RawCaller, RawStream};
+use averager_core::Result;
+use averager_core::transport::frame::{FrameRead, IoStream};
+use averager_core::transport::{Rpc, ServerHandle, Transport};
+use averager_dht::{KadSettings, Keypair, Libp2pNode, Stream};
+use averager_transport_libp2p::{
+    AGGREGATE_PROTOCOL, DOWNLOAD_PROTOCOL, JOIN_PROTOCOL, Libp2pConfig, Libp2pTransport, StreamSettings,
+};
+use bytes::BytesMut;
+use futures::AsyncWriteExt;
+
+/// libp2p servers for the hostile suite.
+pub(crate) struct Libp2p;
+
+/// A served [`Echo`].
+pub(crate) struct Served {
+    handle: ServerHandle,
+    transport: Libp2pTransport,
+}
+
+impl HostileTarget for Libp2p {
+    type Served = Served;
+    type Caller = Caller;
+
+    async fn serve(&self, service: Arc<Echo>, first_request_timeout: Duration) -> Served {
+        let streams =
+            StreamSettings { first_request_timeout, max_message_bytes: CAP, ..StreamSettings::default() };
+        let transport = Libp2pTransport::start(Libp2pConfig { streams, ..Libp2pConfig::default() })
+            .await
+            .expect("a node");
+        let handle = transport.serve(service).await.expect("serve");
+        Served { handle, transport }
+    }
+
+    /// The server's endpoint with its address, for callers that share no DHT with it.
+    fn endpoint(&self, served: &Served) -> String {
+        let node = served.transport.node();
+        assert!(served.handle.endpoint().ends_with(&node.peer_id().to_string()));
+        let addr = node.listen_addrs().into_iter().next().expect("an address");
+        format!("libp2p://{addr}")
+    }
+
+    async fn caller(&self, served: &Served) -> Caller {
+        let node =
+            Libp2pNode::start(KadSettings::default(), Keypair::generate_ed25519()).await.expect("a node");
+        Caller { node, server: served.transport.node().clone() }
+    }
+
+    async fn client(&self) -> Arc<dyn Transport> {
+        Arc::new(Libp2pTransport::start(Libp2pConfig::default()).await.expect("a node"))
+    }
+}
 
 /// A node for the hostile caller, joined to nothing: it dials the server's address directly.
-pub(crate) async fn caller() -> Arc<Libp2pNode> {
-    Arc::new(Libp2pNode::start(KadSettings::default(), Keypair::generate_ed25519()).await.expect("a node"))
+pub(crate) struct Caller {
+    node: Libp2pNode,
+    server: Arc<Libp2pNode>,
 }
 
-/// Opens a substream to `server` on `protocol` and writes `bytes`; the caller's side stays open.
-pub(crate) async fn call(
-    caller: &Libp2pNode,
-    server: &Libp2pNode,
-    protocol: StreamProtocol,
-    bytes: &[u8],
-) -> Stream {
-    let mut stream = open(caller, server, protocol).await;
-    if !bytes.is_empty() {
-        stream.write_all(bytes).await.expect("the hostile bytes are written");
-        stream.flush().await.expect("flushed");
-    }
-    stream
-}
+impl RawCaller for Caller {
+    type Stream = Call;
 
-/// Opens a substream to `server` on `protocol`.
-pub(crate) async fn open(caller: &Libp2pNode, server: &Libp2pNode, protocol: StreamProtocol) -> Stream {
-    let peer: PeerId = server.peer_id();
-    caller.open_stream(peer, protocol, server.listen_addrs()).await.expect("a substream")
-}
-
-/// A frame header announcing `len` bytes, then `body`.
-pub(crate) fn framed(len: u32, body: &[u8]) -> Vec<u8> {
-    let mut bytes = len.to_le_bytes().to_vec();
-    bytes.extend_from_slice(body);
-    bytes
-}
-
-/// How the server ended a call.
-#[derive(Debug)]
-pub(crate) enum End {
-    /// An error frame of this kind and payload.
-    Error(u8, Vec<u8>),
-    /// The end frame.
-    Clean,
-    /// The substream ended (or failed) without either.
-    Broken,
-}
-
-impl End {
-    /// The `size` and `limit` of a "too large" error frame.
-    pub(crate) fn too_large(&self) -> (u64, u64) {
-        match self {
-            End::Error(2, payload) if payload.len() == 16 => {
-                let size = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
-                let limit = u64::from_le_bytes(payload[8..].try_into().expect("8 bytes"));
-                (size, limit)
-            }
-            other => panic!("expected a too-large error frame, got {other:?}"),
-        }
-    }
-
-    /// The text of a remote-failure error frame.
-    pub(crate) fn remote_text(&self) -> String {
-        match self {
-            End::Error(1, payload) => String::from_utf8_lossy(payload).into_owned(),
-            other => panic!("expected a remote-failure error frame, got {other:?}"),
-        }
+    async fn open(&self, rpc: Rpc) -> Call {
+        let protocol = match rpc {
+            Rpc::JoinGroup => JOIN_PROTOCOL,
+            Rpc::AggregatePart => AGGREGATE_PROTOCOL,
+            Rpc::DownloadState => DOWNLOAD_PROTOCOL,
+        };
+        let stream = self.node.open_stream(self.server.peer_id(), protocol, self.server.listen_addrs());
+        Call(IoStream(stream.await.expect("a substream")))
     }
 }
 
-async fn read_exact(stream: &mut Stream, buf: &mut [u8]) -> std::io::Result<()> {
-    stream.read_exact(buf).await
+/// One raw substream.
+pub(crate) struct Call(IoStream<Stream>);
+
+impl FrameRead for Call {
+    async fn read_into(&mut self, buf: &mut BytesMut, max: usize, peer: &str) -> Result<usize> {
+        self.0.read_into(buf, max, peer).await
+    }
 }
 
-/// Reads reply frames until the server ends the call.
-pub(crate) async fn read_end(stream: &mut Stream) -> End {
-    loop {
-        let mut header = [0u8; 4];
-        if read_exact(stream, &mut header).await.is_err() {
-            return End::Broken;
-        }
-        match u32::from_le_bytes(header) {
-            u32::MAX => {
-                let mut head = [0u8; 5];
-                if read_exact(stream, &mut head).await.is_err() {
-                    return End::Broken;
-                }
-                let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
-                assert!(len <= 4096, "an error frame of {len} bytes");
-                let mut payload = vec![0u8; len];
-                if read_exact(stream, &mut payload).await.is_err() {
-                    return End::Broken;
-                }
-                return End::Error(head[0], payload);
-            }
-            0xFFFF_FFFE => return End::Clean,
-            len => {
-                let mut body = vec![0u8; len as usize];
-                if read_exact(stream, &mut body).await.is_err() {
-                    return End::Broken;
-                }
-            }
-        }
+impl RawStream for Call {
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.0.write_all(bytes).await?;
+        self.0.0.flush().await
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.0.0.close().await;
     }
 }

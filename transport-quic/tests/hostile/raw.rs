@@ -1,70 +1,121 @@
 //! A raw QUIC caller that writes the wire format by hand (README, "Framing"), so a test can send
-//! what an honest `QuicTransport` never would.
+//! what an honest `QuicTransport` never would: the conformance crate's hostile suite runs over it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use averager_conformance::hostile::{CAP, Echo, HostileTarget, RawCaller, RawStream};
+use averager_core::transport::frame::FrameRead;
+use averager_core::transport::{Rpc, ServerHandle, Transport};
+use averager_core::{Error, Result};
+use averager_transport_quic::{QuicSettings, QuicTransport};
+use prost::bytes::BytesMut;
 use quinn::crypto::rustls::QuicClientConfig;
-use quinn::{Connection, Endpoint, ReadExactError, RecvStream, SendStream};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-/// The method byte of `rpc_join_group`.
-pub(crate) const JOIN: u8 = 1;
-/// The method byte of `rpc_aggregate_part`.
-pub(crate) const AGGREGATE: u8 = 2;
-/// The method byte of `rpc_download_state`.
-pub(crate) const DOWNLOAD: u8 = 3;
-/// The length value that starts an error frame in replies.
-const ERROR_MARKER: u32 = u32::MAX;
-/// Error frame kind: a failure, with UTF-8 text.
-pub(crate) const ERROR_REMOTE: u8 = 1;
-/// Error frame kind: a message over the cap, with `size` and `limit` as u64 LE.
-pub(crate) const ERROR_TOO_LARGE: u8 = 2;
-
-/// How a raw call ended, as the caller saw it.
-#[derive(Debug)]
-pub(crate) enum End {
-    /// `messages` message frames, then an error frame.
-    Error { messages: usize, kind: u8, payload: Vec<u8> },
-    /// Message frames (any number), then a clean finish.
-    Finished,
-    /// The stream was reset or the connection lost.
-    Broken(String),
+/// The method byte of an RPC (README, "Framing").
+pub(crate) fn method(rpc: Rpc) -> u8 {
+    match rpc {
+        Rpc::JoinGroup => 1,
+        Rpc::AggregatePart => 2,
+        Rpc::DownloadState => 3,
+    }
 }
 
-impl End {
-    /// The text of an `ERROR_REMOTE` error frame before any message; panics on any other end.
-    pub(crate) fn remote_text(&self) -> String {
-        match self {
-            End::Error { messages: 0, kind: ERROR_REMOTE, payload } => {
-                String::from_utf8_lossy(payload).into_owned()
-            }
-            other => panic!("expected an error frame with text, got {other:?}"),
-        }
+/// QUIC servers for the hostile suite.
+pub(crate) struct Quic;
+
+/// A served [`Echo`].
+pub(crate) struct Served {
+    pub(crate) handle: ServerHandle,
+    _transport: QuicTransport,
+}
+
+impl HostileTarget for Quic {
+    type Served = Served;
+    type Caller = Caller;
+
+    async fn serve(&self, service: Arc<Echo>, first_request_timeout: Duration) -> Served {
+        let settings =
+            QuicSettings { first_request_timeout, max_message_bytes: CAP, ..QuicSettings::default() };
+        let transport = QuicTransport::with_settings(settings).expect("valid settings");
+        let handle = transport.serve(service).await.expect("serve");
+        Served { handle, _transport: transport }
     }
 
-    /// `(size, limit)` of an `ERROR_TOO_LARGE` error frame before any message; panics on any other
-    /// end.
-    pub(crate) fn too_large(&self) -> (u64, u64) {
-        match self {
-            End::Error { messages: 0, kind: ERROR_TOO_LARGE, payload } if payload.len() == 16 => {
-                let word = |at: usize| {
-                    let mut bytes = [0u8; 8];
-                    bytes.copy_from_slice(&payload[at..at + 8]);
-                    u64::from_le_bytes(bytes)
-                };
-                (word(0), word(8))
+    fn endpoint(&self, served: &Served) -> String {
+        served.handle.endpoint().to_string()
+    }
+
+    async fn caller(&self, served: &Served) -> Caller {
+        connect(served.handle.endpoint()).await
+    }
+
+    async fn client(&self) -> Arc<dyn Transport> {
+        Arc::new(QuicTransport::default())
+    }
+}
+
+/// One connection to the server, trusting any certificate.
+pub(crate) struct Caller {
+    _endpoint: Endpoint,
+    pub(crate) connection: Connection,
+}
+
+impl RawCaller for Caller {
+    type Stream = Call;
+
+    async fn open(&self, rpc: Rpc) -> Call {
+        let mut call = self.stream().await;
+        call.send.write_all(&[method(rpc)]).await.expect("the method byte");
+        call
+    }
+}
+
+impl Caller {
+    /// A new stream, with nothing written on it.
+    pub(crate) async fn stream(&self) -> Call {
+        let (send, recv) = self.connection.open_bi().await.expect("a stream");
+        Call { send, recv }
+    }
+}
+
+/// One raw call's stream.
+pub(crate) struct Call {
+    pub(crate) send: SendStream,
+    recv: RecvStream,
+}
+
+impl FrameRead for Call {
+    async fn read_into(&mut self, buf: &mut BytesMut, max: usize, peer: &str) -> Result<usize> {
+        match self.recv.read_chunk(max, true).await {
+            Ok(Some(chunk)) => {
+                buf.extend_from_slice(&chunk.bytes);
+                Ok(chunk.bytes.len())
             }
-            other => panic!("expected a too-large error frame, got {other:?}"),
+            Ok(None) => Ok(0),
+            Err(e) => Err(Error::Transport(format!("reading from {peer}: {e}"))),
         }
+    }
+}
+
+impl RawStream for Call {
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.send.write_all(bytes).await.map_err(std::io::Error::other)
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.send.finish();
     }
 }
 
 /// A connection to the server of `endpoint` (`quic://host:port#pin`), trusting any certificate.
-pub(crate) async fn connect(endpoint: &str) -> (Endpoint, Connection) {
+pub(crate) async fn connect(endpoint: &str) -> Caller {
     let authority = endpoint.trim_start_matches("quic://").split('#').next().expect("an authority");
     let addr: SocketAddr = authority.parse().expect("a socket address");
     let client = Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into()).expect("a client socket");
@@ -73,57 +124,7 @@ pub(crate) async fn connect(endpoint: &str) -> (Endpoint, Connection) {
         .expect("a valid dial")
         .await
         .expect("the QUIC handshake");
-    (client, connection)
-}
-
-/// Opens a stream, writes `bytes` and finishes the send side when `finish`.
-pub(crate) async fn call(connection: &Connection, bytes: &[u8], finish: bool) -> (SendStream, RecvStream) {
-    let (mut send, recv) = connection.open_bi().await.expect("a stream");
-    send.write_all(bytes).await.expect("the write");
-    if finish {
-        send.finish().expect("the finish");
-    }
-    (send, recv)
-}
-
-/// A method byte, then one frame header announcing `len` bytes, then `body`.
-pub(crate) fn framed(method: u8, len: u32, body: &[u8]) -> Vec<u8> {
-    let mut bytes = vec![method];
-    bytes.extend_from_slice(&len.to_le_bytes());
-    bytes.extend_from_slice(body);
-    bytes
-}
-
-/// Reads the server's frames until the stream ends.
-pub(crate) async fn read_end(recv: &mut RecvStream) -> End {
-    let mut messages = 0;
-    loop {
-        let mut header = [0u8; 4];
-        match recv.read_exact(&mut header).await {
-            Ok(()) => {}
-            Err(ReadExactError::FinishedEarly(0)) => return End::Finished,
-            Err(e) => return End::Broken(e.to_string()),
-        }
-        let len = u32::from_le_bytes(header);
-        if len == ERROR_MARKER {
-            let mut head = [0u8; 5];
-            if let Err(e) = recv.read_exact(&mut head).await {
-                return End::Broken(e.to_string());
-            }
-            let size = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-            let mut payload = vec![0u8; size.min(4096) as usize];
-            if let Err(e) = recv.read_exact(&mut payload).await {
-                return End::Broken(e.to_string());
-            }
-            return End::Error { messages, kind: head[0], payload };
-        }
-        // The server under test honours its cap, so its lengths can be trusted here.
-        let mut body = vec![0u8; len as usize];
-        if let Err(e) = recv.read_exact(&mut body).await {
-            return End::Broken(e.to_string());
-        }
-        messages += 1;
-    }
+    Caller { _endpoint: client, connection }
 }
 
 fn client_config() -> quinn::ClientConfig {
