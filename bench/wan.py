@@ -82,18 +82,41 @@ class Network:
         run("ip", "netns", "del", HUB, check=False)
 
 
+def averager_command(args, net, index, prefix, bootstrap, bandwidth):
+    """The averager's peer `index`: the hidden `averager worker` subcommand."""
+    cmd = [args.binary, "worker", "--index", str(index), "--floats", str(args.floats), "--seed", "0"]
+    cmd += ["--group-size", str(args.peers), "--prefix", prefix, "--transport", args.transport]
+    cmd += ["--compression", args.compression, "--timeout", str(args.step_timeout)]
+    cmd += ["--host", net.address(index)]
+    for addr in bootstrap:
+        cmd += ["--bootstrap", addr]
+    if bandwidth is not None:
+        cmd += ["--bandwidth", str(bandwidth)]
+    return cmd
+
+
+def hivemind_command(args, net, index, prefix, bootstrap, bandwidth):
+    """hivemind's peer `index`: bench/hivemind_wan_peer.py in the bench venv's Python."""
+    cmd = [args.hivemind_python, os.path.join(HERE, "hivemind_wan_peer.py"), "--index", str(index)]
+    cmd += ["--peers", str(args.peers), "--floats", str(args.floats), "--prefix", prefix]
+    cmd += ["--compression", args.compression, "--timeout", str(args.step_timeout)]
+    cmd += ["--host", net.address(index)]
+    for addr in bootstrap:
+        cmd += ["--bootstrap", addr]
+    if bandwidth is not None:
+        cmd += ["--bandwidth", str(bandwidth)]
+    return cmd
+
+
+COMMANDS = {"averager": averager_command, "hivemind": hivemind_command}
+
+
 class Worker:
-    def __init__(self, args, net, index, prefix, bootstrap, bandwidth, log):
-        cmd = ["ip", "netns", "exec", ns(index), args.binary, "worker"]
-        cmd += ["--index", str(index), "--floats", str(args.floats), "--seed", "0"]
-        cmd += ["--group-size", str(args.peers), "--prefix", prefix, "--transport", args.transport]
-        cmd += ["--compression", args.compression, "--timeout", str(args.step_timeout)]
-        cmd += ["--host", net.address(index)]
-        for addr in bootstrap:
-            cmd += ["--bootstrap", addr]
-        if bandwidth is not None:
-            cmd += ["--bandwidth", str(bandwidth)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+    def __init__(self, command, index, log):
+        # In bench/, so that the hivemind peer imports its neighbours.
+        cmd = ["ip", "netns", "exec", ns(index), *command]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                                     cwd=HERE)
         # Lines are split here, not by a buffered reader: select() on the pipe cannot see lines
         # that a reader already pulled into its buffer.
         self.pending = b""
@@ -141,17 +164,19 @@ class Worker:
             self.proc.wait()
 
 
-def run_cell(args, net, name, rates, informed, log):
+def run_cell(args, net, name, rates, informed, log, system="averager"):
     net.shape(rates)
-    prefix = f"wan-{name}-{os.getpid()}"
+    prefix = f"wan-{system}-{name}-{os.getpid()}"
+    command = COMMANDS[system]
     workers = []
     try:
-        first = Worker(args, net, 0, prefix, [], rates[0] / 8 if informed else None, log)
+        first = Worker(command(args, net, 0, prefix, [], rates[0] / 8 if informed else None), 0, log)
         workers.append(first)
         ready = first.expect("ready", 120)
         bootstrap = [a for a in ready.get("dht", []) if f"/{net.address(0)}/" in a] or ready.get("dht", [])
         for i in range(1, args.peers):
-            workers.append(Worker(args, net, i, prefix, bootstrap, rates[i] / 8 if informed else None, log))
+            bandwidth = rates[i] / 8 if informed else None
+            workers.append(Worker(command(args, net, i, prefix, bootstrap, bandwidth), i, log))
         for w in workers[1:]:
             w.expect("ready", 120)
         rounds = []
@@ -169,7 +194,7 @@ def run_cell(args, net, name, rates, informed, log):
                 "errors": errors,
                 "estimates_mb_s": [rep.get("bandwidth_estimate") for rep in reports],
             })
-            print(f"wan: {name} round {r}: {rounds[-1]}", file=sys.stderr, flush=True)
+            print(f"wan: {system} {name} round {r}: {rounds[-1]}", file=sys.stderr, flush=True)
         return rounds
     finally:
         for w in workers:
@@ -198,9 +223,7 @@ def main():
         "mix": (mix, False),
         "mix-informed": (mix, True),
     }
-    if args.hivemind_python:
-        print("wan: hivemind: not run on the namespaces yet (bench/hivemind_bench.py starts every peer "
-              "from one process; it needs a per-namespace launcher)", file=sys.stderr)
+    systems = ["averager"] + (["hivemind"] if args.hivemind_python else [])
     net = Network(args.peers)
     bytes_per_peer = args.floats * 4
     results = []
@@ -212,9 +235,15 @@ def main():
             for name in args.cells.split(","):
                 rates, informed = cells[name]
                 bound = 2 * (args.peers - 1) / args.peers * bytes_per_peer * 8 / (min(rates) * 1e6)
-                rounds = run_cell(args, net, name, rates, informed, log)
-                results.append({"cell": name, "rates_mbit": rates, "informed": informed,
-                                "bound_s": bound, "rounds": rounds})
+                # Both systems on the same links, one after the other.
+                for system in systems:
+                    try:
+                        rounds = run_cell(args, net, name, rates, informed, log, system)
+                    except RuntimeError as e:
+                        print(f"wan: {system} {name}: {e}", file=sys.stderr, flush=True)
+                        rounds = [{"round": 1, "allreduce_s": None, "step_s": None, "errors": [str(e)]}]
+                    results.append({"system": system, "cell": name, "rates_mbit": rates, "informed": informed,
+                                    "bound_s": bound, "rounds": rounds})
     finally:
         net.down()
     load = open("/proc/loadavg").read().split()[:3]
@@ -222,8 +251,8 @@ def main():
         json.dump({"peers": args.peers, "bytes_per_peer": bytes_per_peer, "load": load, "cells": results}, f, indent=1)
     print(f"{args.peers} peers x {bytes_per_peer / 1e6:.1f} MB, transport {args.transport}, "
           f"compression {args.compression}, {args.rounds} rounds per cell; load after: {' '.join(load)}")
-    print("| cell | links (Mbit/s) | bandwidth | bound (s) | all-reduce round 1 (s) | rounds 2+ median (s) | bound / rounds 2+ | step median (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| system | cell | links (Mbit/s) | bandwidth | bound (s) | all-reduce round 1 (s) | rounds 2+ median (s) | bound / rounds 2+ | step median (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for cell in results:
         times = [r["allreduce_s"] for r in cell["rounds"]]
         later = [t for t in times[1:] if t is not None]
@@ -231,7 +260,7 @@ def main():
         steps = [r["step_s"] for r in cell["rounds"] if r["step_s"]]
         fmt = lambda v: "failed" if v is None else f"{v:.2f}"
         ratio = f"{cell['bound_s'] / med:.0%}" if med else "-"
-        print(f"| {cell['cell']} | {'/'.join(map(str, cell['rates_mbit']))} | "
+        print(f"| {cell['system']} | {cell['cell']} | {'/'.join(map(str, cell['rates_mbit']))} | "
               f"{'told' if cell['informed'] else 'measured'} | {cell['bound_s']:.2f} | {fmt(times[0])} | "
               f"{fmt(med)} | {ratio} | {fmt(statistics.median(steps)) if steps else '-'} |")
 
