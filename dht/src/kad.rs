@@ -4,23 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use averager_core::dht::{DhtCapabilities, DhtDictionary, DhtEntry};
-use averager_core::time::{DhtTime, dht_now};
-use averager_core::{Dht, Error, Result};
+use averager_core::dht::{DhtCapabilities, DhtDictionary};
+use averager_core::time::DhtTime;
+use averager_core::{Dht, Result};
 use bytes::Bytes;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::oneshot;
 
-use crate::driver::Command;
-use crate::node::{Libp2pNode, REPLY_GRACE};
-use crate::record;
+use crate::node::Libp2pNode;
 use crate::settings::KadSettings;
-use crate::signed;
-
-/// How many query timeouts a store may take: Kademlia runs it as two queries (find the closest
-/// peers, then send them the record), each with its own timeout.
-const STORE_PHASES: u32 = 2;
 
 /// A DHT on libp2p Kademlia, holding protocol 2.3 dictionaries (see the crate docs): a handle onto a
 /// [`Libp2pNode`].
@@ -91,18 +83,6 @@ impl KadDht {
     pub async fn shutdown(&self) {
         self.node.shutdown().await;
     }
-
-    async fn call<T>(
-        &self,
-        what: &str,
-        key: &str,
-        command: Command,
-        phases: u32,
-        reply: oneshot::Receiver<Result<T>>,
-    ) -> Result<T> {
-        let limit = self.settings().query_timeout * phases + REPLY_GRACE;
-        self.node.call(what, key, command, limit, reply).await
-    }
 }
 
 #[async_trait]
@@ -122,45 +102,13 @@ impl Dht for KadDht {
     /// then sends it to the `replication` peers closest to the key and returns once they have
     /// answered (or the query timed out).
     async fn store(&self, key: &str, subkey: &[u8], value: Bytes, expiration: DhtTime) -> Result<bool> {
-        if !expiration.is_finite() {
-            return Err(Error::Dht(format!("expiration {expiration} of {key:?} is not finite")));
-        }
-        // A signed entry carries its signature in the value.
-        let overhead = if signed::named_peer(subkey).is_some() { signed::SIGNED_OVERHEAD } else { 0 };
-        if value.len() + overhead > self.settings().max_value_bytes {
-            return Err(Error::Dht(format!(
-                "value of {} bytes under {key:?} exceeds the limit of {} bytes{}",
-                value.len(),
-                self.settings().max_value_bytes - overhead.min(self.settings().max_value_bytes),
-                if overhead > 0 { " (a signed entry's)" } else { "" }
-            )));
-        }
-        if expiration <= dht_now() {
-            return Ok(false);
-        }
-        let (reply, answer) = oneshot::channel();
-        let record_key = record::record_key(key);
-        let entry = signed::sign(self.node.keypair(), &record_key, subkey, DhtEntry { value, expiration })
-            .map_err(|why| Error::Dht(format!("refused to store under {key:?}: {why}")))?;
-        let command =
-            Command::Store { key: record_key, subkey: Bytes::copy_from_slice(subkey), entry, reply };
-        self.call("store", key, command, STORE_PHASES, answer).await
+        self.node.store_entry(key, subkey, value, expiration).await
     }
 
     /// With `latest`, asks the `replication` peers closest to the key and returns the union of
     /// their answers and the local replica's; without it, answers from the local replica when it
     /// holds entries of the key, and asks the network otherwise.
     async fn get(&self, key: &str, latest: bool) -> Result<DhtDictionary> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Get { key: record::record_key(key), latest, reply };
-        let entries = self.call("get", key, command, 1, answer).await?;
-        // Every entry here passed its signature check on the way in.
-        Ok(entries
-            .into_iter()
-            .map(|(subkey, entry)| {
-                let entry = signed::strip(&subkey, entry);
-                (subkey, entry)
-            })
-            .collect())
+        self.node.get_entries(key, latest).await
     }
 }

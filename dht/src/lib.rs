@@ -2,6 +2,7 @@
 
 mod behaviour;
 mod driver;
+mod entries;
 mod error;
 mod identity;
 mod kad;
@@ -19,6 +20,7 @@ mod unreachable;
 
 use std::sync::Arc;
 
+pub use entries::RELAYED_ADDRS_TTL;
 pub use identity::load_or_create_identity;
 pub use kad::KadDht;
 pub use libp2p::identity::Keypair;

@@ -181,7 +181,8 @@ impl Libp2pNode {
 
     /// Opens a substream to `peer` on `protocol`. Without a connection, dials the peer at
     /// `addresses` and the addresses the node knows (identify, the routing table); then at the
-    /// addresses a DHT lookup finds; then through this node's relays (see [`Libp2pNode::connect`]).
+    /// addresses a DHT lookup finds; then at the relayed addresses the peer declared; then
+    /// through this node's relays (see [`Libp2pNode::connect`]).
     /// Callers bound the wait.
     ///
     /// # Errors
@@ -214,7 +215,9 @@ impl Libp2pNode {
     }
 
     /// Runs `attempt` with `addresses`; when it cannot dial, again with the addresses a lookup
-    /// finds (if it finds new ones), then with circuit addresses through this node's relays.
+    /// finds (if it finds new ones), then at the relayed addresses the peer declared in the DHT
+    /// (see [`Libp2pNode::relayed_addrs_of`]), then with circuit addresses through this node's
+    /// relays.
     async fn reach<T, F, Fut>(
         &self,
         peer: PeerId,
@@ -237,11 +240,19 @@ impl Libp2pNode {
                 done => return done,
             }
         }
+        let declared = self.relayed_addrs_of(peer).await;
+        if !declared.is_empty() {
+            tracing::info!(%peer, ?declared, error = %failed, "dialling the peer at the relayed addresses it declared");
+            match attempt(declared).await {
+                Err(e) if e.is_dial_failure() => failed = e,
+                done => return done,
+            }
+        }
         let relayed = circuits_to(peer, &self.settings.relays);
         if relayed.is_empty() {
             return Err(failed);
         }
-        tracing::debug!(%peer, ?relayed, error = %failed, "dialling the peer through this node's relays");
+        tracing::info!(%peer, ?relayed, error = %failed, "dialling the peer through this node's relays");
         attempt(relayed).await
     }
 

@@ -19,7 +19,7 @@ use crate::{KadDht, record, signed};
 
 const JOIN_LIMIT: Duration = Duration::from_secs(60);
 
-async fn swarm(n: usize) -> Vec<Arc<Libp2pNode>> {
+pub(crate) async fn swarm(n: usize) -> Vec<Arc<Libp2pNode>> {
     let mut nodes: Vec<Arc<Libp2pNode>> = Vec::new();
     for _ in 0..n {
         let bootstrap = nodes.iter().flat_map(|node| node.listen_addrs()).collect();

@@ -176,10 +176,13 @@ impl Transport for Libp2pTransport {
             stopped,
         };
         let accept = tokio::spawn(server::accept_loop(inbound, serving)).abort_handle();
+        // A server behind a NAT is reached through its relays: it declares those addresses.
+        let declare = self.node.spawn_relayed_addrs_publisher().abort_handle();
         Ok(ServerHandle::new(self.endpoint(), move || {
             stop.send_replace(true);
             // Dropping the loop drops the acceptors: peers opening a call now get "unsupported".
             accept.abort();
+            declare.abort();
         }))
     }
 

@@ -86,7 +86,12 @@ pub trait HostileTarget: Sync {
 #[derive(Debug)]
 pub enum End {
     /// `messages` replies, then an error frame.
-    Error { messages: usize, error: Error },
+    Error {
+        /// The replies read before the error frame.
+        messages: usize,
+        /// What the error frame said.
+        error: Error,
+    },
     /// Replies, then the end frame or the end of the stream.
     Clean,
     /// The stream failed or broke off inside a frame.
