@@ -9,6 +9,7 @@ mod lossless;
 mod meanstd16;
 mod quantile8;
 mod radix;
+mod sample;
 mod select;
 mod sums;
 #[cfg(test)]
