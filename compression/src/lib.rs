@@ -3,6 +3,7 @@
 mod blockwise8;
 mod bucket_table;
 mod codebook;
+mod decoded_f32;
 mod float16;
 #[cfg(any(feature = "zstd", feature = "lz4"))]
 mod lossless;
