@@ -80,13 +80,16 @@ impl BinSums {
     }
 }
 
-/// Encodes a floating tensor: `quantize(values, q)` fills one index per value and returns the
-/// codebook.
+/// Where a quantizer hands over the indices it computed, a chunk at a time, in order.
+pub(crate) type Emit<'a> = dyn FnMut(&[u8]) + 'a;
+
+/// Encodes a floating tensor: `quantize(values, emit)` passes one index per value to `emit`, in
+/// order, and returns the codebook.
 pub(crate) fn encode(
     name: &str,
     wire_type: CompressionType,
     tensor: &TensorView<'_>,
-    quantize: impl FnOnce(&[f32], &mut [u8]) -> [f32; BINS],
+    quantize: impl FnOnce(&[f32], &mut Emit<'_>) -> [f32; BINS],
 ) -> Result<WireTensor> {
     let mut buffer = BytesMut::new();
     let header = encode_into(name, wire_type, tensor, quantize, &mut buffer)?;
@@ -98,7 +101,7 @@ pub(crate) fn encode_into(
     name: &str,
     wire_type: CompressionType,
     tensor: &TensorView<'_>,
-    quantize: impl FnOnce(&[f32], &mut [u8]) -> [f32; BINS],
+    quantize: impl FnOnce(&[f32], &mut Emit<'_>) -> [f32; BINS],
     out: &mut BytesMut,
 ) -> Result<WireTensor> {
     let dtype = tensor.dtype();
@@ -109,10 +112,12 @@ pub(crate) fn encode_into(
     // would otherwise convert them several times.
     let values = tensor.data().to_f32()?;
     let start = out.len();
-    out.resize(start + HEADER + values.len(), 0);
-    let (header, q) = out[start..].split_at_mut(HEADER);
-    let codebook = quantize(&values, q);
-    let (k, entries) = header.split_at_mut(8);
+    out.reserve(HEADER + values.len());
+    out.resize(start + HEADER, 0);
+    // The indices are appended as they come instead of overwriting a zero-filled buffer, which
+    // would write the whole output twice.
+    let codebook = quantize(&values, &mut |q: &[u8]| out.extend_from_slice(q));
+    let (k, entries) = out[start..start + HEADER].split_at_mut(8);
     k.copy_from_slice(&(BINS as i64).to_le_bytes());
     for (entry, out) in codebook.iter().zip(entries.chunks_exact_mut(4)) {
         out.copy_from_slice(&entry.to_le_bytes());

@@ -9,7 +9,7 @@ use averager_core::compression::{
 };
 use averager_core::tensor::{DType, Tensor, TensorView};
 
-use crate::codebook::{self, BINS, BinSums};
+use crate::codebook::{self, BINS, BinSums, Emit};
 use crate::sums::{moments, sum};
 
 /// The bin that holds the mean (hivemind's zero point, `n_bins / 2`).
@@ -80,9 +80,9 @@ fn bins(values: &[f32], mu: f32, inverse: f32, q: &mut [u8]) {
     }
 }
 
-/// Writes the bin index of every value to `q` and returns the codebook: the mean of the values
+/// Hands the bin index of every value to `emit` and returns the codebook: the mean of the values
 /// in each bin, 0 for empty bins.
-fn quantize(values: &[f32], q: &mut [u8]) -> [f32; BINS] {
+fn quantize(values: &[f32], emit: &mut Emit<'_>) -> [f32; BINS] {
     let n = values.len();
     // One pass for the mean and the spread: the tensor is read from memory twice in all
     // (statistics, then bins), not three times.
@@ -95,14 +95,20 @@ fn quantize(values: &[f32], q: &mut [u8]) -> [f32; BINS] {
     let inverse = 1.0 / scale;
 
     let mut sums = BinSums::new();
+    let mut q = [0u8; CHUNK];
     if scale > 0.0 && scale.is_finite() && inverse.is_finite() {
-        for (src, dst) in values.chunks(CHUNK).zip(q.chunks_mut(CHUNK)) {
-            bins(src, mu, inverse, dst);
-            sums.add(src, dst);
+        for src in values.chunks(CHUNK) {
+            let q = &mut q[..src.len()];
+            bins(src, mu, inverse, q);
+            sums.add(src, q);
+            emit(q);
         }
     } else {
         // [averager]: no spread to quantize (constant, `numel <= 1`, or non-finite values).
         q.fill(ZERO_POINT as u8);
+        for src in values.chunks(CHUNK) {
+            emit(&q[..src.len()]);
+        }
         sums.set(ZERO_POINT as usize, sum(values), n as u64);
     }
 
