@@ -22,6 +22,23 @@ pub(crate) fn bucket_of(borders: &[f32; BINS], x: f32) -> u8 {
     pos as u8
 }
 
+/// The number of inner borders below `x`, whose cell is `c`, given the table's counts per cell.
+#[inline(always)]
+fn bucket_in(first: &[u8; CELLS + 1], borders: &[f32; BINS], c: usize, x: f32) -> u8 {
+    // The mask only lets the compiler drop the bounds checks: cells are below `CELLS`.
+    let c = c & (CELLS - 1);
+    let (lo, hi) = (usize::from(first[c]), usize::from(first[c + 1]));
+    // Borders before `lo` lie in earlier cells, so below x; those from `hi` on in later ones.
+    // NaN compares false with every border, and its cell 0 has no borders before it.
+    if hi - lo <= 1 {
+        let inside = usize::from(lo < hi) & usize::from(borders[lo & (BINS - 1)] < x);
+        return (lo + inside) as u8;
+    }
+    // Several borders share the cell (data far denser here than on average, as with heavy
+    // tails): the full search, which costs what it would without the table.
+    bucket_of(borders, x)
+}
+
 /// Values whose cells [`BucketTable::bucketize`] computes at a time.
 const GROUP: usize = 256;
 
@@ -79,24 +96,7 @@ impl<'a> BucketTable<'a> {
     /// The number of inner borders below `x` (NaN: 0), as the binary search counts them.
     #[cfg(test)]
     pub(crate) fn bucket(&self, x: f32) -> u8 {
-        self.bucket_in(self.cell(x), x)
-    }
-
-    /// [`BucketTable::bucket`] of `x`, whose cell is `c`.
-    #[inline(always)]
-    fn bucket_in(&self, c: usize, x: f32) -> u8 {
-        // The mask only lets the compiler drop the bounds checks: cells are below `CELLS`.
-        let c = c & (CELLS - 1);
-        let (lo, hi) = (usize::from(self.first[c]), usize::from(self.first[c + 1]));
-        // Borders before `lo` lie in earlier cells, so below x; those from `hi` on in later ones.
-        // NaN compares false with every border, and its cell 0 has no borders before it.
-        if hi - lo <= 1 {
-            let inside = usize::from(lo < hi) & usize::from(self.borders[lo & (BINS - 1)] < x);
-            return (lo + inside) as u8;
-        }
-        // Several borders share the cell (data far denser here than on average, as with heavy
-        // tails): the full search, which costs what it would without the table.
-        bucket_of(self.borders, x)
+        bucket_in(&self.first, self.borders, self.cell(x), x)
     }
 
     /// `dst[i] = bucket(src[i])`: the cells of a group first, in a loop that vectorizes, then
@@ -107,8 +107,11 @@ impl<'a> BucketTable<'a> {
             for (c, &x) in cells.iter_mut().zip(src) {
                 *c = self.cell(x) as u32;
             }
+            // The tables' addresses read once: reading them through `self` after every store
+            // (which might alias, as far as the compiler knows) costs as much as the lookup.
+            let (first, borders) = (&*self.first, self.borders);
             for ((d, &x), &c) in dst.iter_mut().zip(src).zip(&cells) {
-                *d = self.bucket_in(c as usize, x);
+                *d = bucket_in(first, borders, c as usize, x);
             }
         }
     }

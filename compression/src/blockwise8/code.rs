@@ -10,6 +10,9 @@ use super::CODE_LEN;
 /// neighbouring code entries lie at least 1.4% apart (a test checks this).
 const BUCKET_BITS: u32 = 16;
 
+/// Values whose keys [`Tables::nearest_scaled`] computes at a time.
+const GROUP: usize = 512;
+
 /// The nearest-code search tables, built once.
 pub(super) struct Tables {
     /// The code as transmitted: sorted, first entry -1.0.
@@ -75,11 +78,29 @@ impl Tables {
     /// The index of the code entry nearest to `v` (the lower one on an exact tie): the number of
     /// midpoints below `v`. The bucket table gives the count below the bucket's start; at most
     /// one midpoint lies inside a bucket, so one comparison finishes it.
-    #[inline(always)]
+    #[cfg(test)]
     pub(super) fn nearest(&self, v: f32) -> u8 {
         let key = order_key(v);
         let base = self.below[(key >> (32 - BUCKET_BITS)) as usize];
         base + u8::from(self.midpoint_keys[usize::from(base)] < key)
+    }
+
+    /// `dst[i] = nearest(src[i] * inverse)`, a group at a time: the keys in a loop that
+    /// vectorizes, then the lookups, with the tables' addresses read once rather than after
+    /// every store.
+    pub(super) fn nearest_scaled(&self, src: &[f32], inverse: f32, dst: &mut [u8]) {
+        let below: &[u8; 1 << BUCKET_BITS] = &self.below;
+        let midpoints = &self.midpoint_keys;
+        let mut keys = [0u32; GROUP];
+        for (src, dst) in src.chunks(GROUP).zip(dst.chunks_mut(GROUP)) {
+            for (k, &x) in keys.iter_mut().zip(src) {
+                *k = order_key(x * inverse);
+            }
+            for (b, &key) in dst.iter_mut().zip(&keys) {
+                let base = below[(key >> (32 - BUCKET_BITS)) as usize];
+                *b = base + u8::from(midpoints[usize::from(base)] < key);
+            }
+        }
     }
 }
 
@@ -140,8 +161,11 @@ mod tests {
             probes.extend([c, c.next_up(), c.next_down()]);
         }
         probes.extend([0.0, -0.0, f32::MIN_POSITIVE, 1e-30, -1e-30, 2.0, -2.0]);
-        for v in probes {
+        let mut scaled = vec![0u8; probes.len()];
+        tables.nearest_scaled(&probes, 1.0, &mut scaled);
+        for (&v, &got) in probes.iter().zip(&scaled) {
             assert_eq!(tables.nearest(v), nearest_by_scan(&tables.code, v), "{v}");
+            assert_eq!(got, tables.nearest(v), "{v}");
         }
         assert_eq!((tables.nearest(f32::INFINITY), tables.nearest(f32::NEG_INFINITY)), (255, 0));
     }

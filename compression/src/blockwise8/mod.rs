@@ -233,9 +233,7 @@ impl Compression for Blockwise8Bit {
             // One division per block; the product may be an ulp past ±1, which still rounds to
             // the end entries.
             let inverse = 1.0 / m;
-            for (b, &x) in dst.iter_mut().zip(src) {
-                *b = tables.nearest(x * inverse);
-            }
+            tables.nearest_scaled(src, inverse, dst);
         }
         Ok(WireTensor {
             buffer: Default::default(),
