@@ -1,6 +1,6 @@
 //! Sorting f32 values in `f32::total_cmp` order by a least-significant-digit radix sort of their
 //! order keys: three counting passes instead of `n log n` comparisons, for the quantile codec's
-//! chunks of about 100000 values.
+//! samples (up to 65536 values).
 
 /// Bits per digit: 11, 11 and 10 cover the 32-bit key with counting tables that fit in L1.
 const DIGIT_BITS: [u32; 3] = [11, 11, 10];

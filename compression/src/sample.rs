@@ -35,16 +35,28 @@ pub(crate) fn stratified(values: &[f32], size: usize) -> Vec<f32> {
     if n <= size {
         return values.to_vec();
     }
+    if size == 0 {
+        return Vec::new();
+    }
     let mut rng = SplitMix(SEED);
     let mut out = Vec::with_capacity(size);
-    let mut start = 0usize;
-    for k in 1..=size {
-        // Stratum k-1 is [start, end): the boundaries k n / size, exactly, in u128.
-        let end = (k as u128 * n as u128 / size as u128) as usize;
-        // `n > size` makes every stratum hold at least one value.
-        let at = start + rng.below(end - start);
+    // Stratum k ends at floor((k + 1) n / size), stepped in integers: `base` per stratum, plus one
+    // whenever the remainders add up to another `size` (a u128 division per value would cost
+    // more than the draw).
+    let (base, extra) = (n / size, n % size);
+    let (mut start, mut carried) = (0usize, 0usize);
+    for _ in 0..size {
+        carried += extra;
+        let len = if carried >= size {
+            carried -= size;
+            base + 1
+        } else {
+            base
+        };
+        // `n > size` makes `base`, so every stratum, at least one value long.
+        let at = start + rng.below(len);
         out.push(values.get(at).copied().unwrap_or(f32::NAN));
-        start = end;
+        start += len;
     }
     out
 }
@@ -65,6 +77,7 @@ mod tests {
         assert_eq!(sample, stratified(&values, 64));
         assert_eq!(stratified(&values[..10], 64), &values[..10]);
         assert_eq!(stratified(&values[..65], 64).len(), 64);
+        assert!(stratified(&values, 0).is_empty());
         // Offsets vary between strata: a tensor whose rows repeat is not sampled in one column.
         let columns: std::collections::HashSet<usize> =
             sample.iter().zip(0..).map(|(&x, k)| x as usize - k * 1000 / 64).collect();
