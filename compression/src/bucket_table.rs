@@ -51,7 +51,7 @@ pub(crate) struct BucketTable<'a> {
     scale: f32,
     /// `first[c]`: how many of the 255 inner borders fall in cells before `c` (the grid is only
     /// a hint: a border's cell is computed with the same arithmetic as a value's).
-    first: Box<[u8; CELLS + 1]>,
+    first: [u8; CELLS + 1],
 }
 
 impl<'a> BucketTable<'a> {
@@ -67,7 +67,7 @@ impl<'a> BucketTable<'a> {
         if !scale.is_finite() {
             return None;
         }
-        let mut table = BucketTable { borders, start, scale, first: Box::new([0u8; CELLS + 1]) };
+        let mut table = BucketTable { borders, start, scale, first: [0u8; CELLS + 1] };
         // Counting borders per cell, then prefix sums: `cell` is monotone in its argument, so
         // a border in an earlier cell than a value is below it, and one in a later cell is not.
         let mut counts = [0usize; CELLS + 1];
@@ -109,7 +109,7 @@ impl<'a> BucketTable<'a> {
             }
             // The tables' addresses read once: reading them through `self` after every store
             // (which might alias, as far as the compiler knows) costs as much as the lookup.
-            let (first, borders) = (&*self.first, self.borders);
+            let (first, borders) = (&self.first, self.borders);
             for ((d, &x), &c) in dst.iter_mut().zip(src).zip(&cells) {
                 *d = bucket_in(first, borders, c as usize, x);
             }

@@ -3,6 +3,8 @@
 //!
 //! Buffer: `K (i64 LE, = 256) || codebook (f32 LE x K) || q (u8 x numel)`.
 
+use std::cell::RefCell;
+
 use averager_core::Result;
 use averager_core::compression::{
     BytesMut, CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
@@ -11,7 +13,8 @@ use averager_core::tensor::{DType, Tensor, TensorView};
 
 use crate::bucket_table::{BucketTable, bucket_of};
 use crate::codebook::{self, BINS, BinSums, Emit};
-use crate::{radix, sample};
+use crate::radix::{self, SortScratch};
+use crate::sample;
 
 /// Number of quantile levels, `linspace(0, 1, 257)`: the two ends and 255 inner borders.
 const LEVELS: usize = BINS + 1;
@@ -97,17 +100,8 @@ fn lerp(a: f32, b: f32, t: f64) -> f32 {
 /// about as much as searching a few thousand values).
 const TABLE_FROM: usize = 1 << 13;
 
-/// From this many values on, a chunk is radix-sorted whole instead of selected rank by rank.
+/// From this many values on, a sample is radix-sorted whole instead of selected rank by rank.
 const RADIX_FROM: usize = 4096;
-
-/// `sort_unstable_by(f32::total_cmp)`, by radix for long slices.
-fn sort(values: &mut [f32]) {
-    if values.len() >= RADIX_FROM {
-        radix::sort_total(values);
-    } else {
-        values.sort_unstable_by(f32::total_cmp);
-    }
-}
 
 /// Puts the value of every rank in `ranks` (sorted, unique, each in `offset..offset +
 /// values.len()`) at its sorted position, by recursive selection: each split orders the slice
@@ -117,7 +111,7 @@ fn select_ranks(values: &mut [f32], offset: usize, ranks: &[usize]) {
         return;
     }
     if ranks.len().saturating_mul(SORT_WHEN_DENSER_THAN) >= values.len() {
-        sort(values);
+        values.sort_unstable_by(f32::total_cmp);
         return;
     }
     let mid = ranks.len() / 2;
@@ -130,23 +124,26 @@ fn select_ranks(values: &mut [f32], offset: usize, ranks: &[usize]) {
 }
 
 /// The 257 linear-interpolation quantiles of `values` (non-empty), reordering them.
-fn quantiles(values: &mut [f32]) -> [f32; LEVELS] {
+fn quantiles(values: &mut [f32], scratch: &mut SortScratch) -> [f32; LEVELS] {
     let n = values.len();
-    let mut ranks = Vec::with_capacity(2 * LEVELS);
+    // At most two ranks per level; positions grow with the level, so the ranks come sorted and
+    // only repeats need skipping.
+    let mut ranks = [0usize; 2 * LEVELS];
+    let mut count = 0;
     for k in 0..LEVELS {
         let (lo, frac) = level_position(n, k);
-        ranks.push(lo);
-        if frac > 0.0 && lo + 1 < n {
-            ranks.push(lo + 1);
+        for rank in [Some(lo), (frac > 0.0 && lo + 1 < n).then_some(lo + 1)].into_iter().flatten() {
+            if count == 0 || ranks[count - 1] != rank {
+                ranks[count] = rank;
+                count += 1;
+            }
         }
     }
-    // Positions grow with the level, so `ranks` is sorted already; only repeats remain.
-    ranks.dedup();
     if n >= RADIX_FROM {
         // Counting passes beat a selection that visits the values about log2(257) times.
-        radix::sort_total(values);
+        radix::sort_total_with(values, scratch);
     } else {
-        select_ranks(values, 0, &ranks);
+        select_ranks(values, 0, &ranks[..count]);
     }
     let mut out = [0f32; LEVELS];
     for (k, q) in out.iter_mut().enumerate() {
@@ -158,11 +155,29 @@ fn quantiles(values: &mut [f32]) -> [f32; LEVELS] {
     out
 }
 
+/// Buffers of the border estimate, reused per thread: the sample (at most [`SAMPLE`] values) and
+/// its sort's, about 768 KiB at most.
+#[derive(Default)]
+struct Scratch {
+    sample: Vec<f32>,
+    sort: SortScratch,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
 /// The 255 inner borders (`values` non-empty): the quantiles of all values or of a sample of
 /// [`sample_size`], padded with +inf to 256 entries so the search below indexes without bounds
 /// checks.
 fn borders(values: &[f32]) -> [f32; BINS] {
-    let levels = quantiles(&mut sample::stratified(values, sample_size(values.len())));
+    // Taken out of the thread-local rather than borrowed: nothing here re-enters, but a take
+    // cannot panic.
+    let mut scratch = SCRATCH.with_borrow_mut(std::mem::take);
+    sample::stratified_into(values, sample_size(values.len()), &mut scratch.sample);
+    let Scratch { sample, sort } = &mut scratch;
+    let levels = quantiles(sample, sort);
+    SCRATCH.with_borrow_mut(|slot| *slot = scratch);
     let mut out = [f32::INFINITY; BINS];
     out[..BINS - 1].copy_from_slice(&levels[1..BINS]);
     out
@@ -326,10 +341,14 @@ mod tests {
                 *v = (*v * 4.0).round() / 4.0;
             }
             let expected = reference_quantiles(&values);
-            assert_eq!(quantiles(&mut values.clone()).to_vec(), expected, "n = {n}");
+            assert_eq!(
+                quantiles(&mut values.clone(), &mut SortScratch::default()).to_vec(),
+                expected,
+                "n = {n}"
+            );
         }
         // Interpolation: level 1/256 of [0, 10] is 10/256.
-        let q = quantiles(&mut [10.0, 0.0]);
+        let q = quantiles(&mut [10.0, 0.0], &mut SortScratch::default());
         assert_eq!((q[0], q[1], q[128], q[256]), (0.0, 10.0 / 256.0, 5.0, 10.0));
     }
 

@@ -28,18 +28,28 @@ impl SplitMix {
     }
 }
 
-/// `size` values of `values`, one from each of `size` equal strata (`0 < size <= values.len()`),
-/// in the order of the strata; all of `values` when it holds no more than `size`.
+/// `size` values of `values`, one from each of `size` equal strata, in the order of the strata;
+/// all of `values` when it holds no more than `size`.
+#[cfg(test)]
 pub(crate) fn stratified(values: &[f32], size: usize) -> Vec<f32> {
+    let mut out = Vec::new();
+    stratified_into(values, size, &mut out);
+    out
+}
+
+/// [`stratified`] into `out` (cleared first), so that a caller can reuse its allocation.
+pub(crate) fn stratified_into(values: &[f32], size: usize, out: &mut Vec<f32>) {
+    out.clear();
     let n = values.len();
     if n <= size {
-        return values.to_vec();
+        out.extend_from_slice(values);
+        return;
     }
     if size == 0 {
-        return Vec::new();
+        return;
     }
     let mut rng = SplitMix(SEED);
-    let mut out = Vec::with_capacity(size);
+    out.reserve(size);
     // Stratum k ends at floor((k + 1) n / size), stepped in integers: `base` per stratum, plus one
     // whenever the remainders add up to another `size` (a u128 division per value would cost
     // more than the draw).
@@ -58,7 +68,6 @@ pub(crate) fn stratified(values: &[f32], size: usize) -> Vec<f32> {
         out.push(values.get(at).copied().unwrap_or(f32::NAN));
         start += len;
     }
-    out
 }
 
 #[cfg(test)]
