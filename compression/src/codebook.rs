@@ -31,61 +31,65 @@ pub(crate) fn means(sums: &[f64; BINS], counts: &[u64; BINS]) -> [f32; BINS] {
 const SUM_LANES: usize = 4;
 
 /// Per-bin sums and counts of the values given so far, for [`means`].
+///
+/// A bin's sum and count sit side by side as one `[f64; 2]`, so adding a value is one vector
+/// load, addition and store instead of two of each (counts in f64 are exact up to 2^53).
 pub(crate) struct BinSums {
-    sums: [[f64; BINS]; SUM_LANES],
-    counts: [[u64; BINS]; SUM_LANES],
+    lanes: [[[f64; 2]; BINS]; SUM_LANES],
 }
 
 impl BinSums {
     /// No values yet.
     pub(crate) fn new() -> Self {
-        BinSums { sums: [[0.0; BINS]; SUM_LANES], counts: [[0; BINS]; SUM_LANES] }
+        BinSums { lanes: [[[0.0; 2]; BINS]; SUM_LANES] }
     }
 
     /// Adds each of `values` to the bin `q` gives it.
     pub(crate) fn add(&mut self, values: &[f32], q: &[u8]) {
-        let mut v = values.chunks_exact(SUM_LANES);
-        let mut b = q.chunks_exact(SUM_LANES);
-        for (xs, bs) in (&mut v).zip(&mut b) {
+        let (v, v_rest) = values.as_chunks::<SUM_LANES>();
+        let (b, b_rest) = q.as_chunks::<SUM_LANES>();
+        for (xs, bs) in v.iter().zip(b) {
             for lane in 0..SUM_LANES {
-                let bin = usize::from(bs[lane]);
-                self.sums[lane][bin] += f64::from(xs[lane]);
-                self.counts[lane][bin] += 1;
+                let entry = &mut self.lanes[lane][usize::from(bs[lane])];
+                *entry = [entry[0] + f64::from(xs[lane]), entry[1] + 1.0];
             }
         }
-        for (&x, &bin) in v.remainder().iter().zip(b.remainder()) {
-            self.sums[0][usize::from(bin)] += f64::from(x);
-            self.counts[0][usize::from(bin)] += 1;
+        for (&x, &bin) in v_rest.iter().zip(b_rest) {
+            let entry = &mut self.lanes[0][usize::from(bin)];
+            *entry = [entry[0] + f64::from(x), entry[1] + 1.0];
         }
     }
 
     /// Puts `count` values summing to `sum` in `bin`.
     pub(crate) fn set(&mut self, bin: usize, sum: f64, count: u64) {
-        self.sums[0][bin] += sum;
-        self.counts[0][bin] += count;
+        let entry = &mut self.lanes[0][bin];
+        *entry = [entry[0] + sum, entry[1] + count as f64];
     }
 
     /// The codebook: each bin's mean, 0 for empty bins.
     pub(crate) fn means(&self) -> [f32; BINS] {
         let mut sums = [0f64; BINS];
         let mut counts = [0u64; BINS];
-        for lane in 0..SUM_LANES {
-            for bin in 0..BINS {
-                sums[bin] += self.sums[lane][bin];
-                counts[bin] += self.counts[lane][bin];
+        for lane in &self.lanes {
+            for ((sum, count), entry) in sums.iter_mut().zip(&mut counts).zip(lane) {
+                *sum += entry[0];
+                *count += entry[1] as u64;
             }
         }
         means(&sums, &counts)
     }
 }
 
-/// Encodes a floating tensor: `quantize(values, q)` fills one index per value and returns the
-/// codebook.
+/// Where a quantizer hands over the indices it computed, a chunk at a time, in order.
+pub(crate) type Emit<'a> = dyn FnMut(&[u8]) + 'a;
+
+/// Encodes a floating tensor: `quantize(values, emit)` passes one index per value to `emit`, in
+/// order, and returns the codebook.
 pub(crate) fn encode(
     name: &str,
     wire_type: CompressionType,
     tensor: &TensorView<'_>,
-    quantize: impl FnOnce(&[f32], &mut [u8]) -> [f32; BINS],
+    quantize: impl FnOnce(&[f32], &mut Emit<'_>) -> [f32; BINS],
 ) -> Result<WireTensor> {
     let mut buffer = BytesMut::new();
     let header = encode_into(name, wire_type, tensor, quantize, &mut buffer)?;
@@ -97,7 +101,7 @@ pub(crate) fn encode_into(
     name: &str,
     wire_type: CompressionType,
     tensor: &TensorView<'_>,
-    quantize: impl FnOnce(&[f32], &mut [u8]) -> [f32; BINS],
+    quantize: impl FnOnce(&[f32], &mut Emit<'_>) -> [f32; BINS],
     out: &mut BytesMut,
 ) -> Result<WireTensor> {
     let dtype = tensor.dtype();
@@ -108,10 +112,12 @@ pub(crate) fn encode_into(
     // would otherwise convert them several times.
     let values = tensor.data().to_f32()?;
     let start = out.len();
-    out.resize(start + HEADER + values.len(), 0);
-    let (header, q) = out[start..].split_at_mut(HEADER);
-    let codebook = quantize(&values, q);
-    let (k, entries) = header.split_at_mut(8);
+    out.reserve(HEADER + values.len());
+    out.resize(start + HEADER, 0);
+    // The indices are appended as they come instead of overwriting a zero-filled buffer, which
+    // would write the whole output twice.
+    let codebook = quantize(&values, &mut |q: &[u8]| out.extend_from_slice(q));
+    let (k, entries) = out[start..start + HEADER].split_at_mut(8);
     k.copy_from_slice(&(BINS as i64).to_le_bytes());
     for (entry, out) in codebook.iter().zip(entries.chunks_exact_mut(4)) {
         out.copy_from_slice(&entry.to_le_bytes());

@@ -3,12 +3,14 @@
 mod blockwise8;
 mod bucket_table;
 mod codebook;
+mod decoded_f32;
 mod float16;
 #[cfg(any(feature = "zstd", feature = "lz4"))]
 mod lossless;
 mod meanstd16;
 mod quantile8;
 mod radix;
+mod sample;
 mod select;
 mod sums;
 #[cfg(test)]

@@ -5,14 +5,15 @@
 //! number of rows (the product of every dimension but the last).
 
 use averager_core::compression::{
-    CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor, wire_dtype,
-    wire_shape,
+    BytesMut, CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
+    add_scaled, check_decode_len, wire_dtype, wire_shape,
 };
 use averager_core::tensor::{DType, Tensor, TensorData, TensorView};
 use averager_core::{Error, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use crate::decoded_f32::round_through;
 use crate::sums::{centred_sum_of_squares, sum};
 
 /// Elements converted per step: the stack buffers stay small (a few KiB), and the slice
@@ -93,23 +94,80 @@ fn encode_row(row: &[f32], mean: f32, std: f32, out: &mut [u8], scratch: &mut Sc
     }
 }
 
+/// Reads `y * std + mean` of at most [`CHUNK`] values from their f16 little-endian bytes into
+/// `out` (`bytes.len() == 2 * out.len()`).
+fn decode_chunk(bytes: &[u8], mean: f32, std: f32, out: &mut [f32], halves: &mut [f16; CHUNK]) {
+    let n = out.len();
+    for (h, b) in halves[..n].iter_mut().zip(bytes.chunks_exact(2)) {
+        *h = f16::from_le_bytes([b[0], b[1]]);
+    }
+    halves[..n].convert_to_f32_slice(out);
+    for x in out.iter_mut() {
+        *x = *x * std + mean;
+    }
+}
+
 /// Reads `y * std + mean` of one row from its f16 little-endian bytes into `out`.
 fn decode_row(bytes: &[u8], mean: f32, std: f32, out: &mut [f32], scratch: &mut Scratch) {
     for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
-        let n = dst.len();
-        for (h, b) in scratch.halves[..n].iter_mut().zip(src.chunks_exact(2)) {
-            *h = f16::from_le_bytes([b[0], b[1]]);
+        decode_chunk(src, mean, std, dst, &mut scratch.halves);
+    }
+}
+
+/// The little-endian f32 at index `i` of `bytes` (callers have checked the length).
+fn f32_at(bytes: &[u8], i: usize) -> f32 {
+    let b = bytes.get(4 * i..4 * i + 4).unwrap_or(&[0; 4]);
+    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// A checked MEANSTD_16BIT message: its dtype, shape, element count, f16 values and per-row
+/// statistics.
+struct Parsed<'a> {
+    dtype: DType,
+    shape: Vec<usize>,
+    numel: usize,
+    ys: &'a [u8],
+    means: &'a [u8],
+    stds: &'a [u8],
+}
+
+impl Parsed<'_> {
+    /// Calls `row(index, f16 bytes, mean, std)` for every non-empty row, in order.
+    fn rows(&self, mut row: impl FnMut(usize, &[u8], f32, f32)) {
+        if self.numel == 0 {
+            return;
         }
-        scratch.halves[..n].convert_to_f32_slice(dst);
-        for x in dst.iter_mut() {
-            *x = *x * std + mean;
+        // `numel > 0` makes every row non-empty and their count `means.len() / 4`.
+        let s = self.means.len() / 4;
+        let d = self.numel / s;
+        for (i, bytes) in self.ys.chunks(2 * d).enumerate() {
+            row(i * d, bytes, f32_at(self.means, i), f32_at(self.stds, i));
         }
     }
 }
 
-/// Reads little-endian f32 values.
-fn read_f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+/// Checks the dtype, the shape and the exact length before anything is allocated or written.
+fn parse(message: &WireTensor) -> Result<Parsed<'_>> {
+    let dtype = wire_dtype(MeanStd16Bit::NAME, message)?;
+    if !matches!(dtype, DType::F32 | DType::F64 | DType::F16) {
+        return Err(Error::codec(MeanStd16Bit::NAME, format!("{dtype} is not a MEANSTD_16BIT dtype")));
+    }
+    let (shape, numel) = wire_shape(MeanStd16Bit::NAME, message)?;
+    let s = rows(&shape).ok_or_else(|| {
+        Error::codec(MeanStd16Bit::NAME, format!("shape {shape:?} has no rows (0-d) or too many"))
+    })?;
+    let bytes = &message.buffer[..];
+    let expected = numel.checked_mul(2).and_then(|y| s.checked_mul(8).and_then(|st| y.checked_add(st)));
+    if expected != Some(bytes.len()) {
+        return Err(Error::codec(
+            MeanStd16Bit::NAME,
+            format!("buffer of {} bytes does not hold {numel} f16 values and {s} rows of stats", bytes.len()),
+        ));
+    }
+    // The length check makes these offsets `len - 8S` and `len - 4S`, as protocol 7.2 locates them.
+    let (ys, stats) = bytes.split_at(2 * numel);
+    let (means, stds) = stats.split_at(4 * s);
+    Ok(Parsed { dtype, shape, numel, ys, means, stds })
 }
 
 /// The number of rows of `shape`: the product of every dimension but the last (1 for a 1-d
@@ -132,7 +190,37 @@ impl Compression for MeanStd16Bit {
         matches!(dtype, DType::F32 | DType::F64 | DType::F16) && ndim >= 1
     }
 
-    fn compress(&self, tensor: &TensorView<'_>, _info: &CompressionInfo) -> Result<WireTensor> {
+    fn compress(&self, tensor: &TensorView<'_>, info: &CompressionInfo) -> Result<WireTensor> {
+        let mut buffer = BytesMut::new();
+        let header = self.encode_into(tensor, info, &mut buffer)?;
+        Ok(WireTensor { buffer: buffer.freeze(), ..header })
+    }
+
+    fn extract(&self, message: &WireTensor) -> Result<Tensor> {
+        let parsed = parse(message)?;
+        let mut out = vec![0f32; parsed.numel];
+        let mut scratch = Scratch::new();
+        parsed.rows(|at, bytes, mean, std| {
+            decode_row(bytes, mean, std, &mut out[at..at + bytes.len() / 2], &mut scratch);
+        });
+        let data = match parsed.dtype {
+            DType::F32 => TensorData::F32(out),
+            DType::F64 => TensorData::F64(out.into_iter().map(f64::from).collect()),
+            _ => {
+                let mut halves = vec![f16::ZERO; parsed.numel];
+                halves.convert_from_f32_slice(&out);
+                TensorData::F16(halves)
+            }
+        };
+        Ok(Tensor::new(parsed.shape, data)?.with_requires_grad(message.requires_grad))
+    }
+
+    fn encode_into(
+        &self,
+        tensor: &TensorView<'_>,
+        _info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Result<WireTensor> {
         let dtype = tensor.dtype();
         let shape = tensor.shape();
         if !self.accepts(dtype, shape.len()) {
@@ -155,8 +243,9 @@ impl Compression for MeanStd16Bit {
             .checked_mul(8)
             .and_then(|stats| stats.checked_add(2 * n))
             .ok_or_else(|| Error::codec(Self::NAME, format!("shape {shape:?} overflows")))?;
-        let mut buffer = vec![0u8; len];
-        let (ys, stats) = buffer.split_at_mut(2 * n);
+        let start = out.len();
+        out.resize(start + len, 0);
+        let (ys, stats) = out[start..].split_at_mut(2 * n);
         let (means, stds) = stats.split_at_mut(4 * s);
         let mut scratch = Scratch::new();
         let mut rows_of_values = values.chunks(d.max(1));
@@ -173,7 +262,7 @@ impl Compression for MeanStd16Bit {
             encode_row(row, mean, std, out, &mut scratch);
         }
         Ok(WireTensor {
-            buffer: buffer.into(),
+            buffer: Default::default(),
             size: shape.iter().map(|&d| d as u32).collect(),
             requires_grad: tensor.requires_grad(),
             dtype: dtype.name().to_string(),
@@ -183,50 +272,34 @@ impl Compression for MeanStd16Bit {
         })
     }
 
-    fn extract(&self, message: &WireTensor) -> Result<Tensor> {
-        let dtype = wire_dtype(Self::NAME, message)?;
-        if !matches!(dtype, DType::F32 | DType::F64 | DType::F16) {
-            return Err(Error::codec(Self::NAME, format!("{dtype} is not a MEANSTD_16BIT dtype")));
-        }
-        let (shape, numel) = wire_shape(Self::NAME, message)?;
-        let s = rows(&shape).ok_or_else(|| {
-            Error::codec(Self::NAME, format!("shape {shape:?} has no rows (0-d) or too many"))
-        })?;
-        let bytes = &message.buffer[..];
-        let expected = numel.checked_mul(2).and_then(|y| s.checked_mul(8).and_then(|st| y.checked_add(st)));
-        if expected != Some(bytes.len()) {
-            return Err(Error::codec(
-                Self::NAME,
-                format!(
-                    "buffer of {} bytes does not hold {numel} f16 values and {s} rows of stats",
-                    bytes.len()
-                ),
-            ));
-        }
-        // The length check makes these offsets `len - 8S` and `len - 4S`, as protocol 7.2 locates them.
-        let (ys, stats) = bytes.split_at(2 * numel);
-        let (means, stds) = stats.split_at(4 * s);
-        let (means, stds) = (read_f32s(means), read_f32s(stds));
-        let mut out = vec![0f32; numel];
-        if numel > 0 {
-            let mut scratch = Scratch::new();
-            let d = numel / s;
-            for (((row_bytes, dst), &mean), &std) in
-                ys.chunks(2 * d).zip(out.chunks_mut(d)).zip(&means).zip(&stds)
-            {
-                decode_row(row_bytes, mean, std, dst, &mut scratch);
+    fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
+        let parsed = parse(message)?;
+        check_decode_len(Self::NAME, parsed.numel, out.len())?;
+        let mut scratch = Scratch::new();
+        parsed.rows(|at, bytes, mean, std| {
+            decode_row(bytes, mean, std, &mut out[at..at + bytes.len() / 2], &mut scratch);
+        });
+        round_through(Self::NAME, parsed.dtype, out)
+    }
+
+    fn decode_add_into(&self, message: &WireTensor, weight: f32, out: &mut [f32]) -> Result<()> {
+        let parsed = parse(message)?;
+        check_decode_len(Self::NAME, parsed.numel, out.len())?;
+        let mut scratch = Scratch::new();
+        let mut result = Ok(());
+        parsed.rows(|at, bytes, mean, std| {
+            let row = &mut out[at..at + bytes.len() / 2];
+            for (src, dst) in bytes.chunks(2 * CHUNK).zip(row.chunks_mut(CHUNK)) {
+                let decoded = &mut scratch.scaled[..dst.len()];
+                decode_chunk(src, mean, std, decoded, &mut scratch.halves);
+                // Accepted dtypes all have an f32 form, so this never fails here.
+                if result.is_ok() {
+                    result = round_through(Self::NAME, parsed.dtype, decoded);
+                }
+                add_scaled(dst, decoded, weight);
             }
-        }
-        let data = match dtype {
-            DType::F32 => TensorData::F32(out),
-            DType::F64 => TensorData::F64(out.into_iter().map(f64::from).collect()),
-            _ => {
-                let mut halves = vec![f16::ZERO; numel];
-                halves.convert_from_f32_slice(&out);
-                TensorData::F16(halves)
-            }
-        };
-        Ok(Tensor::new(shape, data)?.with_requires_grad(message.requires_grad))
+        });
+        result
     }
 
     /// `16 / bits(dtype)` (protocol 7.1; the 8 bytes of statistics per row are not counted, as in

@@ -1,6 +1,6 @@
 //! Sorting f32 values in `f32::total_cmp` order by a least-significant-digit radix sort of their
 //! order keys: three counting passes instead of `n log n` comparisons, for the quantile codec's
-//! chunks of about 100000 values.
+//! samples (up to 65536 values).
 
 /// Bits per digit: 11, 11 and 10 cover the 32-bit key with counting tables that fit in L1.
 const DIGIT_BITS: [u32; 3] = [11, 11, 10];
@@ -20,16 +20,38 @@ fn value(key: u32) -> f32 {
     f32::from_bits(bits)
 }
 
+/// The largest digit's counting table.
+const MAX_DIGIT: usize = 1 << 11;
+
+/// Buffers a sort needs besides the values, kept by callers that sort repeatedly so that no sort
+/// allocates once they have grown.
+#[derive(Default)]
+pub(crate) struct SortScratch {
+    keys: Vec<u32>,
+    other: Vec<u32>,
+}
+
 /// Sorts `values` as `sort_unstable_by(f32::total_cmp)` does (the same bits in the same order).
+#[cfg(test)]
 pub(crate) fn sort_total(values: &mut [f32]) {
+    sort_total_with(values, &mut SortScratch::default());
+}
+
+/// [`sort_total`] with the caller's buffers.
+pub(crate) fn sort_total_with(values: &mut [f32], scratch: &mut SortScratch) {
     let n = values.len();
-    let mut keys: Vec<u32> = values.iter().map(|&x| key(x)).collect();
-    let mut other = vec![0u32; n];
+    let SortScratch { keys, other } = scratch;
+    keys.clear();
+    keys.extend(values.iter().map(|&x| key(x)));
+    other.clear();
+    other.resize(n, 0);
+    let mut counts = [0usize; MAX_DIGIT];
     let mut shift = 0;
     for bits in DIGIT_BITS {
         let mask = (1u32 << bits) - 1;
-        let mut counts = vec![0usize; 1 << bits];
-        for &k in &keys {
+        let counts = &mut counts[..1 << bits];
+        counts.fill(0);
+        for &k in keys.iter() {
             counts[((k >> shift) & mask) as usize] += 1;
         }
         // Skips a pass in which every key has the same digit (common for the top digit).
@@ -43,15 +65,15 @@ pub(crate) fn sort_total(values: &mut [f32]) {
             *c = start;
             start += count;
         }
-        for &k in &keys {
+        for &k in keys.iter() {
             let digit = ((k >> shift) & mask) as usize;
             other[counts[digit]] = k;
             counts[digit] += 1;
         }
-        std::mem::swap(&mut keys, &mut other);
+        std::mem::swap(keys, other);
         shift += bits;
     }
-    for (v, &k) in values.iter_mut().zip(&keys) {
+    for (v, &k) in values.iter_mut().zip(keys.iter()) {
         *v = value(k);
     }
 }

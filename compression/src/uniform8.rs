@@ -9,8 +9,8 @@ use averager_core::compression::{
 };
 use averager_core::tensor::{DType, Tensor, TensorView};
 
-use crate::codebook::{self, BINS, BinSums};
-use crate::sums::{centred_sum_of_squares, sum};
+use crate::codebook::{self, BINS, BinSums, Emit};
+use crate::sums::{moments, sum};
 
 /// The bin that holds the mean (hivemind's zero point, `n_bins / 2`).
 const ZERO_POINT: f32 = 128.0;
@@ -62,36 +62,54 @@ const ROUND_MAGIC_BITS: i32 = 0x4b40_0000;
 /// `clamp(round_half_even(y) + 128, 0, 255)`, with NaN in bin 0.
 #[inline(always)]
 fn bin_of(y: f32) -> u8 {
-    // `max` and `min` drop a NaN operand, so NaN becomes -129 (bin 0); every value outside
-    // [-129, 128] lands in bin 0 or 255 either way, and within it the rounding below is exact.
-    // Not `clamp`, which keeps NaN.
+    // Clamping to [-128, 127] first keeps the bins: values beyond round to the end bins anyway.
+    // `max` and `min` drop a NaN operand, so NaN becomes -128 (bin 0); not `clamp`, which keeps
+    // NaN. The rounded value then needs no second clamp, so the loop stays branch-free and
+    // vectorizes.
     #[allow(clippy::manual_clamp)]
-    let y = y.max(-129.0).min(128.0);
+    let y = y.max(-128.0).min(127.0);
     let rounded = ((y + ROUND_MAGIC).to_bits() as i32).wrapping_sub(ROUND_MAGIC_BITS);
-    (rounded + ZERO_POINT as i32).clamp(0, 255) as u8
+    (rounded + ZERO_POINT as i32) as u8
 }
 
-/// Writes the bin index of every value to `q` and returns the codebook: the mean of the values
+/// `q[i] = bin_of((values[i] - mu) * inverse)` for one chunk: a loop without bounds checks or
+/// branches, which the compiler vectorizes.
+fn bins(values: &[f32], mu: f32, inverse: f32, q: &mut [u8]) {
+    for (b, &x) in q.iter_mut().zip(values) {
+        *b = bin_of((x - mu) * inverse);
+    }
+}
+
+/// Hands the bin index of every value to `emit` and returns the codebook: the mean of the values
 /// in each bin, 0 for empty bins.
-fn quantize(values: &[f32], q: &mut [u8]) -> [f32; BINS] {
+fn quantize(values: &[f32], emit: &mut Emit<'_>) -> [f32; BINS] {
     let n = values.len();
-    let total = sum(values);
+    // One pass for the mean and the spread: the tensor is read from memory twice in all
+    // (statistics, then bins), not three times.
+    let (total, centred) = moments(values);
     let mu = (total / n as f64) as f32;
-    let sigma = (centred_sum_of_squares(values, mu) / (n as f64 - 1.0)).sqrt();
+    let sigma = (centred / (n as f64 - 1.0)).sqrt();
     let scale = (RANGE_IN_SIGMAS * sigma / BINS as f64) as f32;
+    // A multiplication instead of a division per value; the bins may differ from dividing for
+    // values within an ulp of a border, which no decoder can tell.
+    let inverse = 1.0 / scale;
 
     let mut sums = BinSums::new();
-    if scale > 0.0 && scale.is_finite() {
-        for (src, dst) in values.chunks(CHUNK).zip(q.chunks_mut(CHUNK)) {
-            for (b, &x) in dst.iter_mut().zip(src) {
-                *b = bin_of((x - mu) / scale);
-            }
-            sums.add(src, dst);
+    let mut q = [0u8; CHUNK];
+    if scale > 0.0 && scale.is_finite() && inverse.is_finite() {
+        for src in values.chunks(CHUNK) {
+            let q = &mut q[..src.len()];
+            bins(src, mu, inverse, q);
+            sums.add(src, q);
+            emit(q);
         }
     } else {
         // [averager]: no spread to quantize (constant, `numel <= 1`, or non-finite values).
         q.fill(ZERO_POINT as u8);
-        sums.set(ZERO_POINT as usize, total, n as u64);
+        for src in values.chunks(CHUNK) {
+            emit(&q[..src.len()]);
+        }
+        sums.set(ZERO_POINT as usize, sum(values), n as u64);
     }
 
     sums.means()

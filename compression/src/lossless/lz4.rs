@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use averager_core::averager::CodecSpec;
-use averager_core::compression::Compression;
+use averager_core::compression::{BytesMut, Compression};
 use averager_core::registry::PluginConfig;
 use averager_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -45,24 +45,57 @@ impl Framing for Lz4Block {
     /// Reads the size prefix itself: `lz4_flex::decompress_size_prepended` would allocate
     /// whatever the prefix claims (4 GiB for a 4-byte input).
     fn decompress(&self, data: &[u8], cap: usize) -> Result<Vec<u8>> {
-        let Some((prefix, block)) = data.split_first_chunk::<4>() else {
-            return Err(lz4_error(format!("{} bytes hold no 4-byte size prefix", data.len())));
-        };
-        let declared = u32::from_le_bytes(*prefix);
-        let limit = cap.min(block.len().saturating_mul(MAX_EXPANSION).saturating_add(EXPANSION_SLACK));
-        let size = usize::try_from(declared).ok().filter(|&s| s <= limit).ok_or_else(|| {
-            lz4_error(format!(
-                "the block declares {declared} bytes; at most {limit} are possible for this message"
-            ))
-        })?;
+        let (size, block) = declared_size(data, cap)?;
         let mut out = vec![0u8; size];
-        let written =
-            lz4_flex::block::decompress_into(block, &mut out).map_err(|e| lz4_error(e.to_string()))?;
-        if written != size {
-            return Err(lz4_error(format!("the block declares {size} bytes but holds {written}")));
-        }
+        decompress_block(block, &mut out)?;
         Ok(out)
     }
+
+    fn compress_into(&self, data: &[u8], out: &mut BytesMut) -> Result<()> {
+        let Ok(size) = u32::try_from(data.len()) else {
+            return Err(lz4_error(format!("{} bytes exceed LZ4's 4-byte size prefix", data.len())));
+        };
+        let start = out.len();
+        out.resize(start + 4 + lz4_flex::block::get_maximum_output_size(data.len()), 0);
+        out[start..start + 4].copy_from_slice(&size.to_le_bytes());
+        let written = lz4_flex::block::compress_into(data, &mut out[start + 4..]);
+        // On an error too: `out` keeps what it held.
+        out.truncate(start + written.as_ref().map_or(0, |w| 4 + w));
+        written.map(|_| ()).map_err(|e| lz4_error(e.to_string()))
+    }
+
+    fn decompress_into(&self, data: &[u8], cap: usize, out: &mut BytesMut) -> Result<()> {
+        let (size, block) = declared_size(data, cap)?;
+        out.clear();
+        out.resize(size, 0);
+        decompress_block(block, out)
+    }
+}
+
+/// The size prefix of `data`, checked against `cap` and what the block can expand to before
+/// anything is allocated, and the block after it.
+fn declared_size(data: &[u8], cap: usize) -> Result<(usize, &[u8])> {
+    let Some((prefix, block)) = data.split_first_chunk::<4>() else {
+        return Err(lz4_error(format!("{} bytes hold no 4-byte size prefix", data.len())));
+    };
+    let declared = u32::from_le_bytes(*prefix);
+    let limit = cap.min(block.len().saturating_mul(MAX_EXPANSION).saturating_add(EXPANSION_SLACK));
+    let size = usize::try_from(declared).ok().filter(|&s| s <= limit).ok_or_else(|| {
+        lz4_error(format!(
+            "the block declares {declared} bytes; at most {limit} are possible for this message"
+        ))
+    })?;
+    Ok((size, block))
+}
+
+/// Decompresses `block` into all of `out`, refusing a block that holds another length.
+fn decompress_block(block: &[u8], out: &mut [u8]) -> Result<()> {
+    let size = out.len();
+    let written = lz4_flex::block::decompress_into(block, out).map_err(|e| lz4_error(e.to_string()))?;
+    if written != size {
+        return Err(lz4_error(format!("the block declares {size} bytes but holds {written}")));
+    }
+    Ok(())
 }
 
 fn lz4_error(reason: impl Into<String>) -> Error {

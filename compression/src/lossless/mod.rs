@@ -16,11 +16,12 @@ mod lz4;
 #[cfg(feature = "zstd")]
 mod zstd;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use averager_core::averager::CodecSpec;
 use averager_core::compression::{
-    Compression, CompressionInfo, CompressionType, WireTensor, builtin_codec_name, wire_shape,
+    BytesMut, Compression, CompressionInfo, CompressionType, WireTensor, builtin_codec_name, wire_shape,
 };
 use averager_core::registry::Registry;
 use averager_core::tensor::{Tensor, TensorView};
@@ -86,6 +87,43 @@ trait Framing: Send + Sync + std::fmt::Debug + 'static {
 
     /// Decompresses `data`, refusing (before allocating) anything that would exceed `cap` bytes.
     fn decompress(&self, data: &[u8], cap: usize) -> Result<Vec<u8>>;
+
+    /// Appends what [`Framing::compress`] returns to `out`, without a buffer of its own; on an
+    /// error `out` keeps its length.
+    fn compress_into(&self, data: &[u8], out: &mut BytesMut) -> Result<()>;
+
+    /// [`Framing::decompress`] into `out`, which is cleared first and reuses its allocation.
+    fn decompress_into(&self, data: &[u8], cap: usize, out: &mut BytesMut) -> Result<()>;
+}
+
+/// The most a thread keeps in its scratch buffer between calls: enough for all-reduce parts
+/// (512 KiB by default) many times over, while one huge whole-tensor message does not pin its
+/// size for the thread's lifetime.
+const KEEP_SCRATCH: usize = 16 << 20;
+
+thread_local! {
+    /// The inner codec's buffer, reused per thread so that the `_into` methods allocate nothing
+    /// per part once it has grown.
+    static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// This thread's scratch buffer, empty. Taken out of the thread-local rather than borrowed, so a
+/// codec that somehow re-enters a wrapper gets a fresh one instead of a borrow panic.
+fn take_scratch() -> BytesMut {
+    let mut scratch = SCRATCH.with_borrow_mut(std::mem::take);
+    scratch.clear();
+    scratch
+}
+
+/// Returns a scratch buffer for the next call, unless it grew past [`KEEP_SCRATCH`].
+fn give_back(scratch: BytesMut) {
+    if scratch.capacity() <= KEEP_SCRATCH {
+        SCRATCH.with_borrow_mut(|slot| {
+            if slot.capacity() < scratch.capacity() {
+                *slot = scratch;
+            }
+        });
+    }
 }
 
 /// An inner codec and a lossless format around its buffer.
@@ -136,8 +174,32 @@ impl<F: Framing> Wrapped<F> {
 
     fn compress(&self, tensor: &TensorView<'_>, info: &CompressionInfo) -> Result<WireTensor> {
         let inner = self.inner.compress(tensor, info)?;
-        // The codec that actually wrote the buffer: the inner codec itself, or the one a selector
-        // chose, so the receiver decodes through the concrete wrapper of that codec.
+        let codec = self.concrete_name(&inner)?;
+        let buffer = self.framing.compress(&inner.buffer)?;
+        Ok(WireTensor { buffer: buffer.into(), compression: CompressionType::None as i32, codec, ..inner })
+    }
+
+    /// `compress` through the inner codec's `encode_into` and a reused per-thread buffer.
+    fn encode_into(
+        &self,
+        tensor: &TensorView<'_>,
+        info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Result<WireTensor> {
+        let mut scratch = take_scratch();
+        let result = self.inner.encode_into(tensor, info, &mut scratch).and_then(|inner| {
+            let codec = self.concrete_name(&inner)?;
+            self.framing.compress_into(&scratch, out)?;
+            Ok(WireTensor { compression: CompressionType::None as i32, codec, ..inner })
+        });
+        give_back(scratch);
+        result
+    }
+
+    /// The wire name of a message whose buffer the inner codec wrote: the wrapper of the codec
+    /// that actually wrote it (the inner codec itself, or the one a selector chose), so the
+    /// receiver decodes through the concrete wrapper of that codec.
+    fn concrete_name(&self, inner: &WireTensor) -> Result<String> {
         let inner_name = if inner.codec.is_empty() {
             CompressionType::try_from(inner.compression).map(builtin_codec_name).map_err(|_| {
                 Error::codec(
@@ -148,12 +210,12 @@ impl<F: Framing> Wrapped<F> {
         } else {
             inner.codec.as_str()
         };
-        let codec = format!("{}+{inner_name}", F::PREFIX);
-        let buffer = self.framing.compress(&inner.buffer)?;
-        Ok(WireTensor { buffer: buffer.into(), compression: CompressionType::None as i32, codec, ..inner })
+        Ok(format!("{}+{inner_name}", F::PREFIX))
     }
 
-    fn extract(&self, message: &WireTensor) -> Result<Tensor> {
+    /// The inner codec's name in a message's `<prefix>+<inner>`, refusing other names and nested
+    /// wrappers.
+    fn inner_name<'m>(&self, message: &'m WireTensor) -> Result<&'m str> {
         let inner_name = message
             .codec
             .strip_prefix(F::PREFIX)
@@ -168,15 +230,25 @@ impl<F: Framing> Wrapped<F> {
         if is_wrapper(inner_name) {
             return Err(Error::codec(&self.name, format!("nested wrapper {:?} refused", message.codec)));
         }
-        let cap = decoded_cap(&self.name, message)?;
-        let buffer = self.framing.decompress(&message.buffer, cap)?;
-        let (codec, wire_type) = if inner_name == self.inner.name() {
-            (self.inner.clone(), self.inner.wire_type())
+        Ok(inner_name)
+    }
+
+    /// The codec that decodes the inner message, and the enum id that message carries.
+    fn inner_codec(&self, inner_name: &str) -> Result<(Arc<dyn Compression>, CompressionType)> {
+        if inner_name == self.inner.name() {
+            Ok((self.inner.clone(), self.inner.wire_type()))
         } else {
             // A plain wrapper around a selector decodes what the selector chose. The name is
             // strictly shorter than the message's, so nested lookups end.
-            (Registry::global().codec(inner_name)?, CompressionType::None)
-        };
+            Ok((Registry::global().codec(inner_name)?, CompressionType::None))
+        }
+    }
+
+    fn extract(&self, message: &WireTensor) -> Result<Tensor> {
+        let inner_name = self.inner_name(message)?;
+        let cap = decoded_cap(&self.name, message)?;
+        let buffer = self.framing.decompress(&message.buffer, cap)?;
+        let (codec, wire_type) = self.inner_codec(inner_name)?;
         let inner = WireTensor {
             buffer: buffer.into(),
             compression: wire_type as i32,
@@ -184,6 +256,38 @@ impl<F: Framing> Wrapped<F> {
             ..message.clone()
         };
         codec.extract(&inner)
+    }
+
+    /// Decompresses into this thread's scratch buffer and hands the inner message to `decode`
+    /// (the inner codec's `decode_into` or `decode_add_into`), which writes the caller's output.
+    fn decode_with(
+        &self,
+        message: &WireTensor,
+        decode: impl FnOnce(&dyn Compression, &WireTensor) -> Result<()>,
+    ) -> Result<()> {
+        let inner_name = self.inner_name(message)?;
+        let cap = decoded_cap(&self.name, message)?;
+        let (codec, wire_type) = self.inner_codec(inner_name)?;
+        let mut scratch = take_scratch();
+        let result = self.framing.decompress_into(&message.buffer, cap, &mut scratch).and_then(|()| {
+            let size = scratch.len();
+            let inner = WireTensor {
+                buffer: scratch.split().freeze(),
+                compression: wire_type as i32,
+                codec: inner_name.to_string(),
+                size: message.size.clone(),
+                requires_grad: message.requires_grad,
+                dtype: message.dtype.clone(),
+                chunks: message.chunks,
+            };
+            let result = decode(&*codec, &inner);
+            // With the frozen buffer gone, reserving takes its allocation back.
+            drop(inner);
+            scratch.reserve(size);
+            result
+        });
+        give_back(scratch);
+        result
     }
 }
 
@@ -217,6 +321,35 @@ macro_rules! wrapper_compression {
                 message: &averager_core::compression::WireTensor,
             ) -> averager_core::Result<averager_core::tensor::Tensor> {
                 self.0.extract(message)
+            }
+
+            fn encode_into(
+                &self,
+                tensor: &averager_core::tensor::TensorView<'_>,
+                info: &averager_core::compression::CompressionInfo,
+                out: &mut averager_core::compression::BytesMut,
+            ) -> averager_core::Result<averager_core::compression::WireTensor> {
+                self.0.encode_into(tensor, info, out)
+            }
+
+            /// Decompresses into a reused per-thread buffer, then the inner codec's `decode_into`.
+            fn decode_into(
+                &self,
+                message: &averager_core::compression::WireTensor,
+                out: &mut [f32],
+            ) -> averager_core::Result<()> {
+                self.0.decode_with(message, |codec, inner| codec.decode_into(inner, out))
+            }
+
+            /// Decompresses into a reused per-thread buffer, then the inner codec's
+            /// `decode_add_into`; `out` is untouched unless the inner message decodes.
+            fn decode_add_into(
+                &self,
+                message: &averager_core::compression::WireTensor,
+                weight: f32,
+                out: &mut [f32],
+            ) -> averager_core::Result<()> {
+                self.0.decode_with(message, |codec, inner| codec.decode_add_into(inner, weight, out))
             }
 
             /// The inner codec's estimate: lossless gains depend on the data, and parts sized as

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ::zstd::bulk::{Compressor, Decompressor};
 use ::zstd::zstd_safe;
 use averager_core::averager::CodecSpec;
-use averager_core::compression::Compression;
+use averager_core::compression::{BytesMut, Compression};
 use averager_core::registry::PluginConfig;
 use averager_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -59,40 +59,79 @@ impl Framing for ZstdFrame {
     }
 
     fn decompress(&self, data: &[u8], cap: usize) -> Result<Vec<u8>> {
-        let declared = match zstd_safe::get_frame_content_size(data) {
-            Ok(Some(size)) => size,
-            Ok(None) => return Err(zstd_codec_error("the zstd frame does not declare its content size")),
-            Err(_) => return Err(zstd_codec_error("the buffer is not a zstd frame")),
-        };
-        let frame_len = zstd_safe::find_frame_compressed_size(data)
-            .map_err(|_| zstd_codec_error("the zstd frame is truncated or malformed"))?;
-        if frame_len != data.len() {
-            return Err(zstd_codec_error(format!(
-                "{} bytes follow the {frame_len}-byte zstd frame",
-                data.len().saturating_sub(frame_len)
-            )));
-        }
-        let limit = cap.min(data.len().saturating_mul(MAX_EXPANSION));
-        let size = usize::try_from(declared).ok().filter(|&s| s <= limit).ok_or_else(|| {
-            zstd_codec_error(format!(
-                "the zstd frame declares {declared} bytes; at most {limit} are possible for this message"
-            ))
-        })?;
+        let size = declared_size(data, cap)?;
         let mut out = Vec::with_capacity(size);
-        let written = DECOMPRESSOR.with_borrow_mut(|slot| {
-            let decompressor = match slot {
-                Some(d) => d,
-                None => slot.insert(Decompressor::new().map_err(zstd_error)?),
-            };
-            // The Vec's capacity bounds the output: a frame that holds more is an error.
-            decompressor.decompress_to_buffer(data, &mut out).map_err(zstd_error)
-        })?;
-        if written != size {
-            return Err(zstd_codec_error(format!(
-                "the zstd frame declares {size} bytes but holds {written}"
-            )));
-        }
+        let written = with_decompressor(|d| d.decompress_to_buffer(data, &mut out))?;
+        check_written(size, written)?;
         Ok(out)
+    }
+
+    fn compress_into(&self, data: &[u8], out: &mut BytesMut) -> Result<()> {
+        let start = out.len();
+        out.resize(start + zstd_safe::compress_bound(data.len()), 0);
+        let written = COMPRESSOR.with_borrow_mut(|slot| {
+            let compressor = match slot {
+                Some(c) => c,
+                None => slot.insert(Compressor::new(self.level).map_err(zstd_error)?),
+            };
+            compressor.set_compression_level(self.level).map_err(zstd_error)?;
+            compressor.compress_to_buffer(data, &mut out[start..]).map_err(zstd_error)
+        });
+        // On an error too: `out` keeps what it held.
+        out.truncate(start + written.as_ref().copied().unwrap_or(0));
+        written.map(|_| ())
+    }
+
+    fn decompress_into(&self, data: &[u8], cap: usize, out: &mut BytesMut) -> Result<()> {
+        let size = declared_size(data, cap)?;
+        out.clear();
+        out.resize(size, 0);
+        // The slice's length bounds the output: a frame that holds more is an error.
+        let written = with_decompressor(|d| d.decompress_to_buffer(data, &mut out[..]))?;
+        check_written(size, written)
+    }
+}
+
+/// The content size `data` declares after checking that it is one whole frame and that the size
+/// is within `cap` and what its bytes can expand to, before anything is allocated.
+fn declared_size(data: &[u8], cap: usize) -> Result<usize> {
+    let declared = match zstd_safe::get_frame_content_size(data) {
+        Ok(Some(size)) => size,
+        Ok(None) => return Err(zstd_codec_error("the zstd frame does not declare its content size")),
+        Err(_) => return Err(zstd_codec_error("the buffer is not a zstd frame")),
+    };
+    let frame_len = zstd_safe::find_frame_compressed_size(data)
+        .map_err(|_| zstd_codec_error("the zstd frame is truncated or malformed"))?;
+    if frame_len != data.len() {
+        return Err(zstd_codec_error(format!(
+            "{} bytes follow the {frame_len}-byte zstd frame",
+            data.len().saturating_sub(frame_len)
+        )));
+    }
+    let limit = cap.min(data.len().saturating_mul(MAX_EXPANSION));
+    usize::try_from(declared).ok().filter(|&s| s <= limit).ok_or_else(|| {
+        zstd_codec_error(format!(
+            "the zstd frame declares {declared} bytes; at most {limit} are possible for this message"
+        ))
+    })
+}
+
+/// Runs `f` with this thread's decompression context.
+fn with_decompressor(f: impl FnOnce(&mut Decompressor<'static>) -> std::io::Result<usize>) -> Result<usize> {
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        let decompressor = match slot {
+            Some(d) => d,
+            None => slot.insert(Decompressor::new().map_err(zstd_error)?),
+        };
+        f(decompressor).map_err(zstd_error)
+    })
+}
+
+fn check_written(size: usize, written: usize) -> Result<()> {
+    if written == size {
+        Ok(())
+    } else {
+        Err(zstd_codec_error(format!("the zstd frame declares {size} bytes but holds {written}")))
     }
 }
 

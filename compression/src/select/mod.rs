@@ -36,13 +36,19 @@ fn build(spec: &CodecSpec) -> Result<Arc<dyn Compression>> {
 /// A message naming a selector is refused: the selector it resolves to would decode it the same
 /// way, forever.
 fn extract_by_wire(selector: &str, message: &WireTensor) -> Result<Tensor> {
+    codec_by_wire(selector, message)?.extract(message)
+}
+
+/// The codec `message` names, through the global registry (its cache: no codec is built per
+/// message), refusing selector names as [`extract_by_wire`] does.
+fn codec_by_wire(selector: &str, message: &WireTensor) -> Result<Arc<dyn Compression>> {
     if SELECTOR_NAMES.contains(&message.codec.as_str()) {
         return Err(Error::codec(
             selector,
             format!("the message names the selector {:?} instead of a base codec", message.codec),
         ));
     }
-    Registry::global().codec_for(message)?.extract(message)
+    Registry::global().codec_for(message)
 }
 
 /// Whether every codec a selector may choose accepts the dtype and rank: the selector cannot know
@@ -134,6 +140,37 @@ macro_rules! selector_compression {
                 message: &averager_core::compression::WireTensor,
             ) -> averager_core::Result<averager_core::tensor::Tensor> {
                 $crate::select::extract_by_wire(Self::NAME, message)
+            }
+
+            /// The chosen codec's `encode_into`, refusing what another choice refuses, as
+            /// `compress` does.
+            fn encode_into(
+                &self,
+                tensor: &averager_core::tensor::TensorView<'_>,
+                info: &averager_core::compression::CompressionInfo,
+                out: &mut averager_core::compression::BytesMut,
+            ) -> averager_core::Result<averager_core::compression::WireTensor> {
+                $crate::select::check_accepted(self, tensor)?;
+                self.select(info)?.encode_into(tensor, info, out)
+            }
+
+            /// The `decode_into` of the codec the message names.
+            fn decode_into(
+                &self,
+                message: &averager_core::compression::WireTensor,
+                out: &mut [f32],
+            ) -> averager_core::Result<()> {
+                $crate::select::codec_by_wire(Self::NAME, message)?.decode_into(message, out)
+            }
+
+            /// The `decode_add_into` of the codec the message names.
+            fn decode_add_into(
+                &self,
+                message: &averager_core::compression::WireTensor,
+                weight: f32,
+                out: &mut [f32],
+            ) -> averager_core::Result<()> {
+                $crate::select::codec_by_wire(Self::NAME, message)?.decode_add_into(message, weight, out)
             }
 
             /// The chosen codec's estimate; 1 (no compression) when there is none to choose,

@@ -1,0 +1,95 @@
+//! A fixed-size, deterministic sample of a tensor's values, for estimating its quantiles without
+//! sorting all of them.
+//!
+//! Stratified ("jittered"): the values are cut into as many equal strata as the sample has
+//! entries, and one value is drawn from each at a pseudo-random offset. Unlike a fixed stride,
+//! this cannot alias with a tensor's layout (a stride equal to a row length would sample one
+//! column only), and unlike uniform random draws it reads memory in order and covers every
+//! region of the tensor equally.
+
+/// The seed of the offsets: fixed, so that encoding the same tensor twice gives the same bytes.
+const SEED: u64 = 0x5eed_0f9a_117e_5a3b;
+
+/// splitmix64: a tiny generator whose outputs are well mixed even for consecutive states.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform offset in `0..len` (`len > 0`), by the high half of a 64x64-bit product.
+    fn below(&mut self, len: usize) -> usize {
+        ((u128::from(self.next()) * len as u128) >> 64) as usize
+    }
+}
+
+/// `size` values of `values`, one from each of `size` equal strata, in the order of the strata;
+/// all of `values` when it holds no more than `size`.
+#[cfg(test)]
+pub(crate) fn stratified(values: &[f32], size: usize) -> Vec<f32> {
+    let mut out = Vec::new();
+    stratified_into(values, size, &mut out);
+    out
+}
+
+/// [`stratified`] into `out` (cleared first), so that a caller can reuse its allocation.
+pub(crate) fn stratified_into(values: &[f32], size: usize, out: &mut Vec<f32>) {
+    out.clear();
+    let n = values.len();
+    if n <= size {
+        out.extend_from_slice(values);
+        return;
+    }
+    if size == 0 {
+        return;
+    }
+    let mut rng = SplitMix(SEED);
+    out.reserve(size);
+    // Stratum k ends at floor((k + 1) n / size), stepped in integers: `base` per stratum, plus one
+    // whenever the remainders add up to another `size` (a u128 division per value would cost
+    // more than the draw).
+    let (base, extra) = (n / size, n % size);
+    let (mut start, mut carried) = (0usize, 0usize);
+    for _ in 0..size {
+        carried += extra;
+        let len = if carried >= size {
+            carried -= size;
+            base + 1
+        } else {
+            base
+        };
+        // `n > size` makes `base`, so every stratum, at least one value long.
+        let at = start + rng.below(len);
+        out.push(values.get(at).copied().unwrap_or(f32::NAN));
+        start += len;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_value_per_stratum_deterministically() {
+        let values: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let sample = stratified(&values, 64);
+        assert_eq!(sample.len(), 64);
+        for (k, &x) in sample.iter().enumerate() {
+            let (lo, hi) = (k * 1000 / 64, (k + 1) * 1000 / 64);
+            assert!((lo as f32..hi as f32).contains(&x), "stratum {k}: {x}");
+        }
+        assert_eq!(sample, stratified(&values, 64));
+        assert_eq!(stratified(&values[..10], 64), &values[..10]);
+        assert_eq!(stratified(&values[..65], 64).len(), 64);
+        assert!(stratified(&values, 0).is_empty());
+        // Offsets vary between strata: a tensor whose rows repeat is not sampled in one column.
+        let columns: std::collections::HashSet<usize> =
+            sample.iter().zip(0..).map(|(&x, k)| x as usize - k * 1000 / 64).collect();
+        assert!(columns.len() > 8, "{columns:?}");
+    }
+}
