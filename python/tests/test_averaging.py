@@ -1,5 +1,7 @@
 """Averaging in place: numpy and torch tensors, weights, gather, client and auxiliary peers."""
 
+from concurrent.futures import CancelledError
+
 import numpy as np
 import pytest
 import torch
@@ -167,4 +169,24 @@ def test_steps_from_two_threads_queue_without_losing_results(group):
     assert all(all(o) for o in outcomes)
     for mine in arrays:
         assert np.all(mine[0] == mine[0][0])
+        np.testing.assert_allclose(mine[0], 2.0)
+
+
+def test_a_queued_step_can_be_cancelled_and_the_queue_moves_on(group):
+    arrays = [[np.full(1 << 10, 2.0 * i, dtype=np.float32)] for i in range(2)]
+    peers = group(arrays)
+    first = peers[0].step(wait=False)
+    queued = peers[0].step(wait=False)
+    assert queued.cancel()
+    with pytest.raises(CancelledError):
+        queued.result(timeout=RESULT_TIMEOUT)
+    assert peers[1].step(timeout=RESULT_TIMEOUT) is not None
+    assert first.result(timeout=RESULT_TIMEOUT) is not None
+    for mine in arrays:
+        np.testing.assert_allclose(mine[0], 1.0)
+    # The cancelled step's values never reach the averager: the next step averages fresh ones.
+    set_all(peers[0], 4.0)
+    set_all(peers[1], 0.0)
+    assert all(r is not None for r in step_all(peers))
+    for mine in arrays:
         np.testing.assert_allclose(mine[0], 2.0)
