@@ -4,21 +4,23 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::averager::grpc::GrpcTransport;
 use ::averager::{Averager, AveragerConfig, Dht, Registry, StepOptions, Transport};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use crate::buffers::{self, BufferSpec, UserBuffer, bytes_of};
-use crate::control::NativeControl;
+use crate::control::{NativeControl, Step};
 use crate::dht::NativeDht;
 use crate::errors::IntoPy;
 use crate::provider::PyStateProvider;
+use crate::queue::{self, Inputs, SharedInputs, StepQueue};
 use crate::runtime::Runtime;
+use crate::timings::Timings;
 
 /// What steps and `get_tensors()` share.
 pub(crate) struct Shared {
@@ -29,10 +31,15 @@ pub(crate) struct Shared {
     pub(crate) user_lock: Arc<tokio::sync::Mutex<()>>,
     /// The user's buffers the averager was built from: every step's buffers must match them.
     pub(crate) built: Vec<UserBuffer>,
+    /// Their shapes, for snapshots of a queued step's inputs.
+    pub(crate) shapes: Vec<Vec<usize>>,
+    /// The order in which steps use the averager's tensors.
+    pub(crate) queue: StepQueue,
 }
 
-/// The result of a copy into the averager's tensors that runs in the background.
-pub(crate) type CopyIn = tokio::sync::oneshot::Receiver<PyResult<()>>;
+/// The result of a copy of the user's buffers that runs in the background: how long the memcpy
+/// took.
+pub(crate) type CopyIn = oneshot::Receiver<PyResult<Duration>>;
 
 impl Shared {
     /// Copies the user's buffers into the averager's tensors under both locks.
@@ -42,25 +49,42 @@ impl Shared {
         buffers::copy_all_in(buffers, &mut tensors)
     }
 
-    /// Starts copying the user's buffers into the averager's tensors on a runtime thread and
-    /// returns once it holds both locks, so a step started next reads the copied values (its
-    /// all-reduce waits for the tensor lock) while the copy overlaps its matchmaking. The copy
-    /// task owns `keepalive`, the Python objects whose memory `buffers` point into.
+    /// Starts copying the user's buffers into a step's inputs on a runtime thread and returns
+    /// once the copy holds its locks, so a write through `get_tensors()` waits for it while the
+    /// copy overlaps the step's matchmaking. With `inputs` in the core (the queue was empty),
+    /// the copy goes straight into the averager's tensors, whose lock the all-reduce waits for;
+    /// else into a snapshot that the step's turn moves there. The copy task owns `keepalive`, the
+    /// Python objects whose memory `buffers` point into.
     pub(crate) async fn start_copy_in(
         self: &Arc<Self>,
         buffers: Vec<UserBuffer>,
+        inputs: SharedInputs,
         keepalive: Py<PyAny>,
     ) -> CopyIn {
-        let (locked_tx, locked) = tokio::sync::oneshot::channel();
-        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let (locked_tx, locked) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
         let shared = Arc::clone(self);
         self.runtime.spawn(async move {
             let _keepalive = keepalive;
+            let mut slot = inputs.lock().await;
             let _user = shared.user_lock.lock().await;
-            let mut tensors = shared.averager.tensors().await;
-            let _ = locked_tx.send(());
-            // A memcpy of up to gigabytes: off the worker, so the step's tasks keep running.
-            let copied = tokio::task::block_in_place(|| buffers::copy_all_in(&buffers, &mut tensors));
+            let copied = if matches!(*slot, Inputs::InCore) {
+                let mut tensors = shared.averager.tensors().await;
+                let _ = locked_tx.send(());
+                // A memcpy of up to gigabytes: off the worker, so the step's tasks keep running.
+                tokio::task::block_in_place(|| {
+                    let started = Instant::now();
+                    buffers::copy_all_in(&buffers, &mut tensors).map(|()| started.elapsed())
+                })
+            } else {
+                let _ = locked_tx.send(());
+                tokio::task::block_in_place(|| {
+                    let started = Instant::now();
+                    let staged = buffers::snapshot(&buffers, &shared.shapes)?;
+                    *slot = Inputs::Staged(staged);
+                    Ok(started.elapsed())
+                })
+            };
             let _ = done_tx.send(copied);
         });
         // The task only ends without sending when the runtime shuts down; the step then fails.
@@ -68,11 +92,17 @@ impl Shared {
         done
     }
 
-    /// Copies the averager's tensors into the user's buffers under both locks.
-    pub(crate) async fn copy_out(&self, buffers: &[UserBuffer]) -> PyResult<()> {
+    /// Copies the averager's tensors into the user's buffers under both locks; how long it
+    /// waited for the locks and how long the memcpy took.
+    pub(crate) async fn copy_out(&self, buffers: &[UserBuffer]) -> PyResult<(Duration, Duration)> {
+        let asked = Instant::now();
         let _user = self.user_lock.lock().await;
         let mut tensors = self.averager.tensors().await;
-        tokio::task::block_in_place(|| buffers::copy_all_out(buffers, &mut tensors))
+        let waited = asked.elapsed();
+        tokio::task::block_in_place(|| {
+            let started = Instant::now();
+            buffers::copy_all_out(buffers, &mut tensors).map(|()| (waited, started.elapsed()))
+        })
     }
 }
 
@@ -126,7 +156,9 @@ impl NativeAverager {
         });
         let averager = averager.py_err()?;
         let user_lock = Arc::new(tokio::sync::Mutex::new(()));
-        let shared = Arc::new(Shared { runtime, averager, user_lock, built });
+        let shapes = specs.iter().map(|s| s.3.clone()).collect();
+        let queue = StepQueue::default();
+        let shared = Arc::new(Shared { runtime, averager, user_lock, built, shapes, queue });
         Ok(NativeAverager { shared, held: Mutex::new(None) })
     }
 
@@ -159,6 +191,7 @@ impl NativeAverager {
         allow_retries: bool,
         require_trigger: bool,
     ) -> PyResult<NativeControl> {
+        let timings = Arc::new(Timings::start());
         let buffers = specs.iter().map(UserBuffer::new).collect::<PyResult<Vec<_>>>()?;
         buffers::check_all_like(&buffers, &self.shared.built)?;
         let mut options =
@@ -177,18 +210,61 @@ impl NativeAverager {
         if let Some(t) = secs(timeout, "timeout")? {
             options = options.timeout(t);
         }
+        let place = self.shared.queue.join();
+        // With an earlier step still holding the averager's tensors, this step's inputs are
+        // snapshotted now and moved in at its turn.
+        let inputs: SharedInputs = Arc::new(tokio::sync::Mutex::new(if place.previous.is_some() {
+            Inputs::Staged(Vec::new())
+        } else {
+            Inputs::InCore
+        }));
         let shared = Arc::clone(&self.shared);
         let copy_keepalive = keepalive.clone_ref(py);
+        let (passed_tx, passed) = oneshot::channel();
         let (copied, started) = self.shared.runtime.block_on(py, {
-            let buffers = buffers.clone();
+            let (buffers, inputs, timings) = (buffers.clone(), Arc::clone(&inputs), Arc::clone(&timings));
             async move {
-                let copied = shared.start_copy_in(buffers, copy_keepalive).await;
-                (copied, shared.averager.step_background(options).await)
+                let copied = shared.start_copy_in(buffers, Arc::clone(&inputs), copy_keepalive).await;
+                let turn = queue::turn(Arc::downgrade(&shared), place.previous, inputs, passed_tx);
+                let started = shared.averager.step_background_after(options, turn).await;
+                timings.update(|t| t.core_started = t.started.elapsed());
+                (copied, started)
             }
         });
-        // A step that did not start still lets the copy finish (it holds its own keepalive).
+        // A step that did not start still lets the copy finish (it holds its own keepalive), and
+        // drops its release signal, so later steps do not wait for it.
         let started = started.py_err()?;
-        Ok(NativeControl::start(Arc::clone(&self.shared), started, copied, buffers, keepalive))
+        let step = Step {
+            control: started,
+            copied,
+            buffers,
+            inputs,
+            turn_passed: passed,
+            released: place.released,
+            timings,
+        };
+        Ok(NativeControl::start(Arc::clone(&self.shared), step, keepalive))
+    }
+
+    /// The core's own step on the tensors the averager holds, without any copy to or from the
+    /// user's buffers: the reference the step-overhead benchmark compares `step()` with, run on
+    /// the same peers. Returns `(ok, seconds, matchmaking seconds, all-reduce seconds)`.
+    #[pyo3(signature = (timeout))]
+    fn bench_core_step(&self, py: Python<'_>, timeout: f64) -> PyResult<(bool, f64, f64, f64)> {
+        let timeout = secs(Some(timeout), "timeout")?.unwrap_or_default();
+        let shared = Arc::clone(&self.shared);
+        let (result, seconds) = self.shared.runtime.block_on(py, async move {
+            let started = Instant::now();
+            let result = shared.averager.step(StepOptions::default().timeout(timeout)).await;
+            (result, started.elapsed().as_secs_f64())
+        });
+        Ok(match result {
+            Ok(gathered) => {
+                let report = gathered.report();
+                (true, seconds, report.matchmaking.as_secs_f64(), report.all_reduce.as_secs_f64())
+            }
+            Err(_) => (false, seconds, 0.0, 0.0),
+        })
     }
 
     /// Waits for (and takes) the lock `get_tensors()` holds.

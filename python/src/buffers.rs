@@ -150,6 +150,26 @@ pub(crate) fn parse_all(specs: &[BufferSpec]) -> PyResult<(Vec<UserBuffer>, Vec<
     specs.iter().map(UserBuffer::parse).collect::<PyResult<Vec<_>>>().map(|v| v.into_iter().unzip())
 }
 
+/// A new set of tensors (of `shapes`) holding a copy of every buffer.
+pub(crate) fn snapshot(buffers: &[UserBuffer], shapes: &[Vec<usize>]) -> PyResult<Vec<Tensor>> {
+    if buffers.len() != shapes.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} tensors given, the averager holds {}",
+            buffers.len(),
+            shapes.len()
+        )));
+    }
+    buffers
+        .iter()
+        .zip(shapes)
+        .map(|(b, shape)| {
+            let mut tensor = Tensor::zeros(shape.clone(), b.dtype).map_err(crate::errors::to_py)?;
+            b.copy_into(&mut tensor)?;
+            Ok(tensor)
+        })
+        .collect()
+}
+
 /// Checks that `buffers` match the buffers the averager was built from, one for one.
 pub(crate) fn check_all_like(buffers: &[UserBuffer], built: &[UserBuffer]) -> PyResult<()> {
     if buffers.len() != built.len() {

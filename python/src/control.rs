@@ -7,10 +7,12 @@ use std::time::Duration;
 use ::averager::{Error, Gathered, Stage, StepControl};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::averager::{CopyIn, Shared};
-use crate::buffers::UserBuffer;
+use crate::buffers::{self, UserBuffer};
+use crate::queue::{Inputs, Released, SharedInputs};
+use crate::timings::Timings;
 
 /// Each member's endpoint and msgpack gather bytes (`None`: it gathered nothing), in group order.
 type Members = Vec<(String, Option<Vec<u8>>)>;
@@ -32,7 +34,27 @@ pub(crate) struct NativeControl {
     shared: Arc<Shared>,
     control: StepControl<Gathered>,
     buffers: Vec<UserBuffer>,
+    inputs: SharedInputs,
     outcome: watch::Receiver<Option<Outcome>>,
+    timings: Arc<Timings>,
+}
+
+/// What `NativeAverager::step` hands over to the task that finishes a step.
+pub(crate) struct Step {
+    /// The core's step.
+    pub(crate) control: StepControl<Gathered>,
+    /// The copy of the user's buffers into the step's inputs.
+    pub(crate) copied: CopyIn,
+    /// The user's buffers, written with the result.
+    pub(crate) buffers: Vec<UserBuffer>,
+    /// Where the step's inputs are.
+    pub(crate) inputs: SharedInputs,
+    /// Resolves (or fails) once the step's turn in the queue is over.
+    pub(crate) turn_passed: oneshot::Receiver<()>,
+    /// Set once the step no longer needs the averager's tensors.
+    pub(crate) released: Released,
+    /// Its phases' times.
+    pub(crate) timings: Arc<Timings>,
 }
 
 fn members(gathered: &Gathered) -> Result<Members, Error> {
@@ -52,47 +74,64 @@ fn members(gathered: &Gathered) -> Result<Members, Error> {
         .collect())
 }
 
+/// Runs a started step to its end: checks its copy in, waits for the core's result, writes it
+/// into the user's buffers, reports the outcome and releases the averager's tensors to the next
+/// step.
+async fn finish(shared: Arc<Shared>, step: Step, tx: watch::Sender<Option<Outcome>>) {
+    let Step { control, copied, buffers, turn_passed, released, timings, .. } = step;
+    // Checked before the step started, so a failed copy is a bug; still, the step must not
+    // average what it did not read.
+    let copy_failed = match copied.await {
+        Ok(Ok(took)) => {
+            timings.update(|t| t.copy_in = took);
+            None
+        }
+        Ok(Err(e)) => Some(format!("reading the tensors: {e}")),
+        Err(_) => Some("reading the tensors: the runtime shut down".to_string()),
+    };
+    let outcome = if let Some(reason) = copy_failed {
+        control.cancel();
+        let _ = control.result().await;
+        Outcome::Failed(reason)
+    } else {
+        let result = control.result().await;
+        timings.update(|t| t.core_done = t.started.elapsed());
+        if let Ok(gathered) = &result {
+            timings.report(gathered.report());
+        }
+        match result.and_then(|g| members(&g)) {
+            Ok(members) => match shared.copy_out(&buffers).await {
+                Ok((waited, took)) => {
+                    timings.update(|t| (t.copy_out_wait, t.copy_out) = (waited, took));
+                    Outcome::Done(members)
+                }
+                Err(e) => Outcome::Failed(format!("writing the averaged tensors back: {e}")),
+            },
+            Err(Error::Cancelled(msg)) => Outcome::Cancelled(msg),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    };
+    timings.update(|t| t.finished = t.started.elapsed());
+    let _ = tx.send(Some(outcome));
+    // A step cancelled before its turn still waits for it to pass (or be dropped), so that its
+    // staged inputs cannot land in the averager's tensors after the next step's.
+    let _ = turn_passed.await;
+    released.send_replace(true);
+}
+
 impl NativeControl {
     /// Wraps a started step and spawns the task that finishes it.
-    pub(crate) fn start(
-        shared: Arc<Shared>,
-        control: StepControl<Gathered>,
-        copied: CopyIn,
-        buffers: Vec<UserBuffer>,
-        keepalive: Py<PyAny>,
-    ) -> Self {
+    pub(crate) fn start(shared: Arc<Shared>, step: Step, keepalive: Py<PyAny>) -> Self {
         let (tx, outcome) = watch::channel(None);
-        let task_control = control.clone();
+        let (control, buffers, inputs, timings) =
+            (step.control.clone(), step.buffers.clone(), Arc::clone(&step.inputs), Arc::clone(&step.timings));
         let task_shared = Arc::clone(&shared);
-        let task_buffers = buffers.clone();
         shared.runtime.spawn(async move {
-            // Owns the Python objects whose memory `task_buffers` points into until the copy is done.
+            // Owns the Python objects whose memory the buffers point into until the copy is done.
             let _keepalive = keepalive;
-            // Checked before the step started, so a failed copy is a bug; still, the step must
-            // not average what it did not read.
-            let copy_failed = match copied.await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(format!("reading the tensors: {e}")),
-                Err(_) => Some("reading the tensors: the runtime shut down".to_string()),
-            };
-            if let Some(reason) = copy_failed {
-                task_control.cancel();
-                let _ = task_control.result().await;
-                let _ = tx.send(Some(Outcome::Failed(reason)));
-                return;
-            }
-            let result = task_control.result().await.and_then(|g| members(&g));
-            let outcome = match result {
-                Ok(members) => match task_shared.copy_out(&task_buffers).await {
-                    Ok(()) => Outcome::Done(members),
-                    Err(e) => Outcome::Failed(format!("writing the averaged tensors back: {e}")),
-                },
-                Err(Error::Cancelled(msg)) => Outcome::Cancelled(msg),
-                Err(e) => Outcome::Failed(e.to_string()),
-            };
-            let _ = tx.send(Some(outcome));
+            finish(task_shared, step, tx).await;
         });
-        NativeControl { shared, control, buffers, outcome }
+        NativeControl { shared, control, buffers, inputs, outcome, timings }
     }
 }
 
@@ -146,7 +185,19 @@ impl NativeControl {
         {
             let shared = Arc::clone(&self.shared);
             let buffers = self.buffers.clone();
-            self.shared.runtime.block_on(py, async move { shared.copy_in(&buffers).await })?;
+            let inputs = Arc::clone(&self.inputs);
+            self.shared.runtime.block_on(py, async move {
+                // Before its turn, the step's inputs are its own snapshot; after, the averager's
+                // tensors (which no other step uses until this one releases them).
+                let mut slot = inputs.lock().await;
+                match &mut *slot {
+                    Inputs::Staged(staged) => {
+                        let _user = shared.user_lock.lock().await;
+                        buffers::copy_all_in(&buffers, staged)
+                    }
+                    Inputs::InCore => shared.copy_in(&buffers).await,
+                }
+            })?;
         }
         self.control.allow_allreduce();
         Ok(())
@@ -160,6 +211,11 @@ impl NativeControl {
     /// Whether `cancel()` took effect.
     fn cancelled(&self) -> bool {
         self.control.cancelled()
+    }
+
+    /// Where the step's time went: `{phase: seconds}` (`bench/step_overhead.py` reads it).
+    fn timings(&self) -> Vec<(&'static str, f64)> {
+        self.timings.seconds()
     }
 
     /// Whether the step waits for `allow_allreduce()`.

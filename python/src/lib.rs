@@ -13,7 +13,9 @@ mod control;
 mod dht;
 mod errors;
 mod provider;
+mod queue;
 mod runtime;
+mod timings;
 
 use pyo3::prelude::*;
 

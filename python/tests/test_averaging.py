@@ -1,11 +1,13 @@
 """Averaging in place: numpy and torch tensors, weights, gather, client and auxiliary peers."""
 
+from concurrent.futures import CancelledError
+
 import numpy as np
 import pytest
 import torch
 
 import averager
-from conftest import step_all
+from conftest import RESULT_TIMEOUT, run_threads, step_all
 
 
 def test_numpy_arrays_are_averaged_in_place(group):
@@ -120,3 +122,71 @@ def test_a_step_reads_the_tensors_as_they_are_when_it_is_called(group):
     assert all(c.result(timeout=120) is not None for c in controls)
     for mine in arrays:
         np.testing.assert_allclose(mine[0], 1.0)
+
+
+def set_all(peer, value):
+    with peer.get_tensors() as tensors:
+        tensors[0][:] = value
+
+
+def test_back_to_back_steps_each_average_the_values_set_for_them(group):
+    # Peer 0 queues two steps with different values set between them before peer 1 takes part in
+    # either: the second step's values must not reach the first step's all-reduce, and the first
+    # step's result must not overwrite the second step's values.
+    arrays = [[np.zeros(1 << 16, dtype=np.float32)] for _ in range(2)]
+    peers = group(arrays)
+    set_all(peers[0], 0.0)
+    first = peers[0].step(wait=False)
+    set_all(peers[0], 10.0)
+    second = peers[0].step(wait=False)
+    set_all(peers[1], 2.0)
+    partner_first = peers[1].step(wait=False)
+    assert first.result(timeout=RESULT_TIMEOUT) is not None
+    assert partner_first.result(timeout=RESULT_TIMEOUT) is not None
+    # Peer 0's second step cannot end yet: peer 1 has not started its own.
+    assert not second.done()
+    for mine in arrays:
+        np.testing.assert_allclose(mine[0], 1.0)
+    set_all(peers[1], 30.0)
+    partner_second = peers[1].step(wait=False)
+    assert second.result(timeout=RESULT_TIMEOUT) is not None
+    assert partner_second.result(timeout=RESULT_TIMEOUT) is not None
+    for mine in arrays:
+        np.testing.assert_allclose(mine[0], 20.0)
+
+
+def test_steps_from_two_threads_queue_without_losing_results(group):
+    # Two threads of each peer step at once, several times: every step succeeds and every
+    # result is a mean the peers agree on (no step reads another's half-written values).
+    arrays = [[np.full(1 << 16, 4.0 * i, dtype=np.float32)] for i in range(2)]
+    peers = group(arrays)
+    rounds = 2
+
+    def worker(peer):
+        return [peer.step(timeout=RESULT_TIMEOUT) is not None for _ in range(rounds)]
+
+    outcomes = run_threads([lambda p=p: worker(p) for p in peers for _ in range(2)])
+    assert all(all(o) for o in outcomes)
+    for mine in arrays:
+        assert np.all(mine[0] == mine[0][0])
+        np.testing.assert_allclose(mine[0], 2.0)
+
+
+def test_a_queued_step_can_be_cancelled_and_the_queue_moves_on(group):
+    arrays = [[np.full(1 << 10, 2.0 * i, dtype=np.float32)] for i in range(2)]
+    peers = group(arrays)
+    first = peers[0].step(wait=False)
+    queued = peers[0].step(wait=False)
+    assert queued.cancel()
+    with pytest.raises(CancelledError):
+        queued.result(timeout=RESULT_TIMEOUT)
+    assert peers[1].step(timeout=RESULT_TIMEOUT) is not None
+    assert first.result(timeout=RESULT_TIMEOUT) is not None
+    for mine in arrays:
+        np.testing.assert_allclose(mine[0], 1.0)
+    # The cancelled step's values never reach the averager: the next step averages fresh ones.
+    set_all(peers[0], 4.0)
+    set_all(peers[1], 0.0)
+    assert all(r is not None for r in step_all(peers))
+    for mine in arrays:
+        np.testing.assert_allclose(mine[0], 2.0)

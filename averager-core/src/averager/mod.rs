@@ -255,6 +255,26 @@ impl Averager {
     /// # Errors
     /// [`Error::Config`] for invalid options.
     pub async fn step_background(&self, options: StepOptions) -> Result<StepControl<Gathered>> {
+        self.step_background_after(options, std::future::ready(())).await
+    }
+
+    /// As [`Averager::step_background`], but the step's round loop (matchmaking, then the
+    /// all-reduce) begins only once `ready` resolves. The control is live at once: it can be
+    /// cancelled or triggered meanwhile and stays in [`Stage::Idle`] until then. A caller that
+    /// keeps its own copy of the tensors (the Python binding) uses it to queue steps: the next
+    /// step starts once the last one's result has been copied out and the next one's inputs
+    /// copied in, so neither copy can race the other step's all-reduce.
+    ///
+    /// # Errors
+    /// As [`Averager::step_background`].
+    pub async fn step_background_after<F>(
+        &self,
+        options: StepOptions,
+        ready: F,
+    ) -> Result<StepControl<Gathered>>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::Cancelled("the averager shut down".into()));
         }
@@ -267,7 +287,18 @@ impl Averager {
             self.inner.config.min_matchmaking_time,
             payload.encode(),
         )?;
-        tokio::spawn(Arc::clone(&self.inner).run_step(control.averager_handle()));
+        let (inner, handle) = (Arc::clone(&self.inner), control.averager_handle());
+        tokio::spawn(async move {
+            // A step cancelled (or an averager shut down) before `ready` never starts, and drops
+            // `ready` at once rather than holding whatever it captured.
+            let cancelled = tokio::select! {
+                () = ready => return inner.run_step(handle).await,
+                () = handle.cancelled_signal() => Error::Cancelled("the step was cancelled".into()),
+                () = inner.shutdown.cancelled() => Error::Cancelled("the averager shut down".into()),
+            };
+            handle.set_result(Err(cancelled));
+            handle.set_stage(Stage::Finished);
+        });
         Ok(control)
     }
 
