@@ -83,8 +83,10 @@ pub struct ReducerCapabilities {
 
 /// Aggregates one part from several senders.
 ///
-/// Synchronous on purpose: reduction is arithmetic on memory the caller already holds; the
-/// caller runs it off the async executor when parts are large.
+/// Synchronous on purpose: reduction is arithmetic on memory the caller already holds. The caller
+/// ([`PartReducer`]) runs it on the task that submitted the part, under the lock that keeps
+/// contributions in order, so each call is bounded by the part size (`part_size_bytes`) rather
+/// than moved off the async executor.
 pub trait Reducer: Send + Sync + Debug + 'static {
     /// The stable registry name (e.g. `"mean"`).
     fn name(&self) -> &str;
