@@ -128,7 +128,7 @@ pub trait PartAccumulator: Send {
     /// # Behavior
     /// The same contribution as [`add`](Self::add) of `codec.extract(message)`, and the same
     /// refusals; a message the codec cannot decode is that codec's
-    /// [`Error::Codec`](crate::Error::Codec). On any error the accumulator is unchanged. The
+    /// [`Error::Codec`]. On any error the accumulator is unchanged. The
     /// default does exactly that (decode into a fresh tensor, then `add`); a reducer that can
     /// decode straight into its state (the weighted mean uses
     /// [`Compression::decode_add_into`]) overrides it and says so in
