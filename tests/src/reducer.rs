@@ -24,6 +24,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use averager_core::compression::{Compression, CompressionInfo, NoCompression};
 use averager_core::reduce::PartReducer;
 use averager_core::reduce::{PartOutcome, Reducer};
 use averager_core::tensor::{DType, Tensor, TensorData};
@@ -92,6 +93,7 @@ macro_rules! __reducer_cases {
             banned_waiting_sender_does_not_stall,
             wrong_length_part_is_refused,
             finish_ends_pending_waits,
+            encoded_parts_count_like_decoded_ones,
         ] }
     };
 }
@@ -447,6 +449,119 @@ pub async fn finish_ends_pending_waits(factory: &impl ReducerFactory) -> Outcome
     let late = within("a submission after finish()", pr.accumulate(2, 0, &views[0], 1.0)).await?;
     ensure!(late.is_err(), "a submission after finish() was accepted: {late:?}");
     Ok(())
+}
+
+/// A part handed over encoded ([`PartReducer::accumulate_encoded`], how the core feeds received
+/// parts; a reducer may decode them straight into its state through
+/// [`PartAccumulator::add_encoded`](averager_core::reduce::PartAccumulator::add_encoded), or
+/// leave that to the default, which decodes and calls `add`) counts like the same part handed
+/// over decoded ([`PartReducer::accumulate`], how the core feeds its own parts), mixed in any
+/// way; a message the codec cannot decode is refused and bans its sender without touching the
+/// others' result. Three senders, weights 1, 0.5 and 2 (all 1 without `weighted_mean`), f32
+/// parts of 5, 33 and 4 values; the results must match a second reducer fed only decoded parts
+/// (rtol 1e-5, atol 1e-6: an f32 sum may replace an f64 one).
+pub async fn encoded_parts_count_like_decoded_ones(factory: &impl ReducerFactory) -> Outcome {
+    let weighted = factory.build().capabilities().weighted_mean;
+    let weights = if weighted { [1.0, 0.5, 2.0] } else { [1.0; 3] };
+    let lens = [5, 33, 4];
+    let mut rng = StdRng::seed_from_u64(0x5eed_0009);
+    let data: Vec<Vec<Tensor>> =
+        (0..3).map(|_| lens.iter().map(|&n| random_f32(&mut rng, n)).collect()).collect();
+    // Sender 0 sends encoded, sender 1 decoded, sender 2 encoded and then an undecodable last part.
+    let hows = [[How::Encoded; 3], [How::Decoded; 3], [How::Encoded, How::Encoded, How::Undecodable]];
+    let specs: Vec<(usize, DType)> = lens.iter().map(|&n| (n, DType::F32)).collect();
+    let under_test = Arc::new(new_reducer(factory, specs.clone(), 3)?);
+    let reference = Arc::new(new_reducer(factory, specs, 3)?);
+    let tasks: Vec<_> = (0..3)
+        .map(|s| {
+            let (pr, parts, how, w) = (under_test.clone(), data[s].clone(), hows[s], weights[s]);
+            tokio::spawn(async move { send_mixed(&pr, s, &parts, &how, w).await })
+        })
+        .collect();
+    // The reference gets the same contributions decoded, and bans sender 2 where the other's
+    // undecodable part did.
+    let reference_tasks: Vec<_> = (0..3)
+        .map(|s| {
+            let (pr, mut parts, w) = (reference.clone(), data[s].clone(), weights[s]);
+            let mut how = [How::Decoded; 3];
+            if s == 2 {
+                parts.truncate(2);
+                how[2] = How::Undecodable;
+            }
+            tokio::spawn(async move { send_mixed(&pr, s, &parts, &how, w).await })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for (s, task) in tasks.into_iter().enumerate() {
+        got.push(join(&format!("sender {s}"), task).await?);
+    }
+    let mut want = Vec::new();
+    for (s, task) in reference_tasks.into_iter().enumerate() {
+        want.push(join(&format!("reference sender {s}"), task).await?);
+    }
+    for s in 0..3 {
+        for k in 0..lens.len() {
+            let ctx = format!("sender {s} ({:?}), part {k}", hows[s][k]);
+            match (&got[s][k], want[s].get(k)) {
+                (Ok(g), Some(Ok(w))) => {
+                    let g = reduced(g, lens[k], DType::F32, &ctx)?.data().as_slice().to_f64_lanes();
+                    let w = reduced(w, lens[k], DType::F32, &ctx)?.data().as_slice().to_f64_lanes();
+                    ensure!(close(&g, &w, 1e-5, 1e-6), "{ctx}: got {g:?}, fed decoded {w:?}");
+                }
+                (Err(e), _) if hows[s][k] == How::Undecodable => {
+                    ensure!(under_test.is_banned(s), "{ctx}: refused ({e}) but the sender is not banned");
+                }
+                (got, _) => return Err(Failure::new(format!("{ctx}: unexpected {got:?}"))),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How [`send_mixed`] hands a part over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// [`PartReducer::accumulate`].
+    Decoded,
+    /// [`PartReducer::accumulate_encoded`], without compression.
+    Encoded,
+    /// As `Encoded`, with the message cut short: the codec refuses it (after the parts given, the
+    /// sender is banned).
+    Undecodable,
+}
+
+/// Submits `parts` one after the other, each as `how` says; one result per part, and for a
+/// reference sender whose last part is missing, a ban in its place.
+async fn send_mixed(
+    pr: &PartReducer,
+    sender: usize,
+    parts: &[Tensor],
+    how: &[How],
+    weight: f64,
+) -> Vec<averager_core::Result<Arc<PartOutcome>>> {
+    let codec = NoCompression;
+    let mut results = Vec::new();
+    for (k, part) in parts.iter().enumerate() {
+        let info = CompressionInfo::for_tensor(0, &part.view());
+        let outcome = match how[k] {
+            How::Decoded => pr.accumulate(sender, k, &part.view(), weight).await,
+            How::Encoded | How::Undecodable => {
+                let mut wire = match codec.compress(&part.view(), &info) {
+                    Ok(wire) => wire,
+                    Err(e) => return vec![Err(e)],
+                };
+                if how[k] == How::Undecodable {
+                    wire.buffer = wire.buffer.slice(..wire.buffer.len().saturating_sub(1));
+                }
+                pr.accumulate_encoded(sender, k, &codec, &wire, weight).await
+            }
+        };
+        results.push(outcome);
+    }
+    if parts.len() < how.len() {
+        pr.sender_failed(sender);
+    }
+    results
 }
 
 fn new_reducer(

@@ -12,6 +12,38 @@ use averager_core::tensor::{Tensor, TensorData, TensorView};
 use averager_core::{Error, Result};
 
 reducer_suite!(mean, || Arc::new(MeanReducer) as Arc<dyn Reducer>);
+reducer_suite!(mean_through_old_methods, || Arc::new(OldMethodsOnly) as Arc<dyn Reducer>);
+
+/// The built-in mean behind the old methods only (`add` and `finish`), as a reducer written
+/// before `add_encoded` existed: received parts reach it through the default, decoded first.
+#[derive(Debug)]
+struct OldMethodsOnly;
+
+impl Reducer for OldMethodsOnly {
+    fn name(&self) -> &str {
+        "mean-old-methods"
+    }
+
+    fn capabilities(&self) -> ReducerCapabilities {
+        MeanReducer.capabilities()
+    }
+
+    fn begin(&self, spec: &PartSpec) -> Result<Box<dyn PartAccumulator>> {
+        Ok(Box::new(OldMethodsAccumulator(MeanReducer.begin(spec)?)))
+    }
+}
+
+struct OldMethodsAccumulator(Box<dyn PartAccumulator>);
+
+impl PartAccumulator for OldMethodsAccumulator {
+    fn add(&mut self, sender: usize, part: &TensorView<'_>, weight: f64) -> Result<()> {
+        self.0.add(sender, part, weight)
+    }
+
+    fn finish(self: Box<Self>) -> Result<PartOutcome> {
+        self.0.finish()
+    }
+}
 
 /// How a deliberately broken reducer gets the mean wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +191,7 @@ fn suite_catches_a_reducer_that_drops_a_sender() {
 fn run_all(factory: &impl ReducerFactory) -> Outcome {
     block_on_case(async {
         let outcomes = reducer::run_all(factory).await;
-        assert_eq!(outcomes.len(), 8, "one outcome per case");
+        assert_eq!(outcomes.len(), 9, "one outcome per case");
         for (name, outcome) in outcomes {
             outcome.map_err(|failure| Failure::new(format!("{name}: {failure}")))?;
         }

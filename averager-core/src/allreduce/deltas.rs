@@ -1,38 +1,99 @@
 //! protocol 4.4 and 4.8: the deltas a sender collects (`average - local` per part) and their
 //! application.
 //!
+//! The deltas of one reducer's span ([`SpanDeltas`]) go into one buffer, allocated once when the
+//! exchange with that reducer starts: each reply of an f32 part is decoded straight into its
+//! place there, so a sender holds at most one tensor's worth of deltas, never a buffer per part.
+//!
 //! **\[averager\]** all deltas are applied together after the all-reduce, never tensor by tensor
 //! while it runs, so a failure midway cannot leave a half-updated set of tensors.
 
-use super::partition::PartitionPlan;
+use super::partition::{PartitionPlan, PlannedPart};
+use crate::compression::{Compression, WireTensor};
 use crate::error::{Error, Result};
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{DType, Tensor, TensorData, TensorSlice};
 
-/// Per part of the plan: the delta received for it, if any.
+/// The deltas of a whole plan: one [`SpanDeltas`] per reducer that answered.
 ///
 /// A part without a delta (its reducer failed, or this peer sent nothing) keeps the local values.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Default)]
 pub(crate) struct Deltas {
-    parts: Vec<Option<TensorData>>,
+    num_parts: usize,
+    spans: Vec<SpanDeltas>,
+}
+
+/// The deltas of the consecutive plan parts of one reducer's span.
+#[derive(Debug)]
+pub(crate) struct SpanDeltas {
+    /// Plan index of the span's first part.
+    first: usize,
+    slots: Vec<Slot>,
+    /// The deltas of the span's f32 parts, back to back (zeros until a reply fills them in).
+    values: Vec<f32>,
+}
+
+/// Where one part's delta is.
+#[derive(Debug)]
+struct Slot {
+    len: usize,
+    dtype: DType,
+    /// Offset of the part in [`SpanDeltas::values`] (f32 parts only).
+    offset: usize,
+    received: Received,
+}
+
+#[derive(Debug)]
+enum Received {
+    Nothing,
+    /// In [`SpanDeltas::values`].
+    InValues,
+    /// A part of another dtype, or one given whole.
+    Owned(TensorData),
 }
 
 impl Deltas {
     /// No delta for any of `num_parts` parts.
     pub(crate) fn new(num_parts: usize) -> Self {
-        Deltas { parts: vec![None; num_parts] }
+        Deltas { num_parts, spans: Vec::new() }
     }
 
-    /// Records the delta of plan part `index`.
+    /// Takes the deltas of one span.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] for a span that reaches outside the plan.
+    pub(crate) fn add(&mut self, span: SpanDeltas) -> Result<()> {
+        if span.first + span.slots.len() > self.num_parts {
+            return Err(Error::Internal(format!(
+                "parts {}..{} are not all in the plan of {}",
+                span.first,
+                span.first + span.slots.len(),
+                self.num_parts
+            )));
+        }
+        self.spans.push(span);
+        Ok(())
+    }
+
+    /// Records the delta of plan part `index`, given whole.
     ///
     /// # Errors
     /// [`Error::Internal`] for an index outside the plan.
+    #[cfg(test)]
     pub(crate) fn set(&mut self, index: usize, delta: TensorData) -> Result<()> {
-        let slot = self
-            .parts
-            .get_mut(index)
-            .ok_or_else(|| Error::Internal(format!("no part {index} in the plan")))?;
-        *slot = Some(delta);
-        Ok(())
+        let mut span = SpanDeltas { first: index, slots: Vec::new(), values: Vec::new() };
+        span.slots.push(Slot {
+            len: delta.len(),
+            dtype: delta.dtype(),
+            offset: 0,
+            received: Received::Nothing,
+        });
+        span.set(0, delta)?;
+        self.add(span)
+    }
+
+    /// Every delta received, with its plan index.
+    fn received(&self) -> impl Iterator<Item = (usize, TensorSlice<'_>)> {
+        self.spans.iter().flat_map(SpanDeltas::received)
     }
 
     /// `tensor += alpha * delta` for every part that has a delta (protocol 4.8).
@@ -41,8 +102,11 @@ impl Deltas {
     /// [`Error::Tensor`] when a delta does not fit its part (dtype or length); nothing is applied
     /// then, because every delta is checked first.
     pub(crate) fn apply(&self, plan: &PartitionPlan, tensors: &mut [Tensor], alpha: f64) -> Result<()> {
-        for (part, delta) in plan.parts().iter().zip(&self.parts) {
-            let Some(delta) = delta else { continue };
+        for (index, delta) in self.received() {
+            let part = plan
+                .parts()
+                .get(index)
+                .ok_or_else(|| Error::Internal(format!("no part {index} in the plan")))?;
             let tensor = tensors
                 .get(part.tensor)
                 .ok_or_else(|| Error::Tensor(format!("no tensor {} to apply a delta to", part.tensor)))?;
@@ -56,11 +120,122 @@ impl Deltas {
                 )));
             }
         }
-        for (part, delta) in plan.parts().iter().zip(&self.parts) {
-            if let Some(delta) = delta {
-                tensors[part.tensor].data_mut().add_scaled_at(part.range.start, delta.as_slice(), alpha)?;
-            }
+        for (index, delta) in self.received() {
+            let part = &plan.parts()[index];
+            tensors[part.tensor].data_mut().add_scaled_at(part.range.start, delta, alpha)?;
         }
         Ok(())
     }
+}
+
+impl SpanDeltas {
+    /// Room for the deltas of `parts`, plan parts `first..` of one span, whose tensors have
+    /// `dtypes`. The f32 buffer is allocated zeroed, which the allocator does lazily: pages of
+    /// parts that never get a delta cost nothing.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when a part names a tensor without a dtype.
+    pub(crate) fn new(first: usize, parts: &[PlannedPart], dtypes: &[DType]) -> Result<Self> {
+        let mut slots = Vec::with_capacity(parts.len());
+        let mut f32_len = 0usize;
+        for part in parts {
+            let dtype = *dtypes
+                .get(part.tensor)
+                .ok_or_else(|| Error::Internal(format!("no dtype for tensor {}", part.tensor)))?;
+            let len = part.range.len();
+            slots.push(Slot { len, dtype, offset: f32_len, received: Received::Nothing });
+            if dtype == DType::F32 {
+                f32_len += len;
+            }
+        }
+        Ok(SpanDeltas { first, slots, values: vec![0.0; f32_len] })
+    }
+
+    /// Decodes the delta of the span's part `k` from a reply `message`, encoded by `codec`,
+    /// straight into its place in the span's buffer (f32 parts; others decode into a tensor).
+    ///
+    /// # Errors
+    /// The codec's error; [`Error::Internal`] for a part outside the span. A part whose decode
+    /// fails has no delta, and so keeps its local values.
+    pub(crate) fn decode(&mut self, k: usize, codec: &dyn Compression, message: &WireTensor) -> Result<()> {
+        let slot =
+            self.slots.get_mut(k).ok_or_else(|| Error::Internal(format!("no part {k} in the span")))?;
+        slot.received = Received::Nothing;
+        if slot.dtype == DType::F32 {
+            codec.decode_into(message, &mut self.values[slot.offset..slot.offset + slot.len])?;
+            slot.received = Received::InValues;
+        } else {
+            let delta = codec.extract(message)?.into_parts().1;
+            check_fits(&delta.as_slice(), slot)?;
+            slot.received = Received::Owned(delta);
+        }
+        Ok(())
+    }
+
+    /// Records `average - local` as the delta of the span's part `k`.
+    ///
+    /// # Errors
+    /// [`Error::Tensor`] when the two differ in dtype or length, or do not fit the part.
+    pub(crate) fn set_difference(
+        &mut self,
+        k: usize,
+        average: TensorSlice<'_>,
+        local: TensorSlice<'_>,
+    ) -> Result<()> {
+        let slot =
+            self.slots.get_mut(k).ok_or_else(|| Error::Internal(format!("no part {k} in the span")))?;
+        check_fits(&average, slot)?;
+        check_fits(&local, slot)?;
+        if let (TensorSlice::F32(a), TensorSlice::F32(l)) = (average, local) {
+            let out = &mut self.values[slot.offset..slot.offset + slot.len];
+            for ((o, a), l) in out.iter_mut().zip(a).zip(l) {
+                *o = a - l;
+            }
+            slot.received = Received::InValues;
+        } else {
+            slot.received = Received::Owned(average.difference(local)?);
+        }
+        Ok(())
+    }
+
+    /// Records `delta`, given whole, for the span's part `k`.
+    #[cfg(test)]
+    fn set(&mut self, k: usize, delta: TensorData) -> Result<()> {
+        let slot =
+            self.slots.get_mut(k).ok_or_else(|| Error::Internal(format!("no part {k} in the span")))?;
+        slot.received = Received::Owned(delta);
+        Ok(())
+    }
+
+    /// Whether part `k` of the span has a delta.
+    #[cfg(test)]
+    pub(crate) fn has_delta(&self, k: usize) -> bool {
+        self.slots.get(k).is_some_and(|s| !matches!(s.received, Received::Nothing))
+    }
+
+    /// Every delta received, with its plan index.
+    fn received(&self) -> impl Iterator<Item = (usize, TensorSlice<'_>)> {
+        self.slots.iter().enumerate().filter_map(move |(k, slot)| {
+            let delta = match &slot.received {
+                Received::Nothing => return None,
+                Received::InValues => TensorSlice::F32(&self.values[slot.offset..slot.offset + slot.len]),
+                Received::Owned(data) => data.as_slice(),
+            };
+            Some((self.first + k, delta))
+        })
+    }
+}
+
+/// Checks that `delta` has the length and dtype of the part in `slot`.
+fn check_fits(delta: &TensorSlice<'_>, slot: &Slot) -> Result<()> {
+    if delta.len() != slot.len || delta.dtype() != slot.dtype {
+        return Err(Error::Tensor(format!(
+            "delta of {} x {} for a part of {} x {}",
+            delta.len(),
+            delta.dtype(),
+            slot.len,
+            slot.dtype
+        )));
+    }
+    Ok(())
 }

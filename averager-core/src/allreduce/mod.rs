@@ -32,6 +32,8 @@ pub(crate) use round::{AllReduceInputs, AllReduceRound, AllReduceSettings};
 pub(crate) use router::RoundRouter;
 
 #[cfg(test)]
+mod buffer_tests;
+#[cfg(test)]
 mod cascade_tests;
 #[cfg(test)]
 mod hostile_tests;

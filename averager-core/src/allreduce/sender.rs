@@ -1,9 +1,10 @@
 //! protocol 4.4: the sender side of one all-reduce: this peer's parts go to the reducer of each
 //! span (itself included), and each reducer's replies come back as deltas.
 //!
-//! A reply's bytes become a delta in [`Sender::decode_reply`], and the deltas of every reducer are
-//! collected in [`Sender::run`]: the two places to change for applying replies as they come; the
-//! averager applies the collected deltas to the tensors once the round is over.
+//! A reply's bytes are decoded in [`Sender::decode_reply`] straight into the buffer of its
+//! reducer's span ([`SpanDeltas`], allocated once per span), and [`Sender::run`] collects the
+//! spans; the averager applies them to the tensors once the round is over. A part whose reducer
+//! failed has no delta there and keeps its local values.
 //!
 //! The sender owns this peer's tensors for the duration of the run and encodes parts straight from
 //! tensor memory on blocking threads, without a copy per peer. The tasks that encode hold the
@@ -18,22 +19,23 @@ use futures::StreamExt;
 use futures::future::join_all;
 use tokio::sync::{mpsc, watch};
 
-use super::deltas::Deltas;
+use super::deltas::{Deltas, SpanDeltas};
 use super::group::AllReduceGroup;
 use super::membership::Membership;
 use super::partition::{PartitionPlan, PlannedPart};
 use super::progress::{ReplyClock, is_pending};
 use super::tasks::{AbortOnDrop, sleep_until};
-use crate::compression::{Compression, CompressionInfo, WireTensor};
+use crate::compression::{Compression, CompressionInfo, WireTensor, wire_dtype, wire_shape};
 use crate::error::{Error, Result};
 use crate::matchmaking::PeerMode;
 use crate::reduce::{PartOutcome, PartReducer};
 use crate::registry::Registry;
-use crate::tensor::{DType, Tensor, TensorData};
+use crate::tensor::{DType, Tensor};
 use crate::time::with_timeout;
 use crate::transport::{AveragingData, Transport};
 
-/// What the sender side produced: a delta per part that came back, and the reducers that failed.
+/// What the sender side produced: the delta of every part that came back, and the reducers that
+/// failed.
 #[derive(Debug)]
 pub(crate) struct Sent {
     /// The deltas to apply (`tensor += alpha * delta`).
@@ -98,9 +100,7 @@ impl Sender {
         let mut failed_reducers = Vec::new();
         let mut own_failure = None;
         for (j, received, failure) in join_all(exchanges).await {
-            for (index, delta) in received {
-                deltas.set(index, delta)?;
-            }
+            deltas.add(received?)?;
             match failure {
                 Some(Failure::Reducer(error)) => {
                     let endpoint = &self.group.members[j].endpoint;
@@ -119,32 +119,44 @@ impl Sender {
         Ok(Sent { deltas, failed_reducers })
     }
 
-    /// Sends this peer's parts of member `j`'s span and collects the deltas: `(plan index, delta)`
-    /// pairs, and why the exchange stopped early, if it did.
-    async fn exchange_with(&self, j: usize) -> (usize, Vec<(usize, TensorData)>, Option<Failure>) {
-        let mut received = Vec::new();
+    /// Sends this peer's parts of member `j`'s span and collects the deltas, into one buffer for
+    /// the span, and why the exchange stopped early, if it did.
+    async fn exchange_with(&self, j: usize) -> (usize, Result<SpanDeltas>, Option<Failure>) {
+        let first = self.plan.first_index_of(j);
+        let mut received = match SpanDeltas::new(first, self.plan.parts_of(j), &self.dtypes) {
+            Ok(received) => received,
+            Err(e) => return (j, Err(e), None),
+        };
         let outcome = if j == self.group.me {
             self.reduce_own_parts(&mut received).await.map_err(Failure::Reducer)
         } else {
             self.exchange_with_remote(j, &mut received).await
         };
-        (j, received, outcome.err())
+        (j, Ok(received), outcome.err())
     }
 
     /// Feeds this peer's raw parts of its own span into its part reducer (protocol 4.4 "itself").
-    async fn reduce_own_parts(&self, received: &mut Vec<(usize, TensorData)>) -> Result<()> {
+    async fn reduce_own_parts(&self, received: &mut SpanDeltas) -> Result<()> {
         let (Some(reducer), Some(sender)) = (&self.own_span, self.group.sender_index(self.group.me)) else {
             return Ok(());
         };
-        let first = self.plan.first_index_of(self.group.me);
-        for (k, part) in self.plan.parts_of(self.group.me).iter().enumerate() {
-            let view = self.tensors[part.tensor].flat_view(part.range.clone())?;
-            let outcome = reducer.accumulate(sender, k, &view, self.weight).await?;
-            if let PartOutcome::Reduced(average) = outcome.as_ref() {
-                received.push((first + k, average.view().data().difference(view.data())?));
+        let fed = async {
+            for (k, part) in self.plan.parts_of(self.group.me).iter().enumerate() {
+                let view = self.tensors[part.tensor].flat_view(part.range.clone())?;
+                let outcome = reducer.accumulate(sender, k, &view, self.weight).await?;
+                if let PartOutcome::Reduced(average) = outcome.as_ref() {
+                    received.set_difference(k, average.view().data(), view.data())?;
+                }
             }
+            Ok(())
+        };
+        let fed = fed.await;
+        if fed.is_err() {
+            // This peer stops feeding its own span, like a remote sender whose stream ended:
+            // the span's later parts must not wait for it.
+            reducer.sender_failed(sender);
         }
-        Ok(())
+        fed
     }
 
     /// Streams this peer's parts of member `j`'s span to it and reads back one delta per part
@@ -152,7 +164,7 @@ impl Sender {
     async fn exchange_with_remote(
         &self,
         j: usize,
-        received: &mut Vec<(usize, TensorData)>,
+        received: &mut SpanDeltas,
     ) -> std::result::Result<(), Failure> {
         let (encoded_tx, mut encoded) = tokio::sync::oneshot::channel();
         let outcome = self.stream_to(j, received, encoded_tx).await;
@@ -168,11 +180,10 @@ impl Sender {
     async fn stream_to(
         &self,
         j: usize,
-        received: &mut Vec<(usize, TensorData)>,
+        received: &mut SpanDeltas,
         encoded: tokio::sync::oneshot::Sender<Error>,
     ) -> Result<()> {
         let parts = self.plan.parts_of(j);
-        let first = self.plan.first_index_of(j);
         // A reducer that cannot even be dialed is as silent as one that stopped replying: without
         // this bound a dead peer costs the transport's whole connect timeout instead. Replies are
         // timed by a `ReplyClock`, which a reducer waiting for other senders keeps running with
@@ -237,13 +248,20 @@ impl Sender {
                 // the leader (see `presence.rs`).
                 self.membership.does_not_know_the_group(j);
             }
-            received.push((first + k, self.decode_reply(part, reply)?));
+            self.decode_reply(k, part, reply, received)?;
         }
         Ok(())
     }
 
-    /// Checks a reducer's reply for `part` and decodes its delta.
-    fn decode_reply(&self, part: &PlannedPart, reply: AveragingData) -> Result<TensorData> {
+    /// Checks a reducer's reply for `part`, the span's part `k`, and decodes its delta into the
+    /// span's buffer.
+    fn decode_reply(
+        &self,
+        k: usize,
+        part: &PlannedPart,
+        reply: AveragingData,
+        received: &mut SpanDeltas,
+    ) -> Result<()> {
         let code = MessageCode::try_from(reply.code).unwrap_or(MessageCode::NoCode);
         if code != MessageCode::AveragedPart {
             return Err(Error::protocol(code, "reducer replied with a code other than AVERAGED_PART"));
@@ -251,20 +269,18 @@ impl Sender {
         let wire = reply.tensor_part.ok_or_else(|| {
             Error::protocol(MessageCode::ProtocolViolation, "AVERAGED_PART without a tensor")
         })?;
-        let delta = self.registry.decode(&wire)?;
+        let codec = self.registry.codec_for(&wire)?;
+        // The header says what the delta holds before anything is decoded.
+        let (_, numel) = wire_shape(codec.name(), &wire)?;
+        let got = wire_dtype(codec.name(), &wire)?;
         let dtype = self.dtypes[part.tensor];
-        if delta.numel() != part.range.len() || delta.dtype() != dtype {
+        if numel != part.range.len() || got != dtype {
             return Err(Error::protocol(
                 MessageCode::ProtocolViolation,
-                format!(
-                    "delta of {} x {} for a part of {} x {dtype}",
-                    delta.numel(),
-                    delta.dtype(),
-                    part.range.len()
-                ),
+                format!("delta of {numel} x {got} for a part of {} x {dtype}", part.range.len()),
             ));
         }
-        Ok(delta.into_parts().1)
+        received.decode(k, codec.as_ref(), &wire)
     }
 
     /// The producer of this peer's `parts` of one span.

@@ -23,11 +23,11 @@ use super::group::AllReduceGroup;
 use super::membership::Membership;
 use super::partition::PlannedPart;
 use super::progress::{pending, progress_interval, with_pending};
-use crate::compression::CompressionInfo;
+use crate::compression::{BytesMut, Compression, CompressionInfo, WireTensor, wire_dtype, wire_shape};
 use crate::error::{Error, Result};
 use crate::reduce::{PartOutcome, PartReducer};
 use crate::registry::Registry;
-use crate::tensor::{DType, Tensor, TensorData};
+use crate::tensor::{DType, Tensor, TensorData, TensorSlice, TensorView};
 use crate::time::with_timeout;
 use crate::transport::{AveragingData, MessageStream};
 
@@ -233,6 +233,7 @@ impl SpanReducer {
         buffered: &mut Vec<AveragingData>,
     ) -> Result<()> {
         let expected = self.parts.len();
+        let mut buffers = ReplyBuffers::default();
         let mut next = Some(first);
         let mut k = 0;
         loop {
@@ -265,7 +266,7 @@ impl SpanReducer {
                     format!("more than the {expected} planned parts"),
                 ));
             }
-            let reply = self.reduce_part(sender, k, message).await?;
+            let reply = self.reduce_part(sender, k, message, &mut buffers).await?;
             if delayed {
                 buffered.push(reply);
             } else if tx.send(reply).await.is_err() {
@@ -284,38 +285,110 @@ impl SpanReducer {
 
     /// Reduces part `k` of `sender` and builds the reply: `average - part`, encoded with the
     /// codec the part came with (protocol 4.5 step 3).
-    async fn reduce_part(&self, sender: usize, k: usize, message: AveragingData) -> Result<AveragingData> {
+    ///
+    /// An f32 part is never decoded into a buffer of its own: it goes into the span's
+    /// accumulator encoded ([`PartReducer::accumulate_encoded`]), and the reply is built in
+    /// `buffers`, reused for every part of this sender: the average, minus the part decoded
+    /// into it, encoded into one byte buffer.
+    async fn reduce_part(
+        &self,
+        sender: usize,
+        k: usize,
+        message: AveragingData,
+        buffers: &mut ReplyBuffers,
+    ) -> Result<AveragingData> {
         let violation = |reason: String| Error::protocol(MessageCode::ProtocolViolation, reason);
         let planned = &self.parts[k];
         let wire = message.tensor_part.ok_or_else(|| violation(format!("part {k} has no tensor")))?;
         let codec = self.registry.codec_for(&wire).map_err(|e| violation(format!("part {k}: {e}")))?;
-        let part = codec.extract(&wire).map_err(|e| violation(format!("part {k}: {e}")))?;
         let dtype = self.dtypes[planned.tensor];
-        if part.numel() != planned.range.len() || part.dtype() != dtype {
+        let (_, numel) = wire_shape(codec.name(), &wire).map_err(|e| violation(format!("part {k}: {e}")))?;
+        let got = wire_dtype(codec.name(), &wire).map_err(|e| violation(format!("part {k}: {e}")))?;
+        if numel != planned.range.len() || got != dtype {
             return Err(violation(format!(
-                "part {k} is {} x {}, the plan says {} x {dtype}",
-                part.numel(),
-                part.dtype(),
+                "part {k} is {numel} x {got}, the plan says {} x {dtype}",
                 planned.range.len()
             )));
         }
         let Some(reducer) = &self.reducer else {
             return Err(Error::Internal("no reducer".into()));
         };
-        let outcome = reducer.accumulate(sender, k, &part.view(), message.weight).await.map_err(internal)?;
-        let delta = match outcome.as_ref() {
-            PartOutcome::Reduced(average) => average.view().data().difference(part.view().data()),
-            PartOutcome::KeepLocal => Ok(TensorData::zeros(dtype, part.numel())),
-        }
-        .map_err(internal)?;
-        let delta = Tensor::new(vec![delta.len()], delta).map_err(internal)?;
         let info = self.infos[planned.tensor].for_part(planned.part_index, planned.part_size);
-        let encoded = codec.compress(&delta.view(), &info).map_err(internal)?;
+        // A part the codec cannot decode is the sender's fault; any other failure is this side's.
+        let by_kind = |e: Error| match e {
+            Error::Codec { .. } => violation(format!("part {k}: {e}")),
+            e => internal(e),
+        };
+        let encoded = if dtype == DType::F32 {
+            let outcome = reducer
+                .accumulate_encoded(sender, k, codec.as_ref(), &wire, message.weight)
+                .await
+                .map_err(by_kind)?;
+            buffers.reply(codec.as_ref(), &wire, &outcome, &info).map_err(by_kind)?
+        } else {
+            let part = codec.extract(&wire).map_err(|e| violation(format!("part {k}: {e}")))?;
+            let outcome =
+                reducer.accumulate(sender, k, &part.view(), message.weight).await.map_err(internal)?;
+            let delta = match outcome.as_ref() {
+                PartOutcome::Reduced(average) => average.view().data().difference(part.view().data()),
+                PartOutcome::KeepLocal => Ok(TensorData::zeros(dtype, part.numel())),
+            }
+            .map_err(internal)?;
+            let delta = Tensor::new(vec![delta.len()], delta).map_err(internal)?;
+            codec.compress(&delta.view(), &info).map_err(internal)?
+        };
         Ok(AveragingData {
             code: MessageCode::AveragedPart as i32,
             tensor_part: Some(encoded),
             ..Default::default()
         })
+    }
+}
+
+/// The buffers one sender's replies are built in, reused from part to part.
+#[derive(Default)]
+struct ReplyBuffers {
+    /// The delta of the part being answered.
+    delta: Vec<f32>,
+    /// Its encoding; each reply takes the bytes, and the allocation is reused once the transport
+    /// has let go of the previous reply.
+    bytes: BytesMut,
+}
+
+impl ReplyBuffers {
+    /// The reply to the f32 part `part`: `average - part` (zeros to keep local values), encoded
+    /// by `codec`.
+    fn reply(
+        &mut self,
+        codec: &dyn Compression,
+        part: &WireTensor,
+        outcome: &PartOutcome,
+        info: &CompressionInfo,
+    ) -> Result<WireTensor> {
+        let (_, numel) = wire_shape(codec.name(), part)?;
+        self.delta.clear();
+        match outcome {
+            PartOutcome::Reduced(average) => {
+                let average = average.as_f32().map_err(internal)?;
+                if average.len() != numel {
+                    return Err(Error::Internal(format!(
+                        "the reducer gave {} values for {numel}",
+                        average.len()
+                    )));
+                }
+                self.delta.extend_from_slice(average);
+                // `average + (-1) * part` in f32 is exactly `average - part`.
+                codec.decode_add_into(part, -1.0, &mut self.delta)?;
+            }
+            PartOutcome::KeepLocal => self.delta.resize(numel, 0.0),
+        }
+        let delta = TensorView::new(vec![numel], TensorSlice::F32(&self.delta))?;
+        self.bytes.clear();
+        // Encoding this side's own delta is not the sender's fault.
+        let mut encoded =
+            codec.encode_into(&delta, info, &mut self.bytes).map_err(|e| Error::Internal(e.to_string()))?;
+        encoded.buffer = self.bytes.split().freeze();
+        Ok(encoded)
     }
 }
 

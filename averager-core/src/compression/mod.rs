@@ -50,8 +50,11 @@ pub struct CodecCapabilities {
 
 /// A compression codec: encodes tensors for the wire and decodes what peers sent.
 ///
-/// Codecs are synchronous on purpose: encoding is CPU-bound work that the core runs off the
-/// async executor (one part of prefetch, protocol 4.4), so an `async fn` here would only hide that.
+/// Codecs are synchronous on purpose: encoding and decoding are CPU-bound work on one part at a
+/// time, so an `async fn` here would only hide that. The core encodes the parts a peer sends on
+/// blocking threads, one part ahead of the transport (protocol 4.4); a received part, a reply and
+/// a reply's delta are decoded or encoded on the task serving that stream, each call bounded by
+/// the part size (`part_size_bytes`).
 pub trait Compression: Send + Sync + Debug + 'static {
     /// The stable wire name, written to `WireTensor.codec` (e.g. `"none"`, `"float16"`).
     ///

@@ -1,10 +1,15 @@
-//! protocol 4.6: the weighted mean, with the **\[averager\]** fixes: accumulation in f64 whatever the
-//! dtype (integers and f64 keep their precision), and zero total weight means "keep local values"
-//! instead of NaN.
+//! protocol 4.6: the weighted mean, with the **\[averager\]** fixes: accumulation in f64 for every
+//! dtype but f32 (integers and f64 keep their precision), and zero total weight means "keep local
+//! values" instead of NaN.
+//!
+//! f32 parts, the common case, accumulate in f32 as hivemind's torch sums do: each received part
+//! is decoded straight into the running sum ([`Compression::decode_add_into`]), with no buffer per
+//! sender and no widening pass, and the sum becomes the mean in place.
 
 use super::{PartAccumulator, PartOutcome, PartSpec, Reducer, ReducerCapabilities};
-use crate::error::Result;
-use crate::tensor::{Tensor, TensorData, TensorView};
+use crate::compression::{Compression, WireTensor, wire_dtype, wire_shape};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor, TensorData, TensorSlice, TensorView};
 
 /// `sum(w * x) / sum(w)` over the senders that contributed, accumulated as parts arrive.
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,15 +30,44 @@ impl Reducer for MeanReducer {
     }
 
     fn begin(&self, spec: &PartSpec) -> Result<Box<dyn PartAccumulator>> {
-        let lanes = spec.lanes()?;
-        Ok(Box::new(MeanAccumulator { spec: spec.clone(), sum: vec![0.0; lanes], total_weight: 0.0 }))
+        let sum = if spec.dtype == DType::F32 {
+            Sum::F32(vec![0.0; spec.len])
+        } else {
+            Sum::F64(vec![0.0; spec.lanes()?])
+        };
+        Ok(Box::new(MeanAccumulator { spec: spec.clone(), sum, total_weight: 0.0 }))
     }
+
+    fn adds_encoded(&self) -> bool {
+        true
+    }
+}
+
+/// The running weighted sum of one part.
+enum Sum {
+    /// f32 parts: summed in f32, so a received part can be decoded straight into it.
+    F32(Vec<f32>),
+    /// Every other dtype: summed in f64 lanes (two per complex64 element).
+    F64(Vec<f64>),
 }
 
 struct MeanAccumulator {
     spec: PartSpec,
-    sum: Vec<f64>,
+    sum: Sum,
     total_weight: f64,
+}
+
+impl MeanAccumulator {
+    /// The weight as the f32 factor of an f32 sum, when it is one (a weight beyond f32's range
+    /// would turn the sum into infinities).
+    fn f32_weight(weight: f64) -> Result<f32> {
+        let w = weight as f32;
+        if w.is_finite() {
+            Ok(w)
+        } else {
+            Err(Error::Reducer(format!("weight {weight} does not fit the f32 sum of an f32 part")))
+        }
+    }
 }
 
 impl PartAccumulator for MeanAccumulator {
@@ -43,7 +77,45 @@ impl PartAccumulator for MeanAccumulator {
             // Contributes nothing; skipping also keeps 0 * inf from turning into NaN.
             return Ok(());
         }
-        part.data().add_scaled_to(&mut self.sum, weight)?;
+        match (&mut self.sum, part.data()) {
+            (Sum::F32(sum), TensorSlice::F32(values)) => {
+                // The same arithmetic as `decode_add_into`, so a local part and a received one
+                // contribute alike.
+                crate::compression::add_scaled(sum, values, Self::f32_weight(weight)?);
+            }
+            (Sum::F64(sum), data) => data.add_scaled_to(sum, weight)?,
+            (Sum::F32(_), _) => return Err(Error::Internal("f32 sum for a part of another dtype".into())),
+        }
+        self.total_weight += weight;
+        Ok(())
+    }
+
+    fn add_encoded(
+        &mut self,
+        sender: usize,
+        codec: &dyn Compression,
+        message: &WireTensor,
+        weight: f64,
+    ) -> Result<()> {
+        let Sum::F32(sum) = &mut self.sum else {
+            let part = codec.extract(message)?;
+            return self.add(sender, &part.view(), weight);
+        };
+        if !weight.is_finite() || weight < 0.0 {
+            return Err(Error::Reducer(format!("sender {sender}: weight {weight} is not finite and >= 0")));
+        }
+        let (_, numel) = wire_shape(codec.name(), message)?;
+        let dtype = wire_dtype(codec.name(), message)?;
+        if dtype != DType::F32 || numel != sum.len() {
+            return Err(Error::Reducer(format!(
+                "sender {sender}: part of {numel} x {dtype} where {} x f32 was expected",
+                sum.len()
+            )));
+        }
+        if weight == 0.0 {
+            return Ok(());
+        }
+        codec.decode_add_into(message, Self::f32_weight(weight)?, sum)?;
         self.total_weight += weight;
         Ok(())
     }
@@ -53,10 +125,17 @@ impl PartAccumulator for MeanAccumulator {
             return Ok(PartOutcome::KeepLocal);
         }
         let inv = 1.0 / self.total_weight;
-        let mut mean = self.sum;
         // In place: a part's sum is megabytes, and this runs once per part.
-        mean.iter_mut().for_each(|s| *s *= inv);
-        let data = TensorData::from_f64(self.spec.dtype, &mean)?;
+        let data = match self.sum {
+            Sum::F32(mut mean) => {
+                mean.iter_mut().for_each(|s| *s = (*s as f64 * inv) as f32);
+                TensorData::F32(mean)
+            }
+            Sum::F64(mut mean) => {
+                mean.iter_mut().for_each(|s| *s *= inv);
+                TensorData::from_f64(self.spec.dtype, &mean)?
+            }
+        };
         Ok(PartOutcome::Reduced(Tensor::new(vec![self.spec.len], data)?))
     }
 }

@@ -17,6 +17,7 @@ use std::fmt::Debug;
 pub use mean::MeanReducer;
 pub use part_reducer::PartReducer;
 
+use crate::compression::{Compression, WireTensor};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor, TensorView};
 
@@ -82,8 +83,10 @@ pub struct ReducerCapabilities {
 
 /// Aggregates one part from several senders.
 ///
-/// Synchronous on purpose: reduction is arithmetic on memory the caller already holds; the
-/// caller runs it off the async executor when parts are large.
+/// Synchronous on purpose: reduction is arithmetic on memory the caller already holds. The caller
+/// ([`PartReducer`]) runs it on the task that submitted the part, under the lock that keeps
+/// contributions in order, so each call is bounded by the part size (`part_size_bytes`) rather
+/// than moved off the async executor.
 pub trait Reducer: Send + Sync + Debug + 'static {
     /// The stable registry name (e.g. `"mean"`).
     fn name(&self) -> &str;
@@ -97,6 +100,17 @@ pub trait Reducer: Send + Sync + Debug + 'static {
     /// Returns a fresh accumulator for a part shaped like `spec`; errors for dtypes the reducer
     /// cannot handle.
     fn begin(&self, spec: &PartSpec) -> Result<Box<dyn PartAccumulator>>;
+
+    /// Whether this reducer's accumulators implement [`PartAccumulator::add_encoded`] natively
+    /// (decoding a received part straight into their state).
+    ///
+    /// # Behavior
+    /// `false` by default: the caller then decodes each received part itself, outside the part
+    /// reducer's lock, and hands it to [`PartAccumulator::add`], as for a reducer written before
+    /// `add_encoded` existed. Return `true` only when `add_encoded` is overridden.
+    fn adds_encoded(&self) -> bool {
+        false
+    }
 }
 
 /// The state of one part being reduced.
@@ -107,6 +121,28 @@ pub trait PartAccumulator: Send {
     /// A part whose length or dtype differs from the spec, or a non-finite or negative weight, is
     /// an [`Error::Reducer`] and leaves the accumulator unchanged.
     fn add(&mut self, sender: usize, part: &TensorView<'_>, weight: f64) -> Result<()>;
+
+    /// Adds sender `sender`'s contribution as it came off the wire: `message`, encoded by
+    /// `codec`, with `weight` (finite, `>= 0`).
+    ///
+    /// # Behavior
+    /// The same contribution as [`add`](Self::add) of `codec.extract(message)`, and the same
+    /// refusals; a message the codec cannot decode is that codec's
+    /// [`Error::Codec`]. On any error the accumulator is unchanged. The
+    /// default does exactly that (decode into a fresh tensor, then `add`); a reducer that can
+    /// decode straight into its state (the weighted mean uses
+    /// [`Compression::decode_add_into`]) overrides it and says so in
+    /// [`Reducer::adds_encoded`].
+    fn add_encoded(
+        &mut self,
+        sender: usize,
+        codec: &dyn Compression,
+        message: &WireTensor,
+        weight: f64,
+    ) -> Result<()> {
+        let part = codec.extract(message)?;
+        self.add(sender, &part.view(), weight)
+    }
 
     /// Finishes the part.
     ///

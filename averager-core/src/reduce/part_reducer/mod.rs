@@ -196,7 +196,20 @@ impl PartReducer {
         weight: f64,
     ) -> Result<Arc<PartOutcome>> {
         // Subscribe before the first look at the state, so no wake-up can fall in between.
-        let mut rx = self.changed.subscribe();
+        let rx = self.changed.subscribe();
+        self.check(sender, part_index, (part.numel(), part.dtype()), weight)?;
+        self.contribute(sender, part_index, rx, |acc| acc.add(sender, part, weight)).await
+    }
+
+    /// The checks every contribution passes before it waits for its turn; a part of the wrong
+    /// shape or weight bans its sender (see [`accumulate`](Self::accumulate)).
+    fn check(
+        &self,
+        sender: usize,
+        part_index: usize,
+        (numel, got): (usize, DType),
+        weight: f64,
+    ) -> Result<()> {
         if sender >= self.num_senders {
             return Err(Error::Reducer(format!(
                 "sender {sender} is out of range: there are {} senders",
@@ -209,11 +222,9 @@ impl PartReducer {
                 self.parts.len()
             )));
         };
-        if part.numel() != len || part.dtype() != dtype {
+        if numel != len || got != dtype {
             let reason = format!(
-                "sender {sender}: part {part_index} has {} x {} where {len} x {dtype} was expected",
-                part.numel(),
-                part.dtype()
+                "sender {sender}: part {part_index} has {numel} x {got} where {len} x {dtype} was expected"
             );
             self.refuse(sender, &reason);
             return Err(Error::Reducer(reason));
@@ -224,7 +235,19 @@ impl PartReducer {
             self.refuse(sender, &reason);
             return Err(Error::Reducer(reason));
         }
+        Ok(())
+    }
 
+    /// Adds one contribution through `add` once `part_index` is the current part, then waits for
+    /// that part's result: the part of [`accumulate`](Self::accumulate) after its checks. `rx`
+    /// was subscribed before the caller's first look at the state.
+    async fn contribute(
+        &self,
+        sender: usize,
+        part_index: usize,
+        mut rx: watch::Receiver<()>,
+        mut add: impl FnMut(&mut dyn PartAccumulator) -> Result<()>,
+    ) -> Result<Arc<PartOutcome>> {
         loop {
             let advanced = {
                 let mut st = self.lock();
@@ -246,7 +269,7 @@ impl PartReducer {
                         )));
                     }
                     let added = match st.accumulator.as_mut() {
-                        Some(acc) => acc.add(sender, part, weight),
+                        Some(acc) => add(acc.as_mut()),
                         None => Err(Error::Internal("no accumulator for the current part".into())),
                     };
                     if let Err(e) = added {
@@ -480,5 +503,6 @@ impl Drop for Claim<'_> {
     }
 }
 
+mod encoded;
 #[cfg(test)]
 mod tests;
