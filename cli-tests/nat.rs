@@ -124,7 +124,7 @@ impl Node {
         // Not asserted: a node interrupted in the middle of matchmaking may exit 1 when its step
         // outlasts the averager's shutdown timeout; what it holds is what its last round wrote.
         if !status.success() {
-            eprintln!("{} after SIGINT: {status}", self.name);
+            eprintln!("{} after SIGINT: {status}; last lines {:#?}", self.name, last(&self.err.seen, 8));
         }
     }
 }

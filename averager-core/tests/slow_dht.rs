@@ -84,6 +84,64 @@ async fn peers_form_groups_when_dht_reads_are_slower_than_the_refresh_interval()
     }
 }
 
+/// The in-process DHT, where reading declarations never completes (a Kademlia read waiting out
+/// its query timeout while the swarm leaves), and the first read is told.
+struct StuckReads {
+    inner: MemoryDht,
+    reading: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl Dht for StuckReads {
+    fn name(&self) -> &str {
+        "stuck-reads"
+    }
+
+    fn capabilities(&self) -> DhtCapabilities {
+        self.inner.capabilities()
+    }
+
+    async fn store(
+        &self,
+        key: &str,
+        subkey: &[u8],
+        value: Bytes,
+        expiration: DhtTime,
+    ) -> averager_core::Result<bool> {
+        self.inner.store(key, subkey, value, expiration).await
+    }
+
+    async fn get(&self, _key: &str, _latest: bool) -> averager_core::Result<DhtDictionary> {
+        self.reading.notify_one();
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_matchmaking_ends_even_when_a_read_never_completes() {
+    let dht = Arc::new(StuckReads { inner: MemoryDht::new(), reading: tokio::sync::Notify::new() });
+    let config = AveragerConfig {
+        prefix: "stuck-reads".into(),
+        target_group_size: Some(2),
+        min_matchmaking_time: Duration::from_secs(2),
+        request_timeout: Duration::from_millis(500),
+        shutdown_timeout: Duration::from_secs(20),
+        ..AveragerConfig::default()
+    };
+    let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new(MemoryNetwork::new()));
+    let shared: Arc<dyn Dht> = dht.clone();
+    let alone = Arc::new(Averager::new(vec![f32s(&[4], [1.0; 4])], shared, transport, config).await.unwrap());
+    let stepping = {
+        let alone = Arc::clone(&alone);
+        tokio::spawn(async move { alone.step(StepOptions::default()).await })
+    };
+    tokio::time::timeout(SCENARIO_TIMEOUT, dht.reading.notified()).await.expect("no read");
+    let shutdown = tokio::time::timeout(SCENARIO_TIMEOUT, alone.shutdown()).await.expect("shutdown hung");
+    shutdown.expect("shutdown waits for the step, which must end");
+    let step = tokio::time::timeout(SCENARIO_TIMEOUT, stepping).await.expect("step hung").expect("step task");
+    assert!(step.is_err(), "a lone peer cannot have averaged: {step:?}");
+}
+
 /// The in-process DHT, where withdrawing a declaration never completes (a Kademlia store waiting
 /// out its query timeout for replicas that do not answer), and the first declaration is told.
 struct StuckWithdrawals {

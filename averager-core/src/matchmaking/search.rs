@@ -255,7 +255,13 @@ impl Matchmaker {
                 // Stamped after the read: a read slower than the refresh interval (a loaded
                 // Kademlia swarm) would otherwise make the next refresh due at once, and the
                 // loop would re-read forever without ever asking the leaders it found.
-                let read = declared_peers(self.dht.as_ref(), &self.current_key(), true).await;
+                // Raced with the cancel: a Kademlia read can wait out its query timeout (10 s)
+                // when the swarm is leaving, longer than a shutdown waits for the step.
+                let key = self.current_key();
+                let read = tokio::select! {
+                    read = declared_peers(self.dht.as_ref(), &key, true) => read,
+                    _ = cancel.cancelled() => return Pick::Cancelled,
+                };
                 *last_refresh = Some(tokio::time::Instant::now());
                 match read {
                     Ok(peers) => {
