@@ -85,8 +85,13 @@ pub trait HostileTarget: Sync {
 /// How the server ended a raw call, as the caller read it.
 #[derive(Debug)]
 pub enum End {
-    /// `messages` replies, then an error frame.
-    Error { messages: usize, error: Error },
+    /// Replies, then an error frame.
+    Error {
+        /// How many replies came before it.
+        messages: usize,
+        /// What the error frame said.
+        error: Error,
+    },
     /// Replies, then the end frame or the end of the stream.
     Clean,
     /// The stream failed or broke off inside a frame.
