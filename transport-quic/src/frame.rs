@@ -77,6 +77,9 @@ impl FrameWrite for Send {
 }
 
 impl ReplySink for Send {
+    /// A write to a stream the caller stopped fails with `WriteError::Stopped`.
+    const WRITES_FAIL_WHEN_GONE: bool = true;
+
     /// Finishing the stream is the clean end of the replies.
     async fn end(mut self, error: Option<&Error>, peer: &str) {
         if let Some(error) = error {

@@ -85,9 +85,9 @@ pub trait HostileTarget: Sync {
 /// How the server ended a raw call, as the caller read it.
 #[derive(Debug)]
 pub enum End {
-    /// `messages` replies, then an error frame.
+    /// Replies, then an error frame.
     Error {
-        /// The replies read before the error frame.
+        /// How many replies came before it.
         messages: usize,
         /// What the error frame said.
         error: Error,

@@ -116,6 +116,11 @@ pub async fn request_failure(slot: &mut Option<oneshot::Receiver<Error>>) -> Err
 
 /// The reply side of a served call.
 pub trait ReplySink: FrameWrite + Sized {
+    /// Whether a write fails by itself once the caller has gone (QUIC: a stopped stream), so the
+    /// reply loop need not watch for it while writing; watching costs a poll of the watch on
+    /// every wake-up of a write that may move megabytes.
+    const WRITES_FAIL_WHEN_GONE: bool = false;
+
     /// Ends the replies, with an error frame for `error` or cleanly, and closes the stream.
     fn end(self, error: Option<&Error>, peer: &str) -> impl Future<Output = ()> + Send;
 
@@ -168,13 +173,17 @@ pub async fn respond<T: Outgoing, S: ReplySink>(
             Ok(chunks) => chunks,
             Err(e) => break Some(e),
         };
-        let written = tokio::select! {
-            biased;
-            () = &mut gone => {
-                drop(responses);
-                return send.abandon();
+        let written = if S::WRITES_FAIL_WHEN_GONE {
+            send.write_chunks(chunks, peer).await
+        } else {
+            tokio::select! {
+                biased;
+                () = &mut gone => {
+                    drop(responses);
+                    return send.abandon();
+                }
+                written = send.write_chunks(chunks, peer) => written,
             }
-            written = send.write_chunks(chunks, peer) => written,
         };
         if written.is_err() {
             // The caller stopped reading, reset the stream, or the connection is gone.
