@@ -72,14 +72,15 @@ impl KadDht {
     /// Waits until the routing table holds at least `peers` peers.
     ///
     /// # Errors
-    /// [`Error::Timeout`] when it does not within `limit`; [`Error::Dht`] when the node stops.
+    /// [`Error::Timeout`](averager_core::Error::Timeout) when it does not within `limit`;
+    /// [`Error::Dht`](averager_core::Error::Dht) when the node stops.
     pub async fn wait_for_peers(&self, peers: usize, limit: Duration) -> Result<()> {
         self.node.wait_for_peers(peers, limit).await
     }
 
     /// Stops the node (for every protocol sharing it): closes its connections and listeners and
     /// waits (at most ten seconds) for its task to end. Calls made afterwards fail with
-    /// [`Error::Dht`]; a second call does nothing.
+    /// [`Error::Dht`](averager_core::Error::Dht); a second call does nothing.
     pub async fn shutdown(&self) {
         self.node.shutdown().await;
     }
