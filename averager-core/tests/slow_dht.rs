@@ -11,7 +11,8 @@
 //! to its query timeout (10 s) for replicas, longer than the default `shutdown_timeout` (5 s). A
 //! node stopped in the middle of matchmaking withdrew its declaration with such a store, its step
 //! outlived the shutdown, and `averager node` exited with status 1. The withdrawal is bounded by
-//! one `request_timeout` now (the entry expires on its own anyway).
+//! one `request_timeout` now (the entry expires on its own anyway). Likewise a read of the
+//! declarations that never completes: the search now stops waiting for it when cancelled.
 
 mod common;
 
@@ -26,16 +27,38 @@ use averager_core::transport::{MemoryNetwork, MemorySettings, MemoryTransport, T
 use bytes::Bytes;
 use common::*;
 
-/// The in-process DHT, with every read taking `delay` (network latency, not synchronisation).
-struct SlowDht {
+/// What [`FaultyDht`] does wrong.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Every read takes this long (network latency, not synchronisation).
+    SlowReads(Duration),
+    /// Reads never complete: a Kademlia read waiting out its query timeout while the swarm
+    /// leaves.
+    StuckReads,
+    /// Withdrawing a declaration never completes: a Kademlia store waiting out its query timeout
+    /// for replicas that do not answer.
+    StuckWithdrawals,
+}
+
+/// The in-process DHT with one [`Fault`]; `reached` is told when matchmaking reaches the
+/// faulty call's neighbourhood (the first read for stuck reads, the first declaration for stuck
+/// withdrawals).
+struct FaultyDht {
     inner: MemoryDht,
-    delay: Duration,
+    fault: Fault,
+    reached: tokio::sync::Notify,
+}
+
+impl FaultyDht {
+    fn new(fault: Fault) -> Arc<FaultyDht> {
+        Arc::new(FaultyDht { inner: MemoryDht::new(), fault, reached: tokio::sync::Notify::new() })
+    }
 }
 
 #[async_trait]
-impl Dht for SlowDht {
+impl Dht for FaultyDht {
     fn name(&self) -> &str {
-        "slow-memory"
+        "faulty-memory"
     }
 
     fn capabilities(&self) -> DhtCapabilities {
@@ -49,18 +72,34 @@ impl Dht for SlowDht {
         value: Bytes,
         expiration: DhtTime,
     ) -> averager_core::Result<bool> {
+        if let Fault::StuckWithdrawals = self.fault {
+            // A declaration's value is msgpack `true` (0xc3); a withdrawal's is `false` (0xc2).
+            if value.as_ref() == [0xc2] {
+                return std::future::pending().await;
+            }
+            let stored = self.inner.store(key, subkey, value, expiration).await;
+            self.reached.notify_one();
+            return stored;
+        }
         self.inner.store(key, subkey, value, expiration).await
     }
 
     async fn get(&self, key: &str, latest: bool) -> averager_core::Result<DhtDictionary> {
-        tokio::time::sleep(self.delay).await;
+        match self.fault {
+            Fault::SlowReads(delay) => tokio::time::sleep(delay).await,
+            Fault::StuckReads => {
+                self.reached.notify_one();
+                return std::future::pending().await;
+            }
+            Fault::StuckWithdrawals => {}
+        }
         self.inner.get(key, latest).await
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_form_groups_when_dht_reads_are_slower_than_the_refresh_interval() {
-    let dht: Arc<dyn Dht> = Arc::new(SlowDht { inner: MemoryDht::new(), delay: Duration::from_millis(120) });
+    let dht: Arc<dyn Dht> = FaultyDht::new(Fault::SlowReads(Duration::from_millis(120)));
     let network = MemoryNetwork::new();
     let config = AveragerConfig {
         prefix: "slow".into(),
@@ -84,44 +123,22 @@ async fn peers_form_groups_when_dht_reads_are_slower_than_the_refresh_interval()
     }
 }
 
-/// The in-process DHT, where reading declarations never completes (a Kademlia read waiting out
-/// its query timeout while the swarm leaves), and the first read is told.
-struct StuckReads {
-    inner: MemoryDht,
-    reading: tokio::sync::Notify,
-}
-
-#[async_trait]
-impl Dht for StuckReads {
-    fn name(&self) -> &str {
-        "stuck-reads"
-    }
-
-    fn capabilities(&self) -> DhtCapabilities {
-        self.inner.capabilities()
-    }
-
-    async fn store(
-        &self,
-        key: &str,
-        subkey: &[u8],
-        value: Bytes,
-        expiration: DhtTime,
-    ) -> averager_core::Result<bool> {
-        self.inner.store(key, subkey, value, expiration).await
-    }
-
-    async fn get(&self, _key: &str, _latest: bool) -> averager_core::Result<DhtDictionary> {
-        self.reading.notify_one();
-        std::future::pending().await
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_matchmaking_ends_even_when_a_read_never_completes() {
+    shutdown_during_matchmaking_ends(Fault::StuckReads).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_during_matchmaking_ends_even_when_a_read_never_completes() {
-    let dht = Arc::new(StuckReads { inner: MemoryDht::new(), reading: tokio::sync::Notify::new() });
+async fn shutdown_during_matchmaking_ends_even_when_the_withdrawal_never_completes() {
+    shutdown_during_matchmaking_ends(Fault::StuckWithdrawals).await;
+}
+
+/// A lone peer steps; once matchmaking reaches the stuck call, the averager shuts down, and must
+/// end its step within `shutdown_timeout` (it used to wait for the stuck call forever).
+async fn shutdown_during_matchmaking_ends(fault: Fault) {
+    let dht = FaultyDht::new(fault);
     let config = AveragerConfig {
-        prefix: "stuck-reads".into(),
+        prefix: "stuck".into(),
         target_group_size: Some(2),
         min_matchmaking_time: Duration::from_secs(2),
         request_timeout: Duration::from_millis(500),
@@ -135,73 +152,9 @@ async fn shutdown_during_matchmaking_ends_even_when_a_read_never_completes() {
         let alone = Arc::clone(&alone);
         tokio::spawn(async move { alone.step(StepOptions::default()).await })
     };
-    tokio::time::timeout(SCENARIO_TIMEOUT, dht.reading.notified()).await.expect("no read");
-    let shutdown = tokio::time::timeout(SCENARIO_TIMEOUT, alone.shutdown()).await.expect("shutdown hung");
-    shutdown.expect("shutdown waits for the step, which must end");
-    let step = tokio::time::timeout(SCENARIO_TIMEOUT, stepping).await.expect("step hung").expect("step task");
-    assert!(step.is_err(), "a lone peer cannot have averaged: {step:?}");
-}
-
-/// The in-process DHT, where withdrawing a declaration never completes (a Kademlia store waiting
-/// out its query timeout for replicas that do not answer), and the first declaration is told.
-struct StuckWithdrawals {
-    inner: MemoryDht,
-    declared: tokio::sync::Notify,
-}
-
-#[async_trait]
-impl Dht for StuckWithdrawals {
-    fn name(&self) -> &str {
-        "stuck-withdrawals"
-    }
-
-    fn capabilities(&self) -> DhtCapabilities {
-        self.inner.capabilities()
-    }
-
-    async fn store(
-        &self,
-        key: &str,
-        subkey: &[u8],
-        value: Bytes,
-        expiration: DhtTime,
-    ) -> averager_core::Result<bool> {
-        // A declaration's value is msgpack `true` (0xc3); a withdrawal's is `false` (0xc2).
-        if value.as_ref() == [0xc2] {
-            return std::future::pending().await;
-        }
-        let stored = self.inner.store(key, subkey, value, expiration).await;
-        self.declared.notify_one();
-        stored
-    }
-
-    async fn get(&self, key: &str, latest: bool) -> averager_core::Result<DhtDictionary> {
-        self.inner.get(key, latest).await
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_during_matchmaking_ends_even_when_the_withdrawal_never_completes() {
-    let dht = Arc::new(StuckWithdrawals { inner: MemoryDht::new(), declared: tokio::sync::Notify::new() });
-    let config = AveragerConfig {
-        prefix: "stuck".into(),
-        target_group_size: Some(2),
-        min_matchmaking_time: Duration::from_secs(2),
-        request_timeout: Duration::from_millis(500),
-        // Far longer than the withdrawal may take once bounded; it used to wait forever.
-        shutdown_timeout: Duration::from_secs(20),
-        ..AveragerConfig::default()
-    };
-    let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new(MemoryNetwork::new()));
-    let tensors = vec![f32s(&[4], [1.0; 4])];
-    let shared: Arc<dyn Dht> = dht.clone();
-    let alone = Arc::new(Averager::new(tensors, shared, transport, config).await.unwrap());
-    let stepping = {
-        let alone = Arc::clone(&alone);
-        tokio::spawn(async move { alone.step(StepOptions::default()).await })
-    };
-    // The step is in matchmaking once its declaration is in the DHT.
-    tokio::time::timeout(SCENARIO_TIMEOUT, dht.declared.notified()).await.expect("no declaration");
+    tokio::time::timeout(SCENARIO_TIMEOUT, dht.reached.notified())
+        .await
+        .expect("matchmaking never got there");
     let shutdown = tokio::time::timeout(SCENARIO_TIMEOUT, alone.shutdown()).await.expect("shutdown hung");
     shutdown.expect("shutdown waits for the step, which must end");
     let step = tokio::time::timeout(SCENARIO_TIMEOUT, stepping).await.expect("step hung").expect("step task");
