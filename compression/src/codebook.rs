@@ -3,7 +3,8 @@
 //! how they assign values to the 256 entries; writing, checking and decoding the layout is here.
 
 use averager_core::compression::{
-    BytesMut, CompressionInfo, CompressionType, WireTensor, check_decode_len, wire_dtype, wire_shape,
+    BytesMut, CompressionInfo, CompressionType, WireTensor, check_decode_len, wire_dtype, wire_header,
+    wire_shape,
 };
 use averager_core::tensor::{DType, Tensor, TensorData, TensorView};
 use averager_core::{Error, Result};
@@ -122,15 +123,7 @@ pub(crate) fn encode_into(
     for (entry, out) in codebook.iter().zip(entries.chunks_exact_mut(4)) {
         out.copy_from_slice(&entry.to_le_bytes());
     }
-    Ok(WireTensor {
-        buffer: Default::default(),
-        size: tensor.shape().iter().map(|&d| d as u32).collect(),
-        requires_grad: tensor.requires_grad(),
-        dtype: dtype.name().to_string(),
-        compression: wire_type as i32,
-        chunks: 0,
-        codec: name.to_string(),
-    })
+    Ok(wire_header(tensor, dtype, wire_type, name))
 }
 
 /// A checked message in this layout: its dtype, shape, codebook and indices.

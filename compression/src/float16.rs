@@ -3,7 +3,7 @@
 
 use averager_core::compression::{
     BytesMut, CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
-    add_scaled, check_decode_len, wire_dtype, wire_shape,
+    add_scaled, check_decode_len, wire_dtype, wire_header, wire_shape,
 };
 use averager_core::tensor::{DType, Tensor, TensorData, TensorSlice, TensorView};
 use averager_core::{Error, Result};
@@ -130,15 +130,7 @@ fn encode_slice(data: TensorSlice<'_>, out: &mut [u8]) -> Result<()> {
 
 /// The message of `tensor` without its buffer.
 fn header(tensor: &TensorView<'_>) -> WireTensor {
-    WireTensor {
-        buffer: Default::default(),
-        size: tensor.shape().iter().map(|&d| d as u32).collect(),
-        requires_grad: tensor.requires_grad(),
-        dtype: tensor.dtype().name().to_string(),
-        compression: CompressionType::Float16 as i32,
-        chunks: 0,
-        codec: Float16::NAME.to_string(),
-    }
+    wire_header(tensor, tensor.dtype(), CompressionType::Float16, Float16::NAME)
 }
 
 /// The f16 payload of `message` after checking its dtype and length, and the element count.

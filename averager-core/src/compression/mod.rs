@@ -161,6 +161,21 @@ pub fn wire_shape(codec: &str, message: &WireTensor) -> Result<(Vec<usize>, usiz
     Ok((shape, n))
 }
 
+/// The message a codec sends for `tensor`, without its buffer: shape, dtype (`dtype`, the
+/// tensor's own unless the codec says otherwise), `requires_grad`, and the codec's wire type and
+/// registry name. The inverse of [`wire_shape`] and [`wire_dtype`].
+pub fn wire_header(tensor: &TensorView<'_>, dtype: DType, wire: CompressionType, codec: &str) -> WireTensor {
+    WireTensor {
+        buffer: Default::default(),
+        size: tensor.shape().iter().map(|&d| d as u32).collect(),
+        requires_grad: tensor.requires_grad(),
+        dtype: dtype.name().to_string(),
+        compression: wire as i32,
+        chunks: 0,
+        codec: codec.to_string(),
+    }
+}
+
 /// The dtype named by a wire tensor.
 ///
 /// # Errors

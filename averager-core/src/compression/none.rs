@@ -31,15 +31,7 @@ fn legacy_bfloat16() -> bool {
 
 /// The message of `tensor` without its buffer.
 fn header(tensor: &TensorView<'_>) -> WireTensor {
-    WireTensor {
-        buffer: Default::default(),
-        size: tensor.shape().iter().map(|&d| d as u32).collect(),
-        requires_grad: tensor.requires_grad(),
-        dtype: tensor.dtype().name().to_string(),
-        compression: CompressionType::None as i32,
-        chunks: 0,
-        codec: NoCompression::NAME.to_string(),
-    }
+    super::wire_header(tensor, tensor.dtype(), CompressionType::None, NoCompression::NAME)
 }
 
 /// The NONE buffer of `tensor`.

@@ -6,7 +6,7 @@
 
 use averager_core::compression::{
     BytesMut, CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
-    add_scaled, check_decode_len, wire_dtype, wire_shape,
+    add_scaled, check_decode_len, wire_dtype, wire_header, wire_shape,
 };
 use averager_core::tensor::{DType, Tensor, TensorData, TensorView};
 use averager_core::{Error, Result};
@@ -235,15 +235,7 @@ impl Compression for Blockwise8Bit {
             let inverse = 1.0 / m;
             tables.nearest_scaled(src, inverse, dst);
         }
-        Ok(WireTensor {
-            buffer: Default::default(),
-            size: tensor.shape().iter().map(|&d| d as u32).collect(),
-            requires_grad: tensor.requires_grad(),
-            dtype: dtype.name().to_string(),
-            compression: CompressionType::Blockwise8bit as i32,
-            chunks: 0,
-            codec: Self::NAME.to_string(),
-        })
+        Ok(wire_header(tensor, dtype, CompressionType::Blockwise8bit, Self::NAME))
     }
 
     fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
