@@ -224,7 +224,7 @@ fn a_reply_that_cannot_be_decoded_keeps_its_part_local() {
     let layouts = [TensorLayout { numel: 12, bytes_per_value: 4.0 }];
     let plan = PartitionPlan::new(&layouts, &[1.0], 16).unwrap();
     assert_eq!(plan.parts_of(0).len(), 3);
-    let mut span = SpanDeltas::new(0, plan.parts_of(0), &[DType::F32]).unwrap();
+    let mut span = SpanDeltas::new(0, plan.parts_of(0), &[DType::F32], &Default::default()).unwrap();
     span.decode(0, &NoCompression, &encoded(&[1.0; 4])).unwrap();
     assert!(span.decode(1, &NoCompression, &truncated(&[1.0; 4])).is_err());
     span.decode(2, &NoCompression, &encoded(&[2.0; 4])).unwrap();

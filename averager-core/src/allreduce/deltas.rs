@@ -8,7 +8,10 @@
 //! **\[averager\]** all deltas are applied together after the all-reduce, never tensor by tensor
 //! while it runs, so a failure midway cannot leave a half-updated set of tensors.
 
+use std::sync::Arc;
+
 use super::partition::{PartitionPlan, PlannedPart};
+use super::scratch::{Scratch, ScratchPool};
 use crate::compression::{Compression, WireTensor};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor, TensorData, TensorSlice};
@@ -28,8 +31,9 @@ pub(crate) struct SpanDeltas {
     /// Plan index of the span's first part.
     first: usize,
     slots: Vec<Slot>,
-    /// The deltas of the span's f32 parts, back to back (zeros until a reply fills them in).
-    values: Vec<f32>,
+    /// The deltas of the span's f32 parts, back to back (unspecified until a reply fills them
+    /// in: only parts marked [`Received::InValues`] are read).
+    values: Scratch,
 }
 
 /// Where one part's delta is.
@@ -80,7 +84,7 @@ impl Deltas {
     /// [`Error::Internal`] for an index outside the plan.
     #[cfg(test)]
     pub(crate) fn set(&mut self, index: usize, delta: TensorData) -> Result<()> {
-        let mut span = SpanDeltas { first: index, slots: Vec::new(), values: Vec::new() };
+        let mut span = SpanDeltas { first: index, slots: Vec::new(), values: Scratch::default() };
         span.slots.push(Slot {
             len: delta.len(),
             dtype: delta.dtype(),
@@ -130,12 +134,17 @@ impl Deltas {
 
 impl SpanDeltas {
     /// Room for the deltas of `parts`, plan parts `first..` of one span, whose tensors have
-    /// `dtypes`. The f32 buffer is allocated zeroed, which the allocator does lazily: pages of
-    /// parts that never get a delta cost nothing.
+    /// `dtypes`. The f32 buffer comes from `pool` (see `scratch.rs`) and goes back to it when
+    /// the deltas are dropped.
     ///
     /// # Errors
     /// [`Error::Internal`] when a part names a tensor without a dtype.
-    pub(crate) fn new(first: usize, parts: &[PlannedPart], dtypes: &[DType]) -> Result<Self> {
+    pub(crate) fn new(
+        first: usize,
+        parts: &[PlannedPart],
+        dtypes: &[DType],
+        pool: &Arc<ScratchPool>,
+    ) -> Result<Self> {
         let mut slots = Vec::with_capacity(parts.len());
         let mut f32_len = 0usize;
         for part in parts {
@@ -148,7 +157,7 @@ impl SpanDeltas {
                 f32_len += len;
             }
         }
-        Ok(SpanDeltas { first, slots, values: vec![0.0; f32_len] })
+        Ok(SpanDeltas { first, slots, values: ScratchPool::take(pool, f32_len) })
     }
 
     /// Decodes the delta of the span's part `k` from a reply `message`, encoded by `codec`,

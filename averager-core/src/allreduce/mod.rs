@@ -18,6 +18,7 @@ mod presence;
 mod progress;
 mod round;
 mod router;
+mod scratch;
 mod sender;
 mod span_reducer;
 mod tasks;
@@ -30,6 +31,7 @@ pub use plan::{AllReducePlan, MemberIndex, PlannedMember, SenderIndex, Traffic};
 pub(crate) use progress::progress_interval;
 pub(crate) use round::{AllReduceInputs, AllReduceRound, AllReduceSettings};
 pub(crate) use router::RoundRouter;
+pub(crate) use scratch::ScratchPool;
 
 #[cfg(test)]
 mod buffer_tests;

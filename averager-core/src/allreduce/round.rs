@@ -21,6 +21,7 @@ use super::group::AllReduceGroup;
 use super::membership::Membership;
 use super::partition::{PartitionPlan, TensorLayout};
 use super::plan::AllReducePlan;
+use super::scratch::ScratchPool;
 use super::sender::Sender;
 use super::span_reducer::{SpanInputs, SpanReducer};
 use crate::compression::{Compression, CompressionInfo};
@@ -189,8 +190,16 @@ impl AllReduceRound {
             delayed: shares[group.me] == 0.0,
             own_span: part_reducer,
             membership: Arc::clone(&membership),
+            scratch: Arc::default(),
         };
         Ok(AllReduceRound { group, plan, transport, settings, membership, span, sender, cancel })
+    }
+
+    /// Takes the buffers of this round's deltas from `pool` (and gives them back there), instead
+    /// of a pool of the round's own: an averager passes the pool it keeps between rounds.
+    pub(crate) fn keep_buffers_in(mut self, pool: Arc<ScratchPool>) -> Self {
+        self.sender.scratch = pool;
+        self
     }
 
     /// The reducer side, for the router to hand incoming streams to (and to cancel).

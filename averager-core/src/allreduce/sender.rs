@@ -24,6 +24,7 @@ use super::group::AllReduceGroup;
 use super::membership::Membership;
 use super::partition::{PartitionPlan, PlannedPart};
 use super::progress::{ReplyClock, is_pending};
+use super::scratch::ScratchPool;
 use super::tasks::{AbortOnDrop, sleep_until};
 use crate::compression::{Compression, CompressionInfo, WireTensor, wire_dtype, wire_shape};
 use crate::error::{Error, Result};
@@ -65,6 +66,8 @@ pub(crate) struct Sender {
     /// This peer's own part reducer, which its parts of its own span go into directly.
     pub(crate) own_span: Option<Arc<PartReducer>>,
     pub(crate) membership: Arc<Membership>,
+    /// Where the deltas' buffers come from (the averager's, kept between rounds).
+    pub(crate) scratch: Arc<ScratchPool>,
 }
 
 /// Why an exchange with one reducer stopped early.
@@ -123,7 +126,7 @@ impl Sender {
     /// the span, and why the exchange stopped early, if it did.
     async fn exchange_with(&self, j: usize) -> (usize, Result<SpanDeltas>, Option<Failure>) {
         let first = self.plan.first_index_of(j);
-        let mut received = match SpanDeltas::new(first, self.plan.parts_of(j), &self.dtypes) {
+        let mut received = match SpanDeltas::new(first, self.plan.parts_of(j), &self.dtypes, &self.scratch) {
             Ok(received) => received,
             Err(e) => return (j, Err(e), None),
         };

@@ -69,6 +69,8 @@ pub(crate) struct Inner {
     /// While an all-reduce runs, the tensors as they were when it began (they do not change until
     /// it ends): what state downloads serve meanwhile, instead of waiting for the tensor lock.
     round_tensors: tokio::sync::watch::Sender<Option<Arc<Vec<Tensor>>>>,
+    /// The all-reduces' delta buffers, kept from round to round (freed with the averager).
+    scratch: Arc<crate::allreduce::ScratchPool>,
     infos: Vec<CompressionInfo>,
     schema_hash: Bytes,
     matchmaker: Arc<Matchmaker>,
@@ -190,6 +192,7 @@ impl Averager {
             reducer,
             tensors: tokio::sync::Mutex::new(tensors),
             round_tensors: tokio::sync::watch::channel(None).0,
+            scratch: Arc::default(),
             infos,
             schema_hash: schema,
             matchmaker,

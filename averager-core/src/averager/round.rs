@@ -267,7 +267,8 @@ impl Inner {
             ),
             registry: self.registry,
             settings,
-        });
+        })
+        .map(|round| round.keep_buffers_in(Arc::clone(&self.scratch)));
         let round = match round {
             Ok(round) => round,
             Err(e) => {
