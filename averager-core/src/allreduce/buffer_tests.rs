@@ -16,7 +16,7 @@ use crate::reduce::{
     MeanReducer, PartAccumulator, PartOutcome, PartReducer, PartSpec, Reducer, ReducerCapabilities,
 };
 use crate::registry::Registry;
-use crate::tensor::{DType, Tensor, TensorData, TensorView};
+use crate::tensor::{DType, Tensor, TensorData, TensorSlice, TensorView};
 
 /// Runs one all-reduce of `inputs` (one tensor list per peer, all nodes, weight 1) with
 /// `reducers[i]` on peer `i`; returns each peer's tensors with its deltas applied, and the
@@ -234,5 +234,25 @@ fn a_reply_that_cannot_be_decoded_keeps_its_part_local() {
     let mut tensors = vec![Tensor::from_f32(vec![12], vec![10.0; 12]).unwrap()];
     deltas.apply(&plan, &mut tensors, 0.5).unwrap();
     let want: Vec<f32> = [[10.5; 4], [10.0; 4], [11.0; 4]].concat();
+    assert_eq!(tensors[0].as_f32().unwrap(), want.as_slice());
+}
+
+#[test]
+fn the_own_spans_averages_are_applied_against_the_tensor_without_a_delta_buffer() {
+    let layouts = [TensorLayout { numel: 8, bytes_per_value: 4.0 }];
+    let plan = PartitionPlan::new(&layouts, &[1.0], 16).unwrap();
+    let local: Vec<f32> = (0..8).map(|i| i as f32).collect();
+    let mut tensors = vec![Tensor::from_f32(vec![8], local.clone()).unwrap()];
+    let mut span = SpanDeltas::for_own_span(0, plan.parts_of(0), &[DType::F32]).unwrap();
+    let average = |v: f32| Arc::new(PartOutcome::Reduced(Tensor::from_f32(vec![4], vec![v; 4]).unwrap()));
+    span.set_average(0, &average(10.0), TensorSlice::F32(&local[..4])).unwrap();
+    span.set_average(1, &Arc::new(PartOutcome::KeepLocal), TensorSlice::F32(&local[4..])).unwrap();
+    assert!(span.has_delta(0) && !span.has_delta(1));
+    // An average that does not fit its part is refused when recorded.
+    assert!(span.set_average(1, &average(1.0), TensorSlice::F32(&local[..3])).is_err());
+    let mut deltas = Deltas::new(plan.parts().len());
+    deltas.add(span).unwrap();
+    deltas.apply(&plan, &mut tensors, 0.5).unwrap();
+    let want: Vec<f32> = (0..8).map(|i| if i < 4 { (i as f32 + 10.0) / 2.0 } else { i as f32 }).collect();
     assert_eq!(tensors[0].as_f32().unwrap(), want.as_slice());
 }

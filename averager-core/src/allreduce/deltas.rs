@@ -4,6 +4,8 @@
 //! The deltas of one reducer's span ([`SpanDeltas`]) go into one buffer, allocated once when the
 //! exchange with that reducer starts: each reply of an f32 part is decoded straight into its
 //! place there, so a sender holds at most one tensor's worth of deltas, never a buffer per part.
+//! The span this peer reduces itself has no buffer at all: its parts' averages are kept, and
+//! each delta is taken against the tensor as it is applied.
 //!
 //! **\[averager\]** all deltas are applied together after the all-reduce, never tensor by tensor
 //! while it runs, so a failure midway cannot leave a half-updated set of tensors.
@@ -14,6 +16,7 @@ use super::partition::{PartitionPlan, PlannedPart};
 use super::scratch::{Scratch, ScratchPool};
 use crate::compression::{Compression, WireTensor};
 use crate::error::{Error, Result};
+use crate::reduce::PartOutcome;
 use crate::tensor::{DType, Tensor, TensorData, TensorSlice};
 
 /// The deltas of a whole plan: one [`SpanDeltas`] per reducer that answered.
@@ -53,6 +56,34 @@ enum Received {
     InValues,
     /// A part of another dtype, or one given whole.
     Owned(TensorData),
+    /// The f32 average of a part this peer reduced itself. Its delta, `average - local`, is
+    /// taken when it is applied, from the tensor itself (the round's tensors do not change until
+    /// then): no buffer holds the deltas of this peer's own span, and no pass computes them.
+    Average(Arc<PartOutcome>),
+}
+
+/// One part's contribution to the tensors, as [`Deltas::apply`] sees it.
+enum Update<'a> {
+    /// `tensor += alpha * delta`.
+    Delta(TensorSlice<'a>),
+    /// `tensor += alpha * (average - tensor)`, in f32.
+    Average(&'a [f32]),
+}
+
+impl Update<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Update::Delta(delta) => delta.len(),
+            Update::Average(average) => average.len(),
+        }
+    }
+
+    fn dtype(&self) -> DType {
+        match self {
+            Update::Delta(delta) => delta.dtype(),
+            Update::Average(_) => DType::F32,
+        }
+    }
 }
 
 impl Deltas {
@@ -95,8 +126,8 @@ impl Deltas {
         self.add(span)
     }
 
-    /// Every delta received, with its plan index.
-    fn received(&self) -> impl Iterator<Item = (usize, TensorSlice<'_>)> {
+    /// Every update received, with its plan index.
+    fn received(&self) -> impl Iterator<Item = (usize, Update<'_>)> {
         self.spans.iter().flat_map(SpanDeltas::received)
     }
 
@@ -106,7 +137,7 @@ impl Deltas {
     /// [`Error::Tensor`] when a delta does not fit its part (dtype or length); nothing is applied
     /// then, because every delta is checked first.
     pub(crate) fn apply(&self, plan: &PartitionPlan, tensors: &mut [Tensor], alpha: f64) -> Result<()> {
-        for (index, delta) in self.received() {
+        for (index, update) in self.received() {
             let part = plan
                 .parts()
                 .get(index)
@@ -114,25 +145,47 @@ impl Deltas {
             let tensor = tensors
                 .get(part.tensor)
                 .ok_or_else(|| Error::Tensor(format!("no tensor {} to apply a delta to", part.tensor)))?;
-            if delta.len() != part.range.len() || delta.dtype() != tensor.dtype() {
+            if update.len() != part.range.len() || update.dtype() != tensor.dtype() {
                 return Err(Error::Tensor(format!(
                     "delta of {} x {} does not fit part {:?} of a {} tensor",
-                    delta.len(),
-                    delta.dtype(),
+                    update.len(),
+                    update.dtype(),
                     part.range,
                     tensor.dtype()
                 )));
             }
         }
-        for (index, delta) in self.received() {
+        for (index, update) in self.received() {
             let part = &plan.parts()[index];
-            tensors[part.tensor].data_mut().add_scaled_at(part.range.start, delta, alpha)?;
+            let tensor = &mut tensors[part.tensor];
+            match update {
+                Update::Delta(delta) => tensor.data_mut().add_scaled_at(part.range.start, delta, alpha)?,
+                Update::Average(average) => {
+                    let a32 = alpha as f32;
+                    let local = &mut tensor.as_f32_mut()?[part.range.clone()];
+                    // The same f32 arithmetic as a delta computed first and added after.
+                    for (x, &a) in local.iter_mut().zip(average) {
+                        *x += a32 * (a - *x);
+                    }
+                }
+            }
         }
         Ok(())
     }
 }
 
 impl SpanDeltas {
+    /// Room for the updates of `parts`, plan parts `first..` of the span this peer reduces
+    /// itself: no buffer, since their averages are kept as they are
+    /// ([`SpanDeltas::set_average`]).
+    ///
+    /// # Errors
+    /// As [`SpanDeltas::new`].
+    pub(crate) fn for_own_span(first: usize, parts: &[PlannedPart], dtypes: &[DType]) -> Result<Self> {
+        let (slots, _) = Self::slots(parts, dtypes)?;
+        Ok(SpanDeltas { first, slots, values: Scratch::default() })
+    }
+
     /// Room for the deltas of `parts`, plan parts `first..` of one span, whose tensors have
     /// `dtypes`. The f32 buffer comes from `pool` (see `scratch.rs`) and goes back to it when
     /// the deltas are dropped.
@@ -145,6 +198,13 @@ impl SpanDeltas {
         dtypes: &[DType],
         pool: &Arc<ScratchPool>,
     ) -> Result<Self> {
+        let (slots, f32_len) = Self::slots(parts, dtypes)?;
+        Ok(SpanDeltas { first, slots, values: ScratchPool::take(pool, f32_len) })
+    }
+
+    /// The slots of `parts`, with each f32 part's offset in a buffer of all of them, and that
+    /// buffer's length.
+    fn slots(parts: &[PlannedPart], dtypes: &[DType]) -> Result<(Vec<Slot>, usize)> {
         let mut slots = Vec::with_capacity(parts.len());
         let mut f32_len = 0usize;
         for part in parts {
@@ -157,7 +217,7 @@ impl SpanDeltas {
                 f32_len += len;
             }
         }
-        Ok(SpanDeltas { first, slots, values: ScratchPool::take(pool, f32_len) })
+        Ok((slots, f32_len))
     }
 
     /// Decodes the delta of the span's part `k` from a reply `message`, encoded by `codec`,
@@ -178,6 +238,30 @@ impl SpanDeltas {
             check_fits(&delta.as_slice(), slot)?;
             slot.received = Received::Owned(delta);
         }
+        Ok(())
+    }
+
+    /// Records the average of the span's f32 part `k`, reduced by this peer: its delta is taken
+    /// against the tensor when applied. Other dtypes' deltas are computed now, from `local`.
+    ///
+    /// # Errors
+    /// [`Error::Tensor`] when the average or `local` does not fit the part.
+    pub(crate) fn set_average(
+        &mut self,
+        k: usize,
+        outcome: &Arc<PartOutcome>,
+        local: TensorSlice<'_>,
+    ) -> Result<()> {
+        let PartOutcome::Reduced(average) = outcome.as_ref() else {
+            return Ok(());
+        };
+        let slot = self.slots.get(k).ok_or_else(|| Error::Internal(format!("no part {k} in the span")))?;
+        if slot.dtype != DType::F32 {
+            return self.set_difference(k, average.view().data(), local);
+        }
+        check_fits(&average.view().data(), slot)?;
+        check_fits(&local, slot)?;
+        self.slots[k].received = Received::Average(Arc::clone(outcome));
         Ok(())
     }
 
@@ -222,15 +306,21 @@ impl SpanDeltas {
         self.slots.get(k).is_some_and(|s| !matches!(s.received, Received::Nothing))
     }
 
-    /// Every delta received, with its plan index.
-    fn received(&self) -> impl Iterator<Item = (usize, TensorSlice<'_>)> {
+    /// Every update received, with its plan index.
+    fn received(&self) -> impl Iterator<Item = (usize, Update<'_>)> {
         self.slots.iter().enumerate().filter_map(move |(k, slot)| {
-            let delta = match &slot.received {
+            let update = match &slot.received {
                 Received::Nothing => return None,
-                Received::InValues => TensorSlice::F32(&self.values[slot.offset..slot.offset + slot.len]),
-                Received::Owned(data) => data.as_slice(),
+                Received::InValues => {
+                    Update::Delta(TensorSlice::F32(&self.values[slot.offset..slot.offset + slot.len]))
+                }
+                Received::Owned(data) => Update::Delta(data.as_slice()),
+                Received::Average(outcome) => match outcome.as_ref() {
+                    PartOutcome::Reduced(average) => Update::Average(average.as_f32().ok()?),
+                    PartOutcome::KeepLocal => return None,
+                },
             };
-            Some((self.first + k, delta))
+            Some((self.first + k, update))
         })
     }
 }

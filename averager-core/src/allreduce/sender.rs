@@ -29,7 +29,7 @@ use super::tasks::{AbortOnDrop, sleep_until};
 use crate::compression::{Compression, CompressionInfo, WireTensor, wire_dtype, wire_shape};
 use crate::error::{Error, Result};
 use crate::matchmaking::PeerMode;
-use crate::reduce::{PartOutcome, PartReducer};
+use crate::reduce::PartReducer;
 use crate::registry::Registry;
 use crate::tensor::{DType, Tensor};
 use crate::time::with_timeout;
@@ -126,7 +126,13 @@ impl Sender {
     /// the span, and why the exchange stopped early, if it did.
     async fn exchange_with(&self, j: usize) -> (usize, Result<SpanDeltas>, Option<Failure>) {
         let first = self.plan.first_index_of(j);
-        let mut received = match SpanDeltas::new(first, self.plan.parts_of(j), &self.dtypes, &self.scratch) {
+        let (parts, dtypes) = (self.plan.parts_of(j), &self.dtypes);
+        let span = if j == self.group.me {
+            SpanDeltas::for_own_span(first, parts, dtypes)
+        } else {
+            SpanDeltas::new(first, parts, dtypes, &self.scratch)
+        };
+        let mut received = match span {
             Ok(received) => received,
             Err(e) => return (j, Err(e), None),
         };
@@ -147,9 +153,7 @@ impl Sender {
             for (k, part) in self.plan.parts_of(self.group.me).iter().enumerate() {
                 let view = self.tensors[part.tensor].flat_view(part.range.clone())?;
                 let outcome = reducer.accumulate(sender, k, &view, self.weight).await?;
-                if let PartOutcome::Reduced(average) = outcome.as_ref() {
-                    received.set_difference(k, average.view().data(), view.data())?;
-                }
+                received.set_average(k, &outcome, view.data())?;
             }
             Ok(())
         };
