@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
 
+use self::state::{Claim, Ended, Slot, State};
 use crate::error::{Error, Result};
 use crate::reduce::{PartAccumulator, PartOutcome, PartSpec, Reducer};
 use crate::tensor::{DType, TensorView};
@@ -38,65 +39,6 @@ pub struct PartReducer {
     num_senders: usize,
     state: Mutex<State>,
     changed: watch::Sender<()>,
-}
-
-/// Why the reducer stopped taking parts.
-#[derive(Debug)]
-enum Ended {
-    /// Every part was reduced.
-    Completed,
-    /// [`PartReducer::finish`] was called before the last part completed.
-    Cancelled,
-    /// The reducer could not start a part; no later part can be reduced.
-    Failed(Error),
-}
-
-impl Ended {
-    fn error(&self) -> Error {
-        match self {
-            Ended::Completed => Error::Reducer("finished".into()),
-            Ended::Cancelled => Error::Cancelled("the part reducer was finished".into()),
-            Ended::Failed(e) => e.clone(),
-        }
-    }
-}
-
-/// A completed part's result, kept until every sender that contributed has taken it.
-struct Slot {
-    outcome: Result<Arc<PartOutcome>>,
-    unclaimed: usize,
-}
-
-struct State {
-    ended: Option<Ended>,
-    /// Index of the part being reduced (`parts.len()` once completed).
-    current: usize,
-    accumulator: Option<Box<dyn PartAccumulator>>,
-    /// Per sender: whether it contributed to the current part.
-    contributed: Vec<bool>,
-    num_contributed: usize,
-    /// Senders that still count for the current part: not banned, or banned after contributing.
-    expected: usize,
-    /// Contributors to the current part that stopped waiting for its result.
-    abandoned: usize,
-    banned: Vec<bool>,
-    num_banned: usize,
-    results: HashMap<usize, Slot>,
-    /// Contributions accumulated so far, over all parts.
-    received: usize,
-}
-
-impl State {
-    /// Takes one copy of part `k`'s result, dropping the slot when the last contributor has it.
-    fn claim(&mut self, k: usize) -> Option<Result<Arc<PartOutcome>>> {
-        let slot = self.results.get_mut(&k)?;
-        let outcome = slot.outcome.clone();
-        slot.unclaimed = slot.unclaimed.saturating_sub(1);
-        if slot.unclaimed == 0 {
-            self.results.remove(&k);
-        }
-        Some(outcome)
-    }
 }
 
 impl PartReducer {
@@ -483,26 +425,7 @@ impl fmt::Debug for PartReducer {
     }
 }
 
-/// A contributor's right to one copy of its part's result, given back if it stops waiting.
-struct Claim<'a> {
-    reducer: &'a PartReducer,
-    part: usize,
-    claimed: bool,
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        if self.claimed {
-            return;
-        }
-        let mut st = self.reducer.lock();
-        if st.claim(self.part).is_none() && st.ended.is_none() && st.current == self.part {
-            // The part is still open: take this contributor out of the copies it will keep.
-            st.abandoned += 1;
-        }
-    }
-}
-
 mod encoded;
+mod state;
 #[cfg(test)]
 mod tests;
