@@ -388,3 +388,57 @@ fn careless_allocation_free_methods_fail_their_cases() {
     );
     assert!(block_on_case(compression::decode_into_matches_extract(&f)).is_ok());
 }
+
+/// NoCompression, whose fused reply adds the part instead of subtracting it.
+#[derive(Debug)]
+struct AddingDifferenceCodec;
+
+impl Compression for AddingDifferenceCodec {
+    fn name(&self) -> &str {
+        NoCompression::NAME
+    }
+
+    fn accepts(&self, dtype: DType, ndim: usize) -> bool {
+        NoCompression.accepts(dtype, ndim)
+    }
+
+    fn compress(&self, tensor: &TensorView<'_>, info: &CompressionInfo) -> Result<WireTensor> {
+        NoCompression.compress(tensor, info)
+    }
+
+    fn extract(&self, message: &WireTensor) -> Result<Tensor> {
+        NoCompression.extract(message)
+    }
+
+    fn encode_difference_into(
+        &self,
+        average: &[f32],
+        part: &WireTensor,
+        info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Option<Result<WireTensor>> {
+        let negated: Vec<f32> = average.iter().map(|a| -a).collect();
+        let header = NoCompression.encode_difference_into(&negated, part, info, out)?;
+        Some(header)
+    }
+
+    fn estimate_compression_ratio(&self, _info: &CompressionInfo) -> f64 {
+        1.0
+    }
+
+    fn error_bound(&self, _dtype: DType) -> ErrorBound {
+        ErrorBound::Exact
+    }
+}
+
+#[test]
+fn a_wrong_fused_reply_fails_its_case_and_a_codec_without_one_passes() {
+    let wrong = || Arc::new(AddingDifferenceCodec) as Arc<dyn Compression>;
+    assert_fails(
+        block_on_case(compression::encode_difference_into_matches_the_steps(&wrong)),
+        "encode_difference_into_matches_the_steps",
+        "bytes differ",
+    );
+    // The corrupting codec has no fused form: the default (`None`) passes.
+    assert!(block_on_case(compression::encode_difference_into_matches_the_steps(&corrupting)).is_ok());
+}

@@ -289,7 +289,8 @@ impl SpanReducer {
     /// An f32 part is never decoded into a buffer of its own: it goes into the span's
     /// accumulator encoded ([`PartReducer::accumulate_encoded`]), and the reply is built in
     /// `buffers`, reused for every part of this sender: the average, minus the part decoded
-    /// into it, encoded into one byte buffer.
+    /// into it, encoded into one byte buffer; or, for a codec with a fused form
+    /// ([`Compression::encode_difference_into`]), subtracted and encoded in one pass.
     async fn reduce_part(
         &self,
         sender: usize,
@@ -367,6 +368,7 @@ impl ReplyBuffers {
     ) -> Result<WireTensor> {
         let (_, numel) = wire_shape(codec.name(), part)?;
         self.delta.clear();
+        self.bytes.clear();
         match outcome {
             PartOutcome::Reduced(average) => {
                 let average = average.as_f32().map_err(internal)?;
@@ -376,6 +378,12 @@ impl ReplyBuffers {
                         average.len()
                     )));
                 }
+                // A codec with a fused form subtracts and encodes in one pass.
+                if let Some(encoded) = codec.encode_difference_into(average, part, info, &mut self.bytes) {
+                    let mut encoded = encoded?;
+                    encoded.buffer = self.bytes.split().freeze();
+                    return Ok(encoded);
+                }
                 self.delta.extend_from_slice(average);
                 // `average + (-1) * part` in f32 is exactly `average - part`.
                 codec.decode_add_into(part, -1.0, &mut self.delta)?;
@@ -383,7 +391,6 @@ impl ReplyBuffers {
             PartOutcome::KeepLocal => self.delta.resize(numel, 0.0),
         }
         let delta = TensorView::new(vec![numel], TensorSlice::F32(&self.delta))?;
-        self.bytes.clear();
         // Encoding this side's own delta is not the sender's fault.
         let mut encoded =
             codec.encode_into(&delta, info, &mut self.bytes).map_err(|e| Error::Internal(e.to_string()))?;

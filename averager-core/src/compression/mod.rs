@@ -126,6 +126,27 @@ pub trait Compression: Send + Sync + Debug + 'static {
         encode_via_compress(self, tensor, info, out)
     }
 
+    /// Encodes a reducer's reply in one pass, where the codec has a fused form: the f32 values
+    /// `average[i] - decoded[i]`, `decoded` being `part` (a message of this codec) decoded, appended
+    /// to `out` as [`Compression::encode_into`] would append them.
+    ///
+    /// # Behavior
+    /// `None`, the default, means the codec has no fused form: the caller then decodes, subtracts
+    /// and encodes in steps. `Some` must be bit-equal to those steps (the subtraction in f32). A
+    /// `part` that is not f32 or whose element count is not `average.len()` is an
+    /// [`Error::Codec`](crate::Error::Codec) (or `None`, for a dtype the fused form does not
+    /// cover); on an error `out` keeps its original length.
+    fn encode_difference_into(
+        &self,
+        average: &[f32],
+        part: &WireTensor,
+        info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Option<Result<WireTensor>> {
+        let _ = (average, part, info, out);
+        None
+    }
+
     /// Decodes `message` straight into `out` as f32 values, one per element in row-major order.
     ///
     /// # Behavior

@@ -155,6 +155,36 @@ impl Compression for NoCompression {
         }
     }
 
+    fn encode_difference_into(
+        &self,
+        average: &[f32],
+        part: &WireTensor,
+        _info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Option<Result<WireTensor>> {
+        let bytes = match f32_payload(part, average.len()) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        out.reserve(average.len() * 4);
+        // Through a block small enough to stay in L1: one pass over the average and the part.
+        let mut block = [0f32; 1024];
+        for (average, bytes) in average.chunks(block.len()).zip(bytes.chunks(block.len() * 4)) {
+            let block = &mut block[..average.len()];
+            for ((d, &a), b) in block.iter_mut().zip(average).zip(bytes.chunks_exact(4)) {
+                *d = a - f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            append_f32(block, out);
+        }
+        let shape = [average.len()];
+        let view = match TensorView::new(&shape[..], TensorSlice::F32(average)) {
+            Ok(view) => view,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(header(&view)))
+    }
+
     fn estimate_compression_ratio(&self, _info: &CompressionInfo) -> f64 {
         1.0
     }

@@ -1,9 +1,10 @@
-//! The cases of the allocation-free methods (`encode_into`, `decode_into`, `decode_add_into`):
+//! The cases of the allocation-free methods (`encode_into`, `decode_into`, `decode_add_into`,
+//! `encode_difference_into`):
 //! each must agree bit for bit with `compress` and `extract`, whether the codec implements it or
 //! inherits the trait's default.
 
 use averager_core::compression::{BytesMut, Compression, CompressionInfo, WireTensor};
-use averager_core::tensor::{DType, TensorView};
+use averager_core::tensor::{DType, Tensor, TensorView};
 
 use super::CodecFactory;
 use super::checks::{compress_caught, describe};
@@ -161,5 +162,50 @@ pub async fn decode_add_into_accumulates_or_leaves_untouched(factory: &impl Code
             "{context}: decode_add_into into a shorter output succeeded or changed it"
         );
     }
+    Ok(())
+}
+
+/// Promise of `encode_difference_into`: when the codec has a fused form, its message and bytes are
+/// those of `encode_into` over `average - decoded(part)` computed in f32, and a part of the wrong
+/// length is refused with the buffer left as it was. A codec without one (`None`) passes.
+pub async fn encode_difference_into_matches_the_steps(factory: &impl CodecFactory) -> Outcome {
+    let codec = factory.codec();
+    if !codec.accepts(DType::F32, 1) {
+        return Ok(());
+    }
+    let mut rng = case_rng("encode_difference_into_matches_the_steps");
+    let shape = [HOSTILE_SHAPE.iter().product::<usize>()];
+    let part = random_tensor(&mut rng, DType::F32, &shape);
+    let average = random_tensor(&mut rng, DType::F32, &shape);
+    let average = average.as_f32().map_err(|e| Failure::new(e.to_string()))?;
+    let context = format!("codec {:?}, {}", codec.name(), describe(&part.view()));
+    let (wire, decoded) = reference(&*codec, &part.view())?;
+    let difference: Vec<f32> = average.iter().zip(&decoded).map(|(a, d)| a - d).collect();
+    let difference = Tensor::from_f32(shape.to_vec(), difference).map_err(|e| Failure::new(e.to_string()))?;
+    let info = CompressionInfo::for_tensor(0, &difference.view());
+    let mut expected = BytesMut::new();
+    let expected_header = encode_caught(&*codec, &difference.view(), &info, &mut expected)?
+        .map_err(|e| Failure::new(format!("{context}: encode_into failed: {e}")))?;
+    let mut out = BytesMut::from(PREFIX);
+    let fused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        codec.encode_difference_into(average, &wire, &info, &mut out)
+    }))
+    .map_err(|_| Failure::new(format!("{context}: encode_difference_into panicked")))?;
+    let Some(fused) = fused else {
+        return Ok(());
+    };
+    let header = fused.map_err(|e| Failure::new(format!("{context}: encode_difference_into failed: {e}")))?;
+    ensure!(header == expected_header, "{context}: encode_difference_into's message differs: {header:?}");
+    ensure!(&out[..PREFIX.len()] == PREFIX, "{context}: encode_difference_into changed what the buffer held");
+    ensure!(
+        out[PREFIX.len()..] == expected[..],
+        "{context}: encode_difference_into's bytes differ from encode_into's over the difference"
+    );
+    let mut out = BytesMut::from(PREFIX);
+    let short = codec.encode_difference_into(&average[1..], &wire, &info, &mut out);
+    ensure!(
+        !matches!(short, Some(Ok(_))) && &out[..] == PREFIX,
+        "{context}: encode_difference_into with a shorter average succeeded or changed the buffer"
+    );
     Ok(())
 }

@@ -45,7 +45,7 @@ pub use hostile::{
 };
 pub use into::{
     decode_add_into_accumulates_or_leaves_untouched, decode_into_matches_extract,
-    encode_into_appends_what_compress_writes,
+    encode_difference_into_matches_the_steps, encode_into_appends_what_compress_writes,
 };
 
 use crate::Outcome;
@@ -90,6 +90,7 @@ macro_rules! __compression_cases {
             encode_into_appends_what_compress_writes,
             decode_into_matches_extract,
             decode_add_into_accumulates_or_leaves_untouched,
+            encode_difference_into_matches_the_steps,
             truncated_buffers_are_errors,
             garbage_buffers_never_panic,
             huge_declared_shapes_are_refused_quickly,
