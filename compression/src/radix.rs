@@ -13,9 +13,9 @@ fn key(x: f32) -> u32 {
     bits ^ (((bits as i32 >> 31) as u32) | 0x8000_0000)
 }
 
-/// The inverse of [`key`].
+/// The inverse of [`key`]: the value of one of [`sorted_keys`]' keys.
 #[inline(always)]
-fn value(key: u32) -> f32 {
+pub(crate) fn value(key: u32) -> f32 {
     let bits = if key & 0x8000_0000 != 0 { key ^ 0x8000_0000 } else { !key };
     f32::from_bits(bits)
 }
@@ -34,28 +34,41 @@ pub(crate) struct SortScratch {
 /// Sorts `values` as `sort_unstable_by(f32::total_cmp)` does (the same bits in the same order).
 #[cfg(test)]
 pub(crate) fn sort_total(values: &mut [f32]) {
-    sort_total_with(values, &mut SortScratch::default());
+    let mut scratch = SortScratch::default();
+    let keys = sorted_keys(values, &mut scratch);
+    for (v, &k) in values.iter_mut().zip(keys) {
+        *v = value(k);
+    }
 }
 
-/// [`sort_total`] with the caller's buffers.
-pub(crate) fn sort_total_with(values: &mut [f32], scratch: &mut SortScratch) {
+/// The order keys of `values`, sorted (`value` of the `i`-th is the `i`-th value in
+/// `f32::total_cmp` order), in one of the caller's buffers: callers that want a few ranks read
+/// them there instead of converting every key back. At most `u32::MAX` values.
+pub(crate) fn sorted_keys<'a>(values: &[f32], scratch: &'a mut SortScratch) -> &'a [u32] {
     let n = values.len();
     let SortScratch { keys, other } = scratch;
     keys.clear();
-    keys.extend(values.iter().map(|&x| key(x)));
+    keys.reserve(n);
+    // Every digit's counts from one pass, as the keys are made: a digit's counts do not depend on
+    // the order the earlier passes leave.
+    let mut counts = [[0u32; MAX_DIGIT]; DIGIT_BITS.len()];
+    for &x in values {
+        let k = key(x);
+        keys.push(k);
+        let mut shift = 0;
+        for (digit, bits) in DIGIT_BITS.into_iter().enumerate() {
+            counts[digit][((k >> shift) & ((1 << bits) - 1)) as usize] += 1;
+            shift += bits;
+        }
+    }
     other.clear();
     other.resize(n, 0);
-    let mut counts = [0usize; MAX_DIGIT];
     let mut shift = 0;
-    for bits in DIGIT_BITS {
+    for (counts, bits) in counts.iter_mut().zip(DIGIT_BITS) {
         let mask = (1u32 << bits) - 1;
         let counts = &mut counts[..1 << bits];
-        counts.fill(0);
-        for &k in keys.iter() {
-            counts[((k >> shift) & mask) as usize] += 1;
-        }
         // Skips a pass in which every key has the same digit (common for the top digit).
-        if counts.contains(&n) {
+        if counts.iter().any(|&c| c as usize == n) {
             shift += bits;
             continue;
         }
@@ -67,15 +80,13 @@ pub(crate) fn sort_total_with(values: &mut [f32], scratch: &mut SortScratch) {
         }
         for &k in keys.iter() {
             let digit = ((k >> shift) & mask) as usize;
-            other[counts[digit]] = k;
+            other[counts[digit] as usize] = k;
             counts[digit] += 1;
         }
         std::mem::swap(keys, other);
         shift += bits;
     }
-    for (v, &k) in values.iter_mut().zip(keys.iter()) {
-        *v = value(k);
-    }
+    keys
 }
 
 #[cfg(test)]

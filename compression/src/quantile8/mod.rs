@@ -139,18 +139,23 @@ fn quantiles(values: &mut [f32], scratch: &mut SortScratch) -> [f32; LEVELS] {
             }
         }
     }
+    let mut out = [0f32; LEVELS];
+    let mut fill = |at: &dyn Fn(usize) -> Option<f32>| {
+        for (k, q) in out.iter_mut().enumerate() {
+            let (lo, frac) = level_position(n, k);
+            let a = at(lo).unwrap_or(f32::NAN);
+            let b = at(lo + 1).unwrap_or(a);
+            *q = lerp(a, b, frac);
+        }
+    };
     if n >= RADIX_FROM {
-        // Counting passes beat a selection that visits the values about log2(257) times.
-        radix::sort_total_with(values, scratch);
+        // Counting passes beat a selection that visits the values about log2(257) times; only
+        // the wanted ranks are read back from the sorted keys.
+        let keys = radix::sorted_keys(values, scratch);
+        fill(&|i| keys.get(i).map(|&k| radix::value(k)));
     } else {
         select_ranks(values, 0, &ranks[..count]);
-    }
-    let mut out = [0f32; LEVELS];
-    for (k, q) in out.iter_mut().enumerate() {
-        let (lo, frac) = level_position(n, k);
-        let a = values.get(lo).copied().unwrap_or(f32::NAN);
-        let b = values.get(lo + 1).copied().unwrap_or(a);
-        *q = lerp(a, b, frac);
+        fill(&|i| values.get(i).copied());
     }
     out
 }
@@ -224,10 +229,12 @@ fn quantize_with(borders: &[f32; BINS], values: &[f32], emit: &mut Emit<'_>) -> 
     for src in values.chunks(CHUNK) {
         let q = &mut q[..src.len()];
         match &table {
-            Some(table) => table.bucketize(src, q),
-            None => bucketize(borders, src, q),
+            Some(table) => table.bucketize(src, q, &mut sums),
+            None => {
+                bucketize(borders, src, q);
+                sums.add(src, q);
+            }
         }
-        sums.add(src, q);
         emit(q);
     }
     sums.means()
