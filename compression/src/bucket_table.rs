@@ -162,14 +162,13 @@ impl BucketTable {
             let (cs, c_rest) = cells[..src.len()].as_chunks::<SUM_LANES>();
             for ((x, d), c) in xs.iter().zip(ds).zip(cs) {
                 for lane in 0..SUM_LANES {
-                    let bucket = lookup(x[lane], c[lane]);
-                    d[lane] = bucket;
-                    sums.add_one(lane, bucket, x[lane]);
+                    d[lane] = lookup(x[lane], c[lane]);
                 }
+                sums.add_run(d, x);
             }
             for ((&x, d), &c) in x_rest.iter().zip(d_rest).zip(c_rest) {
                 *d = lookup(x, c);
-                sums.add_one(0, *d, x);
+                sums.add_one(0, *d, f64::from(x));
             }
         }
     }
