@@ -41,6 +41,12 @@ pub(crate) fn sort_total(values: &mut [f32]) {
     }
 }
 
+/// Stretches of the keys that each pass counts and scatters in lockstep: a key's count or
+/// position waits for the previous key with the same digit in its own stretch only, where one
+/// stretch would wait on every repeat (which the top digit, a float's sign and exponent, mostly
+/// is).
+const STRETCHES: usize = 4;
+
 /// The order keys of `values`, sorted (`value` of the `i`-th is the `i`-th value in
 /// `f32::total_cmp` order), in one of the caller's buffers: callers that want a few ranks read
 /// them there instead of converting every key back. At most `u32::MAX` values.
@@ -48,42 +54,63 @@ pub(crate) fn sorted_keys<'a>(values: &[f32], scratch: &'a mut SortScratch) -> &
     let n = values.len();
     let SortScratch { keys, other } = scratch;
     keys.clear();
-    keys.reserve(n);
-    // Every digit's counts from one pass, as the keys are made: a digit's counts do not depend on
-    // the order the earlier passes leave.
-    let mut counts = [[0u32; MAX_DIGIT]; DIGIT_BITS.len()];
-    for &x in values {
-        let k = key(x);
-        keys.push(k);
-        let mut shift = 0;
-        for (digit, bits) in DIGIT_BITS.into_iter().enumerate() {
-            counts[digit][((k >> shift) & ((1 << bits) - 1)) as usize] += 1;
-            shift += bits;
-        }
+    keys.extend(values.iter().map(|&x| key(x)));
+    let q = n / STRETCHES;
+    if q == 0 {
+        keys.sort_unstable();
+        return keys;
     }
     other.clear();
     other.resize(n, 0);
+    // Stretch `j` is `q * j..q * (j + 1)`, the last one also the `n % STRETCHES` keys after.
+    let mut slots = [[0u32; MAX_DIGIT]; STRETCHES];
     let mut shift = 0;
-    for (counts, bits) in counts.iter_mut().zip(DIGIT_BITS) {
+    for bits in DIGIT_BITS {
         let mask = (1u32 << bits) - 1;
-        let counts = &mut counts[..1 << bits];
+        let digit = |k: u32| ((k >> shift) & mask) as usize;
+        for s in slots.iter_mut() {
+            s.fill(0);
+        }
+        let (main, tail) = keys.split_at(STRETCHES * q);
+        for i in 0..q {
+            for (j, s) in slots.iter_mut().enumerate() {
+                s[digit(main[j * q + i])] += 1;
+            }
+        }
+        for &k in tail {
+            slots[STRETCHES - 1][digit(k)] += 1;
+        }
+        // Each stretch's first slot per digit: digits in order, and within a digit the stretches
+        // in order, so keys with equal digits keep their order (the sort is stable).
+        let mut start = 0u32;
+        let mut uniform = false;
+        for d in 0..1usize << bits {
+            let before = start;
+            for s in slots.iter_mut() {
+                let count = s[d];
+                s[d] = start;
+                start += count;
+            }
+            uniform |= (start - before) as usize == n;
+        }
         // Skips a pass in which every key has the same digit (common for the top digit).
-        if counts.iter().any(|&c| c as usize == n) {
-            shift += bits;
-            continue;
+        if !uniform {
+            for i in 0..q {
+                for (j, s) in slots.iter_mut().enumerate() {
+                    let k = main[j * q + i];
+                    let slot = &mut s[digit(k)];
+                    other[*slot as usize] = k;
+                    *slot += 1;
+                }
+            }
+            let last = &mut slots[STRETCHES - 1];
+            for &k in tail {
+                let slot = &mut last[digit(k)];
+                other[*slot as usize] = k;
+                *slot += 1;
+            }
+            std::mem::swap(keys, other);
         }
-        let mut start = 0;
-        for c in counts.iter_mut() {
-            let count = *c;
-            *c = start;
-            start += count;
-        }
-        for &k in keys.iter() {
-            let digit = ((k >> shift) & mask) as usize;
-            other[counts[digit] as usize] = k;
-            counts[digit] += 1;
-        }
-        std::mem::swap(keys, other);
         shift += bits;
     }
     keys
