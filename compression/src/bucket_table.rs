@@ -39,7 +39,7 @@ const GROUP: usize = 256;
 
 // The fused lookup spreads runs of `SUM_LANES` values over the sums as `BinSums::add` does only
 // if every group but the last is a whole number of runs.
-const _: () = assert!(GROUP % SUM_LANES == 0);
+const _: () = assert!(GROUP.is_multiple_of(SUM_LANES));
 
 /// The lookup table for one set of borders.
 pub(crate) struct BucketTable {
