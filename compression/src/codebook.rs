@@ -62,7 +62,9 @@ impl BinSums {
     /// Adds a run of [`SUM_LANES`] values, one to each copy of the sums.
     #[inline(always)]
     pub(crate) fn add_run(&mut self, bins: &[u8; SUM_LANES], values: &[f32; SUM_LANES]) {
-        // Widened together, which takes two vector instructions instead of one per value.
+        // Widened as a run before the additions: no faster for uniform8 (the compiler still
+        // widens each value on its own there), but the quantile lookup, which hands its runs
+        // here, measured about 10% faster than adding value by value.
         let wide = values.map(f64::from);
         for lane in 0..SUM_LANES {
             self.add_one(lane, bins[lane], wide[lane]);
