@@ -29,7 +29,7 @@ pub(crate) fn means(sums: &[f64; BINS], counts: &[u64; BINS]) -> [f32; BINS] {
 
 /// Independent copies of the per-bin sums: neighbouring values often share a bin, and with one
 /// copy each addition would wait for the previous one's store.
-const SUM_LANES: usize = 4;
+pub(crate) const SUM_LANES: usize = 4;
 
 /// Per-bin sums and counts of the values given so far, for [`means`].
 ///
@@ -45,20 +45,37 @@ impl BinSums {
         BinSums { lanes: [[[0.0; 2]; BINS]; SUM_LANES] }
     }
 
-    /// Adds each of `values` to the bin `q` gives it.
+    /// Adds each of `values` to the bin `q` gives it: the `i`-th of each run of [`SUM_LANES`]
+    /// values to copy `i`, a last incomplete run to copy 0 ([`Self::add_one`] callers follow the
+    /// same order, so the sums come out the same bits).
     pub(crate) fn add(&mut self, values: &[f32], q: &[u8]) {
         let (v, v_rest) = values.as_chunks::<SUM_LANES>();
         let (b, b_rest) = q.as_chunks::<SUM_LANES>();
         for (xs, bs) in v.iter().zip(b) {
-            for lane in 0..SUM_LANES {
-                let entry = &mut self.lanes[lane][usize::from(bs[lane])];
-                *entry = [entry[0] + f64::from(xs[lane]), entry[1] + 1.0];
-            }
+            self.add_run(bs, xs);
         }
         for (&x, &bin) in v_rest.iter().zip(b_rest) {
-            let entry = &mut self.lanes[0][usize::from(bin)];
-            *entry = [entry[0] + f64::from(x), entry[1] + 1.0];
+            self.add_one(0, bin, f64::from(x));
         }
+    }
+
+    /// Adds a run of [`SUM_LANES`] values, one to each copy of the sums.
+    #[inline(always)]
+    pub(crate) fn add_run(&mut self, bins: &[u8; SUM_LANES], values: &[f32; SUM_LANES]) {
+        // Widened as a run before the additions: no faster for uniform8 (the compiler still
+        // widens each value on its own there), but the quantile lookup, which hands its runs
+        // here, measured about 10% faster than adding value by value.
+        let wide = values.map(f64::from);
+        for lane in 0..SUM_LANES {
+            self.add_one(lane, bins[lane], wide[lane]);
+        }
+    }
+
+    /// Adds `x` to `bin` in copy `lane` of the sums (taken modulo [`SUM_LANES`]).
+    #[inline(always)]
+    pub(crate) fn add_one(&mut self, lane: usize, bin: u8, x: f64) {
+        let entry = &mut self.lanes[lane % SUM_LANES][usize::from(bin)];
+        *entry = [entry[0] + x, entry[1] + 1.0];
     }
 
     /// Puts `count` values summing to `sum` in `bin`.

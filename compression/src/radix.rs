@@ -13,9 +13,9 @@ fn key(x: f32) -> u32 {
     bits ^ (((bits as i32 >> 31) as u32) | 0x8000_0000)
 }
 
-/// The inverse of [`key`].
+/// The inverse of [`key`]: the value of one of [`sorted_keys`]' keys.
 #[inline(always)]
-fn value(key: u32) -> f32 {
+pub(crate) fn value(key: u32) -> f32 {
     let bits = if key & 0x8000_0000 != 0 { key ^ 0x8000_0000 } else { !key };
     f32::from_bits(bits)
 }
@@ -34,48 +34,86 @@ pub(crate) struct SortScratch {
 /// Sorts `values` as `sort_unstable_by(f32::total_cmp)` does (the same bits in the same order).
 #[cfg(test)]
 pub(crate) fn sort_total(values: &mut [f32]) {
-    sort_total_with(values, &mut SortScratch::default());
+    let mut scratch = SortScratch::default();
+    let keys = sorted_keys(values, &mut scratch);
+    for (v, &k) in values.iter_mut().zip(keys) {
+        *v = value(k);
+    }
 }
 
-/// [`sort_total`] with the caller's buffers.
-pub(crate) fn sort_total_with(values: &mut [f32], scratch: &mut SortScratch) {
+/// Stretches of the keys that each pass counts and scatters in lockstep: a key's count or
+/// position waits for the previous key with the same digit in its own stretch only, where one
+/// stretch would wait on every repeat (which the top digit, a float's sign and exponent, mostly
+/// is).
+const STRETCHES: usize = 4;
+
+/// The order keys of `values`, sorted (`value` of the `i`-th is the `i`-th value in
+/// `f32::total_cmp` order), in one of the caller's buffers: callers that want a few ranks read
+/// them there instead of converting every key back. At most `u32::MAX` values.
+pub(crate) fn sorted_keys<'a>(values: &[f32], scratch: &'a mut SortScratch) -> &'a [u32] {
     let n = values.len();
     let SortScratch { keys, other } = scratch;
     keys.clear();
     keys.extend(values.iter().map(|&x| key(x)));
+    let q = n / STRETCHES;
+    if q == 0 {
+        keys.sort_unstable();
+        return keys;
+    }
     other.clear();
     other.resize(n, 0);
-    let mut counts = [0usize; MAX_DIGIT];
+    // Stretch `j` is `q * j..q * (j + 1)`, the last one also the `n % STRETCHES` keys after.
+    let mut slots = [[0u32; MAX_DIGIT]; STRETCHES];
     let mut shift = 0;
     for bits in DIGIT_BITS {
         let mask = (1u32 << bits) - 1;
-        let counts = &mut counts[..1 << bits];
-        counts.fill(0);
-        for &k in keys.iter() {
-            counts[((k >> shift) & mask) as usize] += 1;
+        let digit = |k: u32| ((k >> shift) & mask) as usize;
+        for s in slots.iter_mut() {
+            s.fill(0);
+        }
+        let (main, tail) = keys.split_at(STRETCHES * q);
+        for i in 0..q {
+            for (j, s) in slots.iter_mut().enumerate() {
+                s[digit(main[j * q + i])] += 1;
+            }
+        }
+        for &k in tail {
+            slots[STRETCHES - 1][digit(k)] += 1;
+        }
+        // Each stretch's first slot per digit: digits in order, and within a digit the stretches
+        // in order, so keys with equal digits keep their order (the sort is stable).
+        let mut start = 0u32;
+        let mut uniform = false;
+        for d in 0..1usize << bits {
+            let before = start;
+            for s in slots.iter_mut() {
+                let count = s[d];
+                s[d] = start;
+                start += count;
+            }
+            uniform |= (start - before) as usize == n;
         }
         // Skips a pass in which every key has the same digit (common for the top digit).
-        if counts.contains(&n) {
-            shift += bits;
-            continue;
+        if !uniform {
+            for i in 0..q {
+                for (j, s) in slots.iter_mut().enumerate() {
+                    let k = main[j * q + i];
+                    let slot = &mut s[digit(k)];
+                    other[*slot as usize] = k;
+                    *slot += 1;
+                }
+            }
+            let last = &mut slots[STRETCHES - 1];
+            for &k in tail {
+                let slot = &mut last[digit(k)];
+                other[*slot as usize] = k;
+                *slot += 1;
+            }
+            std::mem::swap(keys, other);
         }
-        let mut start = 0;
-        for c in counts.iter_mut() {
-            let count = *c;
-            *c = start;
-            start += count;
-        }
-        for &k in keys.iter() {
-            let digit = ((k >> shift) & mask) as usize;
-            other[counts[digit]] = k;
-            counts[digit] += 1;
-        }
-        std::mem::swap(keys, other);
         shift += bits;
     }
-    for (v, &k) in values.iter_mut().zip(keys.iter()) {
-        *v = value(k);
-    }
+    keys
 }
 
 #[cfg(test)]

@@ -10,6 +10,12 @@
 /// The seed of the offsets: fixed, so that encoding the same tensor twice gives the same bytes.
 const SEED: u64 = 0x5eed_0f9a_117e_5a3b;
 
+/// Offsets drawn from one 16-bit slice range over `0..SLICE_RANGE`.
+const SLICE_RANGE: usize = 1 << 16;
+
+/// 16-bit slices of a 64-bit draw.
+const SLICES_PER_DRAW: u32 = 4;
+
 /// splitmix64: a tiny generator whose outputs are well mixed even for consecutive states.
 struct SplitMix(u64);
 
@@ -54,6 +60,11 @@ pub(crate) fn stratified_into(values: &[f32], size: usize, out: &mut Vec<f32>) {
     // whenever the remainders add up to another `size` (a u128 division per value would cost
     // more than the draw).
     let (base, extra) = (n / size, n % size);
+    // Strata of at most 2^16 values (all but those of tensors beyond 2^32 values) take their
+    // offsets from 16-bit slices of a draw, four per draw: the generator would otherwise cost
+    // more than reading the value.
+    let narrow = base < SLICE_RANGE;
+    let (mut slices, mut left) = (0u64, 0u32);
     let (mut start, mut carried) = (0usize, 0usize);
     for _ in 0..size {
         carried += extra;
@@ -64,7 +75,18 @@ pub(crate) fn stratified_into(values: &[f32], size: usize, out: &mut Vec<f32>) {
             base
         };
         // `n > size` makes `base`, so every stratum, at least one value long.
-        let at = start + rng.below(len);
+        let offset = if narrow {
+            if left == 0 {
+                (slices, left) = (rng.next(), SLICES_PER_DRAW);
+            }
+            // The high half of a 16x16-bit product, as `below` takes it of a 64x64-bit one.
+            let slice = (slices & (SLICE_RANGE as u64 - 1)) as usize;
+            (slices, left) = (slices >> 16, left - 1);
+            (slice * len) >> 16
+        } else {
+            rng.below(len)
+        };
+        let at = start + offset;
         out.push(values.get(at).copied().unwrap_or(f32::NAN));
         start += len;
     }

@@ -139,18 +139,23 @@ fn quantiles(values: &mut [f32], scratch: &mut SortScratch) -> [f32; LEVELS] {
             }
         }
     }
+    let mut out = [0f32; LEVELS];
+    let mut fill = |at: &dyn Fn(usize) -> Option<f32>| {
+        for (k, q) in out.iter_mut().enumerate() {
+            let (lo, frac) = level_position(n, k);
+            let a = at(lo).unwrap_or(f32::NAN);
+            let b = at(lo + 1).unwrap_or(a);
+            *q = lerp(a, b, frac);
+        }
+    };
     if n >= RADIX_FROM {
-        // Counting passes beat a selection that visits the values about log2(257) times.
-        radix::sort_total_with(values, scratch);
+        // Counting passes beat a selection that visits the values about log2(257) times; only
+        // the wanted ranks are read back from the sorted keys.
+        let keys = radix::sorted_keys(values, scratch);
+        fill(&|i| keys.get(i).map(|&k| radix::value(k)));
     } else {
         select_ranks(values, 0, &ranks[..count]);
-    }
-    let mut out = [0f32; LEVELS];
-    for (k, q) in out.iter_mut().enumerate() {
-        let (lo, frac) = level_position(n, k);
-        let a = values.get(lo).copied().unwrap_or(f32::NAN);
-        let b = values.get(lo + 1).copied().unwrap_or(a);
-        *q = lerp(a, b, frac);
+        fill(&|i| values.get(i).copied());
     }
     out
 }
@@ -224,10 +229,12 @@ fn quantize_with(borders: &[f32; BINS], values: &[f32], emit: &mut Emit<'_>) -> 
     for src in values.chunks(CHUNK) {
         let q = &mut q[..src.len()];
         match &table {
-            Some(table) => table.bucketize(src, q),
-            None => bucketize(borders, src, q),
+            Some(table) => table.bucketize(src, q, &mut sums),
+            None => {
+                bucketize(borders, src, q);
+                sums.add(src, q);
+            }
         }
-        sums.add(src, q);
         emit(q);
     }
     sums.means()
@@ -282,7 +289,7 @@ impl Compression for Quantile8Bit {
     /// Each of the 256 buckets holds `n / 256` values and decodes to their mean, so the error is
     /// the spread within buckets. Inner buckets are narrow; the two outermost hold the tails
     /// (beyond about ±2.66 sigma), which dominate: large tensors land near 7.4e-4 (scenario 23's
-    /// `randn(128, 128, 64)`: 7.40e-4 from the sampled borders, 7.38e-4 from exact quantiles of
+    /// `randn(128, 128, 64)`: 7.64e-4 from the sampled borders, 7.38e-4 from exact quantiles of
     /// all its values, inside its 8e-4), 5535 elements near 7e-4 with the largest
     /// of 100000 samples at 2.7e-3, 1000 elements at most 6.7e-3. Up to 256 elements every value
     /// gets a bucket of its own and decodes exactly; just above that, buckets hold one or two

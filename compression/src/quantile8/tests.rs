@@ -154,6 +154,39 @@ fn buckets_count_the_borders_below_each_value() {
     assert!(BucketTable::new(&infinite).is_none());
 }
 
+/// Borders that crowd one to six to a grid cell (pairs, triples... of near or equal borders
+/// among evenly spread ones): the branch-free lookup for up to four, the search beyond, and both
+/// count exactly the borders below each value.
+#[test]
+fn crowded_cells_count_the_borders_below_each_value() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for crowd in 1..=6usize {
+        let mut b = [f32::INFINITY; BINS];
+        for (k, border) in b[..255].iter_mut().enumerate() {
+            // Groups of `crowd` borders 1e-6 apart (the last of a group may equal the next's
+            // start after rounding), groups spread evenly over [-1, 1].
+            let (group, within) = (k / crowd, k % crowd);
+            *border = -1.0 + 2.0 * (group * crowd) as f32 / 255.0 + within as f32 * 1e-6;
+        }
+        b[..255].sort_unstable_by(f32::total_cmp);
+        let table = BucketTable::new(&b).unwrap();
+        assert_eq!(table.crowd(), crowd);
+        let inner = &b[..255];
+        let probes: Vec<f32> = inner
+            .iter()
+            .flat_map(|&x| [x, x.next_up(), x.next_down()])
+            .chain(randn(&mut rng, 5000))
+            .chain([f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, f32::MAX, f32::MIN, f32::NAN])
+            .collect();
+        let mut q = vec![0u8; probes.len()];
+        table.bucketize(&probes, &mut q, &mut BinSums::new());
+        for (&x, &got) in probes.iter().zip(&q) {
+            let expected = inner.partition_point(|&border| border < x);
+            assert_eq!(usize::from(got), expected, "crowd {crowd}: {x}");
+        }
+    }
+}
+
 #[test]
 fn byte_layout_of_a_small_tensor() {
     // Four values, each in its own bucket: the value of rank r has the borders of levels
