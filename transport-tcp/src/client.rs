@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use averager_core::transport::frame::{
-    Frame, FrameWrite, Outgoing, decode, encode_frame, end_frame, read_frame,
+    Frame, FrameWrite, Outgoing, ReadBudget, decode, encode_frame, end_frame, read_frame,
 };
 use averager_core::transport::{
     AveragingClient, AveragingData, DownloadData, DownloadRequest, JoinRequest, MessageFromLeader,
@@ -64,6 +64,8 @@ pub(crate) struct TcpClient {
     pub(crate) authority: String,
     pub(crate) limit: usize,
     pub(crate) connect_timeout: Duration,
+    /// The transport's budget for frames read at their announced size.
+    pub(crate) budget: ReadBudget,
     /// The connection `connect` dialed, for the first call.
     pub(crate) spare: Mutex<Option<(TcpStream, Instant)>>,
 }
@@ -99,7 +101,7 @@ impl TcpClient {
         }));
         chunks.extend(first);
         send.write_chunks(chunks, &self.endpoint).await?;
-        Ok((Recv(recv), send))
+        Ok((Recv(recv, self.budget.clone()), send))
     }
 
     async fn unary<Q: Outgoing, R: prost::Message + Default + 'static>(

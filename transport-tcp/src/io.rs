@@ -3,12 +3,15 @@
 //! the core's.
 //!
 //! Reads go straight into the spare capacity of the frame's buffer (no zeroing, no scratch
-//! buffer), and writes hand the encoder's chunks (a head and the tensor's own buffer) to one
+//! buffer), which is allocated at the frame's announced size while the transport's
+//! [`ReadBudget`] lasts (so it never grows by reallocation and copying), and writes hand the encoder's chunks (a head and the tensor's own buffer) to one
 //! vectored write, so a part's bytes are copied only by the kernel.
 
 use std::io::{ErrorKind, IoSlice};
 
-use averager_core::transport::frame::{FrameRead, FrameWrite, ReplySink, end_frame, error_frame};
+use averager_core::transport::frame::{
+    Claim, FrameRead, FrameWrite, ReadBudget, ReplySink, end_frame, error_frame,
+};
 use averager_core::{Error, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,8 +43,13 @@ pub(crate) fn io_error(peer: &str, e: &std::io::Error) -> Error {
     }
 }
 
+/// The most one transport's readers claim at once for frames they read at their announced size:
+/// far more than the frames in flight of an averaging round (parts are 512 KiB), and small enough
+/// that peers announcing frames they never send cannot tie up more than this.
+pub(crate) const READ_BUDGET: usize = 32 << 20;
+
 /// The reading half of a call's connection.
-pub(crate) struct Recv(pub(crate) OwnedReadHalf);
+pub(crate) struct Recv(pub(crate) OwnedReadHalf, pub(crate) ReadBudget);
 
 impl FrameRead for Recv {
     async fn read_into(&mut self, buf: &mut BytesMut, max: usize, peer: &str) -> Result<usize> {
@@ -49,6 +57,10 @@ impl FrameRead for Recv {
         // the uninitialised spare capacity, so nothing is zeroed first.
         let mut room = (&mut *buf).limit(max);
         self.0.read_buf(&mut room).await.map_err(|e| io_error(peer, &e))
+    }
+
+    fn claim(&self, len: usize) -> Option<Claim> {
+        self.1.claim(len)
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use averager_core::transport::frame::MAX_FRAME_BYTES;
+use averager_core::transport::frame::{MAX_FRAME_BYTES, ReadBudget};
 use averager_core::transport::{
     AveragingClient, AveragingService, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, ServerHandle,
     Transport, TransportCapabilities,
@@ -62,9 +62,18 @@ impl Default for TcpSettings {
 
 /// The averager's transport over plain TCP: serves at `tcp://host:port` and dials such
 /// endpoints, one connection per call. No encryption, no authentication: for trusted networks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TcpTransport {
     settings: TcpSettings,
+    /// Shared by every connection this transport serves or dials (see `io::READ_BUDGET`).
+    budget: ReadBudget,
+}
+
+impl Default for TcpTransport {
+    /// A transport with [`TcpSettings::default`]: serves on `127.0.0.1:0`.
+    fn default() -> Self {
+        TcpTransport { settings: TcpSettings::default(), budget: ReadBudget::new(io::READ_BUDGET) }
+    }
 }
 
 impl TcpTransport {
@@ -86,7 +95,7 @@ impl TcpTransport {
         if settings.first_request_timeout.is_zero() {
             return Err(Error::Config("tcp first_request_timeout must be more than zero".into()));
         }
-        Ok(TcpTransport { settings })
+        Ok(TcpTransport { settings, budget: ReadBudget::new(io::READ_BUDGET) })
     }
 
     /// The transport's settings.
@@ -134,6 +143,7 @@ impl Transport for TcpTransport {
             limit: self.settings.max_message_bytes,
             first_request_timeout: self.settings.first_request_timeout,
             stopped,
+            budget: self.budget.clone(),
         };
         // Aborting the accept loop drops the listener, so later dials are refused at once.
         let accept = tokio::spawn(server::accept_loop(listener, serving)).abort_handle();
@@ -153,6 +163,7 @@ impl Transport for TcpTransport {
             authority,
             limit: self.settings.max_message_bytes,
             connect_timeout: timeout,
+            budget: self.budget.clone(),
             spare: Mutex::new(Some((stream, Instant::now()))),
         }))
     }

@@ -8,7 +8,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use averager_core::transport::frame::{FirstRequest, Request, read_request, read_unary, refuse, respond};
+use averager_core::transport::frame::{
+    FirstRequest, ReadBudget, Request, read_request, read_unary, refuse, respond,
+};
 use averager_core::transport::{AveragingData, AveragingService, CallContext, MessageStream};
 use averager_core::{Error, Result};
 use averager_proto::{DownloadRequest, JoinRequest};
@@ -32,6 +34,8 @@ pub(crate) struct Serving {
     pub(crate) first_request_timeout: Duration,
     /// Becomes `true` when the server stops; every call task ends then.
     pub(crate) stopped: watch::Receiver<bool>,
+    /// The transport's budget for frames read at their announced size.
+    pub(crate) budget: ReadBudget,
 }
 
 /// Accepts connections until the server stops (the task is aborted).
@@ -66,9 +70,9 @@ async fn serve_call(stream: TcpStream, peer: String, serving: Serving) {
     // Replies are frames whose last bytes (an end frame) must not wait for an acknowledgement.
     let _ = stream.set_nodelay(true);
     let (recv, send) = stream.into_split();
-    let (mut recv, send) = (Recv(recv), Send(send));
     let context = CallContext { authenticated_peer: None, remote_address: Some(peer.clone()) };
-    let Serving { service, limit, first_request_timeout: wait, .. } = serving;
+    let Serving { service, limit, first_request_timeout: wait, budget, .. } = serving;
+    let (mut recv, send) = (Recv(recv, budget), Send(send));
     let first = FirstRequest::from_now(wait);
     let method = match timeout_at(first.deadline, read_method(&mut recv)).await {
         Ok(Some(method)) => method,
