@@ -168,7 +168,12 @@ impl Reader {
     /// that error and is reported on `failed` (when the handler reads it, or at once if the
     /// handler is not reading), so the caller's reply stream ends with it; a connection that
     /// closes before the end frame is the caller cancelling (`gone`).
-    async fn run(mut self, requests: mpsc::Sender<Result<AveragingData>>, failed: Report, gone: oneshot::Sender<()>) {
+    async fn run(
+        mut self,
+        requests: mpsc::Sender<Result<AveragingData>>,
+        failed: Report,
+        gone: oneshot::Sender<()>,
+    ) {
         let mut first = Some(self.first);
         let error = loop {
             match read_request(&mut self.recv, self.limit, &mut first, &self.peer).await {

@@ -14,21 +14,20 @@ averager_conformance::transport_suite!(tcp, || async {
 #[tokio::test]
 async fn malformed_endpoints_and_settings_are_config_errors() {
     let client = TcpTransport::default();
-    for endpoint in ["tcp://127.0.0.1", "tcp://:5", "tcp://127.0.0.1:99999", "quic://127.0.0.1:1", "mem://x"] {
+    for endpoint in ["tcp://127.0.0.1", "tcp://:5", "tcp://127.0.0.1:99999", "quic://127.0.0.1:1", "mem://x"]
+    {
         assert!(matches!(client.connect(endpoint).await, Err(Error::Config(_))), "{endpoint}");
     }
     let zero_cap = TcpSettings { max_message_bytes: 0, ..TcpSettings::default() };
     assert!(TcpTransport::with_settings(zero_cap).is_err());
-    let zero_wait = TcpSettings { first_request_timeout: std::time::Duration::ZERO, ..TcpSettings::default() };
+    let zero_wait =
+        TcpSettings { first_request_timeout: std::time::Duration::ZERO, ..TcpSettings::default() };
     assert!(TcpTransport::with_settings(zero_wait).is_err());
 }
 
 #[tokio::test]
 async fn the_served_endpoint_names_the_advertised_host() {
-    let settings = TcpSettings {
-        listen: "0.0.0.0:0".parse().expect("an address"),
-        ..TcpSettings::default()
-    };
+    let settings = TcpSettings { listen: "0.0.0.0:0".parse().expect("an address"), ..TcpSettings::default() };
     let transport = TcpTransport::with_settings(settings).expect("valid settings");
     let handle = transport.serve(echo()).await.expect("serve");
     assert!(handle.endpoint().starts_with("tcp://127.0.0.1:"), "{}", handle.endpoint());

@@ -38,7 +38,8 @@ impl HostileTarget for Tcp {
     type Caller = Caller;
 
     async fn serve(&self, service: Arc<Echo>, first_request_timeout: Duration) -> Served {
-        let settings = TcpSettings { first_request_timeout, max_message_bytes: CAP, ..TcpSettings::default() };
+        let settings =
+            TcpSettings { first_request_timeout, max_message_bytes: CAP, ..TcpSettings::default() };
         let transport = TcpTransport::with_settings(settings).expect("valid settings");
         let handle = transport.serve(service).await.expect("serve");
         Served { handle, _transport: transport }
@@ -90,7 +91,11 @@ pub(crate) struct Call {
 impl FrameRead for Call {
     async fn read_into(&mut self, buf: &mut BytesMut, max: usize, peer: &str) -> Result<usize> {
         let mut piece = vec![0u8; max.min(64 * 1024)];
-        let n = self.stream.read(&mut piece).await.map_err(|e| Error::Transport(format!("reading from {peer}: {e}")))?;
+        let n = self
+            .stream
+            .read(&mut piece)
+            .await
+            .map_err(|e| Error::Transport(format!("reading from {peer}: {e}")))?;
         buf.extend_from_slice(&piece[..n]);
         Ok(n)
     }
