@@ -10,7 +10,7 @@
 //! all four where the victim replied before it died.
 //!
 //! A test binary of its own, so its processes never share the 2 cores with the other CLI tests;
-//! its two cases take turns for the same reason.
+//! its cases (one per transport) take turns for the same reason.
 
 #[allow(dead_code)]
 #[path = "common.rs"]
@@ -237,4 +237,9 @@ fn grpc_peers_survive_a_sigkill_mid_allreduce() {
 #[test]
 fn quic_peers_survive_a_sigkill_mid_allreduce() {
     kill_one_peer_mid_allreduce("quic");
+}
+
+#[test]
+fn tcp_peers_survive_a_sigkill_mid_allreduce() {
+    kill_one_peer_mid_allreduce("tcp");
 }

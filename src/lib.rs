@@ -4,7 +4,7 @@
 //!
 //! This facade re-exports the core ([`averager_core`]) at its root and each backend crate as a
 //! module under the Cargo feature that enables it: `grpc` (feature `grpc`, default), `quic`
-//! (`quic`), `libp2p` (`libp2p`, with `kad`), `kad` (`kad`, default), `codecs` (`compression`,
+//! (`quic`), `tcp` (`tcp`), `libp2p` (`libp2p`, with `kad`), `kad` (`kad`, default), `codecs` (`compression`,
 //! default; `zstd` and `lz4` add the lossless wrappers), `reducers` (`reducers`, default: the
 //! Byzantine-robust reducers). The in-process backends are always there, in [`memory`].
 //!
@@ -39,6 +39,12 @@ pub use averager_transport_grpc as grpc;
 #[cfg(feature = "quic")]
 #[doc(inline)]
 pub use averager_transport_quic as quic;
+
+/// The plain TCP transport (feature `tcp`): no encryption or authentication, for trusted
+/// networks and benchmarks.
+#[cfg(feature = "tcp")]
+#[doc(inline)]
+pub use averager_transport_tcp as tcp;
 
 /// The libp2p transport (feature `libp2p`), sharing its node with the Kademlia DHT.
 #[cfg(feature = "libp2p")]

@@ -17,6 +17,9 @@ fn expected() -> BTreeSet<(&'static str, String)> {
     if cfg!(feature = "quic") {
         names.push(("transport", "quic"));
     }
+    if cfg!(feature = "tcp") {
+        names.push(("transport", "tcp"));
+    }
     if cfg!(feature = "libp2p") {
         names.push(("transport", "libp2p"));
     }

@@ -1,4 +1,4 @@
-//! Choosing backends by name on the command line: transports (gRPC, QUIC, libp2p, in-process), DHTs
+//! Choosing backends by name on the command line: transports (gRPC, QUIC, TCP, libp2p, in-process), DHTs
 //! (Kademlia, in-process) and codecs (any registry name). A backend whose Cargo feature is off
 //! is a clear error naming the feature, not a missing flag value.
 
@@ -19,6 +19,9 @@ pub(crate) enum TransportKind {
     Grpc,
     /// QUIC (UDP, TLS 1.3); needs the `quic` feature.
     Quic,
+    /// Plain TCP with the stream transports' frames (no encryption or authentication: trusted
+    /// networks and benchmarks); needs the `tcp` feature.
+    Tcp,
     /// libp2p substreams on the peer's own Kademlia node (one port, noise-authenticated peer
     /// ids); needs the `libp2p` feature and `--dht kad`.
     Libp2p,
@@ -32,6 +35,7 @@ impl TransportKind {
         match self {
             TransportKind::Grpc => "grpc",
             TransportKind::Quic => "quic",
+            TransportKind::Tcp => "tcp",
             TransportKind::Libp2p => "libp2p",
             TransportKind::Memory => "memory",
         }
@@ -80,6 +84,11 @@ impl Transports {
                 "this binary has no QUIC transport: rebuild with `--features quic` (or `--features full`)",
             ));
         }
+        if kind == TransportKind::Tcp && !cfg!(feature = "tcp") {
+            return Err(Failure::new(
+                "this binary has no TCP transport: rebuild with `--features tcp` (or `--features full`)",
+            ));
+        }
         if kind == TransportKind::Libp2p && !cfg!(feature = "libp2p") {
             return Err(Failure::new(
                 "this binary has no libp2p transport: rebuild with `--features libp2p` (or `--features full`)",
@@ -110,6 +119,11 @@ impl Transports {
             TransportKind::Quic => {
                 let settings = averager::quic::QuicSettings { listen, ..Default::default() };
                 Arc::new(averager::quic::QuicTransport::with_settings(settings)?)
+            }
+            #[cfg(feature = "tcp")]
+            TransportKind::Tcp => {
+                let settings = averager::tcp::TcpSettings { listen, ..Default::default() };
+                Arc::new(averager::tcp::TcpTransport::with_settings(settings)?)
             }
             #[cfg(feature = "libp2p")]
             TransportKind::Libp2p => {

@@ -50,7 +50,7 @@ impl Command {
             // crates' (`averager_core`, `averager_dht`, ...) info logs through.
             _ => {
                 "warn,averager=info,averager_core=warn,averager_dht=warn,averager_transport_grpc=warn,\
-                 averager_transport_quic=warn,averager_transport_libp2p=warn,averager_compression=warn,libp2p_kad=error"
+                 averager_transport_quic=warn,averager_transport_tcp=warn,averager_transport_libp2p=warn,averager_compression=warn,libp2p_kad=error"
             }
         }
     }
@@ -184,7 +184,7 @@ pub(crate) struct BenchArgs {
 /// Flags of `averager node`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct NodeArgs {
-    /// Address a grpc or quic averaging transport serves on (port 0: any free port); libp2p
+    /// Address a grpc, quic or tcp averaging transport serves on (port 0: any free port); libp2p
     /// serves on --dht-listen.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub(crate) listen: SocketAddr,
@@ -237,7 +237,7 @@ pub(crate) struct NodeArgs {
     #[arg(long)]
     pub(crate) compression: Option<String>,
     /// How peers reach each other. libp2p (the default) serves on the DHT node's port with the
-    /// node's proven identity and crosses NATs (relays, hole punching); grpc and quic serve on
+    /// node's proven identity and crosses NATs (relays, hole punching); grpc, quic and tcp serve on
     /// --listen and need every peer directly reachable.
     #[arg(long, value_enum, default_value_t = TransportKind::Libp2p)]
     pub(crate) transport: TransportKind,

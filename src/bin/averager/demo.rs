@@ -78,7 +78,7 @@ impl DemoPlan {
         if args.processes {
             if args.transport == TransportKind::Memory {
                 return Err(Failure::new(
-                    "--processes needs a networked transport (grpc, quic or libp2p), not memory",
+                    "--processes needs a networked transport (grpc, quic, tcp or libp2p), not memory",
                 ));
             }
             if dht == DhtKind::Memory {

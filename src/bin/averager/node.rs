@@ -47,7 +47,9 @@ pub(crate) async fn run(args: NodeArgs) -> Result<ExitCode> {
     let every = seconds("--every", args.every)?;
     let config = config(&args)?;
     if args.transport == TransportKind::Memory {
-        return Err(Failure::new("a node talks to other processes: use --transport grpc, quic or libp2p"));
+        return Err(Failure::new(
+            "a node talks to other processes: use --transport grpc, quic, tcp or libp2p",
+        ));
     }
     let tensors = initial_tensors(&args)?;
     let transports = Transports::new(args.transport)?;

@@ -5,7 +5,7 @@ use std::future::Future;
 use bytes::{Bytes, BytesMut};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{ReplySink, end_frame, error_frame};
+use super::{Claim, ReplySink, end_frame, error_frame};
 use crate::error::{Error, Result};
 
 /// The reading side of a stream that frames arrive on.
@@ -19,6 +19,15 @@ pub trait FrameRead: Send {
         max: usize,
         peer: &str,
     ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Room for a whole frame of `len` bytes, claimed before its bytes arrive (from a
+    /// [`ReadBudget`](super::ReadBudget) the stream shares with the transport's other readers),
+    /// so the frame is read into one buffer of exactly its size. `None` (the default, and when
+    /// the budget is spent): the buffer grows with the bytes that arrive.
+    fn claim(&self, len: usize) -> Option<Claim> {
+        let _ = len;
+        None
+    }
 }
 
 /// The writing side of a stream that frames go out on.

@@ -6,6 +6,9 @@
 //!   message. A length over the reader's cap is refused before anything is allocated, and a
 //!   length within it is not trusted either: the buffer grows with the bytes that arrive (from
 //!   64 KiB, at most doubling), so a peer that announces 16 MiB and sends 1 KiB costs about 64 KiB.
+//!   A reader with a [`ReadBudget`] (TCP) reads a frame whose length fits the budget's unclaimed
+//!   bytes into one buffer of that size instead, claimed until the frame has arrived: no
+//!   reallocation copies, and announced-but-unsent bytes tie up at most the budget.
 //! - An **error frame** (replies only) is the length value [`ERROR_MARKER`], a kind byte, a `u32`
 //!   LE payload length (at most [`MAX_ERROR_PAYLOAD`]) and the payload: [`ERROR_REMOTE`] UTF-8
 //!   text, [`ERROR_TOO_LARGE`] `size` and `limit` as `u64` LE, or [`ERROR_CODED`] a proto
@@ -18,6 +21,7 @@
 //! `futures` byte streams, and a transport with a chunked API of its own (QUIC) implements them
 //! directly, so a tensor's buffer goes out and comes in without an extra copy.
 
+mod budget;
 mod encode;
 mod io;
 mod serve;
@@ -26,6 +30,7 @@ mod tests;
 
 use bytes::{Bytes, BytesMut};
 
+pub use budget::{Claim, ReadBudget};
 pub use encode::{Outgoing, encode_frame, end_frame, error_frame};
 pub use io::{FrameRead, FrameWrite, IoStream};
 pub use serve::{
@@ -111,13 +116,16 @@ pub fn decode<T: prost::Message + Default>(bytes: Bytes, peer: &str) -> Result<T
 }
 
 /// Reads exactly `n` bytes, never holding more capacity than twice what arrived (or
-/// [`INITIAL_MESSAGE_CAPACITY`]); `None` when the stream ends before the first of them (or `n`
-/// is 0), an error when it ends after.
+/// [`INITIAL_MESSAGE_CAPACITY`]) unless the reader's budget lets it claim all `n` at once; `None`
+/// when the stream ends before the first of them (or `n` is 0), an error when it ends after.
 async fn read_exact<R: FrameRead>(recv: &mut R, n: usize, what: &str, peer: &str) -> Result<Option<Bytes>> {
     if n == 0 {
         return Ok(None);
     }
-    let mut buf = BytesMut::with_capacity(n.min(INITIAL_MESSAGE_CAPACITY));
+    // Held until the frame has arrived (or failed): only bytes not yet here count against the
+    // budget, since what arrived is the same memory however the buffer was grown.
+    let claim = if n > INITIAL_MESSAGE_CAPACITY { recv.claim(n) } else { None };
+    let mut buf = BytesMut::with_capacity(if claim.is_some() { n } else { n.min(INITIAL_MESSAGE_CAPACITY) });
     while buf.len() < n {
         if buf.len() == buf.capacity() {
             let target = (buf.capacity() * 2).min(n);

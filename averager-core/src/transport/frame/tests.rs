@@ -135,3 +135,43 @@ impl futures::AsyncRead for Silent {
         std::task::Poll::Pending
     }
 }
+
+#[test]
+fn a_budget_gives_out_what_is_unclaimed_and_takes_back_what_is_dropped() {
+    let budget = ReadBudget::new(16);
+    let first = budget.claim(10).expect("10 of 16 bytes are free");
+    assert!(budget.claim(10).is_none(), "only 6 bytes are left");
+    assert!(budget.claim(usize::MAX).is_none());
+    drop(first);
+    assert!(budget.claim(16).is_some(), "a dropped claim returns its bytes");
+}
+
+/// A byte stream whose frames may be claimed from a budget.
+struct Budgeted(Cursor<Vec<u8>>, ReadBudget);
+
+impl FrameRead for Budgeted {
+    async fn read_into(&mut self, buf: &mut bytes::BytesMut, max: usize, peer: &str) -> crate::Result<usize> {
+        IoStream(&mut self.0).read_into(buf, max, peer).await
+    }
+
+    fn claim(&self, len: usize) -> Option<Claim> {
+        self.1.claim(len)
+    }
+}
+
+#[tokio::test]
+async fn a_frame_within_the_budget_is_read_whole_and_its_claim_returned() {
+    let message = part((0..=255).cycle().take(300_000).collect());
+    let mut wire = IoStream(Cursor::new(Vec::new()));
+    wire.write_chunks(encode_frame(message.clone(), usize::MAX).unwrap(), "p").await.unwrap();
+    let bytes = wire.0.into_inner();
+    for budget in [1 << 20, 1000] {
+        let budget = ReadBudget::new(budget);
+        let mut read = Budgeted(Cursor::new(bytes.clone()), budget.clone());
+        match read_frame(&mut read, usize::MAX, false, "p").await {
+            Ok(Frame::Message(got)) => assert_eq!(decode::<AveragingData>(got, "p").unwrap(), message),
+            other => panic!("{other:?}"),
+        }
+        assert!(budget.claim(1000).is_some(), "the frame's claim was returned");
+    }
+}

@@ -1,0 +1,266 @@
+//! The calling side: endpoint parsing, and one TCP connection per call. `connect` dials at once
+//! (so an unreachable peer fails there) and keeps that connection for the client's first call,
+//! which is the only call most clients make.
+
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use averager_core::transport::frame::{
+    Frame, FrameWrite, Outgoing, ReadBudget, decode, encode_frame, end_frame, read_frame,
+};
+use averager_core::transport::{
+    AveragingClient, AveragingData, DownloadData, DownloadRequest, JoinRequest, MessageFromLeader,
+    MessageStream, RequestStream, split_endpoint,
+};
+use averager_core::{Error, Result};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::io::{METHOD_AGGREGATE, METHOD_DOWNLOAD, METHOD_JOIN, Recv, Send};
+
+/// The scheme this crate serves and dials.
+pub(crate) const SCHEME: &str = "tcp";
+
+/// How long a connection dialed by `connect` waits for the first call before the client dials a
+/// fresh one instead: well inside any sensible `first_request_timeout` of the server, which
+/// closes a connection that stays silent.
+const SPARE_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// Parses `tcp://host:port` into `host:port`.
+pub(crate) fn parse_endpoint(endpoint: &str) -> Result<String> {
+    let (scheme, authority) = split_endpoint(endpoint)?;
+    if scheme != SCHEME {
+        return Err(Error::Config(format!("endpoint {endpoint:?} is not a {SCHEME}:// endpoint")));
+    }
+    let valid = authority
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok());
+    if !valid {
+        return Err(Error::Config(format!("endpoint {endpoint:?} is not tcp://host:port")));
+    }
+    Ok(authority.to_string())
+}
+
+/// Dials `authority` within `timeout`, with Nagle's algorithm off: a call's small frames (an end
+/// frame, a join request) must not wait for an acknowledgement of the previous write.
+pub(crate) async fn dial(endpoint: &str, authority: &str, timeout: Duration) -> Result<TcpStream> {
+    let unreachable = |reason: String| Error::Unreachable { endpoint: endpoint.to_string(), reason };
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(authority)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => return Err(unreachable(format!("no TCP connection within {timeout:?}"))),
+    };
+    stream.set_nodelay(true).map_err(|e| unreachable(format!("setting TCP_NODELAY: {e}")))?;
+    Ok(stream)
+}
+
+/// A client of one `tcp://` endpoint.
+pub(crate) struct TcpClient {
+    pub(crate) endpoint: String,
+    pub(crate) authority: String,
+    pub(crate) limit: usize,
+    pub(crate) connect_timeout: Duration,
+    /// The transport's budget for frames read at their announced size.
+    pub(crate) budget: ReadBudget,
+    /// The connection `connect` dialed, for the first call.
+    pub(crate) spare: Mutex<Option<(TcpStream, Instant)>>,
+}
+
+impl TcpClient {
+    /// A connection for a call: the spare one if it is fresh and the server has not closed it,
+    /// otherwise a new one.
+    async fn connection(&self) -> Result<TcpStream> {
+        let spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some((stream, dialed)) = spare
+            && dialed.elapsed() < SPARE_MAX_AGE
+        {
+            // The server sends nothing before the call's first request: anything readable (its
+            // close, a timeout's error frame) means the connection is no longer usable.
+            let mut probe = [0u8; 1];
+            if matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+                return Ok(stream);
+            }
+        }
+        dial(&self.endpoint, &self.authority, self.connect_timeout).await
+    }
+
+    /// Opens a call: a connection, its method byte sent with `first` (the request of a unary
+    /// call), in one write.
+    async fn open(&self, method: u8, first: Vec<Bytes>) -> Result<(Recv, Send)> {
+        let (recv, send) = self.connection().await?.into_split();
+        let mut send = Send(send);
+        let mut chunks = Vec::with_capacity(first.len() + 1);
+        chunks.push(Bytes::from_static(match method {
+            METHOD_JOIN => &[METHOD_JOIN],
+            METHOD_AGGREGATE => &[METHOD_AGGREGATE],
+            _ => &[METHOD_DOWNLOAD],
+        }));
+        chunks.extend(first);
+        send.write_chunks(chunks, &self.endpoint).await?;
+        Ok((Recv(recv, self.budget.clone()), send))
+    }
+
+    async fn unary<Q: Outgoing, R: prost::Message + Default + 'static>(
+        &self,
+        method: u8,
+        request: Q,
+    ) -> Result<MessageStream<R>> {
+        let chunks = encode_frame(request, self.limit)?;
+        let (recv, send) = self.open(method, chunks).await?;
+        // The write half stays open: its close would read, on the server, as the caller going
+        // away. It is dropped with the reply stream.
+        Ok(response_stream(recv, self.limit, self.endpoint.clone(), Hold::Unary { _send: send }))
+    }
+}
+
+#[async_trait]
+impl AveragingClient for TcpClient {
+    async fn rpc_join_group(&self, request: JoinRequest) -> Result<MessageStream<MessageFromLeader>> {
+        self.unary(METHOD_JOIN, request).await
+    }
+
+    async fn rpc_aggregate_part(
+        &self,
+        requests: RequestStream<AveragingData>,
+    ) -> Result<MessageStream<AveragingData>> {
+        let (recv, send) = self.open(METHOD_AGGREGATE, Vec::new()).await?;
+        let (cancel, cancelled) = oneshot::channel();
+        let (failed_tx, failed) = oneshot::channel();
+        tokio::spawn(pump_requests(send, requests, self.limit, self.endpoint.clone(), cancelled, failed_tx));
+        let pump = Pump { _cancel: cancel, failed: Some(failed) };
+        Ok(response_stream(recv, self.limit, self.endpoint.clone(), Hold::Pump(pump)))
+    }
+
+    async fn rpc_download_state(&self, request: DownloadRequest) -> Result<MessageStream<DownloadData>> {
+        self.unary(METHOD_DOWNLOAD, request).await
+    }
+}
+
+/// What a reply stream keeps alive besides its read half.
+enum Hold {
+    /// A unary call's write half, held only to keep the caller's side open.
+    Unary { _send: Send },
+    /// The task sending an aggregate call's requests.
+    Pump(Pump),
+}
+
+/// The link from a reply stream to its request pump.
+struct Pump {
+    /// Dropped with the reply stream (or at its end): the pump drops the caller's request stream
+    /// and its write half.
+    _cancel: oneshot::Sender<()>,
+    /// The pump's report of a request over the cap.
+    failed: Option<oneshot::Receiver<Error>>,
+}
+
+/// Sends the caller's requests, then the end frame, until cancelled; a request over the cap is
+/// reported on `failed` and ends the pump.
+async fn pump_requests(
+    mut send: Send,
+    mut requests: RequestStream<AveragingData>,
+    limit: usize,
+    peer: String,
+    mut cancel: oneshot::Receiver<()>,
+    failed: oneshot::Sender<Error>,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = &mut cancel => return,
+            next = requests.next() => next,
+        };
+        let Some(message) = next else {
+            drop(requests);
+            let _ = send.write_chunks(vec![end_frame()], &peer).await;
+            // Keep the write half until the call ends: see `TcpClient::unary`.
+            let _ = cancel.await;
+            return;
+        };
+        let chunks = match encode_frame(message, limit) {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                let _ = failed.send(e);
+                return;
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = &mut cancel => return,
+            written = send.write_chunks(chunks, &peer) => if written.is_err() { return },
+        }
+    }
+}
+
+/// The caller's reply stream: frames read from `recv` until the server's end frame, an error
+/// frame, or a failure. Dropping it closes the connection (the server drops the handler) and
+/// cancels the request pump.
+fn response_stream<R: prost::Message + Default + 'static>(
+    recv: Recv,
+    limit: usize,
+    peer: String,
+    hold: Hold,
+) -> MessageStream<R> {
+    struct State {
+        recv: Recv,
+        limit: usize,
+        peer: String,
+        hold: Hold,
+    }
+    async fn pump_failure(hold: &mut Hold) -> Error {
+        if let Hold::Pump(pump) = hold
+            && let Some(rx) = pump.failed.as_mut()
+        {
+            let received = rx.await;
+            pump.failed = None;
+            if let Ok(e) = received {
+                return e;
+            }
+        }
+        std::future::pending().await
+    }
+    let state = State { recv, limit, peer, hold };
+    Box::pin(futures::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        let read = tokio::select! {
+            biased;
+            e = pump_failure(&mut state.hold) => Err(e),
+            read = read_frame(&mut state.recv, state.limit, true, &state.peer) => read,
+        };
+        match read {
+            Ok(Frame::Message(bytes)) => match decode::<R>(bytes, &state.peer) {
+                Ok(message) => Some((Ok(message), Some(state))),
+                Err(e) => Some((Err(e), None)),
+            },
+            Ok(Frame::End) => None,
+            Ok(Frame::Closed) => Some((
+                Err(Error::Unreachable {
+                    endpoint: state.peer.clone(),
+                    reason: "the connection closed before the call ended (the peer stopped serving \
+                             or went away)"
+                        .into(),
+                }),
+                None,
+            )),
+            Ok(Frame::Failure(e)) | Err(e) => Some((Err(e), None)),
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_to_their_authority() {
+        assert_eq!(parse_endpoint("tcp://127.0.0.1:80").ok().as_deref(), Some("127.0.0.1:80"));
+        assert_eq!(parse_endpoint("tcp://[::1]:7").ok().as_deref(), Some("[::1]:7"));
+        assert_eq!(parse_endpoint("tcp://example.org:443").ok().as_deref(), Some("example.org:443"));
+        for bad in ["tcp://127.0.0.1", "tcp://:5", "tcp://h:99999", "quic://h:1", "h:1", "tcp://a/b:1"] {
+            assert!(matches!(parse_endpoint(bad), Err(Error::Config(_))), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The two halves of a call's TCP connection as the core's frame streams
+//! (`averager_core::transport::frame`), the method byte that opens a call, and socket errors as
+//! the core's.
+//!
+//! Reads go straight into the spare capacity of the frame's buffer (no zeroing, no scratch
+//! buffer), which is allocated at the frame's announced size while the transport's
+//! [`ReadBudget`] lasts (so it never grows by reallocation and copying), and writes hand the encoder's chunks (a head and the tensor's own buffer) to one
+//! vectored write, so a part's bytes are copied only by the kernel.
+
+use std::io::{ErrorKind, IoSlice};
+
+use averager_core::transport::frame::{
+    Claim, FrameRead, FrameWrite, ReadBudget, ReplySink, end_frame, error_frame,
+};
+use averager_core::{Error, Result};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// The method byte of `rpc_join_group`.
+pub(crate) const METHOD_JOIN: u8 = 1;
+/// The method byte of `rpc_aggregate_part`.
+pub(crate) const METHOD_AGGREGATE: u8 = 2;
+/// The method byte of `rpc_download_state`.
+pub(crate) const METHOD_DOWNLOAD: u8 = 3;
+
+/// How many chunks one vectored write takes: a frame is at most a head and a payload, so this
+/// covers a method byte and a frame with room to spare.
+const MAX_SLICES: usize = 8;
+
+/// The core's error for a socket failure talking to `peer`: a connection the peer (or its host)
+/// broke is `Unreachable`, like a lost QUIC connection; anything else is a transport failure.
+pub(crate) fn io_error(peer: &str, e: &std::io::Error) -> Error {
+    match e.kind() {
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe
+        | ErrorKind::UnexpectedEof
+        | ErrorKind::NotConnected => {
+            Error::Unreachable { endpoint: peer.to_string(), reason: format!("connection lost: {e}") }
+        }
+        _ => Error::Transport(format!("the connection with {peer} failed: {e}")),
+    }
+}
+
+/// The most one transport's readers claim at once for frames they read at their announced size:
+/// far more than the frames in flight of an averaging round (parts are 512 KiB), and small enough
+/// that peers announcing frames they never send cannot tie up more than this.
+pub(crate) const READ_BUDGET: usize = 32 << 20;
+
+/// The reading half of a call's connection.
+pub(crate) struct Recv(pub(crate) OwnedReadHalf, pub(crate) ReadBudget);
+
+impl FrameRead for Recv {
+    async fn read_into(&mut self, buf: &mut BytesMut, max: usize, peer: &str) -> Result<usize> {
+        // `limit` keeps the read inside what the frame reader made room for; `read_buf` fills
+        // the uninitialised spare capacity, so nothing is zeroed first.
+        let mut room = (&mut *buf).limit(max);
+        self.0.read_buf(&mut room).await.map_err(|e| io_error(peer, &e))
+    }
+
+    fn claim(&self, len: usize) -> Option<Claim> {
+        self.1.claim(len)
+    }
+}
+
+/// The writing half of a call's connection.
+pub(crate) struct Send(pub(crate) OwnedWriteHalf);
+
+impl Send {
+    /// Writes every chunk with as few vectored writes as the socket allows.
+    async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> std::io::Result<()> {
+        let mut first = 0;
+        while first < chunks.len() {
+            if chunks[first].is_empty() {
+                first += 1;
+                continue;
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let pending = &chunks[first..chunks.len().min(first + MAX_SLICES)];
+            for (slice, chunk) in slices.iter_mut().zip(pending) {
+                *slice = IoSlice::new(chunk);
+            }
+            let mut written = self.0.write_vectored(&slices[..pending.len()]).await?;
+            if written == 0 {
+                return Err(ErrorKind::WriteZero.into());
+            }
+            while written > 0 {
+                let chunk = &mut chunks[first];
+                let step = written.min(chunk.len());
+                chunk.advance(step);
+                written -= step;
+                if chunk.is_empty() {
+                    first += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FrameWrite for Send {
+    /// A TCP socket has no buffer of ours to flush: a write is with the kernel when it returns.
+    async fn write_chunks(&mut self, mut chunks: Vec<Bytes>, peer: &str) -> Result<()> {
+        self.write_all_chunks(&mut chunks).await.map_err(|e| io_error(peer, &e))
+    }
+}
+
+impl ReplySink for Send {
+    /// A closing TCP peer looks the same whether it finished or went away (a crashed process's
+    /// kernel closes its sockets cleanly), so the replies end with an end frame, as on libp2p.
+    async fn end(mut self, error: Option<&Error>, peer: &str) {
+        let last = match error {
+            Some(error) => error_frame(error),
+            None => end_frame(),
+        };
+        let _ = self.write_chunks(vec![last], peer).await;
+        let _ = self.0.shutdown().await;
+    }
+
+    fn abandon(self) {}
+}
+
+/// Reads one method byte; `None` when the connection ended or failed before it.
+pub(crate) async fn read_method(recv: &mut Recv) -> Option<u8> {
+    recv.0.read_u8().await.ok()
+}
