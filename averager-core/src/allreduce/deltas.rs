@@ -9,6 +9,7 @@
 //! while it runs, so a failure midway cannot leave a half-updated set of tensors.
 
 use super::partition::{PartitionPlan, PlannedPart};
+use crate::averager::UpdatePart;
 use crate::compression::{Compression, WireTensor};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor, TensorData, TensorSlice};
@@ -125,6 +126,36 @@ impl Deltas {
             tensors[part.tensor].data_mut().add_scaled_at(part.range.start, delta, alpha)?;
         }
         Ok(())
+    }
+}
+
+impl Deltas {
+    /// Every delta received, as an update part (tensor, flat offset, delta) checked against the
+    /// plan (part index and length): what a step hands to a
+    /// [`ResultTarget`](crate::averager::ResultTarget), which the caller checks against the
+    /// tensors' dtypes and sizes.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] for a delta outside the plan; [`Error::Tensor`] for one whose length
+    /// is not its part's.
+    pub(crate) fn update_parts<'a>(&'a self, plan: &PartitionPlan) -> Result<Vec<UpdatePart<'a>>> {
+        self.received()
+            .map(|(index, delta)| {
+                let part = plan
+                    .parts()
+                    .get(index)
+                    .ok_or_else(|| Error::Internal(format!("no part {index} in the plan")))?;
+                if delta.len() != part.range.len() {
+                    return Err(Error::Tensor(format!(
+                        "delta of {} x {} does not fit part {:?}",
+                        delta.len(),
+                        delta.dtype(),
+                        part.range
+                    )));
+                }
+                Ok(UpdatePart { tensor: part.tensor, offset: part.range.start, delta })
+            })
+            .collect()
     }
 }
 
