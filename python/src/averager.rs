@@ -20,6 +20,7 @@ use crate::errors::IntoPy;
 use crate::provider::PyStateProvider;
 use crate::queue::{self, Inputs, SharedInputs, StepQueue};
 use crate::runtime::Runtime;
+use crate::target::UserTarget;
 use crate::timings::Timings;
 
 /// What steps and `get_tensors()` share.
@@ -90,19 +91,6 @@ impl Shared {
         // The task only ends without sending when the runtime shuts down; the step then fails.
         let _ = locked.await;
         done
-    }
-
-    /// Copies the averager's tensors into the user's buffers under both locks; how long it
-    /// waited for the locks and how long the memcpy took.
-    pub(crate) async fn copy_out(&self, buffers: &[UserBuffer]) -> PyResult<(Duration, Duration)> {
-        let asked = Instant::now();
-        let _user = self.user_lock.lock().await;
-        let mut tensors = self.averager.tensors().await;
-        let waited = asked.elapsed();
-        tokio::task::block_in_place(|| {
-            let started = Instant::now();
-            buffers::copy_all_out(buffers, &mut tensors).map(|()| (waited, started.elapsed()))
-        })
     }
 }
 
@@ -175,8 +163,8 @@ impl NativeAverager {
     }
 
     /// Starts one step; its buffers are re-read now, while matchmaking begins (and again at
-    /// `allow_allreduce()` when the step waits for a trigger), and written when the all-reduce
-    /// succeeds.
+    /// `allow_allreduce()` when the step waits for a trigger), and written by the core when the
+    /// all-reduce succeeds (`target.rs`), before the step reports done.
     #[pyo3(signature = (specs, keepalive, gather, scheduled_time, weight, timeout, allow_retries, require_trigger))]
     #[allow(clippy::too_many_arguments)]
     fn step(
@@ -194,8 +182,11 @@ impl NativeAverager {
         let timings = Arc::new(Timings::start());
         let buffers = specs.iter().map(UserBuffer::new).collect::<PyResult<Vec<_>>>()?;
         buffers::check_all_like(&buffers, &self.shared.built)?;
-        let mut options =
-            StepOptions::default().allow_retries(allow_retries).require_trigger(require_trigger);
+        let target = UserTarget::new(&self.shared, buffers.clone(), Arc::clone(&timings));
+        let mut options = StepOptions::default()
+            .allow_retries(allow_retries)
+            .require_trigger(require_trigger)
+            .apply_to(Arc::new(target));
         if let Some(bytes) = gather {
             let value = rmpv::decode::read_value(&mut bytes.as_slice())
                 .map_err(|e| PyValueError::new_err(format!("gather is not msgpack: {e}")))?;

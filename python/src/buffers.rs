@@ -1,6 +1,7 @@
 //! The user's tensors as raw memory: Python hands over `(address, nbytes, dtype, shape)` of each
-//! contiguous CPU buffer (numpy array or torch tensor), and the averager's own tensors are copied
-//! from and to them with one `memcpy` each.
+//! contiguous CPU buffer (numpy array or torch tensor); a step's inputs are copied from them into
+//! the averager's tensors with one `memcpy` each, and its result written into them by
+//! `target.rs`.
 
 use ::averager::{DType, Tensor};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -62,6 +63,30 @@ impl UserBuffer {
         Ok(())
     }
 
+    /// The buffer's element type.
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The buffer's size in bytes.
+    pub(crate) fn nbytes(&self) -> usize {
+        self.nbytes
+    }
+
+    /// The user's memory, to write a step's result into.
+    ///
+    /// # Safety
+    /// The buffer's owner must stay alive, and nothing else may read or write the memory, for
+    /// as long as the returned slice is used.
+    pub(crate) unsafe fn bytes_mut<'a>(&self) -> &'a mut [u8] {
+        if self.nbytes == 0 {
+            return &mut [];
+        }
+        // SAFETY: the Python side passed the address and size of a live, writable, contiguous
+        // CPU buffer (checked in Python); the caller keeps it alive and unaliased.
+        unsafe { std::slice::from_raw_parts_mut(self.address as *mut u8, self.nbytes) }
+    }
+
     /// Checks one spec and makes a tensor holding a copy of its contents.
     pub(crate) fn parse(spec: &BufferSpec) -> PyResult<(UserBuffer, Tensor)> {
         let buffer = UserBuffer::new(spec)?;
@@ -78,18 +103,6 @@ impl UserBuffer {
             // buffer and keeps its owner alive while this buffer is in use (module docs); the
             // destination is our own tensor's storage of exactly `nbytes` (checked above).
             let src = unsafe { std::slice::from_raw_parts(self.address as *const u8, self.nbytes) };
-            copy_bytes(dst, src);
-        }
-        Ok(())
-    }
-
-    /// Copies `tensor` into the user's memory.
-    pub(crate) fn copy_from(&self, tensor: &mut Tensor) -> PyResult<()> {
-        let src = self.check(tensor)?;
-        if self.nbytes > 0 {
-            // SAFETY: as in `copy_into`; the user's buffer is writable (checked in Python) and
-            // only written under the averager's tensor lock, which `get_tensors()` also takes.
-            let dst = unsafe { std::slice::from_raw_parts_mut(self.address as *mut u8, self.nbytes) };
             copy_bytes(dst, src);
         }
         Ok(())
@@ -186,12 +199,6 @@ pub(crate) fn check_all_like(buffers: &[UserBuffer], built: &[UserBuffer]) -> Py
 pub(crate) fn copy_all_in(buffers: &[UserBuffer], tensors: &mut [Tensor]) -> PyResult<()> {
     check_count(buffers, tensors)?;
     buffers.iter().zip(tensors.iter_mut()).try_for_each(|(b, t)| b.copy_into(t))
-}
-
-/// Writes the averager's tensors back into every buffer.
-pub(crate) fn copy_all_out(buffers: &[UserBuffer], tensors: &mut [Tensor]) -> PyResult<()> {
-    check_count(buffers, tensors)?;
-    buffers.iter().zip(tensors.iter_mut()).try_for_each(|(b, t)| b.copy_from(t))
 }
 
 fn check_count(buffers: &[UserBuffer], tensors: &[Tensor]) -> PyResult<()> {

@@ -1,5 +1,6 @@
-//! `averager.StepControl`'s engine: the core's step control, plus the task that writes the
-//! averaged tensors back into the user's buffers when the all-reduce succeeds.
+//! `averager.StepControl`'s engine: the core's step control, plus the task that reports the
+//! step's end once the core has written its result into the user's buffers (`target.rs`) and
+//! releases the averager's tensors to the next step.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,11 +75,11 @@ fn members(gathered: &Gathered) -> Result<Members, Error> {
         .collect())
 }
 
-/// Runs a started step to its end: checks its copy in, waits for the core's result, writes it
-/// into the user's buffers, reports the outcome and releases the averager's tensors to the next
-/// step.
-async fn finish(shared: Arc<Shared>, step: Step, tx: watch::Sender<Option<Outcome>>) {
-    let Step { control, copied, buffers, turn_passed, released, timings, .. } = step;
+/// Runs a started step to its end: checks its copy in, waits for the core's result (already in
+/// the user's buffers: the step's target wrote it), reports the outcome and releases the
+/// averager's tensors to the next step.
+async fn finish(step: Step, tx: watch::Sender<Option<Outcome>>) {
+    let Step { control, copied, turn_passed, released, timings, .. } = step;
     // Checked before the step started, so a failed copy is a bug; still, the step must not
     // average what it did not read.
     let copy_failed = match copied.await {
@@ -100,13 +101,7 @@ async fn finish(shared: Arc<Shared>, step: Step, tx: watch::Sender<Option<Outcom
             timings.report(gathered.report());
         }
         match result.and_then(|g| members(&g)) {
-            Ok(members) => match shared.copy_out(&buffers).await {
-                Ok((waited, took)) => {
-                    timings.update(|t| (t.copy_out_wait, t.copy_out) = (waited, took));
-                    Outcome::Done(members)
-                }
-                Err(e) => Outcome::Failed(format!("writing the averaged tensors back: {e}")),
-            },
+            Ok(members) => Outcome::Done(members),
             Err(Error::Cancelled(msg)) => Outcome::Cancelled(msg),
             Err(e) => Outcome::Failed(e.to_string()),
         }
@@ -125,11 +120,11 @@ impl NativeControl {
         let (tx, outcome) = watch::channel(None);
         let (control, buffers, inputs, timings) =
             (step.control.clone(), step.buffers.clone(), Arc::clone(&step.inputs), Arc::clone(&step.timings));
-        let task_shared = Arc::clone(&shared);
         shared.runtime.spawn(async move {
-            // Owns the Python objects whose memory the buffers point into until the copy is done.
+            // Owns the Python objects whose memory the buffers point into until the step is
+            // over: the core writes its result into them before it reports the step's end.
             let _keepalive = keepalive;
-            finish(task_shared, step, tx).await;
+            finish(step, tx).await;
         });
         NativeControl { shared, control, buffers, inputs, outcome, timings }
     }

@@ -4,8 +4,9 @@
 //! defaults; this module gives it a Kademlia node ([`dht::NativeDht`]), an averager on the gRPC
 //! transport ([`averager::NativeAverager`]) and the handle of a running step
 //! ([`control::NativeControl`]). Tensors cross the boundary as raw pointers to the user's own
-//! contiguous buffers (numpy's `__array_interface__`, torch's `data_ptr()`), copied with one
-//! `memcpy` per tensor; the GIL is released whenever Rust waits.
+//! contiguous buffers (numpy's `__array_interface__`, torch's `data_ptr()`): a step's inputs are
+//! copied in with one `memcpy` per tensor, and its result is written back by the core itself
+//! (`target.rs`); the GIL is released whenever Rust waits.
 
 mod averager;
 mod buffers;
@@ -15,6 +16,7 @@ mod errors;
 mod provider;
 mod queue;
 mod runtime;
+mod target;
 mod timings;
 
 use pyo3::prelude::*;

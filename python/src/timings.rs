@@ -22,10 +22,11 @@ pub(crate) struct StepTimes {
     pub(crate) matchmaking: Duration,
     /// See `matchmaking`.
     pub(crate) all_reduce: Duration,
-    /// Waiting for the locks before copying the result out.
-    pub(crate) copy_out_wait: Duration,
-    /// The copy of the result into the user's buffers (the memcpy alone).
-    pub(crate) copy_out: Duration,
+    /// Waiting for the locks before writing the result into the user's buffers (the core's
+    /// call of the step's target, `target.rs`).
+    pub(crate) result_wait: Duration,
+    /// Writing the result into the user's buffers (local values plus the update, in one pass).
+    pub(crate) result_write: Duration,
     /// From `step()`'s entry until the result was in the user's buffers and reported.
     pub(crate) finished: Duration,
 }
@@ -45,8 +46,8 @@ impl Timings {
             core_done: zero,
             matchmaking: zero,
             all_reduce: zero,
-            copy_out_wait: zero,
-            copy_out: zero,
+            result_wait: zero,
+            result_write: zero,
             finished: zero,
         }))
     }
@@ -78,8 +79,8 @@ impl Timings {
             ("core_done", t.core_done.as_secs_f64()),
             ("matchmaking", t.matchmaking.as_secs_f64()),
             ("allreduce", t.all_reduce.as_secs_f64()),
-            ("copy_out_wait", t.copy_out_wait.as_secs_f64()),
-            ("copy_out", t.copy_out.as_secs_f64()),
+            ("result_wait", t.result_wait.as_secs_f64()),
+            ("result_write", t.result_write.as_secs_f64()),
             ("finished", t.finished.as_secs_f64()),
         ]
     }

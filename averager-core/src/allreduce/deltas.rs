@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::partition::{PartitionPlan, PlannedPart};
 use super::scratch::{Scratch, ScratchPool};
+use crate::averager::UpdatePart;
 use crate::compression::{Compression, WireTensor};
 use crate::error::{Error, Result};
 use crate::reduce::PartOutcome;
@@ -126,6 +127,37 @@ impl Deltas {
         self.add(span)
     }
 
+    /// Turns the averages of this peer's own span into deltas, `average - local` with `local`
+    /// from `tensors` (the round's inputs, unchanged), for a caller that needs every update as a
+    /// delta ([`Deltas::update_parts`]). This costs the buffer the own span otherwise does without.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] for a part outside the plan; [`Error::Tensor`] when a tensor does not
+    /// hold its part.
+    pub(crate) fn take_differences(&mut self, plan: &PartitionPlan, tensors: &[Tensor]) -> Result<()> {
+        for span in &mut self.spans {
+            for (k, slot) in span.slots.iter_mut().enumerate() {
+                let Received::Average(outcome) = &slot.received else { continue };
+                let PartOutcome::Reduced(average) = outcome.as_ref() else {
+                    slot.received = Received::Nothing;
+                    continue;
+                };
+                let index = span.first + k;
+                let part = plan
+                    .parts()
+                    .get(index)
+                    .ok_or_else(|| Error::Internal(format!("no part {index} in the plan")))?;
+                let tensor = tensors
+                    .get(part.tensor)
+                    .ok_or_else(|| Error::Tensor(format!("no tensor {} for part {index}", part.tensor)))?;
+                let local = tensor.flat_view(part.range.clone())?;
+                let delta = average.view().data().difference(local.data())?;
+                slot.received = Received::Owned(delta);
+            }
+        }
+        Ok(())
+    }
+
     /// Every update received, with its plan index.
     fn received(&self) -> impl Iterator<Item = (usize, Update<'_>)> {
         self.spans.iter().flat_map(SpanDeltas::received)
@@ -171,6 +203,41 @@ impl Deltas {
             }
         }
         Ok(())
+    }
+}
+
+impl Deltas {
+    /// Every delta received, as an update part (tensor, flat offset, delta) checked against the
+    /// plan (part index and length): what a step hands to a
+    /// [`ResultTarget`](crate::averager::ResultTarget), which the caller checks against the
+    /// tensors' dtypes and sizes.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] for a delta outside the plan; [`Error::Tensor`] for one whose length
+    /// is not its part's.
+    pub(crate) fn update_parts<'a>(&'a self, plan: &PartitionPlan) -> Result<Vec<UpdatePart<'a>>> {
+        self.received()
+            .map(|(index, update)| {
+                let Update::Delta(delta) = update else {
+                    return Err(Error::Internal(format!(
+                        "part {index} is an average, not a delta: call take_differences first"
+                    )));
+                };
+                let part = plan
+                    .parts()
+                    .get(index)
+                    .ok_or_else(|| Error::Internal(format!("no part {index} in the plan")))?;
+                if delta.len() != part.range.len() {
+                    return Err(Error::Tensor(format!(
+                        "delta of {} x {} does not fit part {:?}",
+                        delta.len(),
+                        delta.dtype(),
+                        part.range
+                    )));
+                }
+                Ok(UpdatePart { tensor: part.tensor, offset: part.range.start, delta })
+            })
+            .collect()
     }
 }
 

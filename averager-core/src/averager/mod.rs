@@ -6,6 +6,7 @@ mod bandwidth;
 mod config;
 mod gathered;
 mod report;
+mod result_target;
 mod round;
 mod schema;
 mod service;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{AveragerConfig, AveragerConfigBuilder, CodecSpec, TensorSettings};
 pub use gathered::Gathered;
 pub use report::StepReport;
+pub use result_target::{ResultTarget, StepUpdate, UpdatePart};
 pub(crate) use schema::schema_hash;
 pub use state::AveragerState;
 pub use step_control::{Stage, StepControl};
@@ -281,6 +283,7 @@ impl Averager {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::Cancelled("the averager shut down".into()));
         }
+        let target = options.target();
         let user = options.gather_bytes().map(<[u8]>::to_vec).unwrap_or_else(|| vec![0xc0]);
         let payload =
             GatherPayload { bandwidth: self.declared_bandwidth(), mode: self.inner.mode, user_bytes: user };
@@ -295,7 +298,7 @@ impl Averager {
             // A step cancelled (or an averager shut down) before `ready` never starts, and drops
             // `ready` at once rather than holding whatever it captured.
             let cancelled = tokio::select! {
-                () = ready => return inner.run_step(handle).await,
+                () = ready => return inner.run_step(handle, target).await,
                 () = handle.cancelled_signal() => Error::Cancelled("the step was cancelled".into()),
                 () = inner.shutdown.cancelled() => Error::Cancelled("the averager shut down".into()),
             };

@@ -16,19 +16,26 @@ use tracing::field::Empty;
 use super::bandwidth::RoundMeter;
 use super::gathered::Gathered;
 use super::report::StepReport;
+use super::result_target::{ResultTarget, StepUpdate, UpdatePart};
 use super::step_control::{Stage, StepControl};
 use super::telemetry::{CountingTransport, Tally};
 use super::{Inner, hex};
 use crate::allreduce::{AllReduceGroup, AllReduceInputs, AllReduceRound, AllReduceSettings};
 use crate::error::{Error, Operation, Result};
 use crate::matchmaking::{FormedGroup, GatherPayload, PeerMode, SearchRequest};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use crate::time::{dht_now, with_timeout};
 use crate::transport::AveragingData;
 
 impl Inner {
     /// Runs a step to its end and reports through its control (protocol 8.1 round loop).
-    pub(super) async fn run_step(self: Arc<Self>, control: StepControl<Gathered>) {
+    /// With a `target` ([`StepOptions::apply_to`](super::StepOptions::apply_to)), the result goes
+    /// there instead of into the averager's tensors.
+    pub(super) async fn run_step(
+        self: Arc<Self>,
+        control: StepControl<Gathered>,
+        target: Option<Arc<dyn ResultTarget>>,
+    ) {
         // A second step queues behind the first (protocol 3.1).
         let _one_at_a_time = self.step_lock.lock().await;
         let span = tracing::info_span!(
@@ -43,7 +50,7 @@ impl Inner {
             outcome = Empty,
         );
         let mut report = StepReport::default();
-        let result = self.round_loop(&control, &mut report).instrument(span.clone()).await;
+        let result = self.round_loop(&control, target.as_ref(), &mut report).instrument(span.clone()).await;
         span.record("attempts", report.attempts);
         span.record("matchmaking_seconds", report.matchmaking.as_secs_f64());
         let result = result.map(|gathered| {
@@ -62,7 +69,12 @@ impl Inner {
         control.set_stage(Stage::Finished);
     }
 
-    async fn round_loop(&self, control: &StepControl<Gathered>, report: &mut StepReport) -> Result<Gathered> {
+    async fn round_loop(
+        &self,
+        control: &StepControl<Gathered>,
+        target: Option<&Arc<dyn ResultTarget>>,
+        report: &mut StepReport,
+    ) -> Result<Gathered> {
         loop {
             if control.is_done() {
                 return Err(Error::Cancelled("the step was cancelled".into()));
@@ -70,7 +82,7 @@ impl Inner {
             control.set_group(None);
             control.set_stage(Stage::LookingForGroup);
             report.attempts += 1;
-            let error = match self.round(control, report).await {
+            let error = match self.round(control, target, report).await {
                 Ok(gathered) => return Ok(gathered),
                 Err(e) => e,
             };
@@ -89,7 +101,12 @@ impl Inner {
     }
 
     /// One attempt: find a group, await the trigger, run the all-reduce, apply the result.
-    async fn round(&self, control: &StepControl<Gathered>, report: &mut StepReport) -> Result<Gathered> {
+    async fn round(
+        &self,
+        control: &StepControl<Gathered>,
+        target: Option<&Arc<dyn ResultTarget>>,
+        report: &mut StepReport,
+    ) -> Result<Gathered> {
         let span = tracing::info_span!("matchmaking", group_id = Empty, group_size = Empty, seconds = Empty);
         let started = Instant::now();
         let group = self.find_group(control).instrument(span.clone()).await;
@@ -157,7 +174,7 @@ impl Inner {
             seconds = Empty,
         );
         let figures = self
-            .all_reduce(all_reduce_group, control, &group, &tally)
+            .all_reduce(all_reduce_group, control, target, &group, &tally)
             .instrument(span.clone())
             .await
             .map_err(|e| e.during(Operation::AllReduce).with_context("group", &group_id));
@@ -229,11 +246,13 @@ impl Inner {
         found.ok_or_else(|| Error::NoGroup("the step's deadline passed while matchmaking".into()))
     }
 
-    /// protocol 4.1 and 4.8: holds the tensor lock from load balancing until the result is applied.
+    /// protocol 4.1 and 4.8: holds the tensor lock from load balancing until the result is applied
+    /// (to a `target`: until the all-reduce ends; the target is called after).
     async fn all_reduce(
         &self,
         group: AllReduceGroup,
         control: &StepControl<Gathered>,
+        target: Option<&Arc<dyn ResultTarget>>,
         formed: &FormedGroup,
         tally: &Arc<Tally>,
     ) -> Result<AllReduceFigures> {
@@ -300,18 +319,32 @@ impl Inner {
             self.bandwidth.record(sample);
         }
         let mut tensors = take_back(tensors);
-        let applied = outcome.and_then(|outcome| {
+        // An AUX peer has nothing to update, in its tensors or a target.
+        let target = target.filter(|_| self.mode != PeerMode::Aux);
+        let shapes = TensorShapes::of(&tensors);
+        let outcome = outcome.and_then(|mut outcome| {
             if !outcome.failed_reducers.is_empty() {
                 tracing::info!(failed = ?outcome.failed_reducers, "averaged without the parts of failed reducers");
             }
-            if self.mode != PeerMode::Aux {
+            if target.is_some() {
+                // The target takes deltas; the own span's averages become deltas while the
+                // round's inputs are at hand.
+                outcome.deltas.take_differences(&outcome.plan, &tensors)?;
+            } else if self.mode != PeerMode::Aux {
                 outcome.deltas.apply(&outcome.plan, &mut tensors, self.config.averaging_alpha)?;
             }
-            Ok(outcome.failed_reducers.len())
+            Ok(outcome)
         });
         *guard = tensors;
+        // Released before the target runs: it may take its own locks (the Python binding's
+        // user lock, which it always takes before this one).
         drop(guard);
-        let failed_reducers = applied?;
+        let outcome = outcome?;
+        if let Some(target) = target {
+            let parts = outcome.deltas.update_parts(&outcome.plan)?;
+            self.apply_to_target(target, parts, shapes).await?;
+        }
+        let failed_reducers = outcome.failed_reducers.len();
         self.after_update();
         let seconds = started.elapsed();
         // **\[averager\]** This peer's reducer may still be streaming its last replies (a slow
@@ -331,6 +364,40 @@ impl Inner {
             bytes_received: tally.received(),
             failed_reducers,
         })
+    }
+}
+
+/// The dtypes and element counts of the averager's tensors, which a target's update is checked
+/// against.
+struct TensorShapes {
+    dtypes: Vec<DType>,
+    lens: Vec<usize>,
+}
+
+impl TensorShapes {
+    fn of(tensors: &[Tensor]) -> Self {
+        TensorShapes {
+            dtypes: tensors.iter().map(Tensor::dtype).collect(),
+            lens: tensors.iter().map(Tensor::numel).collect(),
+        }
+    }
+}
+
+impl Inner {
+    /// Hands an all-reduce's update to the step's target, every delta checked first. A failure
+    /// is not retried (the group has averaged; another round would average again), and shutdown
+    /// stops a target still waiting (for its own locks, say).
+    async fn apply_to_target(
+        &self,
+        target: &Arc<dyn ResultTarget>,
+        parts: Vec<UpdatePart<'_>>,
+        shapes: TensorShapes,
+    ) -> Result<()> {
+        let update = StepUpdate::new(parts, self.config.averaging_alpha, shapes.dtypes, shapes.lens)?;
+        tokio::select! {
+            applied = target.apply(&update) => applied.map_err(Error::set_persistent),
+            _ = self.shutdown.cancelled() => Err(Error::Cancelled("the averager shut down".into())),
+        }
     }
 }
 

@@ -5,10 +5,12 @@
 //! `wait and require_trigger` cannot happen: a waiting step with a trigger nobody can pull is not
 //! expressible.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::result_target::{ResultTarget, Target};
 use super::step_control::StepControl;
 use crate::error::{Error, Result};
 use crate::time::DhtTime;
@@ -40,6 +42,8 @@ pub struct StepOptions {
     pub allow_retries: bool,
     /// Whether all-reduce waits for [`StepControl::allow_allreduce`] (default false).
     pub require_trigger: bool,
+    /// Where the result goes instead of the averager's own tensors (see [`StepOptions::apply_to`]).
+    target: Option<Target>,
 }
 
 impl Default for StepOptions {
@@ -51,6 +55,7 @@ impl Default for StepOptions {
             timeout: None,
             allow_retries: true,
             require_trigger: false,
+            target: None,
         }
     }
 }
@@ -93,6 +98,21 @@ impl StepOptions {
     pub fn require_trigger(mut self, require: bool) -> Self {
         self.require_trigger = require;
         self
+    }
+
+    /// **\[averager\]** delivers the step's update to `target` instead of the averager's own
+    /// tensors: `target` gets `alpha * (average - local)` for every part that came back
+    /// ([`ResultTarget::apply`]), and the averager's tensors keep the values the all-reduce read
+    /// (the step's inputs). See [`ResultTarget`] for when it is called; a target's error fails the
+    /// step, which is then not retried.
+    pub fn apply_to(mut self, target: Arc<dyn ResultTarget>) -> Self {
+        self.target = Some(Target(target));
+        self
+    }
+
+    /// The target given to [`StepOptions::apply_to`], if any.
+    pub(crate) fn target(&self) -> Option<Arc<dyn ResultTarget>> {
+        self.target.as_ref().map(|t| Arc::clone(&t.0))
     }
 
     /// The msgpack bytes of the gather object, `None` when the user gave none (or it failed to
