@@ -10,7 +10,8 @@ for instance) is killed afterwards. Each command prints JSON result lines on std
 goes to logs/<system>-<peers>-<size>-<compression>.log.
 
 The averager's command is AVERAGER_BENCH_CMD (default: 'cargo run --release --') followed by
-'bench --processes --peers N --floats F --transport grpc --compression C --rounds R --json', run
+'bench --processes --peers N --floats F --transport T --compression C --rounds R --json' (T from
+--transport, default tcp), run
 from the repository root: every peer its own process, as gloo's and hivemind's are. A missing or failing command gives an 'n/a' cell with the reason, never an abort.
 """
 
@@ -38,7 +39,8 @@ def command_for(system, peers, floats, compression, args):
     """The argv that benchmarks `system` on one cell, and the directory to run it in."""
     if system == "averager":
         base = shlex.split(os.environ.get("AVERAGER_BENCH_CMD", DEFAULT_AVERAGER_CMD))
-        rest = ["bench", "--processes", "--peers", str(peers), "--floats", str(floats), "--transport", "grpc"]
+        rest = ["bench", "--processes", "--peers", str(peers), "--floats", str(floats)]
+        rest += ["--transport", args.transport]
         rest += ["--compression", compression, "--rounds", str(args.repeats), "--json"]
         return base + rest, REPO
     script = os.path.join(HERE, f"{system}_bench.py")
@@ -156,6 +158,9 @@ def main():
     parser.add_argument("--size", action="append", default=[], help="floats per peer; default 16M,64M (M = 2**20)")
     parser.add_argument("--compression", action="append", default=[], help="none and/or float16; default both")
     parser.add_argument("--systems", action="append", default=[], help="default averager,gloo,hivemind")
+    parser.add_argument(
+        "--transport", default="tcp", help="the averager's transport (tcp, grpc, quic, libp2p); default tcp"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per cell (after --warmup)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (gloo, hivemind)")
     parser.add_argument("--timeout", type=int, default=0, help="seconds per system and cell; 0 = per-system default")
