@@ -154,6 +154,15 @@ class Worker:
             if report.get("event") == event:
                 return report
 
+    def cpu_seconds(self):
+        """User + system CPU time of the worker so far (`ip netns exec` execs it: same pid)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
     def stop(self):
         try:
             self.send("quit")
@@ -181,16 +190,20 @@ def run_cell(args, net, name, rates, informed, log, system="averager"):
             w.expect("ready", 120)
         rounds = []
         for r in range(1, args.rounds + 1):
+            cpu_before = sum(w.cpu_seconds() for w in workers)
             for w in workers:
                 w.send(f"round {r}")
             reports = [w.expect("round", args.step_timeout + 60) for w in workers]
+            cpu = sum(w.cpu_seconds() for w in workers) - cpu_before
             errors = [rep.get("error") for rep in reports if rep.get("error")]
             allreduce = [rep.get("allreduce_s") for rep in reports]
             step = [(rep.get("matchmaking_s") or 0) + (rep.get("allreduce_s") or 0) for rep in reports]
             rounds.append({
                 "round": r,
                 "allreduce_s": None if errors or None in allreduce else max(allreduce),
+                "peers_allreduce_s": allreduce,
                 "step_s": max(step),
+                "cpu_s": cpu,
                 "errors": errors,
                 "estimates_mb_s": [rep.get("bandwidth_estimate") for rep in reports],
             })
