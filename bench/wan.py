@@ -306,7 +306,7 @@ def print_table(run):
           "| rounds 2+ median (s) | best split / rounds 2+ | every round (s) | step median (s) | CPU s per round |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cell in run["cells"]:
-        best = cell.get("best_split_s", cell["bound_s"])
+        best = cell.get("best_split_s") or best_split_seconds(cell["rates_mbit"], run["bytes_per_peer"])
         times = [r["allreduce_s"] for r in cell["rounds"]]
         later = [t for t in times[1:] if t is not None]
         med = statistics.median(later) if later else None
@@ -316,7 +316,7 @@ def print_table(run):
         fmt = lambda v: "failed" if v is None else f"{v:.2f}"
         ratio = f"{best / med:.0%}" if med else "-"
         print(f"| {cell['system']} | {cell['cell']} | {'/'.join(map(str, cell['rates_mbit']))} | "
-              f"{'told' if cell['informed'] else 'measured'} | {cell['bound_s']:.2f} | {best:.2f} | "
+              f"{'told' if cell['informed'] else 'not given'} | {cell['bound_s']:.2f} | {best:.2f} | "
               f"{fmt(times[0])} | "
               f"{fmt(med)} | {ratio} | {every} | {fmt(statistics.median(steps)) if steps else '-'} | "
               f"{fmt(statistics.median(cpu)) if cpu else '-'} |")
