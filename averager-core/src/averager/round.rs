@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use super::bandwidth::RoundMeter;
 use super::gathered::Gathered;
 use super::report::StepReport;
 use super::step_control::{Stage, StepControl};
@@ -253,13 +254,17 @@ impl Inner {
             reducer_timeout: self.config.effective_reducer_timeout(),
             weight: if self.mode == PeerMode::Aux { 0.0 } else { control.weight() },
         };
+        // [averager] without a configured bandwidth, this all-reduce's streams are measured.
+        let meter = self.config.bandwidth.is_none().then(|| Arc::new(RoundMeter::default()));
         let round = AllReduceRound::new(AllReduceInputs {
             group,
             tensors: Arc::clone(&tensors),
             infos: self.infos.clone(),
             codec: Arc::clone(&self.codec),
             reducer: Arc::clone(&self.reducer),
-            transport: Arc::new(CountingTransport::new(Arc::clone(&self.transport), Arc::clone(tally))),
+            transport: Arc::new(
+                CountingTransport::new(Arc::clone(&self.transport), Arc::clone(tally)).metered(meter.clone()),
+            ),
             registry: self.registry,
             settings,
         });
@@ -290,7 +295,9 @@ impl Inner {
         self.router.unregister(&group_id);
         self.round_tensors.send_replace(None);
         drop(span);
-        let measured = outcome.is_ok() && self.config.bandwidth.is_none();
+        if let (Ok(_), Some(sample)) = (&outcome, meter.as_deref().and_then(RoundMeter::sample)) {
+            self.bandwidth.record(sample);
+        }
         let mut tensors = take_back(tensors);
         let applied = outcome.and_then(|outcome| {
             if !outcome.failed_reducers.is_empty() {
@@ -316,11 +323,6 @@ impl Inner {
         tokio::select! {
             _ = tokio::time::timeout(limit, tally.replies_done()) => {}
             _ = self.shutdown.cancelled() => {}
-        }
-        // **\[averager\]** without a configured bandwidth, the round's traffic (its last replies
-        // included) is this peer's sample for the bandwidth it declares next (`bandwidth.rs`).
-        if measured {
-            self.bandwidth.record(tally.meter().sample());
         }
         Ok(AllReduceFigures {
             seconds,

@@ -6,8 +6,7 @@
 //! counts the parts other members stream to this peer and the replies it streams back (found by
 //! the group id of their first part, see [`RoundTraffic`]). The all-reduce ends when this peer has its own result, while its
 //! reducer may still be streaming the last replies; the round waits for those streams to end
-//! ([`Tally::replies_done`]) before it reads the figures. The same places time every tensor
-//! message into the tally's [`RoundMeter`], for the bandwidth estimate (`bandwidth.rs`).
+//! ([`Tally::replies_done`]) before it reads the figures.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::bandwidth::{Direction, RoundMeter};
+use super::bandwidth::{RoundMeter, metered_requests};
 use crate::error::Result;
 use crate::transport::{
     AveragingClient, AveragingData, AveragingService, DownloadData, DownloadRequest, JoinRequest,
@@ -34,8 +33,6 @@ pub(super) struct Tally {
     last_dialled: Mutex<Option<String>>,
     /// Reply streams this peer serves that have not ended yet.
     open_replies: watch::Sender<usize>,
-    /// The round's tensor messages, timed.
-    meter: RoundMeter,
 }
 
 impl Default for Tally {
@@ -45,7 +42,6 @@ impl Default for Tally {
             received: AtomicU64::new(0),
             last_dialled: Mutex::new(None),
             open_replies: watch::channel(0).0,
-            meter: RoundMeter::default(),
         }
     }
 }
@@ -57,11 +53,6 @@ impl Tally {
 
     pub(super) fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
-    }
-
-    /// The round's timed tensor messages.
-    pub(super) fn meter(&self) -> &RoundMeter {
-        &self.meter
     }
 
     pub(super) fn last_dialled(&self) -> Option<String> {
@@ -134,7 +125,6 @@ impl RoundTraffic {
             }
             if let Some(tally) = call.tally.get() {
                 tally.add_received(message);
-                tally.meter.record(Direction::Down, message);
             }
         });
         (Box::pin(requests), served)
@@ -157,7 +147,6 @@ impl Served {
         Box::pin(replies.inspect(move |item| {
             if let (Ok(message), Some(tally)) = (item, self.tally.get()) {
                 tally.add_sent(message);
-                tally.meter.record(Direction::Up, message);
             }
         }))
     }
@@ -172,16 +161,23 @@ impl Drop for Served {
 }
 
 /// A transport that counts the part and state messages its clients send and receive into a
-/// [`Tally`] (and times the parts and replies); joins are not counted (matchmaking's few bytes
-/// are not the data path).
+/// [`Tally`], and, given a [`RoundMeter`], times its part streams for the bandwidth estimate;
+/// joins are not counted (matchmaking's few bytes are not the data path).
 pub(super) struct CountingTransport {
     inner: Arc<dyn Transport>,
     traffic: Arc<Tally>,
+    meter: Option<Arc<RoundMeter>>,
 }
 
 impl CountingTransport {
     pub(super) fn new(inner: Arc<dyn Transport>, traffic: Arc<Tally>) -> Self {
-        CountingTransport { inner, traffic }
+        CountingTransport { inner, traffic, meter: None }
+    }
+
+    /// Also times the part streams into `meter`.
+    pub(super) fn metered(mut self, meter: Option<Arc<RoundMeter>>) -> Self {
+        self.meter = meter;
+        self
     }
 }
 
@@ -203,13 +199,14 @@ impl Transport for CountingTransport {
         *self.traffic.last_dialled.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(endpoint.to_string());
         let inner = self.inner.connect(endpoint).await?;
-        Ok(Arc::new(CountingClient { inner, traffic: Arc::clone(&self.traffic) }))
+        Ok(Arc::new(CountingClient { inner, traffic: Arc::clone(&self.traffic), meter: self.meter.clone() }))
     }
 }
 
 struct CountingClient {
     inner: Arc<dyn AveragingClient>,
     traffic: Arc<Tally>,
+    meter: Option<Arc<RoundMeter>>,
 }
 
 #[async_trait]
@@ -223,16 +220,16 @@ impl AveragingClient for CountingClient {
         requests: RequestStream<AveragingData>,
     ) -> Result<MessageStream<AveragingData>> {
         let traffic = Arc::clone(&self.traffic);
-        let requests: RequestStream<AveragingData> = Box::pin(requests.inspect(move |message| {
-            traffic.add_sent(message);
-            traffic.meter.record(Direction::Up, message);
-        }));
+        let mut requests: RequestStream<AveragingData> =
+            Box::pin(requests.inspect(move |message| traffic.add_sent(message)));
+        if let Some(meter) = &self.meter {
+            requests = Box::pin(metered_requests(requests, Arc::clone(meter)));
+        }
         let replies = self.inner.rpc_aggregate_part(requests).await?;
         let traffic = Arc::clone(&self.traffic);
         Ok(Box::pin(replies.inspect(move |item| {
             if let Ok(message) = item {
                 traffic.add_received(message);
-                traffic.meter.record(Direction::Down, message);
             }
         })))
     }
