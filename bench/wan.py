@@ -6,7 +6,9 @@ Each cell starts fresh workers (`averager worker`, one per namespace): peer 0 fi
 address the others bootstrap from; then `--rounds` rounds, each one line `round N` to every
 worker and one JSON report back. A round's all-reduce time is the slowest peer's. The bound of a
 cell is 2(N-1)/N * bytes / rate of its slowest link: what equal shares cost when every byte
-crosses that link once each way."""
+crosses that link once each way. The best split of a cell is what the best shares cost on its
+links (load balancing's closed form, protocol 5): on the mix, the slowest peer reduces nothing
+and only sends and receives its own tensor once."""
 
 import argparse
 import json
@@ -24,6 +26,16 @@ BRIDGE = f"{PREFIX}-br"
 HUB = f"{PREFIX}-hub"
 SUBNET = "10.77.0"
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def best_split_seconds(rates_mbit, nbytes):
+    """The all-reduce time of the best shares on these links: the minimum over splits w of the
+    slowest member's (1 + (n - 2) w_i) * bytes / b_i, in closed form."""
+    rates = [r * 1e6 / 8 for r in rates_mbit]
+    n = len(rates)
+    if n < 3:
+        return nbytes / min(rates) if n == 2 else 0.0
+    return max((2 * n - 2) / sum(rates), 1 / min(rates)) * nbytes
 
 
 def run(*cmd, check=True):
@@ -154,6 +166,23 @@ class Worker:
             if report.get("event") == event:
                 return report
 
+    def cpu_seconds(self):
+        """User + system CPU time so far of the worker (`ip netns exec` execs it: same pid) and
+        of its live descendants (hivemind's averager process, DHT and p2pd daemons)."""
+        total, todo = 0.0, [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as f:
+                        todo += [int(c) for c in f.read().split()]
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+
     def stop(self):
         try:
             self.send("quit")
@@ -181,16 +210,20 @@ def run_cell(args, net, name, rates, informed, log, system="averager"):
             w.expect("ready", 120)
         rounds = []
         for r in range(1, args.rounds + 1):
+            cpu_before = sum(w.cpu_seconds() for w in workers)
             for w in workers:
                 w.send(f"round {r}")
             reports = [w.expect("round", args.step_timeout + 60) for w in workers]
+            cpu = sum(w.cpu_seconds() for w in workers) - cpu_before
             errors = [rep.get("error") for rep in reports if rep.get("error")]
             allreduce = [rep.get("allreduce_s") for rep in reports]
             step = [(rep.get("matchmaking_s") or 0) + (rep.get("allreduce_s") or 0) for rep in reports]
             rounds.append({
                 "round": r,
                 "allreduce_s": None if errors or None in allreduce else max(allreduce),
+                "peers_allreduce_s": allreduce,
                 "step_s": max(step),
+                "cpu_s": cpu,
                 "errors": errors,
                 "estimates_mb_s": [rep.get("bandwidth_estimate") for rep in reports],
             })
@@ -203,7 +236,7 @@ def run_cell(args, net, name, rates, informed, log, system="averager"):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--binary", required=True)
+    parser.add_argument("--binary", help="the averager binary (required unless --table)")
     parser.add_argument("--hivemind-python", default="")
     parser.add_argument("--peers", type=int, default=4)
     parser.add_argument("--size", default="16M", help="floats per peer (M = 2**20); 16M = 64 MiB")
@@ -213,7 +246,15 @@ def main():
     parser.add_argument("--step-timeout", type=float, default=300.0)
     parser.add_argument("--cells", default="200,1000,mix,mix-informed")
     parser.add_argument("--out", default=os.path.join(HERE, "wan-results.json"))
+    parser.add_argument("--table", metavar="RESULTS", help="only print the table of a results file")
     args = parser.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            print_table(json.load(f))
+        return
+    if not args.binary:
+        parser.error("--binary is required")
+    load_before = open("/proc/loadavg").read().split()[:3]
     size = args.size.upper()
     args.floats = int(float(size[:-1]) * 2**20) if size.endswith("M") else int(size)
     mix = [50, 100, 200, 400][: args.peers] + [400] * max(0, args.peers - 4)
@@ -235,6 +276,7 @@ def main():
             for name in args.cells.split(","):
                 rates, informed = cells[name]
                 bound = 2 * (args.peers - 1) / args.peers * bytes_per_peer * 8 / (min(rates) * 1e6)
+                best = best_split_seconds(rates, bytes_per_peer)
                 # Both systems on the same links, one after the other.
                 for system in systems:
                     try:
@@ -243,26 +285,41 @@ def main():
                         print(f"wan: {system} {name}: {e}", file=sys.stderr, flush=True)
                         rounds = [{"round": 1, "allreduce_s": None, "step_s": None, "errors": [str(e)]}]
                     results.append({"system": system, "cell": name, "rates_mbit": rates, "informed": informed,
-                                    "bound_s": bound, "rounds": rounds})
+                                    "bound_s": bound, "best_split_s": best, "rounds": rounds})
     finally:
         net.down()
     load = open("/proc/loadavg").read().split()[:3]
+    run = {"peers": args.peers, "bytes_per_peer": bytes_per_peer, "transport": args.transport,
+           "compression": args.compression, "rounds": args.rounds, "load_before": load_before, "load": load,
+           "cells": results}
     with open(args.out, "w") as f:
-        json.dump({"peers": args.peers, "bytes_per_peer": bytes_per_peer, "load": load, "cells": results}, f, indent=1)
-    print(f"{args.peers} peers x {bytes_per_peer / 1e6:.1f} MB, transport {args.transport}, "
-          f"compression {args.compression}, {args.rounds} rounds per cell; load after: {' '.join(load)}")
-    print("| system | cell | links (Mbit/s) | bandwidth | bound (s) | all-reduce round 1 (s) | rounds 2+ median (s) | bound / rounds 2+ | step median (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for cell in results:
+        json.dump(run, f, indent=1)
+    print_table(run)
+
+
+def print_table(run):
+    """The table of a run (as written to the results file)."""
+    print(f"{run['peers']} peers x {run['bytes_per_peer'] / 1e6:.1f} MB, transport {run.get('transport')}, "
+          f"compression {run.get('compression')}, {run.get('rounds')} rounds per cell; load before: "
+          f"{' '.join(run.get('load_before', ['?']))}, after: {' '.join(run['load'])}")
+    print("| system | cell | links (Mbit/s) | bandwidth | bound (s) | best split (s) | all-reduce round 1 (s) "
+          "| rounds 2+ median (s) | best split / rounds 2+ | every round (s) | step median (s) | CPU s per round |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for cell in run["cells"]:
+        best = cell.get("best_split_s") or best_split_seconds(cell["rates_mbit"], run["bytes_per_peer"])
         times = [r["allreduce_s"] for r in cell["rounds"]]
         later = [t for t in times[1:] if t is not None]
         med = statistics.median(later) if later else None
         steps = [r["step_s"] for r in cell["rounds"] if r["step_s"]]
+        cpu = [r["cpu_s"] for r in cell["rounds"] if r.get("cpu_s") is not None]
+        every = " / ".join("failed" if t is None else f"{t:.2f}" for t in times)
         fmt = lambda v: "failed" if v is None else f"{v:.2f}"
-        ratio = f"{cell['bound_s'] / med:.0%}" if med else "-"
+        ratio = f"{best / med:.0%}" if med else "-"
         print(f"| {cell['system']} | {cell['cell']} | {'/'.join(map(str, cell['rates_mbit']))} | "
-              f"{'told' if cell['informed'] else 'measured'} | {cell['bound_s']:.2f} | {fmt(times[0])} | "
-              f"{fmt(med)} | {ratio} | {fmt(statistics.median(steps)) if steps else '-'} |")
+              f"{'told' if cell['informed'] else 'not given'} | {cell['bound_s']:.2f} | {best:.2f} | "
+              f"{fmt(times[0])} | "
+              f"{fmt(med)} | {ratio} | {every} | {fmt(statistics.median(steps)) if steps else '-'} | "
+              f"{fmt(statistics.median(cpu)) if cpu else '-'} |")
 
 
 if __name__ == "__main__":

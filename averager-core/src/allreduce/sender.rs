@@ -61,7 +61,8 @@ pub(crate) struct Sender {
     pub(crate) reducer_timeout: Option<Duration>,
     /// This peer's averaging weight.
     pub(crate) weight: f64,
-    /// Whether this peer has no share: its reducers answer only once its input ended (protocol 4.2).
+    /// Whether this peer has no share: a hivemind reducer answers it only once its input ended
+    /// (protocol 4.2, "delayed results"), so each part it hands over restarts the reply clock.
     pub(crate) delayed: bool,
     /// This peer's own part reducer, which its parts of its own span go into directly.
     pub(crate) own_span: Option<Arc<PartReducer>>,
@@ -199,7 +200,7 @@ impl Sender {
         let client = with_timeout(self.reducer_timeout, dial, "dialing a reducer").await??;
         // Capacity 1 plus the part being encoded: one part of prefetch (protocol 9).
         let (tx, rx) = mpsc::channel(1);
-        let mut producer = AbortOnDrop(tokio::spawn(self.producer(parts).run(tx, encoded)));
+        let _producer = AbortOnDrop(tokio::spawn(self.producer(parts).run(tx, encoded)));
         // How many parts the transport has taken: the reply to a part cannot come before it.
         let (taken_tx, mut taken) = watch::channel(0usize);
         let requests = futures::stream::unfold((rx, taken_tx), |(mut rx, taken_tx)| async move {
@@ -209,13 +210,12 @@ impl Sender {
         });
         let open = client.rpc_aggregate_part(Box::pin(requests));
         let mut replies = with_timeout(self.reducer_timeout, open, "opening a part stream").await??;
+        // **\[averager\]** replies are read while the parts are still going out, also by a peer
+        // with no share (protocol 4.2 has it read them only once everything is sent): on a link
+        // that is slow both ways, sending first and receiving after takes twice as long as doing
+        // both at once. A reducer that delays them anyway (hivemind's) is timed from the last
+        // part handed over, as before.
         let mut clock = ReplyClock::new(self.reducer_timeout, self.sender_timeout);
-        if self.delayed {
-            // Delayed results (protocol 4.2): the reducer answers only after our input ended, so the
-            // reply timeout starts once everything is sent.
-            producer.join().await;
-            clock.reply();
-        }
         let (mut parts_taken, mut counting) = (0usize, true);
         for (k, part) in parts.iter().enumerate() {
             let reply = loop {
@@ -233,7 +233,7 @@ impl Sender {
                     changed = taken.changed(), if counting => {
                         let now = *taken.borrow_and_update();
                         counting = changed.is_ok();
-                        if parts_taken <= k && now > k {
+                        if (parts_taken <= k && now > k) || (self.delayed && now > parts_taken) {
                             clock.part_sent();
                         }
                         parts_taken = now;

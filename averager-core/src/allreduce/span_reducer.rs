@@ -10,6 +10,7 @@
 //! ban, so the other senders are never stalled by it. Every refusal is answered with the code its
 //! error stands for ([`Error::message_code`]).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +42,8 @@ pub(crate) struct SpanReducer {
     group: Arc<AllReduceGroup>,
     /// This peer's parts, in the order senders send them.
     parts: Vec<PlannedPart>,
-    /// Per group position: whether that member's replies are delayed until its input ends
-    /// (a member with no share, protocol 4.2).
+    /// Per group position: whether that member may read its replies only once its input ended
+    /// (a member with no share, protocol 4.2): its replies must never hold up reading its parts.
     delayed: Vec<bool>,
     /// The dtype of every tensor.
     dtypes: Vec<DType>,
@@ -162,7 +163,7 @@ impl SpanReducer {
             }
         };
         let delayed = self.group.position_of(&first.endpoint).is_some_and(|p| self.delayed[p]);
-        let mut buffered = Vec::new();
+        let mut buffered = VecDeque::new();
         // While this stream is served, its sender is told that this reducer is alive (see
         // `progress.rs`), also while its replies are delayed.
         let every = progress_interval(self.sender_timeout, self.reducer_timeout);
@@ -175,7 +176,7 @@ impl SpanReducer {
                 reducer.sender_failed(sender);
             }
             tracing::warn!(sender, error = %e, "sender excluded from the rest of the span");
-            buffered.push(refusal(&e));
+            buffered.push_back(refusal(&e));
         }
         for reply in buffered {
             if tx.send(reply).await.is_err() {
@@ -221,8 +222,13 @@ impl SpanReducer {
         Ok(sender)
     }
 
-    /// Reduces every part of one sender's stream, replying as each completes (or buffering the
-    /// replies of a delayed sender).
+    /// Reduces every part of one sender's stream, replying as each completes.
+    ///
+    /// **\[averager\]** A sender with no share (`delayed`) may read its replies only once it has
+    /// sent everything (protocol 4.2; hivemind's senders do). hivemind's reducer holds all of
+    /// them back until then; here they go out as soon as its reply stream has room, and wait in
+    /// `buffered` (at most one per planned part) while it has none, so a sender that reads as it
+    /// sends (this crate's) gets them at once, and one that does not never stalls its stream.
     async fn reduce_stream(
         &self,
         sender: usize,
@@ -230,7 +236,7 @@ impl SpanReducer {
         mut rest: MessageStream<AveragingData>,
         tx: &mpsc::Sender<AveragingData>,
         delayed: bool,
-        buffered: &mut Vec<AveragingData>,
+        buffered: &mut VecDeque<AveragingData>,
     ) -> Result<()> {
         let expected = self.parts.len();
         let mut buffers = ReplyBuffers::default();
@@ -268,7 +274,19 @@ impl SpanReducer {
             }
             let reply = self.reduce_part(sender, k, message, &mut buffers).await?;
             if delayed {
-                buffered.push(reply);
+                buffered.push_back(reply);
+                while let Some(reply) = buffered.pop_front() {
+                    match tx.try_send(reply) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(reply)) => {
+                            buffered.push_front(reply);
+                            break;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Err(Error::Cancelled("the sender stopped reading".into()));
+                        }
+                    }
+                }
             } else if tx.send(reply).await.is_err() {
                 return Err(Error::Cancelled("the sender stopped reading".into()));
             }

@@ -4,13 +4,6 @@
 /// watchdog, probes, a part producer) end with the round.
 pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
-impl AbortOnDrop {
-    /// Waits for the task to finish.
-    pub(crate) async fn join(&mut self) {
-        let _ = (&mut self.0).await;
-    }
-}
-
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
