@@ -4,19 +4,16 @@
 //! of a unary call (or the end frame of an aggregate call's requests) nothing more may arrive, so
 //! the end of the substream at that point is the caller cancelling.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use averager_core::transport::frame::{
-    FirstRequest, IoStream, Request, read_request, read_unary, refuse, respond,
-};
-use averager_core::transport::{AveragingData, AveragingService, CallContext, MessageStream};
-use averager_core::{Error, Result};
+use averager_core::transport::frame::{FirstRequest, IoStream, read_unary, refuse, respond, serve_aggregate};
+use averager_core::transport::{AveragingService, CallContext};
 use averager_dht::{PeerId, Stream};
 use averager_proto::{DownloadRequest, JoinRequest};
 use futures::AsyncReadExt;
 use futures::io::ReadHalf;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::endpoint::endpoint_of;
 use crate::protocol::Rpc;
@@ -89,36 +86,17 @@ async fn serve_call(rpc: Rpc, peer: PeerId, stream: Stream, serving: Serving) {
             Err(e) => refuse(send, &e, &caller).await,
         },
         Rpc::Aggregate => {
-            let (requests_tx, requests_rx) = mpsc::channel(1);
-            let (failed_tx, failed_rx) = oneshot::channel();
-            let failed = Report(Arc::new(Mutex::new(Some(failed_tx))));
-            let (gone_tx, gone_rx) = oneshot::channel();
-            let reader = Reader { recv, limit, peer: caller.clone(), first };
-            let reading = tokio::spawn(reader.run(requests_tx, failed.clone(), gone_tx));
-            // A request error is reported to the caller when the handler reads it, so the handler
-            // hears of it before the call ends with it.
-            let reported = failed;
-            let requests: MessageStream<AveragingData> =
-                Box::pin(futures::stream::unfold(requests_rx, move |mut rx| {
-                    let reported = reported.clone();
-                    async move {
-                        let item = rx.recv().await?;
-                        if let Err(e) = &item {
-                            reported.send(e.clone());
-                        }
-                        Some((item, rx))
-                    }
-                }));
-            let gone = async move {
-                // Resolves only when the reader saw the caller go; a reader that ended for
-                // another reason leaves the call to its replies.
-                if gone_rx.await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            };
-            let call = service.rpc_aggregate_part(context, requests);
-            respond(send, call, limit, gone, Some(failed_rx), &caller).await;
-            reading.abort();
+            serve_aggregate(
+                &*service,
+                context,
+                recv,
+                send,
+                limit,
+                first,
+                &caller,
+                |recv: IoStream<ReadHalf<Stream>>, caller| caller_gone(recv.0, caller),
+            )
+            .await;
         }
     }
 }
@@ -130,75 +108,5 @@ async fn caller_gone(mut recv: ReadHalf<Stream>, caller: String) {
     match recv.read(&mut byte).await {
         Ok(0) | Err(_) => tracing::debug!(%caller, "the caller went away"),
         Ok(_) => tracing::debug!(%caller, "the caller sent more than its one request; ending the call"),
-    }
-}
-
-/// Where an aggregate call's request error goes, once: to the reply loop, which ends the call
-/// with it (taken by whichever of the reader and the handler's request stream reports first).
-#[derive(Clone)]
-struct Report(Arc<Mutex<Option<oneshot::Sender<Error>>>>);
-
-impl Report {
-    fn send(&self, error: Error) {
-        if let Some(tx) = self.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let _ = tx.send(error);
-        }
-    }
-}
-
-/// The reading half of an aggregate call.
-struct Reader {
-    recv: IoStream<ReadHalf<Stream>>,
-    limit: usize,
-    peer: String,
-    /// When the first request must have arrived.
-    first: FirstRequest,
-}
-
-impl Reader {
-    /// Feeds the handler's request stream until the caller's end frame, then watches for the
-    /// caller going away. An oversize, undecodable or late request ends the request stream with
-    /// that error and is reported on `failed` (when the handler reads it, or at once if the
-    /// handler is not reading), so the caller's reply stream ends with it; a
-    /// substream that closes before the end frame is the caller cancelling (`gone`).
-    async fn run(
-        mut self,
-        requests: mpsc::Sender<Result<AveragingData>>,
-        failed: Report,
-        gone: oneshot::Sender<()>,
-    ) {
-        let mut first = Some(self.first);
-        let error = loop {
-            match read_request(&mut self.recv, self.limit, &mut first, &self.peer).await {
-                Request::Message(message) => {
-                    if requests.send(Ok(message)).await.is_err() {
-                        // The handler stopped reading; its replies decide the rest.
-                        break None;
-                    }
-                }
-                Request::End => {
-                    drop(requests);
-                    caller_gone(self.recv.0, self.peer).await;
-                    let _ = gone.send(());
-                    return;
-                }
-                Request::Closed => {
-                    let _ = requests.try_send(Err(Error::Cancelled(format!("{} went away", self.peer))));
-                    let _ = gone.send(());
-                    return;
-                }
-                Request::Refused(e) => break Some(e),
-                Request::Lost(e) => {
-                    let _ = requests.try_send(Err(e));
-                    let _ = gone.send(());
-                    return;
-                }
-            }
-        };
-        if let Some(error) = error
-            && requests.try_send(Err(error.clone())).is_err()
-        {
-            failed.send(error);
-        }
     }
 }

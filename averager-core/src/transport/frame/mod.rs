@@ -21,6 +21,7 @@
 //! `futures` byte streams, and a transport with a chunked API of its own (QUIC) implements them
 //! directly, so a tensor's buffer goes out and comes in without an extra copy.
 
+mod aggregate;
 mod budget;
 mod encode;
 mod io;
@@ -30,6 +31,7 @@ mod tests;
 
 use bytes::{Bytes, BytesMut};
 
+pub use aggregate::serve_aggregate;
 pub use budget::{Claim, ReadBudget};
 pub use encode::{Outgoing, encode_frame, end_frame, error_frame};
 pub use io::{FrameRead, FrameWrite, IoStream};
