@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use averager_core::transport::frame::{
-    Frame, FrameWrite, IoStream, Outgoing, decode, encode_frame, end_frame, read_frame,
+    Frame, FrameWrite, IoStream, Outgoing, decode, encode_frame, pump_requests, read_frame,
 };
 use averager_core::transport::{AveragingClient, AveragingData, MessageStream, RequestStream};
 use averager_core::{Error, Result};
 use averager_dht::streams::OpenError;
 use averager_dht::{Libp2pNode, Stream};
 use averager_proto::{DownloadData, DownloadRequest, JoinRequest, MessageFromLeader};
+use futures::AsyncReadExt;
 use futures::io::{ReadHalf, WriteHalf};
-use futures::{AsyncReadExt, StreamExt};
 use tokio::sync::oneshot;
 
 use crate::endpoint::Target;
@@ -110,44 +110,6 @@ struct Pump {
     _cancel: oneshot::Sender<()>,
     /// The pump's report of a request over the cap.
     failed: Option<oneshot::Receiver<Error>>,
-}
-
-/// Sends the caller's requests, then the end frame, until cancelled; a request over the cap is
-/// reported on `failed` and ends the pump.
-async fn pump_requests(
-    mut send: IoStream<WriteHalf<Stream>>,
-    mut requests: RequestStream<AveragingData>,
-    limit: usize,
-    peer: String,
-    mut cancel: oneshot::Receiver<()>,
-    failed: oneshot::Sender<Error>,
-) {
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut cancel => return,
-            next = requests.next() => next,
-        };
-        let Some(message) = next else {
-            drop(requests);
-            let _ = send.write_chunks(vec![end_frame()], &peer).await;
-            // Keep the write half until the call ends: see `Libp2pClient::unary`.
-            let _ = cancel.await;
-            return;
-        };
-        let chunks = match encode_frame(message, limit) {
-            Ok(chunks) => chunks,
-            Err(e) => {
-                let _ = failed.send(e);
-                return;
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = &mut cancel => return,
-            written = send.write_chunks(chunks, &peer) => if written.is_err() { return },
-        }
-    }
 }
 
 /// The caller's reply stream: frames read from `recv` until the server's end frame, an error

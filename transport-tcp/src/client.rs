@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use averager_core::transport::frame::{
-    Frame, FrameWrite, Outgoing, ReadBudget, decode, encode_frame, end_frame, read_frame,
+    Frame, FrameWrite, Outgoing, ReadBudget, decode, encode_frame, pump_requests, read_frame,
 };
 use averager_core::transport::{
     AveragingClient, AveragingData, DownloadData, DownloadRequest, JoinRequest, MessageFromLeader,
@@ -16,7 +16,6 @@ use averager_core::transport::{
 };
 use averager_core::{Error, Result};
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -155,44 +154,6 @@ struct Pump {
     _cancel: oneshot::Sender<()>,
     /// The pump's report of a request over the cap.
     failed: Option<oneshot::Receiver<Error>>,
-}
-
-/// Sends the caller's requests, then the end frame, until cancelled; a request over the cap is
-/// reported on `failed` and ends the pump.
-async fn pump_requests(
-    mut send: Send,
-    mut requests: RequestStream<AveragingData>,
-    limit: usize,
-    peer: String,
-    mut cancel: oneshot::Receiver<()>,
-    failed: oneshot::Sender<Error>,
-) {
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut cancel => return,
-            next = requests.next() => next,
-        };
-        let Some(message) = next else {
-            drop(requests);
-            let _ = send.write_chunks(vec![end_frame()], &peer).await;
-            // Keep the write half until the call ends: see `TcpClient::unary`.
-            let _ = cancel.await;
-            return;
-        };
-        let chunks = match encode_frame(message, limit) {
-            Ok(chunks) => chunks,
-            Err(e) => {
-                let _ = failed.send(e);
-                return;
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = &mut cancel => return,
-            written = send.write_chunks(chunks, &peer) => if written.is_err() { return },
-        }
-    }
 }
 
 /// The caller's reply stream: frames read from `recv` until the server's end frame, an error

@@ -25,6 +25,7 @@ mod aggregate;
 mod budget;
 mod encode;
 mod io;
+mod pump;
 mod serve;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ pub use aggregate::serve_aggregate;
 pub use budget::{Claim, ReadBudget};
 pub use encode::{Outgoing, encode_frame, end_frame, error_frame};
 pub use io::{FrameRead, FrameWrite, IoStream};
+pub use pump::pump_requests;
 pub use serve::{
     FirstRequest, ReplySink, Request, read_request, read_unary, refuse, request_failure, respond,
 };
