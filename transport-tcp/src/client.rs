@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use averager_core::transport::frame::{
-    Frame, FrameWrite, Outgoing, ReadBudget, decode, encode_frame, pump_requests, read_frame,
+    FrameWrite, Hold, Outgoing, Pump, ReadBudget, encode_frame, pump_requests, reply_stream,
 };
 use averager_core::transport::{
     AveragingClient, AveragingData, DownloadData, DownloadRequest, JoinRequest, MessageFromLeader,
@@ -112,7 +112,7 @@ impl TcpClient {
         let (recv, send) = self.open(method, chunks).await?;
         // The write half stays open: its close would read, on the server, as the caller going
         // away. It is dropped with the reply stream.
-        Ok(response_stream(recv, self.limit, self.endpoint.clone(), Hold::Unary { _send: send }))
+        Ok(reply_stream(recv, self.limit, self.endpoint.clone(), Hold::Unary(send), CLOSED))
     }
 }
 
@@ -130,8 +130,8 @@ impl AveragingClient for TcpClient {
         let (cancel, cancelled) = oneshot::channel();
         let (failed_tx, failed) = oneshot::channel();
         tokio::spawn(pump_requests(send, requests, self.limit, self.endpoint.clone(), cancelled, failed_tx));
-        let pump = Pump { _cancel: cancel, failed: Some(failed) };
-        Ok(response_stream(recv, self.limit, self.endpoint.clone(), Hold::Pump(pump)))
+        let pump = Pump::new(cancel, failed);
+        Ok(reply_stream(recv, self.limit, self.endpoint.clone(), Hold::<()>::Pump(pump), CLOSED))
     }
 
     async fn rpc_download_state(&self, request: DownloadRequest) -> Result<MessageStream<DownloadData>> {
@@ -139,77 +139,8 @@ impl AveragingClient for TcpClient {
     }
 }
 
-/// What a reply stream keeps alive besides its read half.
-enum Hold {
-    /// A unary call's write half, held only to keep the caller's side open.
-    Unary { _send: Send },
-    /// The task sending an aggregate call's requests.
-    Pump(Pump),
-}
-
-/// The link from a reply stream to its request pump.
-struct Pump {
-    /// Dropped with the reply stream (or at its end): the pump drops the caller's request stream
-    /// and its write half.
-    _cancel: oneshot::Sender<()>,
-    /// The pump's report of a request over the cap.
-    failed: Option<oneshot::Receiver<Error>>,
-}
-
-/// The caller's reply stream: frames read from `recv` until the server's end frame, an error
-/// frame, or a failure. Dropping it closes the connection (the server drops the handler) and
-/// cancels the request pump.
-fn response_stream<R: prost::Message + Default + 'static>(
-    recv: Recv,
-    limit: usize,
-    peer: String,
-    hold: Hold,
-) -> MessageStream<R> {
-    struct State {
-        recv: Recv,
-        limit: usize,
-        peer: String,
-        hold: Hold,
-    }
-    async fn pump_failure(hold: &mut Hold) -> Error {
-        if let Hold::Pump(pump) = hold
-            && let Some(rx) = pump.failed.as_mut()
-        {
-            let received = rx.await;
-            pump.failed = None;
-            if let Ok(e) = received {
-                return e;
-            }
-        }
-        std::future::pending().await
-    }
-    let state = State { recv, limit, peer, hold };
-    Box::pin(futures::stream::unfold(Some(state), |state| async move {
-        let mut state = state?;
-        let read = tokio::select! {
-            biased;
-            e = pump_failure(&mut state.hold) => Err(e),
-            read = read_frame(&mut state.recv, state.limit, true, &state.peer) => read,
-        };
-        match read {
-            Ok(Frame::Message(bytes)) => match decode::<R>(bytes, &state.peer) {
-                Ok(message) => Some((Ok(message), Some(state))),
-                Err(e) => Some((Err(e), None)),
-            },
-            Ok(Frame::End) => None,
-            Ok(Frame::Closed) => Some((
-                Err(Error::Unreachable {
-                    endpoint: state.peer.clone(),
-                    reason: "the connection closed before the call ended (the peer stopped serving \
-                             or went away)"
-                        .into(),
-                }),
-                None,
-            )),
-            Ok(Frame::Failure(e)) | Err(e) => Some((Err(e), None)),
-        }
-    }))
-}
+/// What a reply stream's error says when the stream closes before the call ended.
+const CLOSED: &str = "the connection closed before the call ended (the peer stopped serving or went away)";
 
 #[cfg(test)]
 mod tests {

@@ -36,7 +36,7 @@ pub use aggregate::serve_aggregate;
 pub use budget::{Claim, ReadBudget};
 pub use encode::{Outgoing, encode_frame, end_frame, error_frame};
 pub use io::{FrameRead, FrameWrite, IoStream};
-pub use pump::pump_requests;
+pub use pump::{Hold, Pump, pump_requests, reply_stream};
 pub use serve::{
     FirstRequest, ReplySink, Request, read_request, read_unary, refuse, request_failure, respond,
 };
