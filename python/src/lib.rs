@@ -1,9 +1,9 @@
 //! `averager._native`: the Rust half of the Python package `averager`.
 //!
 //! The Python half (`pysrc/averager/`) holds the user-facing classes with hivemind's names and
-//! defaults; this module gives it a Kademlia node ([`dht::NativeDht`]), an averager on the gRPC
-//! transport ([`averager::NativeAverager`]) and the handle of a running step
-//! ([`control::NativeControl`]). Tensors cross the boundary as raw pointers to the user's own
+//! defaults; this module gives it a Kademlia node (`dht::NativeDht`), an averager on the gRPC
+//! transport (`averager::NativeAverager`) and the handle of a running step
+//! (`control::NativeControl`). Tensors cross the boundary as raw pointers to the user's own
 //! contiguous buffers (numpy's `__array_interface__`, torch's `data_ptr()`): a step's inputs are
 //! copied in with one `memcpy` per tensor, and its result is written back by the core itself
 //! (`target.rs`); the GIL is released whenever Rust waits.
