@@ -143,10 +143,7 @@ impl Deltas {
                     continue;
                 };
                 let index = span.first + k;
-                let part = plan
-                    .parts()
-                    .get(index)
-                    .ok_or_else(|| Error::Internal(format!("no part {index} in the plan")))?;
+                let part = planned(plan, index)?;
                 let tensor = tensors
                     .get(part.tensor)
                     .ok_or_else(|| Error::Tensor(format!("no tensor {} for part {index}", part.tensor)))?;
@@ -170,10 +167,7 @@ impl Deltas {
     /// then, because every delta is checked first.
     pub(crate) fn apply(&self, plan: &PartitionPlan, tensors: &mut [Tensor], alpha: f64) -> Result<()> {
         for (index, update) in self.received() {
-            let part = plan
-                .parts()
-                .get(index)
-                .ok_or_else(|| Error::Internal(format!("no part {index} in the plan")))?;
+            let part = planned(plan, index)?;
             let tensor = tensors
                 .get(part.tensor)
                 .ok_or_else(|| Error::Tensor(format!("no tensor {} to apply a delta to", part.tensor)))?;
@@ -223,10 +217,7 @@ impl Deltas {
                         "part {index} is an average, not a delta: call take_differences first"
                     )));
                 };
-                let part = plan
-                    .parts()
-                    .get(index)
-                    .ok_or_else(|| Error::Internal(format!("no part {index} in the plan")))?;
+                let part = planned(plan, index)?;
                 if delta.len() != part.range.len() {
                     return Err(Error::Tensor(format!(
                         "delta of {} x {} does not fit part {:?}",
@@ -390,6 +381,11 @@ impl SpanDeltas {
             Some((self.first + k, update))
         })
     }
+}
+
+/// Part `index` of `plan`.
+fn planned(plan: &PartitionPlan, index: usize) -> Result<&PlannedPart> {
+    plan.parts().get(index).ok_or_else(|| Error::Internal(format!("no part {index} in the plan")))
 }
 
 /// Checks that `delta` has the length and dtype of the part in `slot`.
