@@ -2,6 +2,7 @@
 
 // The engine: crate-private, driven by the `Averager`.
 pub(crate) mod allreduce;
+pub(crate) mod buffer_pool;
 pub(crate) mod matchmaking;
 
 pub mod averager;

@@ -369,9 +369,17 @@ impl SpanReducer {
 struct ReplyBuffers {
     /// The delta of the part being answered.
     delta: Vec<f32>,
-    /// Its encoding; each reply takes the bytes, and the allocation is reused once the transport
-    /// has let go of the previous reply.
-    bytes: BytesMut,
+}
+
+/// A buffer for the encoding of `numel` f32 values by `codec`, from the process's pool (see
+/// `buffer_pool.rs`): it goes back there once the transport has let go of the reply, for a
+/// later one, however many replies are queued meanwhile.
+fn reply_buffer(codec: &dyn Compression, info: &CompressionInfo, numel: usize) -> BytesMut {
+    let ratio = codec.estimate_compression_ratio(info);
+    let ratio = if ratio.is_finite() && ratio > 0.0 { ratio.min(1.0) } else { 1.0 };
+    // A little headroom for the codec's own header, so the estimate rarely has to grow.
+    let estimate = (numel as f64 * 4.0 * ratio) as usize + 1024;
+    crate::buffer_pool::take(estimate)
 }
 
 impl ReplyBuffers {
@@ -386,7 +394,7 @@ impl ReplyBuffers {
     ) -> Result<WireTensor> {
         let (_, numel) = wire_shape(codec.name(), part)?;
         self.delta.clear();
-        self.bytes.clear();
+        let mut bytes = reply_buffer(codec, info, numel);
         match outcome {
             PartOutcome::Reduced(average) => {
                 let average = average.as_f32().map_err(internal)?;
@@ -397,9 +405,9 @@ impl ReplyBuffers {
                     )));
                 }
                 // A codec with a fused form subtracts and encodes in one pass.
-                if let Some(encoded) = codec.encode_difference_into(average, part, info, &mut self.bytes) {
+                if let Some(encoded) = codec.encode_difference_into(average, part, info, &mut bytes) {
                     let mut encoded = encoded?;
-                    encoded.buffer = self.bytes.split().freeze();
+                    encoded.buffer = crate::buffer_pool::share(bytes);
                     return Ok(encoded);
                 }
                 self.delta.extend_from_slice(average);
@@ -411,8 +419,8 @@ impl ReplyBuffers {
         let delta = TensorView::new(vec![numel], TensorSlice::F32(&self.delta))?;
         // Encoding this side's own delta is not the sender's fault.
         let mut encoded =
-            codec.encode_into(&delta, info, &mut self.bytes).map_err(|e| Error::Internal(e.to_string()))?;
-        encoded.buffer = self.bytes.split().freeze();
+            codec.encode_into(&delta, info, &mut bytes).map_err(|e| Error::Internal(e.to_string()))?;
+        encoded.buffer = crate::buffer_pool::share(bytes);
         Ok(encoded)
     }
 }

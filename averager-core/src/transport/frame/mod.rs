@@ -129,7 +129,10 @@ async fn read_exact<R: FrameRead>(recv: &mut R, n: usize, what: &str, peer: &str
     // Held until the frame has arrived (or failed): only bytes not yet here count against the
     // budget, since what arrived is the same memory however the buffer was grown.
     let claim = if n > INITIAL_MESSAGE_CAPACITY { recv.claim(n) } else { None };
-    let mut buf = BytesMut::with_capacity(if claim.is_some() { n } else { n.min(INITIAL_MESSAGE_CAPACITY) });
+    let mut buf = match claim {
+        Some(_) => crate::buffer_pool::take(n),
+        None => BytesMut::with_capacity(n.min(INITIAL_MESSAGE_CAPACITY)),
+    };
     while buf.len() < n {
         if buf.len() == buf.capacity() {
             let target = (buf.capacity() * 2).min(n);
@@ -146,7 +149,8 @@ async fn read_exact<R: FrameRead>(recv: &mut R, n: usize, what: &str, peer: &str
             )));
         }
     }
-    Ok(Some(buf.freeze()))
+    // Its memory is reused for a later frame once the message read from it is dropped.
+    Ok(Some(crate::buffer_pool::share(buf)))
 }
 
 async fn read_error_frame<R: FrameRead>(recv: &mut R, peer: &str) -> Result<Error> {
