@@ -224,17 +224,43 @@ fn a_reply_that_cannot_be_decoded_keeps_its_part_local() {
     let layouts = [TensorLayout { numel: 12, bytes_per_value: 4.0 }];
     let plan = PartitionPlan::new(&layouts, &[1.0], 16).unwrap();
     assert_eq!(plan.parts_of(0).len(), 3);
-    let mut span = SpanDeltas::new(0, plan.parts_of(0), &[DType::F32], &Default::default()).unwrap();
-    span.decode(0, &NoCompression, &encoded(&[1.0; 4])).unwrap();
-    assert!(span.decode(1, &NoCompression, &truncated(&[1.0; 4])).is_err());
-    span.decode(2, &NoCompression, &encoded(&[2.0; 4])).unwrap();
-    assert!(span.has_delta(0) && !span.has_delta(1) && span.has_delta(2));
+    let codec: Arc<dyn Compression> = Arc::new(NoCompression);
+    // Decoded on arrival, the bad reply fails there; kept encoded, it fails when applied.
+    for keep_encoded in [false, true] {
+        let mut span = SpanDeltas::new(0, plan.parts_of(0), &[DType::F32], &Default::default()).unwrap();
+        span.decode(0, &codec, encoded(&[1.0; 4]), keep_encoded).unwrap();
+        let bad = span.decode(1, &codec, truncated(&[1.0; 4]), keep_encoded);
+        assert_eq!(bad.is_err(), !keep_encoded);
+        span.decode(2, &codec, encoded(&[2.0; 4]), keep_encoded).unwrap();
+        assert!(span.has_delta(0) && span.has_delta(1) == keep_encoded && span.has_delta(2));
+        let mut deltas = Deltas::new(plan.parts().len());
+        deltas.add(span).unwrap();
+        let mut tensors = vec![Tensor::from_f32(vec![12], vec![10.0; 12]).unwrap()];
+        deltas.apply(&plan, &mut tensors, 0.5).unwrap();
+        let want: Vec<f32> = [[10.5; 4], [10.0; 4], [11.0; 4]].concat();
+        assert_eq!(tensors[0].as_f32().unwrap(), want.as_slice(), "keep_encoded {keep_encoded}");
+    }
+}
+
+#[test]
+fn replies_kept_encoded_become_deltas_for_a_result_target() {
+    let layouts = [TensorLayout { numel: 8, bytes_per_value: 4.0 }];
+    let plan = PartitionPlan::new(&layouts, &[1.0], 16).unwrap();
+    let codec: Arc<dyn Compression> = Arc::new(NoCompression);
+    let pool = Default::default();
+    let mut span = SpanDeltas::new(0, plan.parts_of(0), &[DType::F32], &pool).unwrap();
+    span.decode(0, &codec, encoded(&[1.5; 4]), true).unwrap();
+    span.decode(1, &codec, truncated(&[1.0; 4]), true).unwrap();
     let mut deltas = Deltas::new(plan.parts().len());
     deltas.add(span).unwrap();
-    let mut tensors = vec![Tensor::from_f32(vec![12], vec![10.0; 12]).unwrap()];
-    deltas.apply(&plan, &mut tensors, 0.5).unwrap();
-    let want: Vec<f32> = [[10.5; 4], [10.0; 4], [11.0; 4]].concat();
-    assert_eq!(tensors[0].as_f32().unwrap(), want.as_slice());
+    let tensors = vec![Tensor::from_f32(vec![8], vec![0.0; 8]).unwrap()];
+    // Kept encoded, a reply is no delta yet.
+    assert!(deltas.update_parts(&plan).is_err());
+    deltas.take_differences(&plan, &tensors).unwrap();
+    let parts = deltas.update_parts(&plan).unwrap();
+    assert_eq!(parts.len(), 1, "the undecodable reply is dropped");
+    assert_eq!((parts[0].tensor, parts[0].offset), (0, 0));
+    assert_eq!(parts[0].delta, TensorSlice::F32(&[1.5; 4]));
 }
 
 #[test]

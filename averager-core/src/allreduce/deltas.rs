@@ -1,11 +1,17 @@
 //! protocol 4.4 and 4.8: the deltas a sender collects (`average - local` per part) and their
 //! application.
 //!
-//! The deltas of one reducer's span ([`SpanDeltas`]) go into one buffer, allocated once when the
-//! exchange with that reducer starts: each reply of an f32 part is decoded straight into its
-//! place there, so a sender holds at most one tensor's worth of deltas, never a buffer per part.
-//! The span this peer reduces itself has no buffer at all: its parts' averages are kept, and
-//! each delta is taken against the tensor as it is applied.
+//! A reply to an f32 part is kept as it came (its header checked): [`Deltas::apply`] decodes it
+//! straight into the tensor, `tensor += alpha * delta` in the one pass
+//! ([`Compression::decode_add_into`]), so no buffer holds the decoded deltas and no pass fills
+//! one; an encoded reply is also smaller than its f32 delta when the codec compresses. A sender
+//! that needs the deltas themselves (for a result target) decodes each reply on arrival instead,
+//! into one buffer per reducer's span, taken when its first delta is written. The span this peer
+//! reduces itself has no buffer at all: its parts' averages are kept, and each delta is taken
+//! against the tensor as it is applied.
+//!
+//! **\[averager\]** a reply kept encoded whose body then turns out undecodable (its header was
+//! fine) leaves its part at the local values, as if its reducer had failed, and is logged.
 //!
 //! **\[averager\]** all deltas are applied together after the all-reduce, never tensor by tensor
 //! while it runs, so a failure midway cannot leave a half-updated set of tensors.
@@ -35,9 +41,14 @@ pub(crate) struct SpanDeltas {
     /// Plan index of the span's first part.
     first: usize,
     slots: Vec<Slot>,
-    /// The deltas of the span's f32 parts, back to back (unspecified until a reply fills them
-    /// in: only parts marked [`Received::InValues`] are read).
+    /// The deltas of the span's f32 parts decoded, back to back (unspecified until a reply
+    /// fills them in: only parts marked [`Received::InValues`] are read); empty until the first
+    /// is written.
     values: Scratch,
+    /// The length `values` takes.
+    f32_len: usize,
+    /// Where `values` comes from (`None`: a plain allocation).
+    pool: Option<Arc<ScratchPool>>,
 }
 
 /// Where one part's delta is.
@@ -55,6 +66,11 @@ enum Received {
     Nothing,
     /// In [`SpanDeltas::values`].
     InValues,
+    /// An f32 reply as it came, header checked, decoded when applied.
+    Encoded {
+        message: WireTensor,
+        codec: Arc<dyn Compression>,
+    },
     /// A part of another dtype, or one given whole.
     Owned(TensorData),
     /// The f32 average of a part this peer reduced itself. Its delta, `average - local`, is
@@ -69,6 +85,8 @@ enum Update<'a> {
     Delta(TensorSlice<'a>),
     /// `tensor += alpha * (average - tensor)`, in f32.
     Average(&'a [f32]),
+    /// `tensor += alpha * decoded`, in f32, for a reply of `len` values.
+    Encoded { message: &'a WireTensor, codec: &'a dyn Compression, len: usize },
 }
 
 impl Update<'_> {
@@ -76,13 +94,14 @@ impl Update<'_> {
         match self {
             Update::Delta(delta) => delta.len(),
             Update::Average(average) => average.len(),
+            Update::Encoded { len, .. } => *len,
         }
     }
 
     fn dtype(&self) -> DType {
         match self {
             Update::Delta(delta) => delta.dtype(),
-            Update::Average(_) => DType::F32,
+            Update::Average(_) | Update::Encoded { .. } => DType::F32,
         }
     }
 }
@@ -116,7 +135,13 @@ impl Deltas {
     /// [`Error::Internal`] for an index outside the plan.
     #[cfg(test)]
     pub(crate) fn set(&mut self, index: usize, delta: TensorData) -> Result<()> {
-        let mut span = SpanDeltas { first: index, slots: Vec::new(), values: Scratch::default() };
+        let mut span = SpanDeltas {
+            first: index,
+            slots: Vec::new(),
+            values: Scratch::default(),
+            f32_len: 0,
+            pool: None,
+        };
         span.slots.push(Slot {
             len: delta.len(),
             dtype: delta.dtype(),
@@ -128,14 +153,17 @@ impl Deltas {
     }
 
     /// Turns the averages of this peer's own span into deltas, `average - local` with `local`
-    /// from `tensors` (the round's inputs, unchanged), for a caller that needs every update as a
-    /// delta ([`Deltas::update_parts`]). This costs the buffer the own span otherwise does without.
+    /// from `tensors` (the round's inputs, unchanged), and decodes the replies kept encoded, for a
+    /// caller that needs every update as a delta ([`Deltas::update_parts`]). This costs the
+    /// buffers the spans otherwise do without. A reply that does not decode is dropped (its part
+    /// keeps its local values).
     ///
     /// # Errors
     /// [`Error::Internal`] for a part outside the plan; [`Error::Tensor`] when a tensor does not
     /// hold its part.
     pub(crate) fn take_differences(&mut self, plan: &PartitionPlan, tensors: &[Tensor]) -> Result<()> {
         for span in &mut self.spans {
+            span.decode_kept()?;
             for (k, slot) in span.slots.iter_mut().enumerate() {
                 let Received::Average(outcome) = &slot.received else { continue };
                 let PartOutcome::Reduced(average) = outcome.as_ref() else {
@@ -186,6 +214,14 @@ impl Deltas {
             let tensor = &mut tensors[part.tensor];
             match update {
                 Update::Delta(delta) => tensor.data_mut().add_scaled_at(part.range.start, delta, alpha)?,
+                Update::Encoded { message, codec, .. } => {
+                    let local = &mut tensor.as_f32_mut()?[part.range.clone()];
+                    // The same f32 arithmetic as a delta decoded first and added after; on an
+                    // error nothing was added.
+                    if let Err(error) = codec.decode_add_into(message, alpha as f32, local) {
+                        tracing::warn!(part = index, %error, "a reply does not decode; its part keeps local values");
+                    }
+                }
                 Update::Average(average) => {
                     let a32 = alpha as f32;
                     let local = &mut tensor.as_f32_mut()?[part.range.clone()];
@@ -240,13 +276,13 @@ impl SpanDeltas {
     /// # Errors
     /// As [`SpanDeltas::new`].
     pub(crate) fn for_own_span(first: usize, parts: &[PlannedPart], dtypes: &[DType]) -> Result<Self> {
-        let (slots, _) = Self::slots(parts, dtypes)?;
-        Ok(SpanDeltas { first, slots, values: Scratch::default() })
+        let (slots, f32_len) = Self::slots(parts, dtypes)?;
+        Ok(SpanDeltas { first, slots, values: Scratch::default(), f32_len, pool: None })
     }
 
     /// Room for the deltas of `parts`, plan parts `first..` of one span, whose tensors have
-    /// `dtypes`. The f32 buffer comes from `pool` (see `scratch.rs`) and goes back to it when
-    /// the deltas are dropped.
+    /// `dtypes`. An f32 buffer, if one is needed, comes from `pool` (see `scratch.rs`) and goes
+    /// back to it when the deltas are dropped.
     ///
     /// # Errors
     /// [`Error::Internal`] when a part names a tensor without a dtype.
@@ -257,7 +293,7 @@ impl SpanDeltas {
         pool: &Arc<ScratchPool>,
     ) -> Result<Self> {
         let (slots, f32_len) = Self::slots(parts, dtypes)?;
-        Ok(SpanDeltas { first, slots, values: ScratchPool::take(pool, f32_len) })
+        Ok(SpanDeltas { first, slots, values: Scratch::default(), f32_len, pool: Some(Arc::clone(pool)) })
     }
 
     /// The slots of `parts`, with each f32 part's offset in a buffer of all of them, and that
@@ -278,23 +314,67 @@ impl SpanDeltas {
         Ok((slots, f32_len))
     }
 
-    /// Decodes the delta of the span's part `k` from a reply `message`, encoded by `codec`,
-    /// straight into its place in the span's buffer (f32 parts; others decode into a tensor).
+    /// Takes the reply `message`, encoded by `codec`, as the delta of the span's part `k`: an
+    /// f32 one kept as it is when `keep_encoded` (its header must match the part: the caller
+    /// checked it), else decoded straight into its place in the span's buffer; other dtypes
+    /// decode into a tensor.
     ///
     /// # Errors
     /// The codec's error; [`Error::Internal`] for a part outside the span. A part whose decode
     /// fails has no delta, and so keeps its local values.
-    pub(crate) fn decode(&mut self, k: usize, codec: &dyn Compression, message: &WireTensor) -> Result<()> {
-        let slot =
-            self.slots.get_mut(k).ok_or_else(|| Error::Internal(format!("no part {k} in the span")))?;
-        slot.received = Received::Nothing;
-        if slot.dtype == DType::F32 {
-            codec.decode_into(message, &mut self.values[slot.offset..slot.offset + slot.len])?;
-            slot.received = Received::InValues;
+    pub(crate) fn decode(
+        &mut self,
+        k: usize,
+        codec: &Arc<dyn Compression>,
+        message: WireTensor,
+        keep_encoded: bool,
+    ) -> Result<()> {
+        let slot = self.slots.get(k).ok_or_else(|| Error::Internal(format!("no part {k} in the span")))?;
+        let (dtype, range) = (slot.dtype, slot.offset..slot.offset + slot.len);
+        self.slots[k].received = Received::Nothing;
+        let received = if dtype == DType::F32 && keep_encoded {
+            Received::Encoded { message, codec: Arc::clone(codec) }
+        } else if dtype == DType::F32 {
+            codec.decode_into(&message, &mut self.values_mut()?[range])?;
+            Received::InValues
         } else {
-            let delta = codec.extract(message)?.into_parts().1;
-            check_fits(&delta.as_slice(), slot)?;
-            slot.received = Received::Owned(delta);
+            let delta = codec.extract(&message)?.into_parts().1;
+            check_fits(&delta.as_slice(), &self.slots[k])?;
+            Received::Owned(delta)
+        };
+        self.slots[k].received = received;
+        Ok(())
+    }
+
+    /// The span's f32 delta buffer, taken when first needed.
+    fn values_mut(&mut self) -> Result<&mut [f32]> {
+        if self.values.len() != self.f32_len {
+            self.values = match &self.pool {
+                Some(pool) => ScratchPool::take(pool, self.f32_len),
+                None => Scratch::zeroed(self.f32_len),
+            };
+        }
+        Ok(&mut self.values)
+    }
+
+    /// Decodes every reply kept encoded into the span's buffer; one that does not decode is
+    /// dropped (its part keeps local values).
+    fn decode_kept(&mut self) -> Result<()> {
+        for k in 0..self.slots.len() {
+            let slot = &mut self.slots[k];
+            let Received::Encoded { .. } = slot.received else { continue };
+            let Received::Encoded { message, codec } =
+                std::mem::replace(&mut slot.received, Received::Nothing)
+            else {
+                continue;
+            };
+            let range = slot.offset..slot.offset + slot.len;
+            match codec.decode_into(&message, &mut self.values_mut()?[range]) {
+                Ok(()) => self.slots[k].received = Received::InValues,
+                Err(error) => {
+                    tracing::warn!(part = self.first + k, %error, "a reply does not decode; its part keeps local values");
+                }
+            }
         }
         Ok(())
     }
@@ -333,19 +413,19 @@ impl SpanDeltas {
         average: TensorSlice<'_>,
         local: TensorSlice<'_>,
     ) -> Result<()> {
-        let slot =
-            self.slots.get_mut(k).ok_or_else(|| Error::Internal(format!("no part {k} in the span")))?;
+        let slot = self.slots.get(k).ok_or_else(|| Error::Internal(format!("no part {k} in the span")))?;
         check_fits(&average, slot)?;
         check_fits(&local, slot)?;
-        if let (TensorSlice::F32(a), TensorSlice::F32(l)) = (average, local) {
-            let out = &mut self.values[slot.offset..slot.offset + slot.len];
+        let range = slot.offset..slot.offset + slot.len;
+        self.slots[k].received = if let (TensorSlice::F32(a), TensorSlice::F32(l)) = (average, local) {
+            let out = &mut self.values_mut()?[range];
             for ((o, a), l) in out.iter_mut().zip(a).zip(l) {
                 *o = a - l;
             }
-            slot.received = Received::InValues;
+            Received::InValues
         } else {
-            slot.received = Received::Owned(average.difference(local)?);
-        }
+            Received::Owned(average.difference(local)?)
+        };
         Ok(())
     }
 
@@ -373,6 +453,9 @@ impl SpanDeltas {
                     Update::Delta(TensorSlice::F32(&self.values[slot.offset..slot.offset + slot.len]))
                 }
                 Received::Owned(data) => Update::Delta(data.as_slice()),
+                Received::Encoded { message, codec } => {
+                    Update::Encoded { message, codec: codec.as_ref(), len: slot.len }
+                }
                 Received::Average(outcome) => match outcome.as_ref() {
                     PartOutcome::Reduced(average) => Update::Average(average.as_f32().ok()?),
                     PartOutcome::KeepLocal => return None,

@@ -8,6 +8,7 @@
 //! through [`crate::plan`], and the part reducer every reducer runs under through
 //! [`crate::reduce`].
 
+mod borrowed_part;
 mod deltas;
 mod group;
 mod load_balancing;

@@ -191,6 +191,7 @@ impl AllReduceRound {
             own_span: part_reducer,
             membership: Arc::clone(&membership),
             scratch: Arc::default(),
+            keep_encoded: true,
         };
         Ok(AllReduceRound { group, plan, transport, settings, membership, span, sender, cancel })
     }
@@ -199,6 +200,14 @@ impl AllReduceRound {
     /// of a pool of the round's own: an averager passes the pool it keeps between rounds.
     pub(crate) fn keep_buffers_in(mut self, pool: Arc<ScratchPool>) -> Self {
         self.sender.scratch = pool;
+        self
+    }
+
+    /// Decodes every reply on arrival instead of keeping it encoded until it is applied: for a
+    /// caller that takes the deltas themselves (`Deltas::update_parts`), which the decoding then
+    /// overlaps with the exchange.
+    pub(crate) fn decode_replies_on_arrival(mut self) -> Self {
+        self.sender.keep_encoded = false;
         self
     }
 

@@ -77,6 +77,13 @@ pub(crate) struct Scratch {
     pool: Option<Arc<ScratchPool>>,
 }
 
+impl Scratch {
+    /// A buffer of `len` zeros that belongs to no pool.
+    pub(crate) fn zeroed(len: usize) -> Self {
+        Scratch { values: vec![0.0; len], pool: None }
+    }
+}
+
 impl Deref for Scratch {
     type Target = [f32];
 

@@ -19,6 +19,7 @@ use futures::StreamExt;
 use futures::future::join_all;
 use tokio::sync::{mpsc, watch};
 
+use super::borrowed_part::borrowed_part;
 use super::deltas::{Deltas, SpanDeltas};
 use super::group::AllReduceGroup;
 use super::membership::Membership;
@@ -69,6 +70,9 @@ pub(crate) struct Sender {
     pub(crate) membership: Arc<Membership>,
     /// Where the deltas' buffers come from (the averager's, kept between rounds).
     pub(crate) scratch: Arc<ScratchPool>,
+    /// Whether f32 replies are kept encoded until they are applied (see `deltas.rs`), rather
+    /// than decoded on arrival.
+    pub(crate) keep_encoded: bool,
 }
 
 /// Why an exchange with one reducer stopped early.
@@ -287,7 +291,7 @@ impl Sender {
                 format!("delta of {numel} x {got} for a part of {} x {dtype}", part.range.len()),
             ));
         }
-        received.decode(k, codec.as_ref(), &wire)
+        received.decode(k, &codec, wire, self.keep_encoded)
     }
 
     /// The producer of this peer's `parts` of one span.
@@ -310,10 +314,15 @@ impl Producer {
     async fn run(self, tx: mpsc::Sender<AveragingData>, failed: tokio::sync::oneshot::Sender<Error>) {
         let this = Arc::new(self);
         for k in 0..this.parts.len() {
-            let encoder = Arc::clone(&this);
-            let encoded = tokio::task::spawn_blocking(move || encoder.encode(k))
-                .await
-                .unwrap_or_else(|e| Err(Error::Internal(format!("encoding task failed: {e}"))));
+            let encoded = match this.borrowed(k) {
+                Some(message) => Ok(message),
+                None => {
+                    let encoder = Arc::clone(&this);
+                    tokio::task::spawn_blocking(move || encoder.encode(k))
+                        .await
+                        .unwrap_or_else(|e| Err(Error::Internal(format!("encoding task failed: {e}"))))
+                }
+            };
             let first = k == 0;
             let tensor = match encoded {
                 Ok(tensor) => tensor,
@@ -352,6 +361,14 @@ impl Producer {
             endpoint: self.endpoint.clone(),
             ..Default::default()
         }
+    }
+
+    /// Part `k` as a message whose buffer is the tensor's memory, when the codec allows it
+    /// (see `borrowed_part.rs`): no encoding work, so no blocking thread either.
+    fn borrowed(&self, k: usize) -> Option<WireTensor> {
+        let tensors = self.tensors.upgrade()?;
+        let part = &self.parts[k];
+        borrowed_part(self.codec.as_ref(), &tensors, part.tensor, part.range.clone())
     }
 
     /// Encodes part `k` straight from the tensor's memory, while the run lasts.

@@ -287,7 +287,9 @@ impl Inner {
             registry: self.registry,
             settings,
         })
-        .map(|round| round.keep_buffers_in(Arc::clone(&self.scratch)));
+        .map(|round| round.keep_buffers_in(Arc::clone(&self.scratch)))
+        // A target takes deltas: decoding them while the exchange runs keeps that off the end.
+        .map(|round| if target.is_some() { round.decode_replies_on_arrival() } else { round });
         let round = match round {
             Ok(round) => round,
             Err(e) => {
@@ -413,8 +415,14 @@ struct AllReduceFigures {
     failed_reducers: usize,
 }
 
-/// The tensors back from the round: without a copy when no encoding task still holds them (the
-/// usual case), else a copy, so a slow encoding cannot block the step.
+/// The tensors back from the round: without a copy when no encoding task or unsent part still
+/// holds them (the usual case), else a copy, so a slow encoding or transport cannot block the step.
 fn take_back(tensors: Arc<Vec<Tensor>>) -> Vec<Tensor> {
-    Arc::try_unwrap(tensors).unwrap_or_else(|shared| (*shared).clone())
+    Arc::try_unwrap(tensors).unwrap_or_else(|shared| {
+        tracing::debug!(
+            holders = Arc::strong_count(&shared) - 1,
+            "the round's tensors are still shared: copying them back"
+        );
+        (*shared).clone()
+    })
 }
