@@ -16,6 +16,10 @@ use crate::codebook::{self, BINS, BinSums, Emit};
 use crate::radix::{self, SortScratch};
 use crate::sample;
 
+mod grid;
+
+use grid::{GridScratch, GridTable};
+
 /// Number of quantile levels, `linspace(0, 1, 257)`: the two ends and 255 inner borders.
 const LEVELS: usize = BINS + 1;
 
@@ -56,8 +60,13 @@ const SORT_WHEN_DENSER_THAN: usize = 8;
 /// quantiles of a stratified sample of a quarter of their values, 16384 to 65536 of them (one
 /// per equal stretch of the tensor, at a pseudo-random offset with a fixed seed), instead of
 /// protocol 7.2's quantiles of
-/// per-chunk quantiles, which need every value sorted. Only the encoder chooses borders: the
-/// wire format, and what a decoder does, are unchanged.
+/// per-chunk quantiles, which need every value sorted. From 65536 values on, the borders are
+/// first snapped to a fine grid (`grid`): a histogram of a sample of a quarter of the values
+/// (at least 32768, at most about 65536, in blocks of 64) over 16384 equal cells places each
+/// border at the cell boundary nearest its sample quantile, and a value's bucket is then one
+/// table lookup by its cell; where snapping would move a border by more than an eighth of a
+/// bucket's share (data concentrated on few values, heavy tails), the sorted sample decides.
+/// Only the encoder chooses borders: the wire format, and what a decoder does, are unchanged.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Quantile8Bit;
 
@@ -166,6 +175,7 @@ fn quantiles(values: &mut [f32], scratch: &mut SortScratch) -> [f32; LEVELS] {
 struct Scratch {
     sample: Vec<f32>,
     sort: SortScratch,
+    grid: GridScratch,
 }
 
 thread_local! {
@@ -180,7 +190,7 @@ fn borders(values: &[f32]) -> [f32; BINS] {
     // cannot panic.
     let mut scratch = SCRATCH.with_borrow_mut(std::mem::take);
     sample::stratified_into(values, sample_size(values.len()), &mut scratch.sample);
-    let Scratch { sample, sort } = &mut scratch;
+    let Scratch { sample, sort, .. } = &mut scratch;
     let levels = quantiles(sample, sort);
     SCRATCH.with_borrow_mut(|slot| *slot = scratch);
     let mut out = [f32::INFINITY; BINS];
@@ -218,7 +228,32 @@ fn quantize(values: &[f32], emit: &mut Emit<'_>) -> [f32; BINS] {
     if values.is_empty() {
         return [0f32; BINS];
     }
+    if values.len() >= GRID_FROM {
+        let mut scratch = SCRATCH.with_borrow_mut(std::mem::take);
+        let grid = GridTable::new(values, &mut scratch.grid);
+        SCRATCH.with_borrow_mut(|slot| *slot = scratch);
+        if let Some(grid) = grid {
+            return quantize_on_grid(&grid, values, emit);
+        }
+    }
     quantize_with(&borders(values), values, emit)
+}
+
+/// From this many values on, borders are first tried on a [`GridTable`]: its sample of a
+/// quarter of the values, at least 16384, keeps snapped borders within an eighth of a share of
+/// the sample's quantiles on normal-like data.
+const GRID_FROM: usize = 1 << 16;
+
+/// [`quantize`] with the buckets of a grid.
+fn quantize_on_grid(grid: &GridTable, values: &[f32], emit: &mut Emit<'_>) -> [f32; BINS] {
+    let mut sums = BinSums::new();
+    let mut q = [0u8; CHUNK];
+    for src in values.chunks(CHUNK) {
+        let q = &mut q[..src.len()];
+        grid.bucketize(src, q, &mut sums);
+        emit(q);
+    }
+    sums.means()
 }
 
 /// [`quantize`] with the given borders.
