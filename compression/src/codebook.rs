@@ -210,7 +210,16 @@ pub(crate) fn decode_into(name: &str, message: &WireTensor, out: &mut [f32]) -> 
     let Parsed { dtype, codebook, q, .. } = parse(name, message)?;
     check_decode_len(name, q.len(), out.len())?;
     let table = f32_table(dtype, codebook);
-    for (o, &b) in out.iter_mut().zip(q) {
+    // Eight indices per load, taken apart in registers: one load per value (the table's) instead
+    // of two (decode 10 -> 11 GB/s per core on cached parts).
+    let (outs, out_rest) = out.as_chunks_mut::<8>();
+    let (qs, q_rest) = q.as_chunks::<8>();
+    for (o, b) in outs.iter_mut().zip(qs) {
+        let word = u64::from_le_bytes(*b);
+        let at = |i: u32| table[(word >> (8 * i)) as u8 as usize];
+        *o = [at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7)];
+    }
+    for (o, &b) in out_rest.iter_mut().zip(q_rest) {
         *o = table[usize::from(b)];
     }
     Ok(())
@@ -222,7 +231,16 @@ pub(crate) fn decode_add_into(name: &str, message: &WireTensor, weight: f32, out
     let Parsed { dtype, codebook, q, .. } = parse(name, message)?;
     check_decode_len(name, q.len(), out.len())?;
     let table = f32_table(dtype, codebook).map(|e| weight * e);
-    for (o, &b) in out.iter_mut().zip(q) {
+    // Eight indices per load, as in `decode_into`.
+    let (outs, out_rest) = out.as_chunks_mut::<8>();
+    let (qs, q_rest) = q.as_chunks::<8>();
+    for (o, b) in outs.iter_mut().zip(qs) {
+        let word = u64::from_le_bytes(*b);
+        for (i, o) in o.iter_mut().enumerate() {
+            *o += table[(word >> (8 * i)) as u8 as usize];
+        }
+    }
+    for (o, &b) in out_rest.iter_mut().zip(q_rest) {
         *o += table[usize::from(b)];
     }
     Ok(())

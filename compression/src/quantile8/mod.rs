@@ -18,7 +18,7 @@ use crate::sample;
 
 mod grid;
 
-use grid::{GridScratch, GridTable};
+use grid::{Grid, GridScratch};
 
 /// Number of quantile levels, `linspace(0, 1, 257)`: the two ends and 255 inner borders.
 const LEVELS: usize = BINS + 1;
@@ -61,12 +61,14 @@ const SORT_WHEN_DENSER_THAN: usize = 8;
 /// per equal stretch of the tensor, at a pseudo-random offset with a fixed seed), instead of
 /// protocol 7.2's quantiles of
 /// per-chunk quantiles, which need every value sorted. From 65536 values on, the borders are
-/// first snapped to a fine grid (`grid`): a histogram of a sample of a quarter of the values
-/// (at least 32768, at most about 65536, in blocks of 64) over 16384 equal cells places each
-/// border at the cell boundary nearest its sample quantile, and a value's bucket is then one
-/// table lookup by its cell; where snapping would move a border by more than an eighth of a
-/// bucket's share (data concentrated on few values, heavy tails), the sorted sample decides.
-/// Only the encoder chooses borders: the wire format, and what a decoder does, are unchanged.
+/// first snapped to a grid (`grid`): a histogram of all values over 4096 equal cells spanning
+/// the range of a small sample places each border at the cell boundary nearest its quantile, a
+/// value's bucket is one table lookup by its cell, and the codebook comes from the histogram
+/// (exact counts; sums from the cells' centres, within half a cell of the exact means, the two
+/// end cells summed exactly). Where snapping would move a border by more than an eighth of a
+/// bucket's share (data concentrated on few values, heavy tails such as Laplace's), the sorted
+/// sample decides. Only the encoder chooses borders and rounds the means: the wire format, and
+/// what a decoder does, are unchanged.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Quantile8Bit;
 
@@ -230,7 +232,7 @@ fn quantize(values: &[f32], emit: &mut Emit<'_>) -> [f32; BINS] {
     }
     if values.len() >= GRID_FROM {
         let mut scratch = SCRATCH.with_borrow_mut(std::mem::take);
-        let grid = GridTable::new(values, &mut scratch.grid);
+        let grid = Grid::new(values, &mut scratch.grid);
         SCRATCH.with_borrow_mut(|slot| *slot = scratch);
         if let Some(grid) = grid {
             return quantize_on_grid(&grid, values, emit);
@@ -239,21 +241,19 @@ fn quantize(values: &[f32], emit: &mut Emit<'_>) -> [f32; BINS] {
     quantize_with(&borders(values), values, emit)
 }
 
-/// From this many values on, borders are first tried on a [`GridTable`]: its sample of a
-/// quarter of the values, at least 16384, keeps snapped borders within an eighth of a share of
-/// the sample's quantiles on normal-like data.
+/// From this many values on, borders are first tried on a [`Grid`]: with fewer, a cell holds
+/// too few values for snapping to keep each border within an eighth of a share of its quantile.
 const GRID_FROM: usize = 1 << 16;
 
-/// [`quantize`] with the buckets of a grid.
-fn quantize_on_grid(grid: &GridTable, values: &[f32], emit: &mut Emit<'_>) -> [f32; BINS] {
-    let mut sums = BinSums::new();
+/// [`quantize`] with the buckets and the codebook of a grid.
+fn quantize_on_grid(grid: &Grid, values: &[f32], emit: &mut Emit<'_>) -> [f32; BINS] {
     let mut q = [0u8; CHUNK];
     for src in values.chunks(CHUNK) {
         let q = &mut q[..src.len()];
-        grid.bucketize(src, q, &mut sums);
+        grid.bucketize(src, q);
         emit(q);
     }
-    sums.means()
+    grid.codebook()
 }
 
 /// [`quantize`] with the given borders.

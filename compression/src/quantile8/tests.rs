@@ -336,8 +336,8 @@ fn quantized(data: &[f32]) -> (Vec<u8>, [f32; BINS]) {
 }
 
 /// Large tensors of normal-like data take the grid: its buckets are those of some sorted borders
-/// (non-decreasing in the value), hold equal shares give or take the sample's noise and the
-/// snapping, decode to their members' means, and lose at most a few percent of accuracy against
+/// (non-decreasing in the value), hold equal shares give or take the snapping, decode to their
+/// members' means give or take half a cell, and lose at most a few percent of accuracy against
 /// the exact quantiles of all values. Skewed data may take either path, with the same checks.
 #[test]
 fn grid_buckets_hold_equal_shares_and_stay_close_to_exact_borders() {
@@ -346,7 +346,7 @@ fn grid_buckets_hold_equal_shares_and_stay_close_to_exact_borders() {
     let cases = [
         ("normal 131072", randn(&mut rng, 131_072), true),
         ("normal 65536", randn(&mut rng, 65_536), true),
-        ("laplace 131072", laplace(&mut rng, 131_072), true),
+        ("laplace 131072", laplace(&mut rng, 131_072), false),
         ("normal 1000003", randn(&mut rng, 1_000_003), true),
         ("offset normal 200000", offset, true),
         ("skewed 131072", skewed(&mut rng, 131_072), false),
@@ -354,7 +354,7 @@ fn grid_buckets_hold_equal_shares_and_stay_close_to_exact_borders() {
     ];
     for (name, data, on_grid) in cases {
         let n = data.len();
-        let grid = GridTable::new(&data, &mut GridScratch::default());
+        let grid = Grid::new(&data, &mut GridScratch::default());
         assert!(!on_grid || grid.is_some(), "{name}: the grid declined");
         if let Some(grid) = &grid {
             let mut sorted = data.clone();
@@ -373,12 +373,10 @@ fn grid_buckets_hold_equal_shares_and_stay_close_to_exact_borders() {
         for (bucket, &c) in counts.iter().enumerate() {
             let ratio = c as f64 / share;
             assert!((0.6..=1.4).contains(&ratio), "{name}, bucket {bucket}: {c} values, {ratio:.2} shares");
+            // The grid's entries come from cell centres: within half a cell of the exact mean.
             let mean = (sums[bucket] / c as f64) as f32;
-            assert!(
-                (book[bucket] - mean).abs() <= mean.abs() * 1e-6,
-                "{name}, bucket {bucket}: {} {mean}",
-                book[bucket]
-            );
+            let slack = grid.as_ref().map_or(0.0, |g| 0.5 * g.cell_width()) + mean.abs() * 1e-6;
+            assert!((book[bucket] - mean).abs() <= slack, "{name}, bucket {bucket}: {} {mean}", book[bucket]);
         }
         let exact_levels = reference_quantiles(&data);
         let mut exact = [f32::INFINITY; BINS];
@@ -407,11 +405,11 @@ fn grid_declines_what_it_cannot_snap() {
     for v in infinite.iter_mut().step_by(97) {
         *v = f32::INFINITY;
     }
-    let small = randn(&mut rng, 15_000);
+    let small = randn(&mut rng, 5_000);
     for (name, data) in
         [("half zeros", half_zeros), ("three values", few), ("infinities", infinite), ("small", small)]
     {
-        assert!(GridTable::new(&data, &mut GridScratch::default()).is_none(), "{name}");
+        assert!(Grid::new(&data, &mut GridScratch::default()).is_none(), "{name}");
         let (q, _) = quantized(&data);
         assert_eq!(q.len(), data.len());
     }
