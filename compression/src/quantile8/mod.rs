@@ -324,8 +324,8 @@ impl Compression for Quantile8Bit {
     /// Each of the 256 buckets holds `n / 256` values and decodes to their mean, so the error is
     /// the spread within buckets. Inner buckets are narrow; the two outermost hold the tails
     /// (beyond about ±2.66 sigma), which dominate: large tensors land near 7.4e-4 (scenario 23's
-    /// `randn(128, 128, 64)`: 7.64e-4 from the sampled borders, 7.38e-4 from exact quantiles of
-    /// all its values, inside its 8e-4), 5535 elements near 7e-4 with the largest
+    /// `randn(128, 128, 64)`: 7.39e-4 from the grid's borders and means, 7.38e-4 from exact
+    /// quantiles of all its values, inside its 8e-4), 5535 elements near 7e-4 with the largest
     /// of 100000 samples at 2.7e-3, 1000 elements at most 6.7e-3. Up to 256 elements every value
     /// gets a bucket of its own and decodes exactly; just above that, buckets hold one or two
     /// values and the largest two may share one: the worst sizes, at 257 to 300 elements, reach
