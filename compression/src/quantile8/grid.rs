@@ -17,17 +17,38 @@
 //! beyond the grid, are summed exactly.
 //!
 //! Measured on 512 KiB parts: the histogram's increments and the per-cell work (snapping, means)
-//! are most of the cost besides the lookups, so the grid is as coarse as normal data allows
-//! (4096 cells: 16 KiB of counts and a 4 KiB table; 8192 or 16384 cells, or finer cells in the
-//! middle of the range, were 10-40% slower). Laplace-like data, whose centre is denser, then
-//! crowds a cell beyond [`MAX_SNAP`] and takes the exact path.
+//! are most of the cost besides the lookups, so the grid is as coarse as the data allows: a
+//! [`Survey`] of a small sample picks 4096 cells (16 KiB of counts, a 4 KiB table) where they
+//! give the central buckets about four cells each (normal-like data), 16384 where only those do
+//! (Laplace-like data, whose centre is denser), and no grid otherwise, so that data no grid suits
+//! costs a survey rather than a wasted histogram. (8192 or 16384 cells for all data, or cells
+//! finer in the middle of the range, were 10-40% slower on normal data.)
 
 use crate::codebook::BINS;
 use crate::sample;
 
-/// Cells of the grid. On normal data the central buckets (about 1/100 of a standard deviation
-/// wide) span about five cells, and a cell holds under a tenth of a bucket's share.
-pub(crate) const CELLS: usize = 1 << 12;
+/// Cells of the grid tried first. On normal data the central buckets (about 1/100 of a standard
+/// deviation wide) span about five cells, and a cell holds under a tenth of a bucket's share.
+pub(crate) const COARSE: usize = 1 << 12;
+
+/// Cells of the grid tried when the coarse one crowds its centre only a few times beyond
+/// [`MAX_SNAP`], as Laplace-like data (gradients often are) does: four times finer, at the cost
+/// of a second histogram.
+pub(crate) const FINE: usize = 1 << 14;
+
+/// Why [`Grid::new`] gave no grid.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Declined {
+    /// A border missed its target by at most [`FINER_HELPS`] times the tolerance: a finer grid
+    /// may place it.
+    Coarse,
+    /// Anything else: too few values, a range that is not finite, or a cell crowded by far more
+    /// than a finer grid would split (values repeated many times).
+    Unfit,
+}
+
+/// Misses up to this many times the tolerance are [`Declined::Coarse`].
+const FINER_HELPS: u64 = 4;
 
 /// Values of a block of the range sample: four cache lines, read in a row (single values at
 /// random places cost a cache miss each, which the hardware cannot prefetch).
@@ -54,13 +75,11 @@ const CELL_MAGIC: f32 = 8_388_608.0;
 /// Values whose cells are computed ahead of their lookups.
 const GROUP: usize = 256;
 
-const _: () = assert!(CELLS.is_power_of_two());
-
 /// The least values for [`Grid::new`]: the range sample's blocks need strata of two blocks.
 pub(crate) const MIN_VALUES: usize = 2 * RANGE_SAMPLE * 2;
 
 /// The bucket of every cell of a grid over the values' range, and the codebook.
-pub(crate) struct Grid {
+pub(crate) struct Grid<const CELLS: usize> {
     start: f32,
     /// Cells per unit of value.
     scale: f32,
@@ -76,28 +95,30 @@ pub(crate) struct GridScratch {
     counts: Vec<u32>,
 }
 
-impl Grid {
-    /// The grid, its buckets and the codebook for `values` (at least [`MIN_VALUES`]), or `None`
-    /// where snapped borders would stray from the quantiles by more than [`MAX_SNAP`] (the
-    /// caller then finds exact borders).
-    pub(crate) fn new(values: &[f32], scratch: &mut GridScratch) -> Option<Self> {
+impl<const CELLS: usize> Grid<CELLS> {
+    /// Indices are masked with `CELLS - 1` (only so the compiler drops bounds checks).
+    const POWER_OF_TWO: () = assert!(CELLS.is_power_of_two());
+
+    /// The grid over `survey`'s range, its buckets and the codebook for `values` (at least
+    /// [`MIN_VALUES`]), or why not: snapped borders would stray from the quantiles by more than [`MAX_SNAP`] (the caller
+    /// then tries a finer grid or finds exact borders).
+    pub(crate) fn new(values: &[f32], survey: &Survey, scratch: &mut GridScratch) -> Result<Self, Declined> {
+        let () = Self::POWER_OF_TWO;
         let n = values.len();
         if n < MIN_VALUES || u32::try_from(n).is_err() {
-            return None;
+            return Err(Declined::Unfit);
         }
-        let GridScratch { sample, counts } = scratch;
-        sample.clear();
-        sample::stratified_blocks(n, RANGE_SAMPLE / BLOCK, BLOCK, |at| {
-            if let Some(block) = values.get(at..at + BLOCK) {
-                sample.extend_from_slice(block);
-            }
-        });
-        let (start, scale) = range(sample)?;
+        let counts = &mut scratch.counts;
+        let (start, end) = (survey.start, survey.end);
+        let scale = CELLS as f32 / (end - start);
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(Declined::Unfit);
+        }
         let mut grid = Grid { start, scale, bucket: [0u8; CELLS], codebook: [0f32; BINS] };
 
         counts.clear();
         counts.resize(CELLS, 0);
-        let counts: &mut [u32; CELLS] = counts.as_mut_slice().try_into().ok()?;
+        let counts: &mut [u32; CELLS] = counts.as_mut_slice().try_into().map_err(|_| Declined::Unfit)?;
         // Exact sums of the two end cells, which hold every value beyond the grid.
         let mut ends = [0f64; 2];
         let mut cells = [0u32; GROUP];
@@ -121,11 +142,9 @@ impl Grid {
                 }
             }
         }
-        if !grid.snap(counts, n) {
-            return None;
-        }
+        grid.snap(counts, n)?;
         grid.codebook = grid.means(counts, ends);
-        Some(grid)
+        Ok(grid)
     }
 
     /// The codebook: each bucket's mean, from its cells' counts and centres (the end cells'
@@ -175,8 +194,8 @@ impl Grid {
 
     /// Puts border `k` (1 to 255) at the cell boundary where the cumulative count of the `m`
     /// values comes nearest to `k m / 256`, fills the table, and says whether every border came
-    /// within `1 / MAX_SNAP` of a share of its target.
-    fn snap(&mut self, counts: &[u32; CELLS], m: usize) -> bool {
+    /// within `1 / MAX_SNAP` of a share of its target (if not, whether a finer grid may help).
+    fn snap(&mut self, counts: &[u32; CELLS], m: usize) -> Result<(), Declined> {
         // In units of 1/256 of a value, so that targets are integers: border k's is `k m`.
         let m = m as u64;
         let tolerance = m / MAX_SNAP as u64;
@@ -187,7 +206,7 @@ impl Grid {
             // The cell holding the target: cumulative counts up to `below` before it, `next`
             // after (skipping cells in a tight loop, since most hold no border).
             let next = loop {
-                let Some(&count) = counts.get(c) else { return false };
+                let Some(&count) = counts.get(c) else { return Err(Declined::Unfit) };
                 let next = below + 256 * u64::from(count);
                 if next >= target {
                     break next;
@@ -195,8 +214,9 @@ impl Grid {
                 (below, c) = (next, c + 1);
             };
             let (from_start, to_end) = (target - below, next - target);
-            if from_start.min(to_end) > tolerance {
-                return false;
+            let miss = from_start.min(to_end);
+            if miss > tolerance {
+                return Err(if miss <= FINER_HELPS * tolerance { Declined::Coarse } else { Declined::Unfit });
             }
             // The border at the cell's start puts the cell in bucket k, at its end the next cell.
             let border = if from_start <= to_end { c } else { c + 1 };
@@ -208,7 +228,7 @@ impl Grid {
         if let Some(cells) = self.bucket.get_mut(from..) {
             cells.fill((BINS - 1) as u8);
         }
-        true
+        Ok(())
     }
 
     /// `dst[i]` = the bucket of `src[i]`: the cells of a group first, in a loop that vectorizes,
@@ -240,14 +260,47 @@ impl Grid {
     }
 }
 
-/// The grid's start and cells per unit: the span of ranks [`RANGE_RANK`] from either end of the
-/// range sample, widened by [`MARGIN`] on each side; `None` if that span is empty or not finite.
-fn range(sample: &mut [f32]) -> Option<(f32, f32)> {
-    let top = sample.len().checked_sub(1 + RANGE_RANK)?;
-    let (_, &mut hi, _) = sample.select_nth_unstable_by(top, f32::total_cmp);
-    let (_, &mut lo, _) = sample[..top].select_nth_unstable_by(RANGE_RANK, f32::total_cmp);
-    let margin = (hi - lo) * MARGIN;
-    let (start, end) = (lo - margin, hi + margin);
-    let scale = CELLS as f32 / (end - start);
-    (start.is_finite() && end > start && scale.is_finite() && scale > 0.0).then_some((start, scale))
+/// What a small sample of the values says before any grid is built: the grid's range, and how
+/// wide the middle sixteenth of the values is (16 buckets, the narrowest of unimodal data), which
+/// tells how many cells resolve the central buckets.
+pub(crate) struct Survey {
+    start: f32,
+    end: f32,
+    /// The width of the sample's middle sixteenth.
+    middle: f32,
+}
+
+/// Central buckets need about this many cells each, so that a cell rarely holds more than an
+/// eighth of a bucket's share ([`MAX_SNAP`]); fewer send the values to a finer grid or none.
+const CELLS_PER_BUCKET: f32 = 4.0;
+
+impl Survey {
+    /// The survey of `values` (at least [`MIN_VALUES`]): the span of ranks [`RANGE_RANK`] from
+    /// either end of a sample of [`RANGE_SAMPLE`] values in blocks, widened by [`MARGIN`] on each
+    /// side, and its middle sixteenth; `None` if the span is empty or not finite.
+    pub(crate) fn new(values: &[f32], scratch: &mut GridScratch) -> Option<Self> {
+        if values.len() < MIN_VALUES {
+            return None;
+        }
+        let sample = &mut scratch.sample;
+        sample.clear();
+        sample::stratified_blocks(values.len(), RANGE_SAMPLE / BLOCK, BLOCK, |at| {
+            if let Some(block) = values.get(at..at + BLOCK) {
+                sample.extend_from_slice(block);
+            }
+        });
+        let len = sample.len();
+        let mut rank = |r: usize| (r < len).then(|| *sample.select_nth_unstable_by(r, f32::total_cmp).1);
+        let (lo, hi) = (rank(RANGE_RANK)?, rank(len.checked_sub(1 + RANGE_RANK)?)?);
+        let middle = rank(17 * len / 32)? - rank(15 * len / 32)?;
+        let margin = (hi - lo) * MARGIN;
+        let (start, end) = (lo - margin, hi + margin);
+        (start.is_finite() && end.is_finite() && end > start).then_some(Survey { start, end, middle })
+    }
+
+    /// Whether a grid of `cells` cells gives the central buckets about [`CELLS_PER_BUCKET`]
+    /// cells each: the middle sixteenth of the values fills 16 buckets.
+    pub(crate) fn resolves(&self, cells: usize) -> bool {
+        cells as f32 * self.middle / (self.end - self.start) >= CELLS_PER_BUCKET * 16.0
+    }
 }

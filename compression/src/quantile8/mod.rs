@@ -18,7 +18,7 @@ use crate::sample;
 
 mod grid;
 
-use grid::{Grid, GridScratch};
+use grid::{COARSE, Declined, FINE, Grid, GridScratch, Survey};
 
 /// Number of quantile levels, `linspace(0, 1, 257)`: the two ends and 255 inner borders.
 const LEVELS: usize = BINS + 1;
@@ -61,14 +61,15 @@ const SORT_WHEN_DENSER_THAN: usize = 8;
 /// per equal stretch of the tensor, at a pseudo-random offset with a fixed seed), instead of
 /// protocol 7.2's quantiles of
 /// per-chunk quantiles, which need every value sorted. From 65536 values on, the borders are
-/// first snapped to a grid (`grid`): a histogram of all values over 4096 equal cells spanning
-/// the range of a small sample places each border at the cell boundary nearest its quantile, a
-/// value's bucket is one table lookup by its cell, and the codebook comes from the histogram
-/// (exact counts; sums from the cells' centres, within half a cell of the exact means, the two
-/// end cells summed exactly). Where snapping would move a border by more than an eighth of a
-/// bucket's share (data concentrated on few values, heavy tails such as Laplace's), the sorted
-/// sample decides. Only the encoder chooses borders and rounds the means: the wire format, and
-/// what a decoder does, are unchanged.
+/// first snapped to a grid (`grid`): a histogram of all values over 4096 equal cells (16384 where
+/// a small sample shows a centre too dense for 4096, as with Laplace-like data) spanning the
+/// range of that sample places each border at the cell boundary nearest its quantile, a value's
+/// bucket is one table lookup by its cell, and the codebook comes from the histogram (exact
+/// counts; sums from the cells' centres, within half a cell of the exact means, the two end cells
+/// summed exactly). Where snapping would still move a border by more than an eighth of a
+/// bucket's share (data concentrated on few values, heavier tails), the sorted sample decides.
+/// Only the encoder chooses borders and rounds the means: the wire format, and what a decoder
+/// does, are unchanged.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Quantile8Bit;
 
@@ -232,10 +233,12 @@ fn quantize(values: &[f32], emit: &mut Emit<'_>) -> [f32; BINS] {
     }
     if values.len() >= GRID_FROM {
         let mut scratch = SCRATCH.with_borrow_mut(std::mem::take);
-        let grid = Grid::new(values, &mut scratch.grid);
+        let grid = gridded(values, &mut scratch.grid);
         SCRATCH.with_borrow_mut(|slot| *slot = scratch);
-        if let Some(grid) = grid {
-            return quantize_on_grid(&grid, values, emit);
+        match grid {
+            Some(Gridded::Coarse(grid)) => return quantize_on_grid(&grid, values, emit),
+            Some(Gridded::Fine(grid)) => return quantize_on_grid(&grid, values, emit),
+            None => {}
         }
     }
     quantize_with(&borders(values), values, emit)
@@ -245,8 +248,38 @@ fn quantize(values: &[f32], emit: &mut Emit<'_>) -> [f32; BINS] {
 /// too few values for snapping to keep each border within an eighth of a share of its quantile.
 const GRID_FROM: usize = 1 << 16;
 
+/// A grid of either size.
+// Lives on the stack for one call; boxing the fine grid would allocate per part.
+#[allow(clippy::large_enum_variant)]
+enum Gridded {
+    Coarse(Grid<COARSE>),
+    Fine(Grid<FINE>),
+}
+
+/// The grid for `values`: the coarse one where a survey says it resolves the centre (the fine
+/// one if it then proves too coarse), the fine one where only that resolves it, else none, so
+/// that data no grid suits costs a survey rather than a wasted histogram.
+fn gridded(values: &[f32], scratch: &mut GridScratch) -> Option<Gridded> {
+    let survey = Survey::new(values, scratch)?;
+    if survey.resolves(COARSE) {
+        match Grid::<COARSE>::new(values, &survey, scratch) {
+            Ok(grid) => return Some(Gridded::Coarse(grid)),
+            Err(Declined::Unfit) => return None,
+            Err(Declined::Coarse) => {}
+        }
+    }
+    if survey.resolves(FINE) {
+        return Grid::<FINE>::new(values, &survey, scratch).ok().map(Gridded::Fine);
+    }
+    None
+}
+
 /// [`quantize`] with the buckets and the codebook of a grid.
-fn quantize_on_grid(grid: &Grid, values: &[f32], emit: &mut Emit<'_>) -> [f32; BINS] {
+fn quantize_on_grid<const CELLS: usize>(
+    grid: &Grid<CELLS>,
+    values: &[f32],
+    emit: &mut Emit<'_>,
+) -> [f32; BINS] {
     let mut q = [0u8; CHUNK];
     for src in values.chunks(CHUNK) {
         let q = &mut q[..src.len()];
