@@ -316,3 +316,117 @@ fn scenario_23_tensor_compression() {
     let zeros = Quantile8Bit.extract(&encode(&Tensor::zeros(vec![5, 5], DType::F32).unwrap())).unwrap();
     assert!(zeros.as_f32().unwrap().iter().all(|&x| x == 0.0));
 }
+
+/// Laplace-distributed values (heavier tails than normal, as gradients often have).
+fn laplace(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    use rand::Rng;
+    (0..n)
+        .map(|_| {
+            let u: f32 = rng.random_range(-0.5f32..0.5);
+            -u.signum() * (1.0 - 2.0 * u.abs()).max(1e-7).ln()
+        })
+        .collect()
+}
+
+/// The encoder's buckets and codebook for `data`, through whichever path `quantize` takes.
+fn quantized(data: &[f32]) -> (Vec<u8>, [f32; BINS]) {
+    let mut q = Vec::with_capacity(data.len());
+    let book = quantize(data, &mut |chunk: &[u8]| q.extend_from_slice(chunk));
+    (q, book)
+}
+
+/// Large tensors of normal-like data take the grid: its buckets are those of some sorted borders
+/// (non-decreasing in the value), hold equal shares give or take the snapping, decode to their
+/// members' means give or take half a cell, and lose at most a few percent of accuracy against
+/// the exact quantiles of all values. Skewed data may take either path, with the same checks.
+#[test]
+fn grid_buckets_hold_equal_shares_and_stay_close_to_exact_borders() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let offset: Vec<f32> = randn(&mut rng, 200_000).iter().map(|&x| 100.0 + 0.01 * x).collect();
+    let cases = [
+        ("normal 131072", randn(&mut rng, 131_072), true),
+        ("normal 65536", randn(&mut rng, 65_536), true),
+        ("laplace 131072", laplace(&mut rng, 131_072), true),
+        ("normal 1000003", randn(&mut rng, 1_000_003), true),
+        ("offset normal 200000", offset, true),
+        ("skewed 131072", skewed(&mut rng, 131_072), false),
+        ("skewed 1000003", skewed(&mut rng, 1_000_003), false),
+    ];
+    for (name, data, on_grid) in cases {
+        let n = data.len();
+        // The coarse grid, or the fine one where the coarse one is too coarse (Laplace).
+        let grid = match gridded(&data, &mut GridScratch::default()) {
+            Some(Gridded::Coarse(g)) => {
+                Some((g.cell_width(), data.iter().map(|&x| g.bucket(x)).collect::<Vec<u8>>()))
+            }
+            Some(Gridded::Fine(g)) => Some((g.cell_width(), data.iter().map(|&x| g.bucket(x)).collect())),
+            None => None,
+        };
+        assert!(!on_grid || grid.is_some(), "{name}: the grid declined");
+        let (q, book) = quantized(&data);
+        if let Some((_, buckets)) = &grid {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_unstable_by(|&i, &j| data[i].total_cmp(&data[j]));
+            assert!(order.windows(2).all(|w| buckets[w[0]] <= buckets[w[1]]), "{name}: buckets not monotone");
+            assert!(q == *buckets, "{name}: the encoder did not use the grid");
+        }
+        let share = n as f64 / BINS as f64;
+        let mut sums = [0f64; BINS];
+        let mut counts = [0usize; BINS];
+        for (&x, &b) in data.iter().zip(&q) {
+            sums[usize::from(b)] += f64::from(x);
+            counts[usize::from(b)] += 1;
+        }
+        for (bucket, &c) in counts.iter().enumerate() {
+            let ratio = c as f64 / share;
+            assert!((0.6..=1.4).contains(&ratio), "{name}, bucket {bucket}: {c} values, {ratio:.2} shares");
+            // The grid's entries come from cell centres: within half a cell of the exact mean.
+            let mean = (sums[bucket] / c as f64) as f32;
+            let slack = grid.as_ref().map_or(0.0, |(width, _)| 0.5 * width) + mean.abs() * 1e-6;
+            assert!((book[bucket] - mean).abs() <= slack, "{name}, bucket {bucket}: {} {mean}", book[bucket]);
+        }
+        let exact_levels = reference_quantiles(&data);
+        let mut exact = [f32::INFINITY; BINS];
+        exact[..255].copy_from_slice(&exact_levels[1..256]);
+        let mut exact_q = Vec::with_capacity(n);
+        let exact_book = quantize_with(&exact, &data, &mut |chunk: &[u8]| exact_q.extend_from_slice(chunk));
+        let decoded: Vec<f32> = q.iter().map(|&b| book[usize::from(b)]).collect();
+        let exact_decoded: Vec<f32> = exact_q.iter().map(|&b| exact_book[usize::from(b)]).collect();
+        let (got, best) = (mse(&data, &decoded), mse(&data, &exact_decoded));
+        eprintln!("{name}: grid {} mse {got:e}, exact {best:e}, ratio {:.4}", grid.is_some(), got / best);
+        assert!(got <= 1.05 * best, "{name}: mse {got:e}, exact borders {best:e}");
+    }
+}
+
+/// Data the grid cannot split into equal shares (a value repeated in half the tensor, a few
+/// distinct values, non-finite values in the range sample, small tensors) goes to the exact path.
+#[test]
+fn grid_declines_what_it_cannot_snap() {
+    let mut rng = StdRng::seed_from_u64(19);
+    let mut half_zeros = randn(&mut rng, 131_072);
+    for v in half_zeros.iter_mut().step_by(2) {
+        *v = 0.0;
+    }
+    let few: Vec<f32> = (0..131_072).map(|i| (i % 3) as f32).collect();
+    let mut infinite = randn(&mut rng, 131_072);
+    for v in infinite.iter_mut().step_by(97) {
+        *v = f32::INFINITY;
+    }
+    let small = randn(&mut rng, 5_000);
+    for (name, data) in
+        [("half zeros", half_zeros), ("three values", few), ("infinities", infinite), ("small", small)]
+    {
+        let mut scratch = GridScratch::default();
+        assert!(gridded(&data, &mut scratch).is_none(), "{name}");
+        if let Some(survey) = Survey::new(&data, &mut scratch) {
+            assert!(Grid::<COARSE>::new(&data, &survey, &mut scratch).is_err(), "{name}");
+            assert!(Grid::<FINE>::new(&data, &survey, &mut scratch).is_err(), "{name}");
+        }
+        let (q, _) = quantized(&data);
+        assert_eq!(q.len(), data.len());
+    }
+    // NaN anywhere: no panic, one index per value.
+    let mut nan = randn(&mut rng, 131_072);
+    nan[5000] = f32::NAN;
+    assert_eq!(quantized(&nan).0.len(), nan.len());
+}
