@@ -31,7 +31,8 @@ impl Reducer for MeanReducer {
 
     fn begin(&self, spec: &PartSpec) -> Result<Box<dyn PartAccumulator>> {
         let sum = if spec.dtype == DType::F32 {
-            Sum::F32(vec![0.0; spec.len])
+            // Filled by the first contribution (see `Sum::F32`).
+            Sum::F32(Vec::with_capacity(spec.len))
         } else {
             Sum::F64(vec![0.0; spec.lanes()?])
         };
@@ -45,7 +46,10 @@ impl Reducer for MeanReducer {
 
 /// The running weighted sum of one part.
 enum Sum {
-    /// f32 parts: summed in f32, so a received part can be decoded straight into it.
+    /// f32 parts: summed in f32, so a received part can be decoded straight into it. Empty until
+    /// the first contribution: a local part writes `weight * part` straight in, which spares
+    /// zeroing a part-sized buffer only to add to it (the sum's sign of zero may then differ from
+    /// `0.0 + weight * part`'s, never its value).
     F32(Vec<f32>),
     /// Every other dtype: summed in f64 lanes (two per complex64 element).
     F64(Vec<f64>),
@@ -79,9 +83,14 @@ impl PartAccumulator for MeanAccumulator {
         }
         match (&mut self.sum, part.data()) {
             (Sum::F32(sum), TensorSlice::F32(values)) => {
-                // The same arithmetic as `decode_add_into`, so a local part and a received one
-                // contribute alike.
-                crate::compression::add_scaled(sum, values, Self::f32_weight(weight)?);
+                let w = Self::f32_weight(weight)?;
+                if sum.is_empty() {
+                    sum.extend(values.iter().map(|&v| w * v));
+                } else {
+                    // The same arithmetic as `decode_add_into`, so a local part and a received
+                    // one contribute alike.
+                    crate::compression::add_scaled(sum, values, w);
+                }
             }
             (Sum::F64(sum), data) => data.add_scaled_to(sum, weight)?,
             (Sum::F32(_), _) => return Err(Error::Internal("f32 sum for a part of another dtype".into())),
@@ -106,16 +115,26 @@ impl PartAccumulator for MeanAccumulator {
         }
         let (_, numel) = wire_shape(codec.name(), message)?;
         let dtype = wire_dtype(codec.name(), message)?;
-        if dtype != DType::F32 || numel != sum.len() {
+        if dtype != DType::F32 || numel != self.spec.len {
             return Err(Error::Reducer(format!(
                 "sender {sender}: part of {numel} x {dtype} where {} x f32 was expected",
-                sum.len()
+                self.spec.len
             )));
         }
         if weight == 0.0 {
             return Ok(());
         }
-        codec.decode_add_into(message, Self::f32_weight(weight)?, sum)?;
+        let w = Self::f32_weight(weight)?;
+        if sum.is_empty() {
+            sum.resize(numel, 0.0);
+        }
+        if let Err(e) = codec.decode_add_into(message, w, sum) {
+            if self.total_weight == 0.0 {
+                // Nothing was added yet: the sum stays empty, as before this call.
+                sum.clear();
+            }
+            return Err(e);
+        }
         self.total_weight += weight;
         Ok(())
     }
@@ -183,5 +202,36 @@ mod tests {
         assert!(acc.add(0, &a.view(), f64::NAN).is_err());
         assert!(acc.add(0, &a.view(), -1.0).is_err());
         assert_eq!(acc.finish().unwrap(), PartOutcome::KeepLocal);
+    }
+
+    /// The f32 sum starts empty: whichever contribution comes first (local, received, or one
+    /// that fails to decode), the mean is the same.
+    #[test]
+    fn an_f32_mean_does_not_depend_on_which_contribution_comes_first() {
+        use crate::compression::{CompressionInfo, NoCompression};
+        let local = Tensor::from_f32(vec![3], vec![1.0, -2.0, 4.0]).unwrap();
+        let received = NoCompression
+            .compress(
+                &Tensor::from_f32(vec![3], vec![3.0, 2.0, -4.0]).unwrap().view(),
+                &CompressionInfo::default(),
+            )
+            .unwrap();
+        let mut bad = received.clone();
+        bad.buffer = bad.buffer.slice(..8);
+        let want = PartOutcome::Reduced(Tensor::from_f32(vec![3], vec![2.5, 1.0, -2.0]).unwrap());
+        for order in 0..3 {
+            let mut acc = MeanReducer.begin(&spec(3, DType::F32)).unwrap();
+            if order == 2 {
+                assert!(acc.add_encoded(1, &NoCompression, &bad, 1.0).is_err());
+            }
+            if order == 0 {
+                acc.add(0, &local.view(), 1.0).unwrap();
+                acc.add_encoded(1, &NoCompression, &received, 3.0).unwrap();
+            } else {
+                acc.add_encoded(1, &NoCompression, &received, 3.0).unwrap();
+                acc.add(0, &local.view(), 1.0).unwrap();
+            }
+            assert_eq!(acc.finish().unwrap(), want, "order {order}");
+        }
     }
 }
