@@ -212,6 +212,41 @@ impl Compression for Float16 {
         Ok(header(tensor))
     }
 
+    /// A float32 part's reply in one pass, a chunk at a time: the part's halves widened, taken
+    /// from the average and narrowed again, with the arithmetic of the stepwise path (`a + (-1) *
+    /// w` is exactly `a - w`).
+    fn encode_difference_into(
+        &self,
+        average: &[f32],
+        part: &WireTensor,
+        _info: &CompressionInfo,
+        out: &mut BytesMut,
+    ) -> Option<Result<WireTensor>> {
+        let bytes = match payload(part) {
+            Ok((DType::F32, _, bytes)) => bytes,
+            Ok(_) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Err(e) = check_decode_len(Self::NAME, bytes.len() / 2, average.len()) {
+            return Some(Err(e));
+        }
+        let start = out.len();
+        out.resize(start + bytes.len(), 0);
+        let mut difference = [0f32; CHUNK];
+        let chunks =
+            average.chunks(CHUNK).zip(bytes.chunks(2 * CHUNK)).zip(out[start..].chunks_mut(2 * CHUNK));
+        for ((average, src), dst) in chunks {
+            let n = average.len();
+            decode_f32(src, &mut difference[..n]);
+            for (d, &a) in difference[..n].iter_mut().zip(average) {
+                *d = a - *d;
+            }
+            encode_f32(&difference[..n], dst);
+        }
+        let shape = [average.len()];
+        Some(TensorView::new(&shape[..], TensorSlice::F32(average)).map(|view| header(&view)))
+    }
+
     /// Every accepted dtype decodes to f16 values, which f32 holds exactly: the f32 of the
     /// wire's halves is what `extract` gives, whatever the message's dtype.
     fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
