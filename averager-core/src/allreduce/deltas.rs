@@ -164,10 +164,11 @@ impl Deltas {
     pub(crate) fn take_differences(&mut self, plan: &PartitionPlan, tensors: &[Tensor]) -> Result<()> {
         for span in &mut self.spans {
             span.decode_kept()?;
-            for (k, slot) in span.slots.iter_mut().enumerate() {
-                let Received::Average(outcome) = &slot.received else { continue };
+            for k in 0..span.slots.len() {
+                let Received::Average(outcome) = &span.slots[k].received else { continue };
+                let outcome = Arc::clone(outcome);
                 let PartOutcome::Reduced(average) = outcome.as_ref() else {
-                    slot.received = Received::Nothing;
+                    span.slots[k].received = Received::Nothing;
                     continue;
                 };
                 let index = span.first + k;
@@ -176,8 +177,8 @@ impl Deltas {
                     .get(part.tensor)
                     .ok_or_else(|| Error::Tensor(format!("no tensor {} for part {index}", part.tensor)))?;
                 let local = tensor.flat_view(part.range.clone())?;
-                let delta = average.view().data().difference(local.data())?;
-                slot.received = Received::Owned(delta);
+                // Into the span's buffer (from the averager's pool), not a fresh one per part.
+                span.set_difference(k, average.view().data(), local.data())?;
             }
         }
         Ok(())
@@ -271,13 +272,19 @@ impl Deltas {
 impl SpanDeltas {
     /// Room for the updates of `parts`, plan parts `first..` of the span this peer reduces
     /// itself: no buffer, since their averages are kept as they are
-    /// ([`SpanDeltas::set_average`]).
+    /// ([`SpanDeltas::set_average`]), unless a caller needs them as deltas
+    /// ([`Deltas::take_differences`]): then from `pool`.
     ///
     /// # Errors
     /// As [`SpanDeltas::new`].
-    pub(crate) fn for_own_span(first: usize, parts: &[PlannedPart], dtypes: &[DType]) -> Result<Self> {
+    pub(crate) fn for_own_span(
+        first: usize,
+        parts: &[PlannedPart],
+        dtypes: &[DType],
+        pool: &Arc<ScratchPool>,
+    ) -> Result<Self> {
         let (slots, f32_len) = Self::slots(parts, dtypes)?;
-        Ok(SpanDeltas { first, slots, values: Scratch::default(), f32_len, pool: None })
+        Ok(SpanDeltas { first, slots, values: Scratch::default(), f32_len, pool: Some(Arc::clone(pool)) })
     }
 
     /// Room for the deltas of `parts`, plan parts `first..` of one span, whose tensors have

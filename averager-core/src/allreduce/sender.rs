@@ -133,7 +133,7 @@ impl Sender {
         let first = self.plan.first_index_of(j);
         let (parts, dtypes) = (self.plan.parts_of(j), &self.dtypes);
         let span = if j == self.group.me {
-            SpanDeltas::for_own_span(first, parts, dtypes)
+            SpanDeltas::for_own_span(first, parts, dtypes, &self.scratch)
         } else {
             SpanDeltas::new(first, parts, dtypes, &self.scratch)
         };
