@@ -24,6 +24,7 @@
 //! each other as equal (`merge_close_bandwidths` in `allreduce/load_balancing.rs`). Samples
 //! are smoothed with an exponentially weighted moving average and declared in MB/s (10^6 bytes
 //! per second), the unit to use when configuring `bandwidth` by hand in a group that mixes both.
+//! `RUST_LOG=averager_core::averager::round=debug` logs each round's part timelines and sample.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
