@@ -43,6 +43,49 @@ pub fn load_balance(total: usize, bandwidths: &[Option<f64>], min_size: usize) -
     hagenbach_bischoff(total, &scores)
 }
 
+/// How far apart (relative) two neighbouring bandwidths may be and still count as equal in
+/// [`merge_close_bandwidths`].
+pub(crate) const EQUAL_BANDWIDTH_MARGIN: f64 = 0.4;
+
+/// **\[averager\]** the bandwidths load balancing uses: positive bandwidths within
+/// [`EQUAL_BANDWIDTH_MARGIN`] of each other are replaced by their mean; unspecified and zero ones
+/// are kept.
+///
+/// The linear program of [`load_balance`] moves a member's share about `n - 2` times as much as its
+/// bandwidth differs from the others' (three members at 20 MB/s and one at 22 give that one a
+/// third more elements), so measured bandwidths of equal links, which differ by noise of tens of
+/// percent, would split a group unequally and make the round slower than equal shares. Sorted
+/// ascending, each bandwidth joins the cluster of its predecessor when it is within the margin of
+/// it and within twice the margin of the cluster's smallest: chaining alone could merge a group
+/// whose many members spread evenly over a wide range. Every peer computes the same clusters from
+/// the same gathered bandwidths (the sort and the sums run in one order).
+pub(crate) fn merge_close_bandwidths(bandwidths: &[Option<f64>]) -> Vec<Option<f64>> {
+    let mut order: Vec<usize> =
+        (0..bandwidths.len()).filter(|&i| bandwidths[i].is_some_and(|b| b > 0.0)).collect();
+    let value = |i: usize| bandwidths[i].unwrap_or(0.0);
+    order.sort_by(|&a, &b| value(a).total_cmp(&value(b)).then(a.cmp(&b)));
+    let mut merged = bandwidths.to_vec();
+    let mut start = 0;
+    while start < order.len() {
+        let smallest = value(order[start]);
+        let mut end = start + 1;
+        while end < order.len()
+            && value(order[end]) <= value(order[end - 1]) * (1.0 + EQUAL_BANDWIDTH_MARGIN)
+            && value(order[end]) <= smallest * (1.0 + 2.0 * EQUAL_BANDWIDTH_MARGIN)
+        {
+            end += 1;
+        }
+        let cluster = &order[start..end];
+        // Summed as fractions, so that huge finite bandwidths cannot overflow to infinity.
+        let mean = cluster.iter().map(|&i| value(i) / cluster.len() as f64).sum::<f64>();
+        for &i in cluster {
+            merged[i] = Some(mean);
+        }
+        start = end;
+    }
+    merged
+}
+
 /// The fractions `w` minimising the slowest member's traffic time `(1 + (n - 2) w_i) / b_i`
 /// (protocol 5's LP), in closed form.
 fn optimal_fractions(bandwidths: &[f64]) -> Vec<f64> {
@@ -180,6 +223,35 @@ mod tests {
             assert_eq!(shares.len(), n);
             assert_eq!(shares.iter().sum::<usize>(), total);
         }
+    }
+
+    #[test]
+    fn close_bandwidths_merge_into_their_mean() {
+        // Noisy estimates of four equal links become one bandwidth: equal shares.
+        let noisy = some(&[14.5, 18.6, 16.0, 17.1]);
+        let merged = merge_close_bandwidths(&noisy);
+        let mean = (14.5 + 18.6 + 16.0 + 17.1) / 4.0;
+        assert!(merged.iter().all(|b| (b.unwrap() - mean).abs() < 1e-12), "{merged:?}");
+        assert_eq!(load_balance(1000, &merged, 0).unwrap(), [250; 4]);
+        // The unmerged estimates would have split very unequally.
+        let skewed = load_balance(1000, &noisy, 0).unwrap();
+        assert!(skewed[1] > 2 * skewed[0], "{skewed:?}");
+        // Links a factor of two apart stay apart; unspecified and zero bandwidths are kept.
+        let mix = [Some(6.25), Some(12.5), None, Some(0.0), Some(25.0), Some(50.0)];
+        assert_eq!(merge_close_bandwidths(&mix), mix);
+        // Two clusters, whatever the group order.
+        let merged = merge_close_bandwidths(&some(&[50.0, 5.0, 45.0, 6.0]));
+        assert_eq!(merged, some(&[47.5, 5.5, 47.5, 5.5]));
+    }
+
+    #[test]
+    fn a_chain_of_close_bandwidths_does_not_merge_a_wide_range() {
+        // Each neighbour is within 40% of the next, but the range spans 2.2x: a cluster stops
+        // where it would pass 1.8x its smallest.
+        let chain = some(&[10.0, 12.5, 15.0, 18.0, 22.0]);
+        let merged: Vec<f64> = merge_close_bandwidths(&chain).into_iter().map(Option::unwrap).collect();
+        let expected = [13.875, 13.875, 13.875, 13.875, 22.0];
+        assert!(merged.iter().zip(expected).all(|(m, e)| (m - e).abs() < 1e-12), "{merged:?}");
     }
 
     #[test]

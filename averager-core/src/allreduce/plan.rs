@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::Range;
 
 use super::group::GroupMember;
-use super::load_balancing::load_balance;
+use super::load_balancing::{load_balance, merge_close_bandwidths};
 use super::partition::{PartitionPlan, PlannedPart, TensorLayout};
 use crate::error::{Error, Result};
 use crate::matchmaking::PeerMode;
@@ -58,7 +58,8 @@ pub struct AllReducePlan {
 
 impl AllReducePlan {
     /// Plans an all-reduce of tensors shaped by `layouts` among `members` (group order): shares by
-    /// load balancing over their download bandwidths (CLIENTs download nothing), members under
+    /// load balancing over their download bandwidths (CLIENTs download nothing; bandwidths within
+    /// a margin of each other count as equal, see `merge_close_bandwidths` in `load_balancing.rs`), members under
     /// `min_vector_size` elements get none, parts of at most `part_size_bytes` on the wire.
     ///
     /// # Errors
@@ -74,7 +75,7 @@ impl AllReducePlan {
             .iter()
             .map(|m| if m.mode == PeerMode::Client { Some(0.0) } else { m.bandwidth })
             .collect();
-        let shares = load_balance(total, &bandwidths, min_vector_size)?;
+        let shares = load_balance(total, &merge_close_bandwidths(&bandwidths), min_vector_size)?;
         Self::with_shares(members, layouts, part_size_bytes, shares.into_iter().map(|s| s as f64).collect())
     }
 

@@ -3,18 +3,28 @@
 //! anyone measuring links by hand.
 //!
 //! During an all-reduce, the sender's calls to each reducer (one `rpc_aggregate_part` stream per
-//! member) are metered: the tensor bytes of its parts, and the time the transport took to take
-//! them all (it takes them as fast as it can send them: the sender produces parts ahead of the
-//! replies). Replies are not timed: a reducer answers a part only once every sender's copy of it
-//! arrived, so every reply stream runs at the slowest member's pace. A slow peer is slow on every
-//! one of its streams, while a fast peer is slow only on its streams to slow members. Its streams
-//! run at the same time and share its link, so the round's sample is the median stream's rate
-//! times the number of streams: the median rather than the fastest, because socket and flow-control
-//! buffers let a stream's last parts be taken before they cross the link, which makes single
-//! streams look faster than the link (`bench/wan.sh` showed the fastest-stream estimate
-//! overshooting 200 Mbit/s links many times over). Samples are smoothed with an exponentially
-//! weighted moving average and declared in MB/s (10^6 bytes per second), the unit to use when
-//! configuring `bandwidth` by hand in a group that mixes both.
+//! member) are metered: when the transport took each part's tensor bytes (it takes them as fast as
+//! its buffers drain, and the sender produces parts ahead). The round's sample is the busiest
+//! window: the most bytes all streams together had taken in any window of a quarter of the
+//! round, at most [`MAX_WINDOW`], divided by its length.
+//!
+//! Why the busiest window and not the round's average: a reducer reads a sender's next part only
+//! once every sender's copy of the previous one arrived, so after the first second or so every
+//! stream of the group runs at the slowest member's pace, and on links of 50/100/200/400 Mbit/s
+//! all four peers carry the same bytes in the same time (`bench/wan.sh` measured 3.3-5.5 MB/s
+//! for all of them with the median stream's rate times the stream count). Before that, while
+//! the reducers' socket buffers fill, each sender's streams run as fast as its link and the
+//! reducers' links let them: there the 400 Mbit/s peer took parts at about 3x the slowest one's
+//! rate. The slowest link is full all round, so its busiest window is its rate. Each stream's
+//! first part is not counted: it is taken at once into empty buffers, before it crossed
+//! anything; windows of a second dilute what else the buffers take early.
+//!
+//! The busiest window is noisy (the 200 Mbit/s cell's equal links gave 14-22 MB/s under load),
+//! and load balancing magnifies differences, so the plan treats bandwidths within a margin of
+//! each other as equal (`merge_close_bandwidths` in `allreduce/load_balancing.rs`). Samples
+//! are smoothed with an exponentially weighted moving average and declared in MB/s (10^6 bytes
+//! per second), the unit to use when configuring `bandwidth` by hand in a group that mixes both.
+//! `RUST_LOG=averager_core::averager::round=debug` logs each round's part timelines and sample.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -27,42 +37,65 @@ use crate::transport::{AveragingData, RequestStream};
 /// link within a few rounds without jumping at every noisy one.
 const SMOOTHING: f64 = 0.5;
 
-/// Streams shorter than this are not timed (their rate would be noise, and an empty span's stream
-/// carries no information).
-const MIN_STREAM_TIME: Duration = Duration::from_micros(100);
+/// The longest window [`busiest_rate`] looks at: long enough to average out the bursts of a
+/// busy machine's scheduler, short enough to fit into the first phase of a round (before the
+/// group runs at its slowest member's pace), which lasted 0.5-1 s on `bench/wan.sh`'s links.
+const MAX_WINDOW: Duration = Duration::from_secs(1);
 
-/// The bytes and duration of one metered stream.
-#[derive(Debug, Clone, Copy)]
+/// The shortest window: a round whose parts were all taken at once (an in-process transport)
+/// still gives a finite rate.
+const MIN_WINDOW: Duration = Duration::from_micros(100);
+
+/// One metered stream, in offsets from the round's start: when it opened, when and how many
+/// tensor bytes the transport took of each part, and when it ended.
+#[derive(Debug, Clone, Default)]
 struct StreamRecord {
-    bytes: u64,
-    elapsed: Duration,
+    opened: Duration,
+    taken: Vec<(Duration, u64)>,
+    closed: Duration,
 }
 
 /// What one all-reduce's streams carried.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RoundMeter {
+    origin: Instant,
     streams: Mutex<Vec<StreamRecord>>,
 }
 
+impl Default for RoundMeter {
+    fn default() -> Self {
+        RoundMeter { origin: Instant::now(), streams: Mutex::new(Vec::new()) }
+    }
+}
+
 impl RoundMeter {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
     fn record(&self, record: StreamRecord) {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner).push(record);
     }
 
-    /// The round's sample in MB/s: the median stream's rate times the number of streams that
-    /// carried tensor bytes; `None` when no stream did.
+    /// The round's sample in MB/s ([`busiest_rate`] of its streams); `None` when no stream
+    /// carried more than one part.
     pub(crate) fn sample(&self) -> Option<f64> {
+        busiest_rate(&self.streams.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The streams' timelines in milliseconds, for a debug log: `opened-closed:t/bytes,...` per
+    /// stream, `;` between streams.
+    pub(crate) fn timelines(&self) -> String {
         let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
-        let timed: Vec<&StreamRecord> =
-            streams.iter().filter(|s| s.bytes > 0 && s.elapsed >= MIN_STREAM_TIME).collect();
-        let mut rates: Vec<f64> = timed.iter().map(|s| s.bytes as f64 / s.elapsed.as_secs_f64()).collect();
-        rates.sort_by(f64::total_cmp);
-        let median = match rates.len() {
-            0 => return None,
-            n if n % 2 == 1 => rates[n / 2],
-            n => (rates[n / 2 - 1] + rates[n / 2]) / 2.0,
-        };
-        (median > 0.0).then(|| median * rates.len() as f64 / 1e6)
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        streams
+            .iter()
+            .map(|s| {
+                let parts: Vec<String> = s.taken.iter().map(|&(t, b)| format!("{:.1}/{b}", ms(t))).collect();
+                format!("{:.1}-{:.1}:{}", ms(s.opened), ms(s.closed), parts.join(","))
+            })
+            .collect::<Vec<_>>()
+            .join(";")
     }
 }
 
@@ -97,26 +130,63 @@ impl BandwidthEstimator {
     }
 }
 
+/// The most tensor bytes per second (in MB/s) that `streams` together were taken at, over any
+/// window of a quarter of the time from their first part to their last one (at least
+/// [`MIN_WINDOW`], at most [`MAX_WINDOW`]), without each stream's first part. `None` without
+/// such bytes.
+fn busiest_rate(streams: &[StreamRecord]) -> Option<f64> {
+    let start = streams.iter().filter_map(|s| s.taken.first()).map(|&(t, _)| t).min()?;
+    let mut taken: Vec<(Duration, u64)> =
+        streams.iter().flat_map(|s| s.taken.iter().skip(1).copied()).filter(|&(_, b)| b > 0).collect();
+    taken.sort_unstable_by_key(|&(t, _)| t);
+    let end = taken.last()?.0;
+    let window = ((end - start) / 4).clamp(MIN_WINDOW, MAX_WINDOW);
+    // Windows `(from, from + window]` (`[start, start + window]` for the first) starting at the
+    // first part or at any taken part, as long as they fit before the last one (or, for a round
+    // shorter than a window, the first one).
+    let last_start = end.saturating_sub(window).max(start);
+    let mut best = 0u64;
+    let (mut inside, mut head, mut tail) = (0u64, 0usize, 0usize);
+    let starts = std::iter::once(start).chain(taken.iter().map(|&(t, _)| t)).take_while(|&t| t <= last_start);
+    for from in starts {
+        while head < taken.len() && taken[head].0 <= from + window {
+            inside += taken[head].1;
+            head += 1;
+        }
+        // The first window also holds what was taken at the very first instant.
+        while tail < head && taken[tail].0 <= from && from > start {
+            inside -= taken[tail].1;
+            tail += 1;
+        }
+        best = best.max(inside);
+    }
+    let rate = best as f64 / window.as_secs_f64() / 1e6;
+    (rate > 0.0).then_some(rate)
+}
+
 fn tensor_bytes(message: &AveragingData) -> u64 {
     message.tensor_part.as_ref().map_or(0, |t| t.buffer.len() as u64)
 }
 
-/// Counts a request stream's tensor bytes (for the transport that counts a round's traffic,
-/// `telemetry.rs`) and records them with the time the transport took to
-/// take them all, when the last one is taken.
+/// Passes a request stream through and records, when its last part is taken, when the transport
+/// took each part's tensor bytes.
 pub(crate) fn metered_requests(
     requests: RequestStream<AveragingData>,
     meter: Arc<RoundMeter>,
 ) -> impl Stream<Item = AveragingData> + Send + 'static {
-    let started = Instant::now();
-    futures::stream::unfold((requests, meter, 0u64), move |(mut requests, meter, bytes)| async move {
+    let record = StreamRecord { opened: meter.now(), ..StreamRecord::default() };
+    futures::stream::unfold((requests, meter, record), move |(mut requests, meter, mut record)| async move {
         match requests.next().await {
             Some(message) => {
-                let bytes = bytes + tensor_bytes(&message);
-                Some((message, (requests, meter, bytes)))
+                let bytes = tensor_bytes(&message);
+                if bytes > 0 {
+                    record.taken.push((meter.now(), bytes));
+                }
+                Some((message, (requests, meter, record)))
             }
             None => {
-                meter.record(StreamRecord { bytes, elapsed: started.elapsed() });
+                record.closed = meter.now();
+                meter.record(record);
                 None
             }
         }
@@ -143,19 +213,100 @@ mod tests {
         assert_eq!(estimator.declared(None), Some(75.0));
     }
 
+    const MB: u64 = 1_000_000;
+
+    /// A stream of `parts` parts of `bytes` each, taken at `rate` bytes per second from `from`
+    /// on (the first at `from`).
+    fn steady(from: Duration, parts: usize, bytes: u64, rate: f64) -> Vec<(Duration, u64)> {
+        (0..parts).map(|k| (from + Duration::from_secs_f64(k as f64 * bytes as f64 / rate), bytes)).collect()
+    }
+
+    fn stream(taken: Vec<(Duration, u64)>) -> StreamRecord {
+        let closed = taken.last().map_or(Duration::ZERO, |&(t, _)| t);
+        StreamRecord { opened: Duration::ZERO, taken, closed }
+    }
+
+    /// One equal-share round of 4 peers x 64 MB as `bench/wan.sh` showed it, for a peer whose
+    /// link takes `link` MB/s when the slowest member's takes `slowest`: each of its three streams
+    /// of 32 parts runs at a third of its link until it is 10 parts (the reducers' socket buffers)
+    /// ahead of the slowest member's stream, then stays that far ahead.
+    fn lockstep_round(link: f64, slowest: f64) -> Vec<StreamRecord> {
+        let part = MB / 2;
+        let (own, pace) = (part as f64 / (link / 3.0 * 1e6), part as f64 / (slowest / 3.0 * 1e6));
+        let time =
+            |k: usize| Duration::from_secs_f64((k as f64 * own).max(k.saturating_sub(10) as f64 * pace));
+        (0..3).map(|_| stream((0..32).map(|k| (time(k), part)).collect())).collect()
+    }
+
+    fn close(value: Option<f64>, expected: f64, tolerance: f64) -> bool {
+        value.is_some_and(|v| (v - expected).abs() <= tolerance * expected)
+    }
+
     #[test]
-    fn a_round_sample_is_the_median_stream_times_the_stream_count() {
-        let meter = RoundMeter::default();
-        assert_eq!(meter.sample(), None);
-        meter.record(StreamRecord { bytes: 1_000_000, elapsed: Duration::from_secs(1) });
-        meter.record(StreamRecord { bytes: 4_000_000, elapsed: Duration::from_secs(1) });
-        // Untimed streams (no bytes, or too short to time) count neither as rate nor as streams.
-        meter.record(StreamRecord { bytes: 0, elapsed: Duration::from_secs(1) });
-        meter.record(StreamRecord { bytes: 10, elapsed: Duration::from_nanos(5) });
-        // Median of 1 and 4 MB/s, times 2 streams.
-        assert_eq!(meter.sample(), Some(5.0));
-        meter.record(StreamRecord { bytes: 100_000_000, elapsed: Duration::from_secs(1) });
-        // One stream far above the others does not carry the sample: median 4, times 3.
-        assert_eq!(meter.sample(), Some(12.0));
+    fn the_busiest_window_tells_links_apart_that_the_whole_round_does_not() {
+        // Links of 50/100/200/400 Mbit/s: 6.25/12.5/25/50 MB/s.
+        let samples: Vec<Option<f64>> =
+            [6.25, 12.5, 25.0, 50.0].iter().map(|&link| busiest_rate(&lockstep_round(link, 6.25))).collect();
+        // The slowest link is full all round; the others show their rate (up to what the
+        // reducers' links take: here at most twice the slowest) in the first second.
+        assert!(close(samples[0], 6.25, 0.15), "{samples:?}");
+        assert!(close(samples[1], 12.5, 0.15), "{samples:?}");
+        assert!(samples[2].unwrap() > 1.7 * samples[0].unwrap(), "{samples:?}");
+        assert!(samples[3].unwrap() > 1.7 * samples[0].unwrap(), "{samples:?}");
+        // The slowest member's stream is the last to end: the others only ran ahead by the
+        // buffers' 10 parts.
+        let ends: Vec<Duration> =
+            [6.25, 50.0].iter().map(|&link| lockstep_round(link, 6.25)[0].closed).collect();
+        assert!(ends[1] > ends[0] / 2, "{ends:?}");
+    }
+
+    #[test]
+    fn equal_links_give_samples_near_their_rate() {
+        // Four streams at 25 MB/s together with a few parts taken in bursts.
+        let mut round: Vec<StreamRecord> =
+            (0..3).map(|_| stream(steady(Duration::ZERO, 32, MB / 2, 25e6 / 3.0))).collect();
+        round[0].taken[5].0 = round[0].taken[3].0;
+        round[1].taken[9].0 = round[1].taken[7].0;
+        assert!(close(busiest_rate(&round), 25.0, 0.1), "{:?}", busiest_rate(&round));
+    }
+
+    #[test]
+    fn a_first_part_taken_into_empty_buffers_does_not_count() {
+        // 40 MB taken at once, then 1 MB every 100 ms for 4 s: 10 MB/s, not 50.
+        let mut taken = vec![(Duration::ZERO, 40 * MB)];
+        taken.extend(steady(Duration::from_millis(100), 40, MB, 10e6));
+        assert!(close(busiest_rate(&[stream(taken)]), 10.0, 0.1));
+    }
+
+    #[test]
+    fn rounds_without_a_second_part_have_no_sample() {
+        assert_eq!(busiest_rate(&[]), None);
+        let single = stream(vec![(Duration::from_millis(3), MB)]);
+        assert_eq!(busiest_rate(&[single.clone(), single]), None);
+        assert_eq!(busiest_rate(&[stream(Vec::new())]), None);
+        // Parts all taken at the same instant still give a finite rate.
+        let instant = stream(vec![(Duration::ZERO, MB); 4]);
+        let rate = busiest_rate(&[instant]).unwrap();
+        assert!(rate.is_finite() && rate > 0.0);
+    }
+
+    #[test]
+    fn the_meter_records_what_the_transport_took() {
+        let meter = Arc::new(RoundMeter::default());
+        let part = |bytes: usize| AveragingData {
+            tensor_part: Some(crate::compression::WireTensor {
+                buffer: vec![0u8; bytes].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let requests: RequestStream<AveragingData> =
+            Box::pin(futures::stream::iter(vec![part(10), part(0), part(7)]));
+        let passed: Vec<AveragingData> =
+            futures::executor::block_on(metered_requests(requests, Arc::clone(&meter)).collect());
+        assert_eq!(passed.len(), 3);
+        let bytes: Vec<u64> = meter.streams.lock().unwrap()[0].taken.iter().map(|&(_, b)| b).collect();
+        assert_eq!(bytes, [10, 7], "parts without tensor bytes are not recorded");
+        assert!(!meter.timelines().is_empty());
     }
 }

@@ -317,8 +317,11 @@ impl Inner {
         self.router.unregister(&group_id);
         self.round_tensors.send_replace(None);
         drop(span);
-        if let (Ok(_), Some(sample)) = (&outcome, meter.as_deref().and_then(RoundMeter::sample)) {
-            self.bandwidth.record(sample);
+        if let (Ok(_), Some(meter)) = (&outcome, meter.as_deref()) {
+            tracing::debug!(endpoint = %self.endpoint, timelines = %meter.timelines(), sample = ?meter.sample(), "bandwidth meter");
+            if let Some(sample) = meter.sample() {
+                self.bandwidth.record(sample);
+            }
         }
         let mut tensors = take_back(tensors);
         // An AUX peer has nothing to update, in its tensors or a target.
