@@ -59,6 +59,11 @@ pub(crate) const EQUAL_BANDWIDTH_MARGIN: f64 = 0.4;
 /// it and within twice the margin of the cluster's smallest: chaining alone could merge a group
 /// whose many members spread evenly over a wide range. Every peer computes the same clusters from
 /// the same gathered bandwidths (the sort and the sums run in one order).
+///
+/// hivemind's load balancing does not merge: in a group that mixes hivemind peers with peers
+/// declaring close but unequal bandwidths (as measured ones are), the two kinds of peers plan
+/// different spans and the round fails. (Unequal bandwidths where the slowest peer dominates
+/// already risk that: there hivemind's LP solver picks one of many optima, protocol 11.14.)
 pub(crate) fn merge_close_bandwidths(bandwidths: &[Option<f64>]) -> Vec<Option<f64>> {
     let mut order: Vec<usize> =
         (0..bandwidths.len()).filter(|&i| bandwidths[i].is_some_and(|b| b > 0.0)).collect();
