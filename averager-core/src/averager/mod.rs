@@ -302,8 +302,7 @@ impl Averager {
                 () = handle.cancelled_signal() => Error::Cancelled("the step was cancelled".into()),
                 () = inner.shutdown.cancelled() => Error::Cancelled("the averager shut down".into()),
             };
-            handle.set_result(Err(cancelled));
-            handle.set_stage(Stage::Finished);
+            handle.finish(Err(cancelled));
         });
         Ok(control)
     }

@@ -65,8 +65,7 @@ impl Inner {
         if let Err(e) = &result {
             span.record("outcome", tracing::field::debug(e.kind()));
         }
-        control.set_result(result);
-        control.set_stage(Stage::Finished);
+        control.finish(result);
     }
 
     async fn round_loop(

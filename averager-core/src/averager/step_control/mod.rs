@@ -387,8 +387,29 @@ impl<T: Clone + Send + Sync + 'static> StepControl<T> {
         let _ = rx.wait_for(|s| s.cancel_requested).await;
     }
 
+    /// *Averager side.* Completes the step with `result` (unless it already has one: the first
+    /// wins) and moves it to [`Stage::Finished`] in the same change, so whoever is woken by the
+    /// result already sees the final stage.
+    pub(crate) fn finish(&self, result: Result<T>) {
+        self.shared.state.send_if_modified(|s| {
+            let mut changed = false;
+            if s.result.is_none() {
+                s.result = Some(result);
+                changed = true;
+            }
+            if s.stage != Stage::Finished {
+                s.stage = Stage::Finished;
+                s.highest = Stage::Finished;
+                changed = true;
+            }
+            changed
+        });
+    }
+
     /// *Averager side.* Completes the step; the first result wins (a cancel counts), later ones are
-    /// ignored. Returns whether this one was taken.
+    /// ignored. Returns whether this one was taken. (The averager finishes with
+    /// [`StepControl::finish`]; tests set a result apart from the stage.)
+    #[cfg(test)]
     pub(crate) fn set_result(&self, result: Result<T>) -> bool {
         self.shared.state.send_if_modified(|s| {
             let first = s.result.is_none();

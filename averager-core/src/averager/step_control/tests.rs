@@ -45,6 +45,22 @@ fn stages_only_move_forward_except_a_retry() {
     }
 }
 
+/// A caller woken by the result must already see the final stage (the Python binding's
+/// `result()` then `stage` once saw `RunningAllreduce`, as result and stage were two changes).
+#[tokio::test]
+async fn finish_sets_the_result_and_the_final_stage_in_one_change() {
+    let c = control(false);
+    c.set_stage(Stage::RunningAllreduce);
+    let mut rx = c.shared.state.subscribe();
+    c.finish(Ok(3));
+    let seen = rx.wait_for(|s| s.result.is_some()).await.map(|s| s.stage).unwrap();
+    assert_eq!(seen, Stage::Finished);
+    assert!(!rx.has_changed().unwrap(), "one change, not two");
+    // The first result wins, as with set_result.
+    c.finish(Ok(4));
+    assert_eq!(c.result().await.unwrap(), 3);
+}
+
 #[tokio::test]
 async fn finishing_without_a_result_is_an_internal_error() {
     let c = control(false);
