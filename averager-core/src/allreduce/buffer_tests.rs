@@ -269,7 +269,7 @@ fn the_own_spans_averages_are_applied_against_the_tensor_without_a_delta_buffer(
     let plan = PartitionPlan::new(&layouts, &[1.0], 16).unwrap();
     let local: Vec<f32> = (0..8).map(|i| i as f32).collect();
     let mut tensors = vec![Tensor::from_f32(vec![8], local.clone()).unwrap()];
-    let mut span = SpanDeltas::for_own_span(0, plan.parts_of(0), &[DType::F32], &Default::default()).unwrap();
+    let mut span = SpanDeltas::new(0, plan.parts_of(0), &[DType::F32], &Default::default()).unwrap();
     let average = |v: f32| Arc::new(PartOutcome::Reduced(Tensor::from_f32(vec![4], vec![v; 4]).unwrap()));
     span.set_average(0, &average(10.0), TensorSlice::F32(&local[..4])).unwrap();
     span.set_average(1, &Arc::new(PartOutcome::KeepLocal), TensorSlice::F32(&local[4..])).unwrap();

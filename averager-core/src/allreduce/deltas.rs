@@ -270,26 +270,12 @@ impl Deltas {
 }
 
 impl SpanDeltas {
-    /// Room for the updates of `parts`, plan parts `first..` of the span this peer reduces
-    /// itself: no buffer, since their averages are kept as they are
-    /// ([`SpanDeltas::set_average`]), unless a caller needs them as deltas
-    /// ([`Deltas::take_differences`]): then from `pool`.
-    ///
-    /// # Errors
-    /// As [`SpanDeltas::new`].
-    pub(crate) fn for_own_span(
-        first: usize,
-        parts: &[PlannedPart],
-        dtypes: &[DType],
-        pool: &Arc<ScratchPool>,
-    ) -> Result<Self> {
-        let (slots, f32_len) = Self::slots(parts, dtypes)?;
-        Ok(SpanDeltas { first, slots, values: Scratch::default(), f32_len, pool: Some(Arc::clone(pool)) })
-    }
-
     /// Room for the deltas of `parts`, plan parts `first..` of one span, whose tensors have
     /// `dtypes`. An f32 buffer, if one is needed, comes from `pool` (see `scratch.rs`) and goes
-    /// back to it when the deltas are dropped.
+    /// back to it when the deltas are dropped. Replies kept encoded need none, and neither does
+    /// the span this peer reduces itself, whose averages are kept as they are
+    /// ([`SpanDeltas::set_average`]) unless a caller needs them as deltas
+    /// ([`Deltas::take_differences`]).
     ///
     /// # Errors
     /// [`Error::Internal`] when a part names a tensor without a dtype.

@@ -132,12 +132,7 @@ impl Sender {
     async fn exchange_with(&self, j: usize) -> (usize, Result<SpanDeltas>, Option<Failure>) {
         let first = self.plan.first_index_of(j);
         let (parts, dtypes) = (self.plan.parts_of(j), &self.dtypes);
-        let span = if j == self.group.me {
-            SpanDeltas::for_own_span(first, parts, dtypes, &self.scratch)
-        } else {
-            SpanDeltas::new(first, parts, dtypes, &self.scratch)
-        };
-        let mut received = match span {
+        let mut received = match SpanDeltas::new(first, parts, dtypes, &self.scratch) {
             Ok(received) => received,
             Err(e) => return (j, Err(e), None),
         };
