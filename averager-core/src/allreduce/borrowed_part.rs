@@ -7,22 +7,23 @@
 //! [`Bytes`] keeps the round's tensors alive and points into them; the transport writes from
 //! there.
 //!
-//! While such a message lives the tensors are shared, so the averager takes them back after the
-//! round with a copy instead of without one. That only happens when a transport still holds a
-//! part after its reducer answered or failed, which the built-in transports do not do on the
-//! normal path.
+//! While such a message lives the tensors are shared, so the averager takes its own tensors back
+//! after the round with a copy instead of without one, and waits before writing into lent ones
+//! (`averager/round.rs`). That only happens when a transport still holds a part after its reducer
+//! answered or failed, which the built-in transports do not do on the normal path.
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::round_tensors::RoundTensors;
 use crate::compression::{Compression, NoCompression, WireTensor, wire_header};
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::TensorSlice;
 
 /// A float32 range of one of the round's tensors, as the bytes of a NONE message.
 struct PartBytes {
-    tensors: Arc<Vec<Tensor>>,
+    tensors: Arc<RoundTensors>,
     tensor: usize,
     range: Range<usize>,
 }
@@ -30,8 +31,10 @@ struct PartBytes {
 impl AsRef<[u8]> for PartBytes {
     fn as_ref(&self) -> &[u8] {
         // `borrowed_part` checked the tensor, dtype and range before building this.
-        match self.tensors.get(self.tensor).map(Tensor::data) {
-            Some(TensorData::F32(values)) => values.get(self.range.clone()).map_or(&[], bytemuck::cast_slice),
+        match self.tensors.get(self.tensor).map(|view| view.data()) {
+            Some(TensorSlice::F32(values)) => {
+                values.get(self.range.clone()).map_or(&[], bytemuck::cast_slice)
+            }
             _ => &[],
         }
     }
@@ -43,7 +46,7 @@ impl AsRef<[u8]> for PartBytes {
 /// otherwise (and for a range outside the tensor), for the caller to encode as usual.
 pub(crate) fn borrowed_part(
     codec: &dyn Compression,
-    tensors: &Arc<Vec<Tensor>>,
+    tensors: &Arc<RoundTensors>,
     tensor: usize,
     range: Range<usize>,
 ) -> Option<WireTensor> {
@@ -51,12 +54,11 @@ pub(crate) fn borrowed_part(
     if !plain || cfg!(target_endian = "big") {
         return None;
     }
-    let source = tensors.get(tensor)?;
-    let TensorData::F32(values) = source.data() else {
+    let TensorSlice::F32(values) = tensors.get(tensor)?.data() else {
         return None;
     };
     values.get(range.clone())?;
-    let view = source.flat_view(range.clone()).ok()?;
+    let view = tensors.flat_view(tensor, range.clone()).ok()?;
     let mut message = wire_header(&view, view.dtype(), codec.wire_type(), NoCompression::NAME);
     message.buffer = Bytes::from_owner(PartBytes { tensors: Arc::clone(tensors), tensor, range });
     Some(message)
@@ -66,15 +68,15 @@ pub(crate) fn borrowed_part(
 mod tests {
     use super::*;
     use crate::compression::CompressionInfo;
-    use crate::tensor::DType;
+    use crate::tensor::{DType, Tensor, TensorData};
 
-    fn tensors() -> Arc<Vec<Tensor>> {
+    fn tensors() -> Arc<RoundTensors> {
         let values: Vec<f32> = (0..1000).map(|i| i as f32 * 0.25 - 7.0).collect();
         let halves: Vec<half::f16> = (0..10).map(|i| half::f16::from_f32(i as f32)).collect();
-        Arc::new(vec![
+        Arc::new(RoundTensors::Owned(vec![
             Tensor::new(vec![10, 100], TensorData::F32(values)).unwrap(),
             Tensor::new(vec![10], TensorData::F16(halves)).unwrap(),
-        ])
+        ]))
     }
 
     #[test]
@@ -83,7 +85,7 @@ mod tests {
         let info = CompressionInfo::default();
         for range in [0..1000, 100..350, 999..1000, 5..5] {
             let borrowed = borrowed_part(&NoCompression, &tensors, 0, range.clone()).unwrap();
-            let view = tensors[0].flat_view(range).unwrap();
+            let view = tensors.flat_view(0, range).unwrap();
             let encoded = NoCompression.compress(&view, &info).unwrap();
             assert_eq!(borrowed, encoded);
         }
@@ -101,7 +103,7 @@ mod tests {
     #[test]
     fn other_codecs_dtypes_and_ranges_are_encoded_as_usual() {
         let tensors = tensors();
-        assert_eq!(tensors[1].dtype(), DType::F16);
+        assert_eq!(tensors.view(1).unwrap().dtype(), DType::F16);
         assert!(borrowed_part(&NoCompression, &tensors, 1, 0..10).is_none());
         assert!(borrowed_part(&NoCompression, &tensors, 0, 990..1001).is_none());
         assert!(borrowed_part(&NoCompression, &tensors, 2, 0..1).is_none());

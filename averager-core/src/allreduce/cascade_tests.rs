@@ -79,7 +79,7 @@ fn runner(peers: &Peers, i: usize, reducer_timeout: Duration) -> AllReduceRound 
     let runner = AllReduceRound::with_shares(
         AllReduceInputs {
             group,
-            tensors: Arc::new(tensors),
+            tensors: Arc::new(tensors.into()),
             infos,
             codec: Arc::new(NoCompression),
             reducer: Arc::new(MeanReducer),

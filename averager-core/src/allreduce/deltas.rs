@@ -19,6 +19,7 @@
 use std::sync::Arc;
 
 use super::partition::{PartitionPlan, PlannedPart};
+use super::round_tensors::UpdateTensors;
 use super::scratch::{Scratch, ScratchPool};
 use crate::averager::UpdatePart;
 use crate::compression::{Compression, WireTensor};
@@ -194,29 +195,36 @@ impl Deltas {
     /// # Errors
     /// [`Error::Tensor`] when a delta does not fit its part (dtype or length); nothing is applied
     /// then, because every delta is checked first.
-    pub(crate) fn apply(&self, plan: &PartitionPlan, tensors: &mut [Tensor], alpha: f64) -> Result<()> {
+    pub(crate) fn apply<T: UpdateTensors + ?Sized>(
+        &self,
+        plan: &PartitionPlan,
+        tensors: &mut T,
+        alpha: f64,
+    ) -> Result<()> {
         for (index, update) in self.received() {
             let part = planned(plan, index)?;
-            let tensor = tensors
-                .get(part.tensor)
+            let dtype = tensors
+                .dtype_of(part.tensor)
                 .ok_or_else(|| Error::Tensor(format!("no tensor {} to apply a delta to", part.tensor)))?;
-            if update.len() != part.range.len() || update.dtype() != tensor.dtype() {
+            if update.len() != part.range.len() || update.dtype() != dtype {
                 return Err(Error::Tensor(format!(
                     "delta of {} x {} does not fit part {:?} of a {} tensor",
                     update.len(),
                     update.dtype(),
                     part.range,
-                    tensor.dtype()
+                    dtype
                 )));
             }
         }
         for (index, update) in self.received() {
             let part = &plan.parts()[index];
-            let tensor = &mut tensors[part.tensor];
+            let mut tensor = tensors
+                .slice_mut(part.tensor)
+                .ok_or_else(|| Error::Internal(format!("tensor {} went away", part.tensor)))?;
             match update {
-                Update::Delta(delta) => tensor.data_mut().add_scaled_at(part.range.start, delta, alpha)?,
+                Update::Delta(delta) => tensor.add_scaled_at(part.range.start, delta, alpha)?,
                 Update::Encoded { message, codec, .. } => {
-                    let local = &mut tensor.as_f32_mut()?[part.range.clone()];
+                    let local = &mut tensor.into_f32()?[part.range.clone()];
                     // The same f32 arithmetic as a delta decoded first and added after; on an
                     // error nothing was added.
                     if let Err(error) = codec.decode_add_into(message, alpha as f32, local) {
@@ -225,7 +233,7 @@ impl Deltas {
                 }
                 Update::Average(average) => {
                     let a32 = alpha as f32;
-                    let local = &mut tensor.as_f32_mut()?[part.range.clone()];
+                    let local = &mut tensor.into_f32()?[part.range.clone()];
                     // The same f32 arithmetic as a delta computed first and added after.
                     for (x, &a) in local.iter_mut().zip(average) {
                         *x += a32 * (a - *x);

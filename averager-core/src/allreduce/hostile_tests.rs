@@ -42,7 +42,7 @@ async fn setup(sender_timeout: Option<Duration>) -> Setup {
             let runner = AllReduceRound::with_shares(
                 AllReduceInputs {
                     group: swarm.group(&modes, i),
-                    tensors: Arc::new(inputs[i].clone()),
+                    tensors: Arc::new(inputs[i].clone().into()),
                     infos: infos(&inputs[i]),
                     codec: Arc::new(NoCompression),
                     reducer: Arc::new(MeanReducer),
@@ -227,7 +227,7 @@ async fn a_goodbye_that_arrives_before_the_group_registers_still_excludes_the_se
             AllReduceRound::with_shares(
                 AllReduceInputs {
                     group: swarm.group(&modes, i),
-                    tensors: Arc::new(inputs[i].clone()),
+                    tensors: Arc::new(inputs[i].clone().into()),
                     infos: infos(&inputs[i]),
                     codec: Arc::new(NoCompression),
                     reducer: Arc::new(MeanReducer),

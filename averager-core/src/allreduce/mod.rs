@@ -18,6 +18,7 @@ mod plan;
 mod presence;
 mod progress;
 mod round;
+mod round_tensors;
 mod router;
 mod scratch;
 mod sender;
@@ -30,7 +31,8 @@ pub use load_balancing::load_balance;
 pub use partition::{PartitionPlan, PlannedPart, TensorLayout};
 pub use plan::{AllReducePlan, MemberIndex, PlannedMember, SenderIndex, Traffic};
 pub(crate) use progress::progress_interval;
-pub(crate) use round::{AllReduceInputs, AllReduceRound, AllReduceSettings};
+pub(crate) use round::{AllReduceInputs, AllReduceOutcome, AllReduceRound, AllReduceSettings};
+pub(crate) use round_tensors::RoundTensors;
 pub(crate) use router::RoundRouter;
 pub(crate) use scratch::ScratchPool;
 

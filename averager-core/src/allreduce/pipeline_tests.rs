@@ -135,7 +135,7 @@ async fn average_pair(shares: [f64; 2], send_first: bool) -> Vec<(usize, Event)>
         let runner = AllReduceRound::with_shares(
             AllReduceInputs {
                 group,
-                tensors: Arc::new(tensors[i].clone()),
+                tensors: Arc::new(tensors[i].clone().into()),
                 infos: infos(&tensors[i]),
                 codec: Arc::new(NoCompression),
                 reducer: Arc::new(MeanReducer),

@@ -21,6 +21,7 @@ use super::group::AllReduceGroup;
 use super::membership::Membership;
 use super::partition::{PartitionPlan, TensorLayout};
 use super::plan::AllReducePlan;
+use super::round_tensors::RoundTensors;
 use super::scratch::ScratchPool;
 use super::sender::Sender;
 use super::span_reducer::{SpanInputs, SpanReducer};
@@ -28,7 +29,7 @@ use crate::compression::{Compression, CompressionInfo};
 use crate::error::{Error, Result};
 use crate::reduce::{PartReducer, Reducer};
 use crate::registry::Registry;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::DType;
 use crate::transport::Transport;
 
 /// The settings of one all-reduce (from the averager's config and the step).
@@ -51,7 +52,7 @@ pub(crate) struct AllReduceInputs {
     /// The formed group and this peer's place in it.
     pub(crate) group: AllReduceGroup,
     /// This peer's tensors (taken from the averager for the duration of the all-reduce).
-    pub(crate) tensors: Arc<Vec<Tensor>>,
+    pub(crate) tensors: Arc<RoundTensors>,
     /// `infos[i]` describes `tensors[i]` for the codec.
     pub(crate) infos: Vec<CompressionInfo>,
     /// The codec parts are sent with.
@@ -132,12 +133,13 @@ impl AllReduceRound {
     fn layouts(inputs: &AllReduceInputs) -> Vec<TensorLayout> {
         inputs
             .tensors
-            .iter()
+            .dtypes()
+            .into_iter()
+            .enumerate()
             .zip(&inputs.infos)
-            .map(|(t, info)| TensorLayout {
-                numel: t.numel(),
-                bytes_per_value: t.dtype().size_bytes() as f64
-                    * inputs.codec.estimate_compression_ratio(info),
+            .map(|((i, dtype), info)| TensorLayout {
+                numel: inputs.tensors.get(i).map_or(0, |t| t.numel()),
+                bytes_per_value: dtype.size_bytes() as f64 * inputs.codec.estimate_compression_ratio(info),
             })
             .collect()
     }
@@ -152,7 +154,7 @@ impl AllReduceRound {
         let shares = planned.shares().to_vec();
         let plan = Arc::new(planned.partition().clone());
         let my_parts = plan.parts_of(group.me).to_vec();
-        let dtypes: Vec<DType> = tensors.iter().map(Tensor::dtype).collect();
+        let dtypes: Vec<DType> = tensors.dtypes();
         let part_reducer = if my_parts.is_empty() {
             None
         } else {

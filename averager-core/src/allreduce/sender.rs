@@ -25,6 +25,7 @@ use super::group::AllReduceGroup;
 use super::membership::Membership;
 use super::partition::{PartitionPlan, PlannedPart};
 use super::progress::{ReplyClock, is_pending};
+use super::round_tensors::RoundTensors;
 use super::scratch::ScratchPool;
 use super::tasks::{AbortOnDrop, sleep_until};
 use crate::compression::{Compression, CompressionInfo, WireTensor, wire_dtype, wire_shape};
@@ -32,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::matchmaking::PeerMode;
 use crate::reduce::PartReducer;
 use crate::registry::Registry;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::DType;
 use crate::time::with_timeout;
 use crate::transport::{AveragingData, Transport};
 
@@ -51,7 +52,7 @@ pub(crate) struct Sender {
     pub(crate) group: Arc<AllReduceGroup>,
     pub(crate) plan: Arc<PartitionPlan>,
     /// This peer's tensors, for its own span's parts; the part producers hold them weakly.
-    pub(crate) tensors: Arc<Vec<Tensor>>,
+    pub(crate) tensors: Arc<RoundTensors>,
     pub(crate) infos: Arc<Vec<CompressionInfo>>,
     pub(crate) codec: Arc<dyn Compression>,
     /// The dtype of every tensor, to check the replies against.
@@ -86,7 +87,7 @@ enum Failure {
 /// One member's parts as the producer task that encodes them sees them.
 struct Producer {
     parts: Vec<PlannedPart>,
-    tensors: Weak<Vec<Tensor>>,
+    tensors: Weak<RoundTensors>,
     infos: Arc<Vec<CompressionInfo>>,
     codec: Arc<dyn Compression>,
     /// The first message of a stream names the group and this peer.
@@ -151,7 +152,7 @@ impl Sender {
         };
         let fed = async {
             for (k, part) in self.plan.parts_of(self.group.me).iter().enumerate() {
-                let view = self.tensors[part.tensor].flat_view(part.range.clone())?;
+                let view = self.tensors.flat_view(part.tensor, part.range.clone())?;
                 let outcome = reducer.accumulate(sender, k, &view, self.weight).await?;
                 received.set_average(k, &outcome, view.data())?;
             }
@@ -371,7 +372,7 @@ impl Producer {
         let tensors =
             self.tensors.upgrade().ok_or_else(|| Error::Cancelled("the all-reduce is over".into()))?;
         let part = &self.parts[k];
-        let view = tensors[part.tensor].flat_view(part.range.clone())?;
+        let view = tensors.flat_view(part.tensor, part.range.clone())?;
         let info = self.infos[part.tensor].for_part(part.part_index, part.part_size);
         self.codec.compress(&view, &info)
     }

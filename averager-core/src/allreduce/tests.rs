@@ -99,7 +99,7 @@ async fn run_case(
         let runner = AllReduceRound::with_shares(
             AllReduceInputs {
                 group: swarm.group(modes, i),
-                tensors: Arc::new(inputs[i].clone()),
+                tensors: Arc::new(inputs[i].clone().into()),
                 infos: infos(&inputs[i]),
                 codec: Arc::new(NoCompression),
                 reducer: Arc::new(MeanReducer),

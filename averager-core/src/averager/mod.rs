@@ -5,6 +5,7 @@
 mod bandwidth;
 mod config;
 mod gathered;
+mod lent;
 mod report;
 mod result_target;
 mod round;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{AveragerConfig, AveragerConfigBuilder, CodecSpec, TensorSettings};
 pub use gathered::Gathered;
+pub use lent::{InputLender, LentTensors};
 pub use report::StepReport;
 pub use result_target::{ResultTarget, StepUpdate, UpdatePart};
 pub(crate) use schema::schema_hash;
@@ -29,7 +31,7 @@ pub use state::AveragerState;
 pub use step_control::{Stage, StepControl};
 pub use step_options::StepOptions;
 
-use crate::allreduce::RoundRouter;
+use crate::allreduce::{RoundRouter, RoundTensors};
 use crate::compression::{Compression, CompressionInfo, TensorKey};
 use crate::dht::Dht;
 use crate::error::{Error, Result};
@@ -40,6 +42,7 @@ use crate::state::{StateProvider, StateSharing};
 use crate::tensor::Tensor;
 use crate::time::dht_now;
 use crate::transport::{ServerHandle, Transport};
+use round::StepIo;
 
 /// Decentralized averaging of a fixed set of tensors with whoever else runs under the same prefix.
 ///
@@ -70,7 +73,7 @@ pub(crate) struct Inner {
     tensors: tokio::sync::Mutex<Vec<Tensor>>,
     /// While an all-reduce runs, the tensors as they were when it began (they do not change until
     /// it ends): what state downloads serve meanwhile, instead of waiting for the tensor lock.
-    round_tensors: tokio::sync::watch::Sender<Option<Arc<Vec<Tensor>>>>,
+    round_tensors: tokio::sync::watch::Sender<Option<Arc<RoundTensors>>>,
     /// The all-reduces' delta buffers, kept from round to round (freed with the averager).
     scratch: Arc<crate::allreduce::ScratchPool>,
     infos: Vec<CompressionInfo>,
@@ -283,7 +286,7 @@ impl Averager {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::Cancelled("the averager shut down".into()));
         }
-        let target = options.target();
+        let io = StepIo { target: options.target(), lender: options.lender() };
         let user = options.gather_bytes().map(<[u8]>::to_vec).unwrap_or_else(|| vec![0xc0]);
         let payload =
             GatherPayload { bandwidth: self.declared_bandwidth(), mode: self.inner.mode, user_bytes: user };
@@ -298,7 +301,7 @@ impl Averager {
             // A step cancelled (or an averager shut down) before `ready` never starts, and drops
             // `ready` at once rather than holding whatever it captured.
             let cancelled = tokio::select! {
-                () = ready => return inner.run_step(handle, target).await,
+                () = ready => return inner.run_step(handle, io).await,
                 () = handle.cancelled_signal() => Error::Cancelled("the step was cancelled".into()),
                 () = inner.shutdown.cancelled() => Error::Cancelled("the averager shut down".into()),
             };

@@ -15,12 +15,15 @@ use tracing::field::Empty;
 
 use super::bandwidth::RoundMeter;
 use super::gathered::Gathered;
+use super::lent::{InputLender, LentTensors};
 use super::report::StepReport;
 use super::result_target::{ResultTarget, StepUpdate, UpdatePart};
 use super::step_control::{Stage, StepControl};
 use super::telemetry::{CountingTransport, Tally};
 use super::{Inner, hex};
-use crate::allreduce::{AllReduceGroup, AllReduceInputs, AllReduceRound, AllReduceSettings};
+use crate::allreduce::{
+    AllReduceGroup, AllReduceInputs, AllReduceOutcome, AllReduceRound, AllReduceSettings, RoundTensors,
+};
 use crate::error::{Error, Operation, Result};
 use crate::matchmaking::{FormedGroup, GatherPayload, PeerMode, SearchRequest};
 use crate::tensor::{DType, Tensor};
@@ -30,12 +33,9 @@ use crate::transport::AveragingData;
 impl Inner {
     /// Runs a step to its end and reports through its control (protocol 8.1 round loop).
     /// With a `target` ([`StepOptions::apply_to`](super::StepOptions::apply_to)), the result goes
-    /// there instead of into the averager's tensors.
-    pub(super) async fn run_step(
-        self: Arc<Self>,
-        control: StepControl<Gathered>,
-        target: Option<Arc<dyn ResultTarget>>,
-    ) {
+    /// there instead of into the averager's tensors; with tensors lent by a lender
+    /// ([`StepOptions::lend_inputs`](super::StepOptions::lend_inputs)), into those.
+    pub(super) async fn run_step(self: Arc<Self>, control: StepControl<Gathered>, io: StepIo) {
         // A second step queues behind the first (protocol 3.1).
         let _one_at_a_time = self.step_lock.lock().await;
         let span = tracing::info_span!(
@@ -50,7 +50,7 @@ impl Inner {
             outcome = Empty,
         );
         let mut report = StepReport::default();
-        let result = self.round_loop(&control, target.as_ref(), &mut report).instrument(span.clone()).await;
+        let result = self.round_loop(&control, &io, &mut report).instrument(span.clone()).await;
         span.record("attempts", report.attempts);
         span.record("matchmaking_seconds", report.matchmaking.as_secs_f64());
         let result = result.map(|gathered| {
@@ -71,7 +71,7 @@ impl Inner {
     async fn round_loop(
         &self,
         control: &StepControl<Gathered>,
-        target: Option<&Arc<dyn ResultTarget>>,
+        io: &StepIo,
         report: &mut StepReport,
     ) -> Result<Gathered> {
         loop {
@@ -81,7 +81,7 @@ impl Inner {
             control.set_group(None);
             control.set_stage(Stage::LookingForGroup);
             report.attempts += 1;
-            let error = match self.round(control, target, report).await {
+            let error = match self.round(control, io, report).await {
                 Ok(gathered) => return Ok(gathered),
                 Err(e) => e,
             };
@@ -103,7 +103,7 @@ impl Inner {
     async fn round(
         &self,
         control: &StepControl<Gathered>,
-        target: Option<&Arc<dyn ResultTarget>>,
+        io: &StepIo,
         report: &mut StepReport,
     ) -> Result<Gathered> {
         let span = tracing::info_span!("matchmaking", group_id = Empty, group_size = Empty, seconds = Empty);
@@ -173,7 +173,7 @@ impl Inner {
             seconds = Empty,
         );
         let figures = self
-            .all_reduce(all_reduce_group, control, target, &group, &tally)
+            .all_reduce(all_reduce_group, control, io, &group, &tally)
             .instrument(span.clone())
             .await
             .map_err(|e| e.during(Operation::AllReduce).with_context("group", &group_id));
@@ -246,25 +246,47 @@ impl Inner {
     }
 
     /// protocol 4.1 and 4.8: holds the tensor lock from load balancing until the result is applied
-    /// (to a `target`: until the all-reduce ends; the target is called after).
+    /// (to a `target`: until the all-reduce ends; the target is called after). With tensors lent
+    /// by the step's lender, the all-reduce reads those and the update is written into them.
     async fn all_reduce(
         &self,
         group: AllReduceGroup,
         control: &StepControl<Gathered>,
-        target: Option<&Arc<dyn ResultTarget>>,
+        io: &StepIo,
         formed: &FormedGroup,
         tally: &Arc<Tally>,
     ) -> Result<AllReduceFigures> {
         let group_id = group.group_id.clone();
         let started = Instant::now();
+        // Before the tensor lock: a lender may take its own locks (the Python binding's user
+        // lock, which it always takes before this one).
+        let lent = match &io.lender {
+            Some(lender) => match lender.lend().await {
+                Ok(lent) => lent,
+                Err(e) => {
+                    self.abandon(formed);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let mut guard = self.tensors.lock().await;
-        if let Err(e) = self.check_schema(&guard) {
+        let checked = self.check_schema(&guard).and_then(|()| match &lent {
+            Some(lent) => check_lent(&guard, lent.as_ref()),
+            None => Ok(()),
+        });
+        if let Err(e) = checked {
             self.abandon(formed);
             return Err(e);
         }
         // The round's sender gets the tensors without a copy; they come back when the all-reduce
         // is over (its span reducer, which may outlive it by a reply, needs only their dtypes).
-        let tensors = Arc::new(std::mem::take(&mut *guard));
+        // Lent tensors leave the averager's own where they are.
+        let tensors = Arc::new(match lent {
+            Some(lent) => RoundTensors::Lent(lent),
+            None => RoundTensors::Owned(std::mem::take(&mut *guard)),
+        });
+        let lent = matches!(*tensors, RoundTensors::Lent(_));
         let settings = AllReduceSettings {
             part_size_bytes: self.config.part_size_bytes,
             min_vector_size: self.config.min_vector_size,
@@ -288,11 +310,13 @@ impl Inner {
         })
         .map(|round| round.keep_buffers_in(Arc::clone(&self.scratch)))
         // A target takes deltas: decoding them while the exchange runs keeps that off the end.
-        .map(|round| if target.is_some() { round.decode_replies_on_arrival() } else { round });
+        .map(|round| if io.target.is_some() && !lent { round.decode_replies_on_arrival() } else { round });
         let round = match round {
             Ok(round) => round,
             Err(e) => {
-                *guard = take_back(tensors);
+                if let RoundTensors::Owned(tensors) = take_back(tensors) {
+                    *guard = tensors;
+                }
                 self.abandon(formed);
                 return Err(e);
             }
@@ -322,7 +346,59 @@ impl Inner {
                 self.bandwidth.record(sample);
             }
         }
-        let mut tensors = take_back(tensors);
+        let drain_limit = self.config.effective_sender_timeout().unwrap_or(REPLY_DRAIN_LIMIT);
+        let tensors = match outcome {
+            // Lent memory is written only once nothing borrows it; a failed round writes nothing,
+            // so it is not waited for.
+            Ok(_) if lent => reclaim_lent(tensors, drain_limit).await?,
+            _ => take_back(tensors),
+        };
+        let outcome = match tensors {
+            RoundTensors::Owned(tensors) => {
+                self.update_own(guard, tensors, outcome, io.target.as_ref()).await?
+            }
+            RoundTensors::Lent(mut lent) => {
+                // The averager's own tensors are not this step's: released at once.
+                drop(guard);
+                let outcome = outcome?;
+                if self.mode != PeerMode::Aux {
+                    outcome.deltas.apply(&outcome.plan, lent.as_mut(), self.config.averaging_alpha)?;
+                }
+                // Dropping the lent tensors here returns them to their lender.
+                outcome
+            }
+        };
+        let failed_reducers = outcome.failed_reducers.len();
+        self.after_update();
+        let seconds = started.elapsed();
+        // **\[averager\]** This peer's reducer may still be streaming its last replies (a slow
+        // sender's only leave when its last part arrives). The step returns once the transport
+        // has taken them: a caller that shuts down right after its step (a script's last step)
+        // would otherwise cut them off, and its groupmates would keep their own values for
+        // those parts. They are also this round's traffic for the report. A member that stopped
+        // reading is not waited for beyond its `sender_timeout` (or `REPLY_DRAIN_LIMIT`).
+        tokio::select! {
+            _ = tokio::time::timeout(drain_limit, tally.replies_done()) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+        Ok(AllReduceFigures {
+            seconds,
+            bytes_sent: tally.sent(),
+            bytes_received: tally.received(),
+            failed_reducers,
+        })
+    }
+
+    /// The end of a round on the averager's own tensors: the update goes into them, or to the
+    /// step's `target` (with the averager's tensors keeping the round's inputs); the tensors go
+    /// back under `guard` either way, which is released before the target runs.
+    async fn update_own(
+        &self,
+        mut guard: tokio::sync::MutexGuard<'_, Vec<Tensor>>,
+        mut tensors: Vec<Tensor>,
+        outcome: Result<AllReduceOutcome>,
+        target: Option<&Arc<dyn ResultTarget>>,
+    ) -> Result<AllReduceOutcome> {
         // An AUX peer has nothing to update, in its tensors or a target.
         let target = target.filter(|_| self.mode != PeerMode::Aux);
         let shapes = TensorShapes::of(&tensors);
@@ -348,27 +424,39 @@ impl Inner {
             let parts = outcome.deltas.update_parts(&outcome.plan)?;
             self.apply_to_target(target, parts, shapes).await?;
         }
-        let failed_reducers = outcome.failed_reducers.len();
-        self.after_update();
-        let seconds = started.elapsed();
-        // **\[averager\]** This peer's reducer may still be streaming its last replies (a slow
-        // sender's only leave when its last part arrives). The step returns once the transport
-        // has taken them: a caller that shuts down right after its step (a script's last step)
-        // would otherwise cut them off, and its groupmates would keep their own values for
-        // those parts. They are also this round's traffic for the report. A member that stopped
-        // reading is not waited for beyond its `sender_timeout` (or `REPLY_DRAIN_LIMIT`).
-        let limit = self.config.effective_sender_timeout().unwrap_or(REPLY_DRAIN_LIMIT);
-        tokio::select! {
-            _ = tokio::time::timeout(limit, tally.replies_done()) => {}
-            _ = self.shutdown.cancelled() => {}
-        }
-        Ok(AllReduceFigures {
-            seconds,
-            bytes_sent: tally.sent(),
-            bytes_received: tally.received(),
-            failed_reducers,
-        })
+        Ok(outcome)
     }
+}
+
+/// What a step's options say about where its inputs come from and where its result goes.
+#[derive(Default)]
+pub(super) struct StepIo {
+    /// [`StepOptions::apply_to`](super::StepOptions::apply_to)'s target.
+    pub(super) target: Option<Arc<dyn ResultTarget>>,
+    /// [`StepOptions::lend_inputs`](super::StepOptions::lend_inputs)'s lender.
+    pub(super) lender: Option<Arc<dyn InputLender>>,
+}
+
+/// Lent tensors must have the averager's tensors' count, shapes and dtypes.
+fn check_lent(own: &[Tensor], lent: &dyn LentTensors) -> Result<()> {
+    if lent.count() != own.len() {
+        return Err(Error::Tensor(format!(
+            "{} tensors lent, the averager holds {}",
+            lent.count(),
+            own.len()
+        )));
+    }
+    for (i, tensor) in own.iter().enumerate() {
+        let fits = lent.view(i).is_some_and(|v| v.dtype() == tensor.dtype() && v.shape() == tensor.shape());
+        if !fits {
+            return Err(Error::Tensor(format!(
+                "lent tensor {i} is not a {} tensor of shape {:?}",
+                tensor.dtype(),
+                tensor.shape()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The dtypes and element counts of the averager's tensors, which a target's update is checked
@@ -418,13 +506,93 @@ struct AllReduceFigures {
 }
 
 /// The tensors back from the round: without a copy when no encoding task or unsent part still
-/// holds them (the usual case), else a copy, so a slow encoding or transport cannot block the step.
-fn take_back(tensors: Arc<Vec<Tensor>>) -> Vec<Tensor> {
+/// holds them (the usual case), else (own tensors) a copy, so a slow encoding or transport cannot
+/// block the step. Lent tensors still shared cannot be copied back: the caller gets the round's
+/// own handle dropped, and they return to their lender once the last holder lets go.
+fn take_back(tensors: Arc<RoundTensors>) -> RoundTensors {
     Arc::try_unwrap(tensors).unwrap_or_else(|shared| {
         tracing::debug!(
             holders = Arc::strong_count(&shared) - 1,
             "the round's tensors are still shared: copying them back"
         );
-        (*shared).clone()
+        RoundTensors::Owned(shared.to_vec())
     })
+}
+
+/// Lent tensors back from a successful round, to write its update into: once nothing borrows
+/// them any more (a transport may still hold a part it did not send), checked every millisecond
+/// for at most `limit`.
+///
+/// # Errors
+/// [`Error::Timeout`] when they are still borrowed after `limit`: the update is then not written
+/// (the memory is still being read), and the step fails.
+async fn reclaim_lent(mut tensors: Arc<RoundTensors>, limit: Duration) -> Result<RoundTensors> {
+    let started = Instant::now();
+    loop {
+        match Arc::try_unwrap(tensors) {
+            Ok(tensors) => return Ok(tensors),
+            Err(shared) if started.elapsed() < limit => {
+                tensors = shared;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(_) => {
+                return Err(Error::timeout("parts of the lent tensors to be sent", limit).set_persistent());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::averager::LentTensors;
+    use crate::tensor::{TensorSliceMut, TensorView};
+
+    struct Lent(Vec<Tensor>);
+
+    impl LentTensors for Lent {
+        fn count(&self) -> usize {
+            self.0.len()
+        }
+        fn view(&self, index: usize) -> Option<TensorView<'_>> {
+            self.0.get(index).map(Tensor::view)
+        }
+        fn slice_mut(&mut self, index: usize) -> Option<TensorSliceMut<'_>> {
+            self.0.get_mut(index).map(Tensor::as_slice_mut)
+        }
+    }
+
+    fn lent() -> Arc<RoundTensors> {
+        Arc::new(RoundTensors::Lent(Box::new(Lent(vec![Tensor::from_f32(vec![2], vec![1.0, 2.0]).unwrap()]))))
+    }
+
+    #[tokio::test]
+    async fn lent_tensors_come_back_once_nothing_borrows_them() {
+        let tensors = lent();
+        let borrowed = Arc::clone(&tensors);
+        drop(borrowed);
+        let back = reclaim_lent(tensors, Duration::from_secs(60)).await.unwrap();
+        assert!(matches!(back, RoundTensors::Lent(_)));
+    }
+
+    #[tokio::test]
+    async fn lent_tensors_still_borrowed_fail_the_update_and_stay_alive_for_the_borrower() {
+        let tensors = lent();
+        let borrowed = Arc::clone(&tensors);
+        let error = reclaim_lent(tensors, Duration::from_millis(20)).await.unwrap_err();
+        assert_eq!(error.kind(), crate::error::ErrorKind::Timeout, "{error}");
+        assert!(!error.is_temporary());
+        // The borrower (a transport still sending a part) keeps reading valid memory.
+        assert_eq!(Arc::strong_count(&borrowed), 1);
+        assert_eq!(borrowed.flat_view(0, 1..2).unwrap().data().to_f32().unwrap().as_ref(), &[2.0]);
+    }
+
+    #[test]
+    fn own_tensors_still_shared_come_back_as_a_copy() {
+        let tensors = Arc::new(RoundTensors::Owned(vec![Tensor::from_f32(vec![2], vec![1.0, 2.0]).unwrap()]));
+        let borrowed = Arc::clone(&tensors);
+        let RoundTensors::Owned(back) = take_back(tensors) else { panic!("owned tensors come back owned") };
+        assert_eq!(back[0].as_f32().unwrap(), &[1.0, 2.0]);
+        drop(borrowed);
+    }
 }

@@ -123,7 +123,7 @@ impl Inner {
         let mut round = self.round_tensors.subscribe();
         loop {
             if let Some(tensors) = round.borrow_and_update().as_ref() {
-                return tensors.as_ref().clone();
+                return tensors.to_vec();
             }
             tokio::select! {
                 tensors = self.tensors.lock() => return tensors.clone(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::lent::{InputLender, Lender};
 use super::result_target::{ResultTarget, Target};
 use super::step_control::StepControl;
 use crate::error::{Error, Result};
@@ -44,6 +45,8 @@ pub struct StepOptions {
     pub require_trigger: bool,
     /// Where the result goes instead of the averager's own tensors (see [`StepOptions::apply_to`]).
     target: Option<Target>,
+    /// Who lends the all-reduce its inputs (see [`StepOptions::lend_inputs`]).
+    lender: Option<Lender>,
 }
 
 impl Default for StepOptions {
@@ -56,6 +59,7 @@ impl Default for StepOptions {
             allow_retries: true,
             require_trigger: false,
             target: None,
+            lender: None,
         }
     }
 }
@@ -113,6 +117,21 @@ impl StepOptions {
     /// The target given to [`StepOptions::apply_to`], if any.
     pub(crate) fn target(&self) -> Option<Arc<dyn ResultTarget>> {
         self.target.as_ref().map(|t| Arc::clone(&t.0))
+    }
+
+    /// **\[averager\]** asks `lender`, as each all-reduce of the step begins, for tensors to
+    /// average in place instead of the averager's own (see [`InputLender`] and the module
+    /// `lent`): no copy in before the step and none out after it. When it lends, the update goes
+    /// into the lent tensors and a target given to [`StepOptions::apply_to`] is not called; when
+    /// it declines, the step runs as without it.
+    pub fn lend_inputs(mut self, lender: Arc<dyn InputLender>) -> Self {
+        self.lender = Some(Lender(lender));
+        self
+    }
+
+    /// The lender given to [`StepOptions::lend_inputs`], if any.
+    pub(crate) fn lender(&self) -> Option<Arc<dyn InputLender>> {
+        self.lender.as_ref().map(|l| Arc::clone(&l.0))
     }
 
     /// The msgpack bytes of the gather object, `None` when the user gave none (or it failed to

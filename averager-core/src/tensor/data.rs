@@ -9,6 +9,7 @@ use std::ops::Range;
 use half::{bf16, f16};
 
 use super::DType;
+use super::slice_mut::TensorSliceMut;
 use crate::error::{Error, Result};
 
 /// Owned elements of one dtype.
@@ -292,13 +293,13 @@ fn zip_map<T: Copy, U>(a: &[T], b: &[T], f: impl Fn(T, T) -> U) -> Vec<U> {
 }
 
 /// `dst[i] = f(dst[i], src[i])` for two slices of one element type.
-fn zip_apply<T: Copy>(dst: &mut [T], src: &[T], f: impl Fn(T, T) -> T) {
+pub(super) fn zip_apply<T: Copy>(dst: &mut [T], src: &[T], f: impl Fn(T, T) -> T) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = f(*d, s);
     }
 }
 
-fn mismatch(what: &str, a: (usize, DType), b: (usize, DType)) -> Error {
+pub(super) fn mismatch(what: &str, a: (usize, DType), b: (usize, DType)) -> Error {
     Error::Tensor(format!("{what}: {} x {} and {} x {} differ", a.0, a.1, b.0, b.1))
 }
 
@@ -309,52 +310,12 @@ impl TensorData {
     /// # Errors
     /// [`Error::Tensor`] when the dtypes differ or the range is out of bounds.
     pub fn add_scaled_at(&mut self, offset: usize, delta: TensorSlice<'_>, alpha: f64) -> Result<()> {
-        let (len, dtype) = (self.len(), self.dtype());
-        let end = offset.checked_add(delta.len()).filter(|&e| e <= len);
-        let Some(end) = end else {
-            return Err(Error::Tensor(format!("range {offset}+{} out of bounds for {len}", delta.len())));
-        };
-        if delta.dtype() != dtype {
-            return Err(mismatch("add_scaled_at", (len, dtype), (delta.len(), delta.dtype())));
-        }
-        let a32 = alpha as f32;
-        match (self, delta) {
-            (TensorData::F32(d), TensorSlice::F32(s)) => {
-                zip_apply(&mut d[offset..end], s, |x, y| x + a32 * y)
-            }
-            (TensorData::F64(d), TensorSlice::F64(s)) => {
-                zip_apply(&mut d[offset..end], s, |x, y| x + alpha * y)
-            }
-            (TensorData::F16(d), TensorSlice::F16(s)) => {
-                zip_apply(&mut d[offset..end], s, |x, y| f16::from_f32(x.to_f32() + a32 * y.to_f32()))
-            }
-            (TensorData::BF16(d), TensorSlice::BF16(s)) => {
-                zip_apply(&mut d[offset..end], s, |x, y| bf16::from_f32(x.to_f32() + a32 * y.to_f32()))
-            }
-            (TensorData::I64(d), TensorSlice::I64(s)) => {
-                zip_apply(&mut d[offset..end], s, |x, y| (x as f64 + alpha * y as f64).round() as i64)
-            }
-            (TensorData::I32(d), TensorSlice::I32(s)) => {
-                zip_apply(&mut d[offset..end], s, |x, y| (x as f64 + alpha * y as f64).round() as i32)
-            }
-            (TensorData::I16(d), TensorSlice::I16(s)) => {
-                zip_apply(&mut d[offset..end], s, |x, y| (x as f64 + alpha * y as f64).round() as i16)
-            }
-            (TensorData::I8(d), TensorSlice::I8(s)) => {
-                zip_apply(&mut d[offset..end], s, |x, y| (x as f64 + alpha * y as f64).round() as i8)
-            }
-            (TensorData::U8(d), TensorSlice::U8(s)) => {
-                zip_apply(&mut d[offset..end], s, |x, y| (x as f64 + alpha * y as f64).round() as u8)
-            }
-            (TensorData::Bool(d), TensorSlice::Bool(s)) => zip_apply(&mut d[offset..end], s, |x, y| {
-                (x as u8 as f64 + alpha * y as u8 as f64).round() != 0.0
-            }),
-            (TensorData::Complex64(d), TensorSlice::Complex64(s)) => {
-                zip_apply(&mut d[offset..end], s, |x, y| [x[0] + a32 * y[0], x[1] + a32 * y[1]])
-            }
-            _ => return Err(Error::Internal("dtype check let a mismatched pair through".into())),
-        }
-        Ok(())
+        self.as_slice_mut().add_scaled_at(offset, delta, alpha)
+    }
+
+    /// Borrows all elements for writing (their count and dtype cannot change through it).
+    pub fn as_slice_mut(&mut self) -> TensorSliceMut<'_> {
+        map_variant!(TensorData => TensorSliceMut, self, v => v.as_mut_slice())
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod data;
 mod dtype;
+mod slice_mut;
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -12,6 +13,7 @@ use std::ops::Range;
 pub use data::{TensorData, TensorSlice};
 pub use dtype::DType;
 use half::{bf16, f16};
+pub use slice_mut::TensorSliceMut;
 
 use crate::error::{Error, Result};
 
@@ -125,6 +127,11 @@ impl Tensor {
     /// The elements.
     pub fn data(&self) -> &TensorData {
         &self.data
+    }
+
+    /// The elements for writing in place (their count and dtype cannot change through it).
+    pub fn as_slice_mut(&mut self) -> TensorSliceMut<'_> {
+        self.data.as_slice_mut()
     }
 
     /// The elements, mutably (the shape cannot change through this).
