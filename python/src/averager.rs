@@ -17,6 +17,7 @@ use crate::buffers::{self, BufferSpec, UserBuffer, bytes_of};
 use crate::control::{NativeControl, Step};
 use crate::dht::NativeDht;
 use crate::errors::IntoPy;
+use crate::lender::{self, Unread, UserLender};
 use crate::provider::PyStateProvider;
 use crate::queue::{self, Inputs, SharedInputs, StepQueue};
 use crate::runtime::Runtime;
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     pub(crate) shapes: Vec<Vec<usize>>,
     /// The order in which steps use the averager's tensors.
     pub(crate) queue: StepQueue,
+    /// The step at the head of the queue while its inputs are unread (`lender.rs`).
+    pub(crate) unread: Mutex<Option<Arc<Unread>>>,
 }
 
 /// The result of a copy of the user's buffers that runs in the background: how long the memcpy
@@ -50,12 +53,18 @@ impl Shared {
         buffers::copy_all_in(buffers, &mut tensors)
     }
 
-    /// Starts copying the user's buffers into a step's inputs on a runtime thread and returns
-    /// once the copy holds its locks, so a write through `get_tensors()` waits for it while the
-    /// copy overlaps the step's matchmaking. With `inputs` in the core (the queue was empty),
-    /// the copy goes straight into the averager's tensors, whose lock the all-reduce waits for;
-    /// else into a snapshot that the step's turn moves there. The copy task owns `keepalive`, the
-    /// Python objects whose memory `buffers` point into.
+    /// Forgets the unread inputs of the step whose inputs slot is `inputs` (it is over).
+    pub(crate) fn forget_unread(&self, inputs: &SharedInputs) {
+        let mut unread = self.unread.lock().unwrap_or_else(PoisonError::into_inner);
+        if unread.as_ref().is_some_and(|u| Arc::ptr_eq(&u.inputs, inputs)) {
+            *unread = None;
+        }
+    }
+
+    /// Starts copying the user's buffers into a queued step's own snapshot on a runtime thread
+    /// and returns once the copy holds its locks, so a write through `get_tensors()` waits for
+    /// it; the step's turn moves the snapshot into the averager's tensors. The copy task owns
+    /// `keepalive`, the Python objects whose memory `buffers` point into.
     pub(crate) async fn start_copy_in(
         self: &Arc<Self>,
         buffers: Vec<UserBuffer>,
@@ -69,23 +78,14 @@ impl Shared {
             let _keepalive = keepalive;
             let mut slot = inputs.lock().await;
             let _user = shared.user_lock.lock().await;
-            let copied = if matches!(*slot, Inputs::InCore) {
-                let mut tensors = shared.averager.tensors().await;
-                let _ = locked_tx.send(());
-                // A memcpy of up to gigabytes: off the worker, so the step's tasks keep running.
-                tokio::task::block_in_place(|| {
-                    let started = Instant::now();
-                    buffers::copy_all_in(&buffers, &mut tensors).map(|()| started.elapsed())
-                })
-            } else {
-                let _ = locked_tx.send(());
-                tokio::task::block_in_place(|| {
-                    let started = Instant::now();
-                    let staged = buffers::snapshot(&buffers, &shared.shapes)?;
-                    *slot = Inputs::Staged(staged);
-                    Ok(started.elapsed())
-                })
-            };
+            let _ = locked_tx.send(());
+            // A memcpy of up to gigabytes: off the worker, so the step's tasks keep running.
+            let copied = tokio::task::block_in_place(|| {
+                let started = Instant::now();
+                let staged = buffers::snapshot(&buffers, &shared.shapes)?;
+                *slot = Inputs::Staged(staged);
+                Ok(started.elapsed())
+            });
             let _ = done_tx.send(copied);
         });
         // The task only ends without sending when the runtime shuts down; the step then fails.
@@ -146,7 +146,8 @@ impl NativeAverager {
         let user_lock = Arc::new(tokio::sync::Mutex::new(()));
         let shapes = specs.iter().map(|s| s.3.clone()).collect();
         let queue = StepQueue::default();
-        let shared = Arc::new(Shared { runtime, averager, user_lock, built, shapes, queue });
+        let shared =
+            Arc::new(Shared { runtime, averager, user_lock, built, shapes, queue, unread: Mutex::new(None) });
         Ok(NativeAverager { shared, held: Mutex::new(None) })
     }
 
@@ -202,20 +203,44 @@ impl NativeAverager {
             options = options.timeout(t);
         }
         let place = self.shared.queue.join();
-        // With an earlier step still holding the averager's tensors, this step's inputs are
-        // snapshotted now and moved in at its turn.
-        let inputs: SharedInputs = Arc::new(tokio::sync::Mutex::new(if place.previous.is_some() {
-            Inputs::Staged(Vec::new())
+        // At the head of the queue, the all-reduce reads the user's buffers in place (unless
+        // they are written before it begins, `lender.rs`); behind an earlier step still holding
+        // the averager's tensors, this step's inputs are snapshotted now and moved in at its turn.
+        let in_place = place.previous.is_none();
+        let inputs: SharedInputs = Arc::new(tokio::sync::Mutex::new(if in_place {
+            Inputs::Unread
         } else {
-            Inputs::InCore
+            Inputs::Staged(Vec::new())
         }));
+        if in_place {
+            options = options.lend_inputs(Arc::new(UserLender {
+                shared: Arc::downgrade(&self.shared),
+                inputs: Arc::clone(&inputs),
+                buffers: buffers.clone(),
+                shapes: self.shared.shapes.clone(),
+                keepalive: Arc::new(keepalive.clone_ref(py)),
+                timings: Arc::clone(&timings),
+            }));
+            let unread = Unread {
+                inputs: Arc::clone(&inputs),
+                buffers: buffers.clone(),
+                _keepalive: keepalive.clone_ref(py),
+            };
+            *self.shared.unread.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(unread));
+        }
         let shared = Arc::clone(&self.shared);
         let copy_keepalive = keepalive.clone_ref(py);
         let (passed_tx, passed) = oneshot::channel();
         let (copied, started) = self.shared.runtime.block_on(py, {
             let (buffers, inputs, timings) = (buffers.clone(), Arc::clone(&inputs), Arc::clone(&timings));
             async move {
-                let copied = shared.start_copy_in(buffers, Arc::clone(&inputs), copy_keepalive).await;
+                let copied = if in_place {
+                    let (done, copied) = oneshot::channel();
+                    let _ = done.send(Ok(Duration::ZERO));
+                    copied
+                } else {
+                    shared.start_copy_in(buffers, Arc::clone(&inputs), copy_keepalive).await
+                };
                 let turn = queue::turn(Arc::downgrade(&shared), place.previous, inputs, passed_tx);
                 let started = shared.averager.step_background_after(options, turn).await;
                 timings.update(|t| t.core_started = t.started.elapsed());
@@ -259,10 +284,18 @@ impl NativeAverager {
     }
 
     /// Waits for (and takes) the lock `get_tensors()` holds.
-    fn lock_tensors(&self, py: Python<'_>) {
-        let lock = Arc::clone(&self.shared.user_lock);
-        let guard = self.shared.runtime.block_on(py, lock.lock_owned());
+    fn lock_tensors(&self, py: Python<'_>) -> PyResult<()> {
+        let shared = Arc::clone(&self.shared);
+        let guard = self.shared.runtime.block_on(py, async move {
+            // A step whose inputs are still unread must not see what the user writes now.
+            let unread = shared.unread.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            if let Some(unread) = unread {
+                lender::materialize(&shared, &unread).await?;
+            }
+            Ok::<_, PyErr>(Arc::clone(&shared.user_lock).lock_owned().await)
+        })?;
         *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard);
+        Ok(())
     }
 
     /// Releases the lock `lock_tensors()` took.

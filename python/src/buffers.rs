@@ -63,6 +63,11 @@ impl UserBuffer {
         Ok(())
     }
 
+    /// The buffer's address.
+    pub(crate) fn address(&self) -> usize {
+        self.address
+    }
+
     /// The buffer's element type.
     pub(crate) fn dtype(&self) -> DType {
         self.dtype

@@ -2,7 +2,7 @@
 //! step's end once the core has written its result into the user's buffers (`target.rs`) and
 //! releases the averager's tensors to the next step.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ::averager::{Error, Gathered, Stage, StepControl};
@@ -78,8 +78,8 @@ fn members(gathered: &Gathered) -> Result<Members, Error> {
 /// Runs a started step to its end: checks its copy in, waits for the core's result (already in
 /// the user's buffers: the step's target wrote it), reports the outcome and releases the
 /// averager's tensors to the next step.
-async fn finish(step: Step, tx: watch::Sender<Option<Outcome>>) {
-    let Step { control, copied, turn_passed, released, timings, .. } = step;
+async fn finish(shared: Weak<Shared>, step: Step, tx: watch::Sender<Option<Outcome>>) {
+    let Step { control, copied, turn_passed, released, timings, inputs, .. } = step;
     // Checked before the step started, so a failed copy is a bug; still, the step must not
     // average what it did not read.
     let copy_failed = match copied.await {
@@ -107,6 +107,10 @@ async fn finish(step: Step, tx: watch::Sender<Option<Outcome>>) {
         }
     };
     timings.update(|t| t.finished = t.started.elapsed());
+    // Its inputs need no copy any more when `get_tensors()` is called after it.
+    if let Some(shared) = shared.upgrade() {
+        shared.forget_unread(&inputs);
+    }
     let _ = tx.send(Some(outcome));
     // A step cancelled before its turn still waits for it to pass (or be dropped), so that its
     // staged inputs cannot land in the averager's tensors after the next step's.
@@ -120,11 +124,12 @@ impl NativeControl {
         let (tx, outcome) = watch::channel(None);
         let (control, buffers, inputs, timings) =
             (step.control.clone(), step.buffers.clone(), Arc::clone(&step.inputs), Arc::clone(&step.timings));
+        let shared_for_task = Arc::downgrade(&shared);
         shared.runtime.spawn(async move {
             // Owns the Python objects whose memory the buffers point into until the step is
             // over: the core writes its result into them before it reports the step's end.
             let _keepalive = keepalive;
-            finish(step, tx).await;
+            finish(shared_for_task, step, tx).await;
         });
         NativeControl { shared, control, buffers, inputs, outcome, timings }
     }
@@ -191,6 +196,8 @@ impl NativeControl {
                         buffers::copy_all_in(&buffers, staged)
                     }
                     Inputs::InCore => shared.copy_in(&buffers).await,
+                    // Read when the all-reduce begins, which is after this trigger.
+                    Inputs::Unread => Ok(()),
                 }
             })?;
         }

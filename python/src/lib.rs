@@ -4,15 +4,18 @@
 //! defaults; this module gives it a Kademlia node (`dht::NativeDht`), an averager on the gRPC
 //! transport (`averager::NativeAverager`) and the handle of a running step
 //! (`control::NativeControl`). Tensors cross the boundary as raw pointers to the user's own
-//! contiguous buffers (numpy's `__array_interface__`, torch's `data_ptr()`): a step's inputs are
-//! copied in with one `memcpy` per tensor, and its result is written back by the core itself
-//! (`target.rs`); the GIL is released whenever Rust waits.
+//! contiguous buffers (numpy's `__array_interface__`, torch's `data_ptr()`): a step's all-reduce
+//! reads them in place and writes its result into them (`lender.rs`); when that cannot be (the
+//! user wrote through `get_tensors()` before the all-reduce, or the step queued behind another),
+//! its inputs are copied in with one `memcpy` per tensor and the core writes the result back
+//! itself (`target.rs`). The GIL is released whenever Rust waits.
 
 mod averager;
 mod buffers;
 mod control;
 mod dht;
 mod errors;
+mod lender;
 mod provider;
 mod queue;
 mod runtime;

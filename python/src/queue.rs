@@ -19,6 +19,9 @@ use crate::averager::Shared;
 
 /// Where a step's inputs are until its all-reduce reads them.
 pub(crate) enum Inputs {
+    /// Still in the user's buffers, unread: the step's all-reduce may read them in place
+    /// (`lender.rs`), unless a write through `get_tensors()` first copies them into the core.
+    Unread,
     /// In the core's tensors: the step's turn has come (or the queue was empty at `step()`).
     InCore,
     /// A snapshot of the user's buffers, taken while an earlier step still used the core's
@@ -76,7 +79,9 @@ pub(crate) async fn turn(
         let _ = previous.wait_for(|released| *released).await;
     }
     let mut slot = inputs.lock().await;
-    if let Inputs::Staged(staged) = std::mem::replace(&mut *slot, Inputs::InCore)
+    // Unread inputs stay where they are (in the user's buffers, `lender.rs`).
+    if matches!(*slot, Inputs::Staged(_))
+        && let Inputs::Staged(staged) = std::mem::replace(&mut *slot, Inputs::InCore)
         && let Some(shared) = shared.upgrade()
     {
         let mut tensors = shared.averager.tensors().await;

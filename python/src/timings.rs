@@ -14,6 +14,8 @@ pub(crate) struct StepTimes {
     pub(crate) started: Instant,
     /// The copy of the user's buffers into the step's inputs (the memcpy alone).
     pub(crate) copy_in: Duration,
+    /// How many all-reduces read the user's buffers in place (`lender.rs`) rather than a copy.
+    pub(crate) lent: u32,
     /// From `step()`'s entry until the core's step was started.
     pub(crate) core_started: Duration,
     /// From `step()`'s entry until the core's step had its result.
@@ -42,6 +44,7 @@ impl Timings {
         Timings(Mutex::new(StepTimes {
             started: Instant::now(),
             copy_in: zero,
+            lent: 0,
             core_started: zero,
             core_done: zero,
             matchmaking: zero,
@@ -75,6 +78,7 @@ impl Timings {
         let t = self.get();
         vec![
             ("copy_in", t.copy_in.as_secs_f64()),
+            ("lent", f64::from(t.lent)),
             ("core_started", t.core_started.as_secs_f64()),
             ("core_done", t.core_done.as_secs_f64()),
             ("matchmaking", t.matchmaking.as_secs_f64()),

@@ -73,11 +73,14 @@ def test_the_result_waits_for_get_tensors_and_replaces_what_was_written_meanwhil
         (lambda: np.zeros((8, 8), dtype=np.float32).T, "not C-contiguous"),
         (lambda: torch.zeros(8, 8).t(), "not contiguous"),
         (lambda: torch.zeros(64)[::2], "not contiguous"),
+        (lambda: np.frombuffer(bytearray(257), dtype=np.float32, count=64, offset=1), "not aligned"),
+        (lambda: torch.frombuffer(bytearray(257), dtype=torch.float32, count=64, offset=1), "not aligned"),
     ],
 )
 def test_strided_tensors_are_refused_with_a_clear_error(swarm, make, message):
-    # Nothing can be written in place into strided memory with one pass over a buffer: refused
-    # at construction, before any step, with the fix in the message.
+    # Nothing can be written in place into strided memory with one pass over a buffer, nor read
+    # as its dtype from misaligned memory: refused at construction, before any step, with the
+    # fix in the message.
     (node,) = swarm(1)
     with pytest.raises(ValueError, match=message):
         averager.DecentralizedAverager([make()], node, prefix="strided", start=True)

@@ -36,11 +36,15 @@ def check(tensor: Any, index: int) -> None:
             raise TypeError(f"tensor {index} has dtype {tensor.dtype}; use float32, float16, bfloat16 or float64")
         if not tensor.is_contiguous():
             raise ValueError(f"tensor {index} is not contiguous; pass tensor.contiguous()")
+        if tensor.data_ptr() % tensor.element_size():
+            raise ValueError(f"tensor {index} is not aligned for its dtype; pass tensor.clone()")
     elif isinstance(tensor, np.ndarray):
         if tensor.dtype not in _NUMPY_DTYPES:
             raise TypeError(f"array {index} has dtype {tensor.dtype}; use float32, float16 or float64")
         if not tensor.flags.c_contiguous:
             raise ValueError(f"array {index} is not C-contiguous; pass np.ascontiguousarray(array)")
+        if not tensor.flags.aligned:
+            raise ValueError(f"array {index} is not aligned for its dtype; pass array.copy()")
         if not tensor.flags.writeable:
             raise ValueError(f"array {index} is read-only; averaging writes the result in place")
     else:
