@@ -9,6 +9,7 @@ mod lent;
 mod report;
 mod result_target;
 mod round;
+mod round_end;
 mod schema;
 mod service;
 mod state;
@@ -42,7 +43,7 @@ use crate::state::{StateProvider, StateSharing};
 use crate::tensor::Tensor;
 use crate::time::dht_now;
 use crate::transport::{ServerHandle, Transport};
-use round::StepIo;
+use round_end::StepIo;
 
 /// Decentralized averaging of a fixed set of tensors with whoever else runs under the same prefix.
 ///
