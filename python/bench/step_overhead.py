@@ -4,8 +4,8 @@ Two averagers share one DHT node (and so one two-worker tokio runtime) and avera
 float32 each (default 16 M = 64 MB) over gRPC on 127.0.0.1. Rounds alternate between the Rust
 API (``Averager::step`` on the tensors the averager holds, through the native module's
 ``bench_core_step``: no copy to or from Python) and the Python API (``DecentralizedAverager.step``:
-copy in, then the same core step, which writes its result into the user's arrays instead of its
-own tensors), in the order R P P R R P ... so
+the same core step on the user's arrays, read and written in place, ``python/src/lender.rs``),
+in the order R P P R R P ... so
 that drift in the machine's load falls on both alike. Each step is timed from the call to its
 return, per peer; Python steps also report their phases (``StepControl`` timings from the Rust
 side). Prints one JSON line per round, then a summary (median and interquartile range)."""

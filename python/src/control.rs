@@ -75,9 +75,9 @@ fn members(gathered: &Gathered) -> Result<Members, Error> {
         .collect())
 }
 
-/// Runs a started step to its end: checks its copy in, waits for the core's result (already in
-/// the user's buffers: the step's target wrote it), reports the outcome and releases the
-/// averager's tensors to the next step.
+/// Runs a started step to its end: checks its copy in (if it had one), waits for the core's
+/// result (already in the user's buffers: written there in place, or by the step's target),
+/// reports the outcome and releases the averager's tensors to the next step.
 async fn finish(shared: Weak<Shared>, step: Step, tx: watch::Sender<Option<Outcome>>) {
     let Step { control, copied, turn_passed, released, timings, inputs, .. } = step;
     // Checked before the step started, so a failed copy is a bug; still, the step must not

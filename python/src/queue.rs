@@ -1,8 +1,9 @@
 //! Steps of one averager run one after another, each on the values its own `step()` call saw.
 //!
-//! The core holds one set of tensors. A step's inputs are copied into it when `step()` is called
-//! (again at `allow_allreduce()` for a `require_trigger` step) and its result is copied out when
-//! it ends. Two steps queued back to back (`wait=False` twice, or two threads) would race on that
+//! The step at the head of the queue reads the user's buffers in place (`lender.rs`); otherwise
+//! the core holds one set of tensors, a step's inputs are copied into it (again at
+//! `allow_allreduce()` for a `require_trigger` step) and its result is written out when it
+//! ends. Two steps queued back to back (`wait=False` twice, or two threads) would race on that
 //! one set: the second step's copy in could land before the first one's all-reduce read its
 //! inputs, or before its result was copied out. So each step takes a place in a [`StepQueue`] and
 //! its round starts only once the step before it has *released* the core's tensors (its result

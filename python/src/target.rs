@@ -1,5 +1,8 @@
-//! Where a step's result goes: straight into the user's buffers, by the core
-//! (`StepOptions::apply_to`), instead of into the averager's tensors and then copied out.
+//! Where a step's result goes when its inputs were copied into the averager (a write through
+//! `get_tensors()` before its all-reduce, or a step queued behind another; otherwise the
+//! all-reduce reads and writes the user's buffers in place, `lender.rs`): straight into the
+//! user's buffers, by the core (`StepOptions::apply_to`), instead of into the averager's tensors
+//! and then copied out.
 //!
 //! The core leaves its own tensors holding the step's inputs and hands over the update
 //! (`alpha * (average - local)` per part). The binding writes `local + alpha * delta` into the

@@ -112,8 +112,7 @@ def test_start_false_then_run_in_background_and_a_scheduled_step(group):
 
 
 def test_a_step_reads_the_tensors_as_they_are_when_it_is_called(group):
-    # The copy into the averager runs while matchmaking begins: values set just before step()
-    # are the ones averaged.
+    # Values set just before step() are the ones averaged (read in place by the all-reduce).
     arrays = [[np.zeros(1 << 16, dtype=np.float32)] for _ in range(2)]
     peers = group(arrays)
     for i, mine in enumerate(arrays):

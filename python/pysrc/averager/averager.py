@@ -353,7 +353,10 @@ class DecentralizedAverager:
     @contextlib.contextmanager
     def get_tensors(self) -> Iterator[List[Any]]:
         """Locks the averaged tensors and yields them; no step writes them while the lock is held.
-        Do not use them after the ``with`` block if a step may be running."""
+        A step whose all-reduce is running holds them until its result is in (as hivemind's
+        averager does); a step that has not begun its all-reduce averages the values it was
+        called with, whatever is written here. Do not use them after the ``with`` block if a step
+        may be running."""
         native = self._native
         if native is None:
             with self._local_lock:
