@@ -17,7 +17,7 @@ use crate::buffers::{self, BufferSpec, UserBuffer, bytes_of};
 use crate::control::{NativeControl, Step};
 use crate::dht::NativeDht;
 use crate::errors::IntoPy;
-use crate::lender::{self, Unread, UserLender};
+use crate::lender::{self, Readers, Unread, UserLender};
 use crate::provider::PyStateProvider;
 use crate::queue::{self, Inputs, SharedInputs, StepQueue};
 use crate::runtime::Runtime;
@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) queue: StepQueue,
     /// The step at the head of the queue while its inputs are unread (`lender.rs`).
     pub(crate) unread: Mutex<Option<Arc<Unread>>>,
+    /// The buffers a running all-reduce reads in place, for state downloads (`lender.rs`).
+    pub(crate) lent: Mutex<Option<Arc<Readers>>>,
 }
 
 /// The result of a copy of the user's buffers that runs in the background: how long the memcpy
@@ -146,8 +148,16 @@ impl NativeAverager {
         let user_lock = Arc::new(tokio::sync::Mutex::new(()));
         let shapes = specs.iter().map(|s| s.3.clone()).collect();
         let queue = StepQueue::default();
-        let shared =
-            Arc::new(Shared { runtime, averager, user_lock, built, shapes, queue, unread: Mutex::new(None) });
+        let shared = Arc::new(Shared {
+            runtime,
+            averager,
+            user_lock,
+            built,
+            shapes,
+            queue,
+            unread: Mutex::new(None),
+            lent: Mutex::new(None),
+        });
         Ok(NativeAverager { shared, held: Mutex::new(None) })
     }
 
@@ -296,6 +306,18 @@ impl NativeAverager {
         })?;
         *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard);
         Ok(())
+    }
+
+    /// Copies the tensors a running all-reduce reads in place into `specs` (fresh buffers like
+    /// them) without waiting for its result; `false` when no all-reduce has them or its update
+    /// has begun (then `get_tensors()` is the way, once the result is in).
+    fn copy_lent(&self, py: Python<'_>, specs: Vec<BufferSpec>) -> PyResult<bool> {
+        let into = specs.iter().map(UserBuffer::new).collect::<PyResult<Vec<_>>>()?;
+        let readers = self.shared.lent.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        match readers {
+            Some(readers) => py.allow_threads(|| readers.copy_to(&into)),
+            None => Ok(false),
+        }
     }
 
     /// Releases the lock `lock_tensors()` took.

@@ -13,8 +13,14 @@
 //!
 //! Only the step at the head of the queue reads in place; a step queued behind another keeps its
 //! snapshot (`queue.rs`).
+//!
+//! **State downloads** do not wait for a lent all-reduce (the core's own tensors give a donor the
+//! values a running round began with; so does this): `get_current_state()` copies the lent
+//! buffers under a reader count ([`Readers`]) that the update waits out before writing, and only
+//! takes the user lock (waiting for the result) once the update has begun.
 
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, Weak};
 
 use ::averager::averager::{InputLender, LentTensors};
 use ::averager::tensor::{TensorSlice, TensorSliceMut, TensorView};
@@ -74,38 +80,99 @@ impl InputLender for UserLender {
         }
         // Lock order as everywhere in the binding: the inputs slot, then the user lock.
         let user = Arc::clone(&shared.user_lock).lock_owned().await;
+        let readers = Arc::new(Readers {
+            buffers: self.buffers.clone(),
+            count: AtomicUsize::new(0),
+            writing: AtomicBool::new(false),
+            _keepalive: Arc::clone(&self.keepalive),
+        });
         // Python refuses misaligned buffers when the averager is built (`_tensors.check`).
-        let lent = UserTensors::new(&self.buffers, &self.shapes, user, Arc::clone(&self.keepalive))
+        let lent = UserTensors::new(&self.shapes, user, Arc::clone(&readers), Arc::downgrade(&shared))
             .ok_or_else(|| Error::Tensor("a tensor's memory is not aligned for its dtype".into()))?;
+        *shared.lent.lock().unwrap_or_else(PoisonError::into_inner) = Some(readers);
         self.timings.update(|t| t.lent += 1);
         Ok(Some(Box::new(lent)))
     }
 }
 
+/// The buffers a running all-reduce has been lent, for state downloads to copy while the round
+/// only reads them: `count` readers copy, and the update sets `writing` and waits for them to
+/// finish before it writes (sequentially consistent, so either a reader sees `writing` or the
+/// update sees its count).
+pub(crate) struct Readers {
+    buffers: Vec<UserBuffer>,
+    count: AtomicUsize,
+    writing: AtomicBool,
+    /// Keeps the buffers' owners alive for a reader that outlives the round.
+    _keepalive: Arc<Py<PyAny>>,
+}
+
+impl Readers {
+    /// Copies the lent buffers into `into` (same count, dtypes and sizes) unless the update has
+    /// begun; whether it copied.
+    pub(crate) fn copy_to(&self, into: &[UserBuffer]) -> PyResult<bool> {
+        crate::buffers::check_all_like(into, &self.buffers)?;
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let copied = !self.writing.load(Ordering::SeqCst);
+        if copied {
+            for (from, to) in self.buffers.iter().zip(into) {
+                // SAFETY: `from` is alive (`_keepalive`) and not written until `count` drops to 0
+                // (`begin_writing`); `to` is the caller's fresh buffer of the same size.
+                unsafe { to.bytes_mut().copy_from_slice(elements::<u8>(from.address(), from.nbytes())) };
+            }
+        }
+        self.count.fetch_sub(1, Ordering::SeqCst);
+        Ok(copied)
+    }
+
+    /// Stops new readers and waits for the current ones (each copies one state at memory speed).
+    fn begin_writing(&self) {
+        if !self.writing.swap(true, Ordering::SeqCst) {
+            while self.count.load(Ordering::SeqCst) != 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
 /// The user's buffers as the all-reduce reads and updates them.
 struct UserTensors {
-    buffers: Vec<UserBuffer>,
     shapes: Vec<Vec<usize>>,
     /// `get_tensors()` and every copy wait while the memory is lent.
     _user: OwnedMutexGuard<()>,
-    _keepalive: Arc<Py<PyAny>>,
+    /// The buffers, and the state downloads copying them.
+    readers: Arc<Readers>,
+    /// Where `readers` is published, until this value is dropped.
+    shared: Weak<Shared>,
 }
 
 impl UserTensors {
     /// `None` when a buffer is not aligned for its dtype (numpy allows that).
     fn new(
-        buffers: &[UserBuffer],
         shapes: &[Vec<usize>],
         user: OwnedMutexGuard<()>,
-        keepalive: Arc<Py<PyAny>>,
+        readers: Arc<Readers>,
+        shared: Weak<Shared>,
     ) -> Option<Self> {
+        let buffers = &readers.buffers;
         let aligned = buffers.iter().all(|b| b.address() % b.dtype().size_bytes() == 0);
         (aligned && buffers.len() == shapes.len()).then(|| UserTensors {
-            buffers: buffers.to_vec(),
             shapes: shapes.to_vec(),
             _user: user,
-            _keepalive: keepalive,
+            readers,
+            shared,
         })
+    }
+}
+
+impl Drop for UserTensors {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            let mut lent = shared.lent.lock().unwrap_or_else(PoisonError::into_inner);
+            if lent.as_ref().is_some_and(|r| Arc::ptr_eq(r, &self.readers)) {
+                *lent = None;
+            }
+        }
     }
 }
 
@@ -134,11 +201,11 @@ unsafe fn elements_mut<'a, T>(address: usize, n: usize) -> &'a mut [T] {
 
 impl LentTensors for UserTensors {
     fn count(&self) -> usize {
-        self.buffers.len()
+        self.readers.buffers.len()
     }
 
     fn view(&self, index: usize) -> Option<TensorView<'_>> {
-        let buffer = self.buffers.get(index)?;
+        let buffer = self.readers.buffers.get(index)?;
         let (address, n) = (buffer.address(), buffer.nbytes() / buffer.dtype().size_bytes());
         // SAFETY: `elements`'s contract holds for a lent buffer (see `UserTensors::new`).
         let data = unsafe {
@@ -154,7 +221,8 @@ impl LentTensors for UserTensors {
     }
 
     fn slice_mut(&mut self, index: usize) -> Option<TensorSliceMut<'_>> {
-        let buffer = self.buffers.get(index)?;
+        self.readers.begin_writing();
+        let buffer = self.readers.buffers.get(index)?;
         let (address, n) = (buffer.address(), buffer.nbytes() / buffer.dtype().size_bytes());
         // SAFETY: as in `view`, and `&mut self` means no view of this memory remains.
         unsafe {

@@ -10,6 +10,7 @@ import torch
 from averager import AveragingStage
 from conftest import RESULT_TIMEOUT
 from test_control import wait_until
+from test_state import load_until_found
 
 
 def lent(control):
@@ -73,3 +74,27 @@ def test_get_tensors_during_an_in_place_all_reduce_waits_for_its_result(group):
     np.testing.assert_allclose(arrays[0][0], 50.0)
     np.testing.assert_allclose(arrays[1][0], 1.0)
 
+
+
+def test_a_state_download_during_an_in_place_all_reduce_does_not_wait_for_it(group):
+    arrays = [[np.full(4096, 2.0 * i, dtype=np.float32)] for i in range(2)] + [[np.zeros(4096, dtype=np.float32)]]
+    peers = group(
+        arrays,
+        target_group_size=2,
+        per_peer=[dict(), dict(allow_state_sharing=False), dict(allow_state_sharing=False)],
+    )
+    controls = [p.step(wait=False, require_trigger=True) for p in peers[:2]]
+    for c in controls:
+        wait_until(lambda c=c: c.stage == AveragingStage.AWAITING_TRIGGER, "the group to form")
+    controls[0].allow_allreduce()
+    wait_until(lambda: controls[0].stage == AveragingStage.RUNNING_ALLREDUCE, "peer 0's all-reduce")
+    # Peer 0's all-reduce holds its tensors until peer 1 is triggered; its state is served now,
+    # with the values the all-reduce began with.
+    metadata, tensors = load_until_found(peers[2])
+    assert not controls[0].done()
+    np.testing.assert_array_equal(tensors[0], 0.0)
+    controls[1].allow_allreduce()
+    assert all(c.result(timeout=RESULT_TIMEOUT) is not None for c in controls)
+    assert lent(controls[0]) == 1
+    for mine in arrays[:2]:
+        np.testing.assert_allclose(mine[0], 1.0)

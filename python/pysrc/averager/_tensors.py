@@ -83,6 +83,13 @@ def snapshot(tensors: Sequence[Any]) -> Tuple[List[Spec], List[Any]]:
     return specs(owners), owners
 
 
+def empty_like(tensor: Any) -> Any:
+    """A new contiguous tensor of ``tensor``'s kind, dtype and shape (contents unspecified)."""
+    if is_torch(tensor):
+        return torch.empty(tuple(tensor.shape), dtype=tensor.dtype)
+    return np.empty(tensor.shape, dtype=tensor.dtype)
+
+
 def copy(tensor: Any) -> Any:
     if is_torch(tensor):
         return tensor.detach().clone()

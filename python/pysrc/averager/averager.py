@@ -405,10 +405,21 @@ class DecentralizedAverager:
         msgpack-serializable. The default is ``({"group_key": bits}, copies of the averaged
         tensors, tensor_infos)``.
         """
-        with self.get_tensors() as tensors:
-            copies = [_tensors.copy(t) for t in tensors]
+        copies = self._copy_tensors()
         infos = self.tensor_infos or [CompressionInfo(key=i) for i in range(len(copies))]
         return dict(group_key=self.get_group_bits()), copies, infos
+
+    def _copy_tensors(self) -> List[Any]:
+        """Copies of the averaged tensors. While a step's all-reduce reads them in place, the
+        values it began with, without waiting for its result (a peer downloading this state
+        would otherwise wait for the whole all-reduce)."""
+        native = self._native
+        if native is not None:
+            copies = [_tensors.empty_like(t) for t in self._averaged_tensors]
+            if native.copy_lent(_tensors.specs(copies)):
+                return copies
+        with self.get_tensors() as tensors:
+            return [_tensors.copy(t) for t in tensors]
 
     def _provide_state(self) -> Tuple[bytes, list, Any]:
         state = self.get_current_state()
