@@ -14,19 +14,6 @@ use averager_core::error::Error;
 use averager_core::tensor::{Tensor, TensorSliceMut, TensorView};
 use common::*;
 
-fn config(prefix: &str) -> AveragerConfig {
-    AveragerConfig {
-        prefix: prefix.into(),
-        target_group_size: Some(2),
-        min_matchmaking_time: Duration::from_millis(500),
-        // Several parts per tensor, so parts are read from the lent memory one by one.
-        part_size_bytes: 4096,
-        ..AveragerConfig::default()
-    }
-}
-
-const STEP_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Tensors lent from a test's own memory; they return to `returned` when the averager drops them.
 struct Lent {
     tensors: Vec<Tensor>,
@@ -105,7 +92,9 @@ fn f64_values(tensor: &Tensor) -> Vec<f32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lent_tensors_are_averaged_in_place_and_the_averagers_own_are_left_alone() {
     let floats = 10_000;
-    let swarm = swarm(vec![(mixed(floats, 0.0), config("lent")), (mixed(floats, 4.0), config("lent"))]).await;
+    let swarm =
+        swarm(vec![(mixed(floats, 0.0), pair_config("lent")), (mixed(floats, 4.0), pair_config("lent"))])
+            .await;
     // Both peers lend values other than their own tensors', as the Python binding's user
     // buffers would hold.
     let lenders = [Lender::new(Some(mixed(floats, 10.0))), Lender::new(Some(mixed(floats, 20.0)))];
@@ -135,7 +124,7 @@ async fn lent_tensors_are_averaged_in_place_and_the_averagers_own_are_left_alone
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpha_and_weights_apply_to_lent_tensors() {
     let floats = 5_000;
-    let config = AveragerConfig { averaging_alpha: 0.5, ..config("lent-alpha") };
+    let config = AveragerConfig { averaging_alpha: 0.5, ..pair_config("lent-alpha") };
     let swarm = swarm(vec![(mixed(floats, 0.0), config.clone()), (mixed(floats, 8.0), config)]).await;
     let lenders = [Lender::new(Some(mixed(floats, 0.0))), Lender::new(Some(mixed(floats, 8.0)))];
     // Weights 3 and 1: the average is 2 (20 in the f64 tensor); alpha 0.5 goes half of the way.
@@ -159,8 +148,11 @@ async fn alpha_and_weights_apply_to_lent_tensors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lender_that_declines_leaves_the_step_on_the_averagers_own_tensors() {
     let floats = 2_000;
-    let swarm =
-        swarm(vec![(mixed(floats, 0.0), config("declines")), (mixed(floats, 4.0), config("declines"))]).await;
+    let swarm = swarm(vec![
+        (mixed(floats, 0.0), pair_config("declines")),
+        (mixed(floats, 4.0), pair_config("declines")),
+    ])
+    .await;
     let declines = Lender::new(None);
     let results = step_all(&swarm.peers, |i| {
         let options = StepOptions::default().timeout(STEP_TIMEOUT);
@@ -180,7 +172,8 @@ async fn a_lender_that_declines_leaves_the_step_on_the_averagers_own_tensors() {
 async fn lent_tensors_unlike_the_averagers_fail_the_step_untouched() {
     let floats = 2_000;
     let swarm =
-        swarm(vec![(mixed(floats, 0.0), config("unlike")), (mixed(floats, 4.0), config("unlike"))]).await;
+        swarm(vec![(mixed(floats, 0.0), pair_config("unlike")), (mixed(floats, 4.0), pair_config("unlike"))])
+            .await;
     // One tensor where the averager has two.
     let unlike = Lender::new(Some(vec![f32s(&[floats], vec![1.0; floats])]));
     let options = StepOptions::default().timeout(Duration::from_secs(5)).allow_retries(false);

@@ -5,26 +5,12 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use averager_core::averager::{AveragerConfig, ResultTarget, StepOptions, StepUpdate};
 use averager_core::error::Error;
 use averager_core::tensor::Tensor;
 use common::*;
-
-fn config(prefix: &str) -> AveragerConfig {
-    AveragerConfig {
-        prefix: prefix.into(),
-        target_group_size: Some(2),
-        min_matchmaking_time: Duration::from_millis(500),
-        // Several parts per tensor, so the update arrives in pieces.
-        part_size_bytes: 4096,
-        ..AveragerConfig::default()
-    }
-}
-
-const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Two peers of `floats` floats holding `values[i]` each.
 async fn pair(floats: usize, values: [f32; 2], config: AveragerConfig) -> Swarm {
@@ -38,7 +24,7 @@ async fn target_values(target: &tokio::sync::Mutex<Vec<Tensor>>) -> Vec<f32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_update_is_added_to_the_target_and_the_averagers_tensors_keep_their_inputs() {
     let floats = 10_000;
-    let swarm = pair(floats, [0.0, 4.0], config("target")).await;
+    let swarm = pair(floats, [0.0, 4.0], pair_config("target")).await;
     // The target's values differ from the averager's (as a caller's would after training on
     // while the step ran): it gets `average - local` added to what it holds.
     let target = Arc::new(tokio::sync::Mutex::new(vec![f32s(&[floats], vec![100.0; floats])]));
@@ -58,7 +44,7 @@ async fn the_update_is_added_to_the_target_and_the_averagers_tensors_keep_their_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_and_alpha_reach_the_target() {
     let floats = 5_000;
-    let config = AveragerConfig { averaging_alpha: 0.5, ..config("weights") };
+    let config = AveragerConfig { averaging_alpha: 0.5, ..pair_config("weights") };
     let swarm = pair(floats, [0.0, 8.0], config).await;
     let targets: Vec<_> = [0.0f32, 8.0]
         .iter()
@@ -98,7 +84,7 @@ impl ResultTarget for Refuses {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_target_fails_the_step_once_without_a_retry() {
     let floats = 2_000;
-    let swarm = pair(floats, [0.0, 4.0], config("refuses")).await;
+    let swarm = pair(floats, [0.0, 4.0], pair_config("refuses")).await;
     let refuses = Arc::new(Refuses::default());
     let results = step_all(&swarm.peers, |i| {
         let options = StepOptions::default().timeout(STEP_TIMEOUT);
@@ -119,7 +105,7 @@ async fn a_failing_target_fails_the_step_once_without_a_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_unlike_the_averagers_tensors_is_refused_whole() {
     let floats = 2_000;
-    let swarm = pair(floats, [0.0, 4.0], config("unlike")).await;
+    let swarm = pair(floats, [0.0, 4.0], pair_config("unlike")).await;
     // Two tensors where the averager has one: nothing may be applied to either.
     let target = Arc::new(tokio::sync::Mutex::new(vec![
         f32s(&[floats], vec![1.0; floats]),

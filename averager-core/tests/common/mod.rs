@@ -14,6 +14,21 @@ use rand::{Rng, SeedableRng};
 /// How long a whole scenario may take before it counts as hung.
 pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long one step of a two-peer test may take.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A two-peer group under `prefix` that forms quickly, with parts small enough that every tensor
+/// of a few thousand floats is sent in several (so updates arrive, and are written, in pieces).
+pub fn pair_config(prefix: &str) -> AveragerConfig {
+    AveragerConfig {
+        prefix: prefix.into(),
+        target_group_size: Some(2),
+        min_matchmaking_time: Duration::from_millis(500),
+        part_size_bytes: 4096,
+        ..AveragerConfig::default()
+    }
+}
+
 pub struct Swarm {
     pub peers: Vec<Averager>,
     pub dht: Arc<MemoryDht>,
