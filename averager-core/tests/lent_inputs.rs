@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use async_trait::async_trait;
-use averager_core::averager::{AveragerConfig, InputLender, LentTensors, StepOptions};
+use averager_core::averager::{AveragerConfig, InputLender, LentTensors, Stage, StepOptions};
 use averager_core::error::Error;
 use averager_core::tensor::{Tensor, TensorSliceMut, TensorView};
 use common::*;
@@ -17,7 +19,7 @@ use common::*;
 /// Tensors lent from a test's own memory; they return to `returned` when the averager drops them.
 struct Lent {
     tensors: Vec<Tensor>,
-    returned: Arc<Mutex<Option<Vec<Tensor>>>>,
+    returned: Arc<watch::Sender<Option<Vec<Tensor>>>>,
 }
 
 impl LentTensors for Lent {
@@ -36,14 +38,14 @@ impl LentTensors for Lent {
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        *self.returned.lock().unwrap() = Some(std::mem::take(&mut self.tensors));
+        self.returned.send_replace(Some(std::mem::take(&mut self.tensors)));
     }
 }
 
 /// Lends `tensors` once (then declines), counting the calls.
 struct Lender {
     tensors: Mutex<Option<Vec<Tensor>>>,
-    returned: Arc<Mutex<Option<Vec<Tensor>>>>,
+    returned: Arc<watch::Sender<Option<Vec<Tensor>>>>,
     calls: AtomicUsize,
 }
 
@@ -51,13 +53,17 @@ impl Lender {
     fn new(tensors: Option<Vec<Tensor>>) -> Arc<Self> {
         Arc::new(Lender {
             tensors: Mutex::new(tensors),
-            returned: Arc::default(),
+            returned: Arc::new(watch::channel(None).0),
             calls: AtomicUsize::new(0),
         })
     }
 
-    fn returned(&self) -> Vec<Tensor> {
-        self.returned.lock().unwrap().take().expect("the lent tensors came back")
+    /// The lent tensors, once the averager has dropped them (after a failed round, a transport
+    /// may let go of its last part a moment after the step ends).
+    async fn returned(&self) -> Vec<Tensor> {
+        let mut rx = self.returned.subscribe();
+        let back = tokio::time::timeout(SCENARIO_TIMEOUT, rx.wait_for(Option::is_some)).await;
+        back.expect("the lent tensors came back").expect("the sender lives").clone().unwrap()
     }
 }
 
@@ -107,7 +113,7 @@ async fn lent_tensors_are_averaged_in_place_and_the_averagers_own_are_left_alone
     }
     for (i, (lender, own)) in lenders.iter().zip([0.0f32, 4.0]).enumerate() {
         assert_eq!(lender.calls.load(Ordering::SeqCst), 1);
-        let back = lender.returned();
+        let back = lender.returned().await;
         assert_close(back[0].as_f32().unwrap(), &vec![15.0; floats], 1e-5, "lent f32");
         assert_close(&f64_values(&back[1]), &vec![150.0; floats / 2], 1e-5, "lent f64");
         let mine = swarm.peers[i].tensors().await.to_vec();
@@ -139,7 +145,7 @@ async fn alpha_and_weights_apply_to_lent_tensors() {
         r.expect("both peers average");
     }
     for (lender, (f, d)) in lenders.iter().zip([(1.0, 10.0), (5.0, 50.0)]) {
-        let back = lender.returned();
+        let back = lender.returned().await;
         assert_close(back[0].as_f32().unwrap(), &vec![f; floats], 1e-5, "lent f32");
         assert_close(&f64_values(&back[1]), &vec![d; floats / 2], 1e-5, "lent f64");
     }
@@ -182,7 +188,34 @@ async fn lent_tensors_unlike_the_averagers_fail_the_step_untouched() {
     })
     .await;
     assert!(matches!(&results[0], Err(Error::Tensor(_))), "{:?}", results[0]);
-    let back = unlike.returned();
+    let back = unlike.returned().await;
     assert_close(back[0].as_f32().unwrap(), &vec![1.0; floats], 0.0, "lent tensor untouched");
+    assert_close(&own_f32(&swarm.peers[0]).await, &vec![0.0; floats], 0.0, "own tensors untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lent_round_that_fails_writes_nothing_anywhere() {
+    let floats = 2_000;
+    // Peer 0's all-reduce cannot finish: peer 1 never pulls its trigger.
+    let impatient =
+        AveragerConfig { allreduce_timeout: Some(Duration::from_millis(300)), ..pair_config("fails") };
+    let swarm =
+        swarm(vec![(mixed(floats, 0.0), impatient), (mixed(floats, 4.0), pair_config("fails"))]).await;
+    let lender = Lender::new(Some(mixed(floats, 10.0)));
+    let options = StepOptions::default().timeout(STEP_TIMEOUT).allow_retries(false).require_trigger(true);
+    let lent = swarm.peers[0].step_background(options.clone().lend_inputs(lender.clone())).await.unwrap();
+    let waiting = swarm.peers[1].step_background(options).await.unwrap();
+    for control in [&lent, &waiting] {
+        tokio::time::timeout(SCENARIO_TIMEOUT, control.wait_for_stage(Stage::AwaitingTrigger))
+            .await
+            .expect("the group forms");
+    }
+    lent.allow_allreduce();
+    let result = tokio::time::timeout(SCENARIO_TIMEOUT, lent.result()).await.expect("the step ends");
+    assert!(result.is_err(), "{result:?}");
+    waiting.cancel();
+    let back = lender.returned().await;
+    assert_close(back[0].as_f32().unwrap(), &vec![10.0; floats], 0.0, "lent f32 untouched");
+    assert_close(&f64_values(&back[1]), &vec![100.0; floats / 2], 0.0, "lent f64 untouched");
     assert_close(&own_f32(&swarm.peers[0]).await, &vec![0.0; floats], 0.0, "own tensors untouched");
 }

@@ -310,8 +310,8 @@ impl Inner {
         let round = match round {
             Ok(round) => round,
             Err(e) => {
-                if let RoundTensors::Owned(tensors) = take_back(tensors) {
-                    *guard = tensors;
+                if !lent {
+                    *guard = take_back(tensors);
                 }
                 self.abandon(formed);
                 return Err(e);
@@ -343,26 +343,22 @@ impl Inner {
             }
         }
         let drain_limit = self.config.effective_sender_timeout().unwrap_or(REPLY_DRAIN_LIMIT);
-        let tensors = match outcome {
-            // Lent memory is written only once nothing borrows it; a failed round writes nothing,
-            // so it is not waited for.
-            Ok(_) if lent => reclaim_lent(tensors, drain_limit).await?,
-            _ => take_back(tensors),
-        };
-        let outcome = match tensors {
-            RoundTensors::Owned(tensors) => {
-                self.update_own(guard, tensors, outcome, io.target.as_ref()).await?
+        let outcome = if lent {
+            // The averager's own tensors are not this step's: released at once. A failed round
+            // writes nothing: the lent tensors go back to their lender once the last holder of a
+            // part drops them. A successful one writes only once nothing borrows them.
+            drop(guard);
+            let outcome = outcome?;
+            let RoundTensors::Lent(mut lent) = reclaim_lent(tensors, drain_limit).await? else {
+                return Err(Error::Internal("a lent round's tensors came back owned".into()));
+            };
+            if self.mode != PeerMode::Aux {
+                outcome.deltas.apply(&outcome.plan, lent.as_mut(), self.config.averaging_alpha)?;
             }
-            RoundTensors::Lent(mut lent) => {
-                // The averager's own tensors are not this step's: released at once.
-                drop(guard);
-                let outcome = outcome?;
-                if self.mode != PeerMode::Aux {
-                    outcome.deltas.apply(&outcome.plan, lent.as_mut(), self.config.averaging_alpha)?;
-                }
-                // Dropping the lent tensors here returns them to their lender.
-                outcome
-            }
+            // Dropping the lent tensors here returns them to their lender.
+            outcome
+        } else {
+            self.update_own(guard, take_back(tensors), outcome, io.target.as_ref()).await?
         };
         let failed_reducers = outcome.failed_reducers.len();
         self.after_update();

@@ -117,18 +117,21 @@ impl Inner {
     }
 }
 
-/// The tensors back from the round: without a copy when no encoding task or unsent part still
-/// holds them (the usual case), else (own tensors) a copy, so a slow encoding or transport cannot
-/// block the step. Lent tensors still shared cannot be copied back: the caller gets the round's
-/// own handle dropped, and they return to their lender once the last holder lets go.
-pub(super) fn take_back(tensors: Arc<RoundTensors>) -> RoundTensors {
-    Arc::try_unwrap(tensors).unwrap_or_else(|shared| {
-        tracing::debug!(
-            holders = Arc::strong_count(&shared) - 1,
-            "the round's tensors are still shared: copying them back"
-        );
-        RoundTensors::Owned(shared.to_vec())
-    })
+/// The averager's own tensors back from the round: without a copy when no encoding task or
+/// unsent part still holds them (the usual case), else a copy, so a slow encoding or transport
+/// cannot block the step. (Lent tensors are not taken back: see [`reclaim_lent`].)
+pub(super) fn take_back(tensors: Arc<RoundTensors>) -> Vec<Tensor> {
+    match Arc::try_unwrap(tensors) {
+        Ok(RoundTensors::Owned(tensors)) => tensors,
+        Ok(lent) => lent.to_vec(),
+        Err(shared) => {
+            tracing::debug!(
+                holders = Arc::strong_count(&shared) - 1,
+                "the round's tensors are still shared: copying them back"
+            );
+            shared.to_vec()
+        }
+    }
 }
 
 /// Lent tensors back from a successful round, to write its update into: once nothing borrows
@@ -203,7 +206,7 @@ mod tests {
     fn own_tensors_still_shared_come_back_as_a_copy() {
         let tensors = Arc::new(RoundTensors::Owned(vec![Tensor::from_f32(vec![2], vec![1.0, 2.0]).unwrap()]));
         let borrowed = Arc::clone(&tensors);
-        let RoundTensors::Owned(back) = take_back(tensors) else { panic!("owned tensors come back owned") };
+        let back = take_back(tensors);
         assert_eq!(back[0].as_f32().unwrap(), &[1.0, 2.0]);
         drop(borrowed);
     }
