@@ -107,6 +107,8 @@ def averager_command(args, net, index, prefix, bootstrap, bandwidth):
         cmd += ["--bootstrap", addr]
     if bandwidth is not None:
         cmd += ["--bandwidth", str(bandwidth)]
+    if args.part_size:
+        cmd += ["--part-size", str(args.part_size)]
     return cmd
 
 
@@ -278,6 +280,8 @@ def main():
     parser.add_argument("--step-timeout", type=float, default=300.0)
     parser.add_argument("--cells", default="200,1000,mix,mix-informed")
     parser.add_argument("--out", default=os.path.join(HERE, "wan-results.json"))
+    parser.add_argument("--part-size", type=int, help="the averager's bytes per part (default: its config's "
+                        "part_size_bytes, 512 KiB as hivemind's)")
     parser.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
                         help="a network sysctl set in every peer's namespace (repeatable), to diagnose; "
                         "figures measured with one are not the benchmark's")
