@@ -26,6 +26,9 @@ BRIDGE = f"{PREFIX}-br"
 HUB = f"{PREFIX}-hub"
 SUBNET = "10.77.0"
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The share of tbf's rate that TCP carries as payload at MTU 1500: a 1448-byte segment (with
+# timestamps) in a 1514-byte frame. No transport over TCP can beat bound / TCP_PAYLOAD.
+TCP_PAYLOAD = 1448 / 1514
 
 
 def best_split_seconds(rates_mbit, nbytes):
@@ -352,9 +355,10 @@ def print_table(run):
     print(f"{run['peers']} peers x {run['bytes_per_peer'] / 1e6:.1f} MB, transport {run.get('transport')}, "
           f"compression {run.get('compression')}, {run.get('rounds')} rounds per cell; load before: "
           f"{' '.join(run.get('load_before', ['?']))}, after: {' '.join(run['load'])}")
-    print("| system | cell | links (Mbit/s) | bandwidth | bound (s) | best split (s) | all-reduce round 1 (s) "
+    print("| system | cell | links (Mbit/s) | bandwidth | bound (s) | TCP ceiling (s) | best split (s) "
+          "| all-reduce round 1 (s) "
           "| rounds 2+ median (s) | best split / rounds 2+ | every round (s) | step median (s) | CPU s per round |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cell in run["cells"]:
         best = cell.get("best_split_s") or best_split_seconds(cell["rates_mbit"], run["bytes_per_peer"])
         times = [r["allreduce_s"] for r in cell["rounds"]]
@@ -366,7 +370,8 @@ def print_table(run):
         fmt = lambda v: "failed" if v is None else f"{v:.2f}"
         ratio = f"{best / med:.0%}" if med else "-"
         print(f"| {cell['system']} | {cell['cell']} | {'/'.join(map(str, cell['rates_mbit']))} | "
-              f"{'told' if cell['informed'] else 'not given'} | {cell['bound_s']:.2f} | {best:.2f} | "
+              f"{'told' if cell['informed'] else 'not given'} | {cell['bound_s']:.2f} | "
+              f"{cell['bound_s'] / TCP_PAYLOAD:.2f} | {best:.2f} | "
               f"{fmt(times[0])} | "
               f"{fmt(med)} | {ratio} | {every} | {fmt(statistics.median(steps)) if steps else '-'} | "
               f"{fmt(statistics.median(cpu)) if cpu else '-'} |")
