@@ -26,6 +26,9 @@ BRIDGE = f"{PREFIX}-br"
 HUB = f"{PREFIX}-hub"
 SUBNET = "10.77.0"
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The share of tbf's rate that TCP carries as payload at MTU 1500: a 1448-byte segment (with
+# timestamps) in a 1514-byte frame. No transport over TCP can beat bound / TCP_PAYLOAD.
+TCP_PAYLOAD = 1448 / 1514
 
 
 def best_split_seconds(rates_mbit, nbytes):
@@ -55,8 +58,9 @@ def host_veth(i):
 class Network:
     """A bridge in a hub namespace and one namespace per peer, each behind a veth pair."""
 
-    def __init__(self, peers):
+    def __init__(self, peers, sysctls=()):
         self.peers = peers
+        self.sysctls = list(sysctls)
 
     def up(self):
         self.down()
@@ -71,6 +75,8 @@ class Network:
             run("ip", "-n", ns(i), "link", "set", f"{PREFIX}-p{i}", "name", "eth0")
             run("ip", "-n", ns(i), "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
             run("ip", "-n", ns(i), "link", "set", "eth0", "up")
+            for setting in self.sysctls:
+                run("ip", "netns", "exec", ns(i), "sysctl", "-q", "-w", setting)
             run("ip", "-n", HUB, "link", "set", host_veth(i), "master", BRIDGE)
             run("ip", "-n", HUB, "link", "set", host_veth(i), "up")
 
@@ -104,6 +110,8 @@ def averager_command(args, net, index, prefix, bootstrap, bandwidth):
         cmd += ["--bootstrap", addr]
     if bandwidth is not None:
         cmd += ["--bandwidth", str(bandwidth)]
+    if args.part_size:
+        cmd += ["--part-size", str(args.part_size)]
     return cmd
 
 
@@ -193,6 +201,31 @@ class Worker:
             self.proc.wait()
 
 
+def start_trace(args, name, system, rates, r):
+    """With --trace, bench/wan_trace.py sampling the links through round `r` (see its docs)."""
+    if not args.trace:
+        return None
+    out = os.path.join(args.trace, f"trace-{system}-{name}-r{r}.jsonl")
+    meta = json.dumps({"system": system, "cell": name, "round": r, "rates_mbit": rates})
+    cmd = ["ip", "netns", "exec", HUB, sys.executable, os.path.join(HERE, "wan_trace.py"), "sample",
+           "--peers", str(args.peers), "--out", out, "--meta", meta]
+    tracer = subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True)
+    # The first line holds the qdiscs' counters before the round: let it be written first.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (os.path.exists(out) and os.path.getsize(out) > 0):
+        time.sleep(0.02)
+    return tracer
+
+
+def stop_trace(tracer):
+    if tracer is not None:
+        tracer.stdin.close()
+        try:
+            tracer.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+
+
 def run_cell(args, net, name, rates, informed, log, system="averager"):
     net.shape(rates)
     prefix = f"wan-{system}-{name}-{os.getpid()}"
@@ -210,10 +243,14 @@ def run_cell(args, net, name, rates, informed, log, system="averager"):
             w.expect("ready", 120)
         rounds = []
         for r in range(1, args.rounds + 1):
+            tracer = start_trace(args, name, system, rates, r)
             cpu_before = sum(w.cpu_seconds() for w in workers)
             for w in workers:
                 w.send(f"round {r}")
-            reports = [w.expect("round", args.step_timeout + 60) for w in workers]
+            try:
+                reports = [w.expect("round", args.step_timeout + 60) for w in workers]
+            finally:
+                stop_trace(tracer)
             cpu = sum(w.cpu_seconds() for w in workers) - cpu_before
             errors = [rep.get("error") for rep in reports if rep.get("error")]
             allreduce = [rep.get("allreduce_s") for rep in reports]
@@ -246,6 +283,13 @@ def main():
     parser.add_argument("--step-timeout", type=float, default=300.0)
     parser.add_argument("--cells", default="200,1000,mix,mix-informed")
     parser.add_argument("--out", default=os.path.join(HERE, "wan-results.json"))
+    parser.add_argument("--part-size", type=int, help="the averager's bytes per part (default: its config's "
+                        "part_size_bytes, 512 KiB as hivemind's)")
+    parser.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
+                        help="a network sysctl set in every peer's namespace (repeatable), to diagnose; "
+                        "figures measured with one are not the benchmark's")
+    parser.add_argument("--trace", metavar="DIR", help="sample every link through every round into DIR "
+                        "(bench/wan_trace.py; `python3 bench/wan_trace.py summary DIR/*.jsonl` reads them)")
     parser.add_argument("--table", metavar="RESULTS", help="only print the table of a results file")
     args = parser.parse_args()
     if args.table:
@@ -263,12 +307,21 @@ def main():
         "1000": ([1000] * args.peers, False),
         "mix": (mix, False),
         "mix-informed": (mix, True),
+        # Equal shares every round (each peer told its link's rate): the link bound without the
+        # estimate's noise.
+        "200-informed": ([200] * args.peers, True),
+        "1000-informed": ([1000] * args.peers, True),
     }
-    systems = ["averager"] + (["hivemind"] if args.hivemind_python else [])
-    net = Network(args.peers)
+    hivemind = bool(args.hivemind_python) and os.access(args.hivemind_python, os.X_OK)
+    if args.hivemind_python and not hivemind:
+        print(f"wan: skipping hivemind: {args.hivemind_python} is not an executable", file=sys.stderr)
+    systems = ["averager"] + (["hivemind"] if hivemind else [])
+    net = Network(args.peers, args.sysctl)
     bytes_per_peer = args.floats * 4
     results = []
     os.makedirs(os.path.join(HERE, "logs"), exist_ok=True)
+    if args.trace:
+        os.makedirs(args.trace, exist_ok=True)
     log_path = os.path.join(HERE, "logs", "wan-workers.log")
     try:
         net.up()
@@ -302,9 +355,10 @@ def print_table(run):
     print(f"{run['peers']} peers x {run['bytes_per_peer'] / 1e6:.1f} MB, transport {run.get('transport')}, "
           f"compression {run.get('compression')}, {run.get('rounds')} rounds per cell; load before: "
           f"{' '.join(run.get('load_before', ['?']))}, after: {' '.join(run['load'])}")
-    print("| system | cell | links (Mbit/s) | bandwidth | bound (s) | best split (s) | all-reduce round 1 (s) "
+    print("| system | cell | links (Mbit/s) | bandwidth | bound (s) | TCP ceiling (s) | best split (s) "
+          "| all-reduce round 1 (s) "
           "| rounds 2+ median (s) | best split / rounds 2+ | every round (s) | step median (s) | CPU s per round |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cell in run["cells"]:
         best = cell.get("best_split_s") or best_split_seconds(cell["rates_mbit"], run["bytes_per_peer"])
         times = [r["allreduce_s"] for r in cell["rounds"]]
@@ -316,7 +370,8 @@ def print_table(run):
         fmt = lambda v: "failed" if v is None else f"{v:.2f}"
         ratio = f"{best / med:.0%}" if med else "-"
         print(f"| {cell['system']} | {cell['cell']} | {'/'.join(map(str, cell['rates_mbit']))} | "
-              f"{'told' if cell['informed'] else 'not given'} | {cell['bound_s']:.2f} | {best:.2f} | "
+              f"{'told' if cell['informed'] else 'not given'} | {cell['bound_s']:.2f} | "
+              f"{cell['bound_s'] / TCP_PAYLOAD:.2f} | {best:.2f} | "
               f"{fmt(times[0])} | "
               f"{fmt(med)} | {ratio} | {every} | {fmt(statistics.median(steps)) if steps else '-'} | "
               f"{fmt(statistics.median(cpu)) if cpu else '-'} |")

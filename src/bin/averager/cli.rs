@@ -298,6 +298,9 @@ pub(crate) struct WorkerArgs {
     /// The bandwidth to declare, in MB/s (default: measured, see `AveragerConfig::bandwidth`).
     #[arg(long)]
     pub(crate) bandwidth: Option<f64>,
+    /// Bytes per part on the wire (`part_size_bytes`; every peer of a group must use the same).
+    #[arg(long)]
+    pub(crate) part_size: Option<usize>,
 }
 
 /// Parses a byte size: a number with an optional decimal (k, M, G, kB, MB, GB) or binary (KiB,

@@ -40,6 +40,9 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
     config.sender_timeout = args.sender_timeout.map(|s| seconds("--sender-timeout", s)).transpose()?;
     config.reducer_timeout = args.reducer_timeout.map(|s| seconds("--reducer-timeout", s)).transpose()?;
     config.bandwidth = args.bandwidth;
+    if let Some(part_size) = args.part_size {
+        config.part_size_bytes = part_size;
+    }
     config.validate()?;
     let values = peer_values(args.seed, args.index, args.floats);
     if let Some(dump) = &args.dump {
