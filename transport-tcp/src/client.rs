@@ -54,6 +54,7 @@ pub(crate) async fn dial(endpoint: &str, authority: &str, timeout: Duration) -> 
         Err(_) => return Err(unreachable(format!("no TCP connection within {timeout:?}"))),
     };
     stream.set_nodelay(true).map_err(|e| unreachable(format!("setting TCP_NODELAY: {e}")))?;
+    crate::io::tune_same_host(&stream);
     Ok(stream)
 }
 

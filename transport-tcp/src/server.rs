@@ -69,6 +69,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, serving: Serving) {
 async fn serve_call(stream: TcpStream, peer: String, serving: Serving) {
     // Replies are frames whose last bytes (an end frame) must not wait for an acknowledgement.
     let _ = stream.set_nodelay(true);
+    crate::io::tune_same_host(&stream);
     let (recv, send) = stream.into_split();
     let context = CallContext { authenticated_peer: None, remote_address: Some(peer.clone()) };
     let Serving { service, limit, first_request_timeout: wait, budget, .. } = serving;

@@ -10,6 +10,7 @@
 //! Results go to stdout, logs (`RUST_LOG`, default `warn,averager=info`) and progress bars to
 //! stderr, so stdout stays parseable.
 
+mod allocator;
 mod backends;
 mod bench;
 mod bench_processes;
@@ -46,6 +47,7 @@ macro_rules! out {
 pub(crate) use out;
 
 fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     // clap prints its own message and exits with status 2 on bad flags.
     let cli = cli::Cli::parse();
     init_logs(cli.command.default_log_filter());
