@@ -258,7 +258,11 @@ impl NativeAverager {
             }
         });
         // A step that did not start still lets the copy finish (it holds its own keepalive), and
-        // drops its release signal, so later steps do not wait for it.
+        // drops its release signal, so later steps do not wait for it; its unread inputs (and
+        // the objects they keep alive) are forgotten.
+        if started.is_err() {
+            self.shared.forget_unread(&inputs);
+        }
         let started = started.py_err()?;
         let step = Step {
             control: started,
