@@ -257,6 +257,81 @@ fn gather<T: Copy>(q: &[u8], table: &[T; BINS]) -> Vec<T> {
     q.iter().map(|&b| table[usize::from(b)]).collect()
 }
 
+/// `impl Compression` for a codec that writes this layout: `$ty` (with a `NAME` constant) under
+/// `$wire`, assigning values to entries with `$quantize`; everything but the assignment is this
+/// module's, so the codecs differ only in `$quantize` and in the items given in braces (their
+/// `error_bound`, whose documentation is each codec's own).
+macro_rules! codebook_compression {
+    ($ty:ty, $wire:expr, $quantize:path, { $($own:tt)* }) => {
+        impl averager_core::compression::Compression for $ty {
+            fn name(&self) -> &str {
+                Self::NAME
+            }
+
+            fn wire_type(&self) -> averager_core::compression::CompressionType {
+                $wire
+            }
+
+            fn accepts(&self, dtype: averager_core::tensor::DType, _ndim: usize) -> bool {
+                dtype.is_floating()
+            }
+
+            fn compress(
+                &self,
+                tensor: &averager_core::tensor::TensorView<'_>,
+                _info: &averager_core::compression::CompressionInfo,
+            ) -> averager_core::Result<averager_core::compression::WireTensor> {
+                $crate::codebook::encode(Self::NAME, $wire, tensor, $quantize)
+            }
+
+            fn extract(
+                &self,
+                message: &averager_core::compression::WireTensor,
+            ) -> averager_core::Result<averager_core::tensor::Tensor> {
+                $crate::codebook::decode(Self::NAME, message)
+            }
+
+            fn encode_into(
+                &self,
+                tensor: &averager_core::tensor::TensorView<'_>,
+                _info: &averager_core::compression::CompressionInfo,
+                out: &mut averager_core::compression::BytesMut,
+            ) -> averager_core::Result<averager_core::compression::WireTensor> {
+                $crate::codebook::encode_into(Self::NAME, $wire, tensor, $quantize, out)
+            }
+
+            fn decode_into(
+                &self,
+                message: &averager_core::compression::WireTensor,
+                out: &mut [f32],
+            ) -> averager_core::Result<()> {
+                $crate::codebook::decode_into(Self::NAME, message, out)
+            }
+
+            fn decode_add_into(
+                &self,
+                message: &averager_core::compression::WireTensor,
+                weight: f32,
+                out: &mut [f32],
+            ) -> averager_core::Result<()> {
+                $crate::codebook::decode_add_into(Self::NAME, message, weight, out)
+            }
+
+            /// `8 / bits(dtype)` (protocol 7.1; the 1032-byte header is not counted, as in hivemind).
+            fn estimate_compression_ratio(&self, info: &averager_core::compression::CompressionInfo) -> f64 {
+                $crate::codebook::ratio(info)
+            }
+
+            fn capabilities(&self) -> averager_core::compression::CodecCapabilities {
+                averager_core::compression::CodecCapabilities { lossless: false }
+            }
+
+            $($own)*
+        }
+    };
+}
+pub(crate) use codebook_compression;
+
 #[cfg(test)]
 mod tests {
     use super::*;

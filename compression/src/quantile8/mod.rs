@@ -5,11 +5,8 @@
 
 use std::cell::RefCell;
 
-use averager_core::Result;
-use averager_core::compression::{
-    BytesMut, CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
-};
-use averager_core::tensor::{DType, Tensor, TensorView};
+use averager_core::compression::{CompressionType, ErrorBound};
+use averager_core::tensor::DType;
 
 use crate::bucket_table::{BucketTable, bucket_of};
 use crate::codebook::{self, BINS, BinSums, Emit};
@@ -308,49 +305,7 @@ fn quantize_with(borders: &[f32; BINS], values: &[f32], emit: &mut Emit<'_>) -> 
     sums.means()
 }
 
-impl Compression for Quantile8Bit {
-    fn name(&self) -> &str {
-        Self::NAME
-    }
-
-    fn wire_type(&self) -> CompressionType {
-        CompressionType::Quantile8bit
-    }
-
-    fn accepts(&self, dtype: DType, _ndim: usize) -> bool {
-        dtype.is_floating()
-    }
-
-    fn compress(&self, tensor: &TensorView<'_>, _info: &CompressionInfo) -> Result<WireTensor> {
-        codebook::encode(Self::NAME, CompressionType::Quantile8bit, tensor, quantize)
-    }
-
-    fn extract(&self, message: &WireTensor) -> Result<Tensor> {
-        codebook::decode(Self::NAME, message)
-    }
-
-    fn encode_into(
-        &self,
-        tensor: &TensorView<'_>,
-        _info: &CompressionInfo,
-        out: &mut BytesMut,
-    ) -> Result<WireTensor> {
-        codebook::encode_into(Self::NAME, CompressionType::Quantile8bit, tensor, quantize, out)
-    }
-
-    fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
-        codebook::decode_into(Self::NAME, message, out)
-    }
-
-    fn decode_add_into(&self, message: &WireTensor, weight: f32, out: &mut [f32]) -> Result<()> {
-        codebook::decode_add_into(Self::NAME, message, weight, out)
-    }
-
-    /// `8 / bits(dtype)` (protocol 7.1; the 1032-byte header is not counted, as in hivemind).
-    fn estimate_compression_ratio(&self, info: &CompressionInfo) -> f64 {
-        codebook::ratio(info)
-    }
-
+codebook::codebook_compression!(Quantile8Bit, CompressionType::Quantile8bit, quantize, {
     /// 2e-2 for every dtype: no standard-normal input of any size exceeded it in 100000 seeded
     /// samples per size.
     ///
@@ -366,11 +321,7 @@ impl Compression for Quantile8Bit {
     fn error_bound(&self, _dtype: DType) -> ErrorBound {
         ErrorBound::MeanSquared(Self::MSE)
     }
-
-    fn capabilities(&self) -> CodecCapabilities {
-        CodecCapabilities { lossless: false }
-    }
-}
+});
 
 #[cfg(test)]
 mod tests;

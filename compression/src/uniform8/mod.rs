@@ -3,11 +3,8 @@
 //!
 //! Buffer: `K (i64 LE, = 256) || codebook (f32 LE x K) || q (u8 x numel)`.
 
-use averager_core::Result;
-use averager_core::compression::{
-    BytesMut, CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
-};
-use averager_core::tensor::{DType, Tensor, TensorView};
+use averager_core::compression::{CompressionType, ErrorBound};
+use averager_core::tensor::DType;
 
 use crate::codebook::{self, BINS, BinSums, Emit};
 use crate::sums::{moments, sum};
@@ -138,49 +135,7 @@ fn quantize(values: &[f32], emit: &mut Emit<'_>) -> [f32; BINS] {
     sums.means()
 }
 
-impl Compression for Uniform8Bit {
-    fn name(&self) -> &str {
-        Self::NAME
-    }
-
-    fn wire_type(&self) -> CompressionType {
-        CompressionType::Uniform8bit
-    }
-
-    fn accepts(&self, dtype: DType, _ndim: usize) -> bool {
-        dtype.is_floating()
-    }
-
-    fn compress(&self, tensor: &TensorView<'_>, _info: &CompressionInfo) -> Result<WireTensor> {
-        codebook::encode(Self::NAME, CompressionType::Uniform8bit, tensor, quantize)
-    }
-
-    fn extract(&self, message: &WireTensor) -> Result<Tensor> {
-        codebook::decode(Self::NAME, message)
-    }
-
-    fn encode_into(
-        &self,
-        tensor: &TensorView<'_>,
-        _info: &CompressionInfo,
-        out: &mut BytesMut,
-    ) -> Result<WireTensor> {
-        codebook::encode_into(Self::NAME, CompressionType::Uniform8bit, tensor, quantize, out)
-    }
-
-    fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
-        codebook::decode_into(Self::NAME, message, out)
-    }
-
-    fn decode_add_into(&self, message: &WireTensor, weight: f32, out: &mut [f32]) -> Result<()> {
-        codebook::decode_add_into(Self::NAME, message, weight, out)
-    }
-
-    /// `8 / bits(dtype)` (protocol 7.1; the 1032-byte header is not counted, as in hivemind).
-    fn estimate_compression_ratio(&self, info: &CompressionInfo) -> f64 {
-        codebook::ratio(info)
-    }
-
+codebook::codebook_compression!(Uniform8Bit, CompressionType::Uniform8bit, quantize, {
     /// 1e-2 for every dtype: it holds for all but about one in 200000 standard-normal samples of
     /// any size, the small parts of an all-reduce included.
     ///
@@ -194,11 +149,7 @@ impl Compression for Uniform8Bit {
     fn error_bound(&self, _dtype: DType) -> ErrorBound {
         ErrorBound::MeanSquared(Self::MSE)
     }
-
-    fn capabilities(&self) -> CodecCapabilities {
-        CodecCapabilities { lossless: false }
-    }
-}
+});
 
 #[cfg(test)]
 mod tests;

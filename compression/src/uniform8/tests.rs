@@ -4,6 +4,8 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::test_support::{mse, randn};
 use averager_core::Error;
+use averager_core::compression::{Compression, CompressionInfo, WireTensor};
+use averager_core::tensor::Tensor;
 use half::bf16;
 
 use crate::codebook::HEADER;
