@@ -2,8 +2,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::test_support::{mse, randn};
-use averager_core::Error;
+use crate::test_support::{codebook_refuses_malformed_input, mse, randn};
 use averager_core::compression::{Compression, CompressionInfo, WireTensor};
 use averager_core::tensor::Tensor;
 use half::bf16;
@@ -121,22 +120,7 @@ fn ratio_is_eight_bits_over_the_dtype() {
 
 #[test]
 fn malformed_buffers_are_errors() {
-    let wire = encode(&Tensor::from_f32(vec![4], vec![1.0, 2.0, 3.0, 4.0]).unwrap());
-    let mut wrong_k = wire.buffer.to_vec();
-    wrong_k[..8].copy_from_slice(&255i64.to_le_bytes());
-    for buffer in [wrong_k, wire.buffer[..HEADER + 3].to_vec(), [&wire.buffer[..], &[0]].concat(), vec![]] {
-        let forged = WireTensor { buffer: buffer.into(), ..wire.clone() };
-        assert!(matches!(Uniform8Bit.extract(&forged), Err(Error::Codec { .. })));
-    }
-    let int = WireTensor { dtype: "int32".into(), ..wire.clone() };
-    assert!(Uniform8Bit.extract(&int).is_err());
-    let huge = WireTensor { size: vec![u32::MAX, u32::MAX], ..wire };
-    assert!(matches!(Uniform8Bit.extract(&huge), Err(Error::Codec { .. })));
-    let ints = Tensor::from_i64(vec![2], vec![1, 2]).unwrap();
-    assert!(matches!(
-        Uniform8Bit.compress(&ints.view(), &CompressionInfo::default()),
-        Err(Error::Codec { .. })
-    ));
+    codebook_refuses_malformed_input(&Uniform8Bit, 255);
 }
 
 /// protocol 10.5 scenario 23: `randn(128, 128, 64)` round-trips with mse < 8e-4, and
