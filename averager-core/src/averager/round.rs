@@ -16,7 +16,7 @@ use tracing::field::Empty;
 use super::bandwidth::RoundMeter;
 use super::gathered::Gathered;
 use super::report::StepReport;
-use super::round_end::{StepIo, check_lent, reclaim_lent, take_back};
+use super::round_end::{StepIo, check_lent, log_failed_reducers, reclaim_lent, take_back};
 use super::step_control::{Stage, StepControl};
 use super::telemetry::{CountingTransport, Tally};
 use super::{Inner, hex};
@@ -337,8 +337,9 @@ impl Inner {
         self.round_tensors.send_replace(None);
         drop(span);
         if let (Ok(_), Some(meter)) = (&outcome, meter.as_deref()) {
-            tracing::debug!(endpoint = %self.endpoint, timelines = %meter.timelines(), sample = ?meter.sample(), "bandwidth meter");
-            if let Some(sample) = meter.sample() {
+            let sample = meter.sample();
+            tracing::debug!(endpoint = %self.endpoint, timelines = %meter.timelines(), ?sample, "bandwidth meter");
+            if let Some(sample) = sample {
                 self.bandwidth.record(sample);
             }
         }
@@ -349,6 +350,7 @@ impl Inner {
             // part drops them. A successful one writes only once nothing borrows them.
             drop(guard);
             let outcome = outcome?;
+            log_failed_reducers(&outcome);
             let RoundTensors::Lent(mut lent) = reclaim_lent(tensors, drain_limit).await? else {
                 return Err(Error::Internal("a lent round's tensors came back owned".into()));
             };

@@ -27,9 +27,7 @@ impl Inner {
         let target = target.filter(|_| self.mode != PeerMode::Aux);
         let shapes = TensorShapes::of(&tensors);
         let outcome = outcome.and_then(|mut outcome| {
-            if !outcome.failed_reducers.is_empty() {
-                tracing::info!(failed = ?outcome.failed_reducers, "averaged without the parts of failed reducers");
-            }
+            log_failed_reducers(&outcome);
             if target.is_some() {
                 // The target takes deltas; the own span's averages become deltas while the
                 // round's inputs are at hand.
@@ -49,6 +47,13 @@ impl Inner {
             self.apply_to_target(target, parts, shapes).await?;
         }
         Ok(outcome)
+    }
+}
+
+/// Says which reducers' parts a successful round kept local, if any.
+pub(super) fn log_failed_reducers(outcome: &AllReduceOutcome) {
+    if !outcome.failed_reducers.is_empty() {
+        tracing::info!(failed = ?outcome.failed_reducers, "averaged without the parts of failed reducers");
     }
 }
 
