@@ -19,7 +19,8 @@ import subprocess
 import sys
 import time
 
-PREFIX = "avwan"
+# Another prefix lets two runs (of two worktrees) share the machine: their namespaces never meet.
+PREFIX = os.environ.get("AVERAGER_WAN_PREFIX", "avwan")
 BRIDGE = f"{PREFIX}-br"
 # The bridge lives in a namespace of its own: in the root namespace, br_netfilter would pass the
 # bridged traffic through the host's firewall (whose FORWARD policy may drop it).

@@ -46,11 +46,12 @@ else
 fi
 
 # wan.py removes what it created too; this also covers a driver that was killed.
+prefix="${AVERAGER_WAN_PREFIX:-avwan}"
 cleanup() {
-    for link in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^avwan-' || true); do
+    for link in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep "^$prefix-" || true); do
         ip link del "$link" 2>/dev/null || true
     done
-    for netns in $(ip netns list | awk '{print $1}' | grep '^avwan' || true); do
+    for netns in $(ip netns list | awk '{print $1}' | grep -E "^$prefix(-hub|[0-9]+)\$" || true); do
         ip netns pids "$netns" 2>/dev/null | xargs -r kill 2>/dev/null || true
         ip netns del "$netns" 2>/dev/null || true
     done

@@ -14,13 +14,15 @@ share of the round's time in which a direction carried under half the rate."""
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 import threading
 import time
 
-PREFIX = "avwan"
+# Another prefix lets two runs (of two worktrees) share the machine: their namespaces never meet.
+PREFIX = os.environ.get("AVERAGER_WAN_PREFIX", "avwan")
 
 
 def read_dev():
