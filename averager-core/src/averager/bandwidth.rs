@@ -2,11 +2,20 @@
 //! achieved in its recent all-reduces, so load balancing gives slow peers smaller spans without
 //! anyone measuring links by hand.
 //!
-//! During an all-reduce, the sender's calls to each reducer (one `rpc_aggregate_part` stream per
-//! member) are metered: when the transport took each part's tensor bytes (it takes them as fast as
-//! its buffers drain, and the sender produces parts ahead). The round's sample is the busiest
-//! window: the most bytes all streams together had taken in any window of a quarter of the
-//! round, at most [`MAX_WINDOW`], divided by its length.
+//! During an all-reduce, everything the peer's uplink carries of the round is metered: its
+//! sender's calls to each reducer (one `rpc_aggregate_part` stream per member, metered by the
+//! round's transport) and its reducer's reply streams to each sender (metered by the service,
+//! into the same round's tally): when the transport took each part's or reply's tensor bytes (it
+//! takes them as fast as its buffers drain, and both sides produce ahead). The round's sample is
+//! the busiest window: the most bytes all streams together had taken in any window of a quarter
+//! of the round, at most [`MAX_WINDOW`], divided by its length.
+//!
+//! Why replies count too: parts and replies share the uplink. Parts alone fill it only until the
+//! first replies start (well under a second on `bench/wan.sh`'s links), then carry a varying
+//! share of it, so their busiest window told equal 200 Mbit/s links apart by up to 1.7x
+//! (14-26 MB/s); with replies the same links gave 23.6-27.8 MB/s in round 1 and 25.8-27.3 MB/s
+//! from round 3 on (the link's payload rate is about 24 MB/s: what the sockets take runs a little
+//! ahead of the wire).
 //!
 //! Why the busiest window and not the round's average: a reducer reads a sender's next part only
 //! once every sender's copy of the previous one arrived, so after the first second or so every
@@ -19,8 +28,8 @@
 //! first part is not counted: it is taken at once into empty buffers, before it crossed
 //! anything; windows of a second dilute what else the buffers take early.
 //!
-//! The busiest window is noisy (the 200 Mbit/s cell's equal links gave 14-22 MB/s under load),
-//! and load balancing magnifies differences, so the plan treats bandwidths within a margin of
+//! The busiest window is still noisy (socket buffers take bursts), and load balancing magnifies
+//! differences, so the plan treats bandwidths within a margin of
 //! each other as equal (`merge_close_bandwidths` in `allreduce/load_balancing.rs`). Samples
 //! are smoothed with an exponentially weighted moving average and declared in MB/s (10^6 bytes
 //! per second), the unit to use when configuring `bandwidth` by hand in a group that mixes both.
@@ -31,7 +40,8 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 
-use crate::transport::{AveragingData, RequestStream};
+use crate::error::Result;
+use crate::transport::{AveragingData, MessageStream, RequestStream};
 
 /// Weight of the newest sample in the moving average: half, so the estimate follows a changed
 /// link within a few rounds without jumping at every noisy one.
@@ -73,20 +83,49 @@ impl RoundMeter {
         self.origin.elapsed()
     }
 
-    fn record(&self, record: StreamRecord) {
-        self.streams.lock().unwrap_or_else(PoisonError::into_inner).push(record);
+    fn streams(&self) -> std::sync::MutexGuard<'_, Vec<StreamRecord>> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new stream, opened now; its index for [`took`](Self::took) and [`close`](Self::close).
+    fn open(&self) -> usize {
+        let mut streams = self.streams();
+        streams.push(StreamRecord { opened: self.now(), ..StreamRecord::default() });
+        streams.len() - 1
+    }
+
+    /// The transport took `bytes` tensor bytes of stream `stream` now. Recorded at once, not when
+    /// the stream ends: a round's sample is taken while its last reply streams still run.
+    fn took(&self, stream: usize, bytes: u64) {
+        let now = self.now();
+        if let Some(record) = self.streams().get_mut(stream) {
+            record.taken.push((now, bytes));
+        }
+    }
+
+    fn close(&self, stream: usize) {
+        let now = self.now();
+        if let Some(record) = self.streams().get_mut(stream) {
+            record.closed = now;
+        }
     }
 
     /// The round's sample in MB/s ([`busiest_rate`] of its streams); `None` when no stream
     /// carried more than one part.
     pub(crate) fn sample(&self) -> Option<f64> {
-        busiest_rate(&self.streams.lock().unwrap_or_else(PoisonError::into_inner))
+        busiest_rate(&self.streams())
+    }
+
+    /// Tensor bytes taken over all streams so far.
+    #[cfg(test)]
+    pub(crate) fn bytes_taken(&self) -> u64 {
+        self.streams().iter().flat_map(|s| s.taken.iter().map(|&(_, b)| b)).sum()
     }
 
     /// The streams' timelines in milliseconds, for a debug log: `opened-closed:t/bytes,...` per
     /// stream, `;` between streams.
     pub(crate) fn timelines(&self) -> String {
-        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let streams = self.streams();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         streams
             .iter()
@@ -168,29 +207,45 @@ fn tensor_bytes(message: &AveragingData) -> u64 {
     message.tensor_part.as_ref().map_or(0, |t| t.buffer.len() as u64)
 }
 
-/// Passes a request stream through and records, when its last part is taken, when the transport
-/// took each part's tensor bytes.
-pub(crate) fn metered_requests(
-    requests: RequestStream<AveragingData>,
-    meter: Arc<RoundMeter>,
-) -> impl Stream<Item = AveragingData> + Send + 'static {
-    let record = StreamRecord { opened: meter.now(), ..StreamRecord::default() };
-    futures::stream::unfold((requests, meter, record), move |(mut requests, meter, mut record)| async move {
-        match requests.next().await {
-            Some(message) => {
-                let bytes = tensor_bytes(&message);
+/// Passes a stream through and records in `meter` when the transport took each item's tensor
+/// bytes (`bytes_of`; items without any are not recorded) and when the stream ended.
+fn metered<S>(stream: S, meter: Arc<RoundMeter>, bytes_of: fn(&S::Item) -> u64) -> impl Stream<Item = S::Item>
+where
+    S: Stream + Unpin,
+{
+    let index = meter.open();
+    futures::stream::unfold((stream, meter), move |(mut stream, meter)| async move {
+        match stream.next().await {
+            Some(item) => {
+                let bytes = bytes_of(&item);
                 if bytes > 0 {
-                    record.taken.push((meter.now(), bytes));
+                    meter.took(index, bytes);
                 }
-                Some((message, (requests, meter, record)))
+                Some((item, (stream, meter)))
             }
             None => {
-                record.closed = meter.now();
-                meter.record(record);
+                meter.close(index);
                 None
             }
         }
     })
+}
+
+/// A sender's part stream to one reducer, metered into `meter`.
+pub(crate) fn metered_requests(
+    requests: RequestStream<AveragingData>,
+    meter: Arc<RoundMeter>,
+) -> impl Stream<Item = AveragingData> + Send + 'static {
+    metered(requests, meter, tensor_bytes)
+}
+
+/// A reducer's reply stream to one sender, metered into `meter`: replies leave by the same
+/// uplink as this peer's parts, so a sample of both is what the link carried.
+pub(crate) fn metered_replies(
+    replies: MessageStream<AveragingData>,
+    meter: Arc<RoundMeter>,
+) -> impl Stream<Item = Result<AveragingData>> + Send + 'static {
+    metered(replies, meter, |reply| reply.as_ref().map_or(0, tensor_bytes))
 }
 
 #[cfg(test)]
@@ -261,6 +316,26 @@ mod tests {
     }
 
     #[test]
+    fn replies_and_parts_together_show_the_link_that_parts_alone_do_not() {
+        // A 25 MB/s uplink: for 0.4 s it carries only this peer's parts (3 streams), then half
+        // parts and half replies (3 streams) until 5 s. Parts alone never fill a window of a second.
+        let part = MB / 4;
+        let third = 25e6 / 3.0;
+        let early = Duration::from_millis(400);
+        let mut parts: Vec<StreamRecord> = (0..3)
+            .map(|_| {
+                let mut taken = steady(Duration::ZERO, 14, part, third);
+                taken.extend(steady(early + Duration::from_millis(30), 76, part, third / 2.0));
+                stream(taken)
+            })
+            .collect();
+        let alone = busiest_rate(&parts).unwrap();
+        assert!(alone < 20.0, "parts alone: {alone}");
+        parts.extend((0..3).map(|_| stream(steady(early, 77, part, third / 2.0))));
+        assert!(close(busiest_rate(&parts), 25.0, 0.1), "{:?}", busiest_rate(&parts));
+    }
+
+    #[test]
     fn equal_links_give_samples_near_their_rate() {
         // Four streams at 25 MB/s together with a few parts taken in bursts.
         let mut round: Vec<StreamRecord> =
@@ -308,5 +383,17 @@ mod tests {
         let bytes: Vec<u64> = meter.streams.lock().unwrap()[0].taken.iter().map(|&(_, b)| b).collect();
         assert_eq!(bytes, [10, 7], "parts without tensor bytes are not recorded");
         assert!(!meter.timelines().is_empty());
+
+        // Replies go into the same meter, errors and all, as a stream of their own.
+        let replies: MessageStream<AveragingData> = Box::pin(futures::stream::iter(vec![
+            Ok(part(5)),
+            Err(crate::Error::Internal("broken".into())),
+            Ok(part(3)),
+        ]));
+        let passed: Vec<_> =
+            futures::executor::block_on(metered_replies(replies, Arc::clone(&meter)).collect());
+        assert_eq!(passed.len(), 3);
+        assert_eq!(meter.streams.lock().unwrap().len(), 2);
+        assert_eq!(meter.bytes_taken(), 10 + 7 + 5 + 3);
     }
 }

@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use super::bandwidth::RoundMeter;
 use super::gathered::Gathered;
 use super::report::StepReport;
 use super::round_end::{StepIo, check_lent, log_failed_reducers, reclaim_lent, take_back};
@@ -290,8 +289,9 @@ impl Inner {
             reducer_timeout: self.config.effective_reducer_timeout(),
             weight: if self.mode == PeerMode::Aux { 0.0 } else { control.weight() },
         };
-        // [averager] without a configured bandwidth, this all-reduce's streams are measured.
-        let meter = self.config.bandwidth.is_none().then(|| Arc::new(RoundMeter::default()));
+        // [averager] without a configured bandwidth, this all-reduce's streams are measured: the
+        // parts it sends here, the replies its reducer sends in the service (same tally).
+        let meter = self.config.bandwidth.is_none().then(|| Arc::clone(tally.meter()));
         let round = AllReduceRound::new(AllReduceInputs {
             group,
             tensors: Arc::clone(&tensors),

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::bandwidth::{RoundMeter, metered_requests};
+use super::bandwidth::{RoundMeter, metered_replies, metered_requests};
 use crate::error::Result;
 use crate::transport::{
     AveragingClient, AveragingData, AveragingService, DownloadData, DownloadRequest, JoinRequest,
@@ -33,6 +33,9 @@ pub(super) struct Tally {
     last_dialled: Mutex<Option<String>>,
     /// Reply streams this peer serves that have not ended yet.
     open_replies: watch::Sender<usize>,
+    /// When the transport took the tensor bytes of this round's part and reply streams, for the
+    /// bandwidth estimate (used only when no bandwidth is configured).
+    meter: Arc<RoundMeter>,
 }
 
 impl Default for Tally {
@@ -42,6 +45,7 @@ impl Default for Tally {
             received: AtomicU64::new(0),
             last_dialled: Mutex::new(None),
             open_replies: watch::channel(0).0,
+            meter: Arc::new(RoundMeter::default()),
         }
     }
 }
@@ -65,6 +69,11 @@ impl Tally {
 
     fn add_received(&self, message: &impl prost::Message) {
         self.received.fetch_add(message.encoded_len() as u64, Ordering::Relaxed);
+    }
+
+    /// The meter of this round's streams.
+    pub(super) fn meter(&self) -> &Arc<RoundMeter> {
+        &self.meter
     }
 
     /// Resolves once every reply stream counted into this tally has ended.
@@ -139,11 +148,15 @@ pub(super) struct Served {
 }
 
 impl Served {
-    /// `replies`, counted as sent into the call's tally.
+    /// `replies`, counted as sent into the call's tally, and metered into its meter when the
+    /// first part already named the tally (routing reads it before it returns the replies).
     pub(super) fn replies(
         self: Arc<Self>,
-        replies: MessageStream<AveragingData>,
+        mut replies: MessageStream<AveragingData>,
     ) -> MessageStream<AveragingData> {
+        if let Some(tally) = self.tally.get() {
+            replies = Box::pin(metered_replies(replies, Arc::clone(&tally.meter)));
+        }
         Box::pin(replies.inspect(move |item| {
             if let (Ok(message), Some(tally)) = (item, self.tally.get()) {
                 tally.add_sent(message);
@@ -302,6 +315,26 @@ mod tests {
         assert!(tally.replies_done().now_or_never().is_some());
         rounds.end(&part.group_id);
         assert!(!Arc::ptr_eq(&rounds.tally(&part.group_id), &tally));
+    }
+
+    #[tokio::test]
+    async fn served_replies_are_metered_into_their_round() {
+        let rounds = Arc::new(RoundTraffic::default());
+        let part = AveragingData { group_id: vec![8u8; 20].into(), ..Default::default() };
+        let (mut requests, served) =
+            rounds.count_requests(Box::pin(futures::stream::iter([Ok(part.clone())])));
+        // Routing reads the first part (which names the round) before it returns the replies.
+        assert!(requests.next().await.is_some());
+        let reply = AveragingData {
+            tensor_part: Some(crate::compression::WireTensor {
+                buffer: vec![0u8; 300].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let replies: Vec<_> = served.replies(Box::pin(futures::stream::iter([Ok(reply)]))).collect().await;
+        assert_eq!(replies.len(), 1);
+        assert_eq!(rounds.tally(&part.group_id).meter().bytes_taken(), 300);
     }
 
     #[tokio::test]
