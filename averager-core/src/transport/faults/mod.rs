@@ -64,6 +64,12 @@ enum Role {
 pub enum Fault {
     /// Every message is held this long before it is sent (delays of several rules add up).
     Delay(Duration),
+    /// The messages the rule matches share one link of this many bytes per second (their
+    /// encoded size; the request of a unary call counts as empty): each is held until the link
+    /// has carried every earlier one and itself. Unlike [`Fault::Delay`], which slows each call
+    /// on its own, this makes concurrent calls compete, as on a peer's real uplink. `0` carries
+    /// nothing: messages wait as after [`Fault::StallAfter`]`(0)`.
+    Bandwidth(u64),
     /// After `n` messages the call fails. As a client, the call is aborted: the server sees its
     /// request stream end with an error and the client's response stream yields
     /// [`Error::Transport`]; a unary call with `n = 0` fails at once. As a server, the caller's
@@ -181,6 +187,7 @@ impl FaultPlan {
                 killed,
                 servers: Mutex::new(HashMap::new()),
                 next_server: AtomicU64::new(0),
+                links: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -203,6 +210,7 @@ impl FaultPlan {
         let mut rules = lock(&self.inner.rules);
         let before = rules.len();
         rules.retain(|(rule_id, _)| *rule_id != id);
+        lock(&self.inner.links).remove(&id);
         rules.len() != before
     }
 
@@ -249,6 +257,8 @@ struct PlanInner {
     /// The inner transport's handles of the endpoints this peer serves, dropped on kill.
     servers: Mutex<HashMap<u64, ServerHandle>>,
     next_server: AtomicU64,
+    /// Per [`Fault::Bandwidth`] rule: when its link has carried every message held so far.
+    links: Mutex<HashMap<RuleId, tokio::time::Instant>>,
 }
 
 /// Which messages are about to be sent.
@@ -272,15 +282,23 @@ enum Verdict {
 }
 
 impl PlanInner {
-    /// The verdict for the next message at `at`, after `sent` messages of this call.
-    fn verdict(&self, at: &Selector, sent: usize) -> Verdict {
+    /// The verdict for the next message at `at`, after `sent` messages of this call. `bytes` is
+    /// the message's size when it is about to be sent: only then does it take its turn on the
+    /// links of [`Fault::Bandwidth`] rules (a check made before the message exists has none).
+    fn verdict(&self, at: &Selector, sent: usize, bytes: Option<usize>) -> Verdict {
         let rules = lock(&self.rules);
         let mut delay = Duration::ZERO;
         let mut fail_after: Option<usize> = None;
         let mut stall_after: Option<usize> = None;
-        for (_, rule) in rules.iter().filter(|(_, rule)| rule.matches(at)) {
+        for (id, rule) in rules.iter().filter(|(_, rule)| rule.matches(at)) {
             match rule.fault {
                 Fault::Delay(d) => delay = delay.saturating_add(d),
+                Fault::Bandwidth(0) => stall_after = Some(0),
+                Fault::Bandwidth(rate) => {
+                    if let Some(bytes) = bytes {
+                        delay = delay.saturating_add(self.take_link(*id, rate, bytes));
+                    }
+                }
                 Fault::FailAfter(n) if n <= sent => fail_after = Some(fail_after.map_or(n, |m| m.min(n))),
                 Fault::StallAfter(n) if n <= sent => stall_after = Some(stall_after.map_or(n, |m| m.min(n))),
                 _ => {}
@@ -296,6 +314,19 @@ impl PlanInner {
             (None, Some(_)) => Verdict::Stall,
             (None, None) => Verdict::Send(delay),
         }
+    }
+
+    /// Books `bytes` on the link of rule `id` (`rate` bytes per second, not 0) after everything
+    /// booked before; returns how long from now until the link has carried them.
+    fn take_link(&self, id: RuleId, rate: u64, bytes: usize) -> Duration {
+        let now = tokio::time::Instant::now();
+        let mut links = lock(&self.links);
+        let free = links.entry(id).or_insert(now);
+        let start = (*free).max(now);
+        // At most a day per message: a huge message on a slow link must not overflow.
+        let busy = Duration::from_secs_f64((bytes as f64 / rate as f64).min(86_400.0));
+        *free = start + busy;
+        *free - now
     }
 
     fn killed_rx(&self) -> watch::Receiver<bool> {

@@ -142,6 +142,38 @@ async fn delay_holds_every_message_in_both_roles() {
     assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
 }
 
+/// A part of `bytes` encoded bytes.
+fn sized_part(bytes: usize) -> AveragingData {
+    let mut message = AveragingData { endpoint: "x".repeat(bytes), ..Default::default() };
+    let over = prost::Message::encoded_len(&message) - bytes;
+    message.endpoint.truncate(bytes - over);
+    assert_eq!(prost::Message::encoded_len(&message), bytes);
+    message
+}
+
+#[tokio::test(start_paused = true)]
+async fn bandwidth_makes_concurrent_calls_share_one_link() {
+    let s = setup().await;
+    s.client_plan.add(Fault::Bandwidth(1000).rpc(Rpc::AggregatePart).client_side());
+    // Two calls at once, two parts of 500 bytes each: 2000 bytes on a link of 1000 per second.
+    let started = Instant::now();
+    let call = |client: Arc<dyn AveragingClient>| async move {
+        let replies =
+            client.rpc_aggregate_part(Box::pin(stream::iter([sized_part(500), sized_part(500)]))).await;
+        replies.unwrap().collect::<Vec<_>>().await.len()
+    };
+    let (a, b) = tokio::join!(call(s.client.clone()), call(s.client.clone()));
+    assert_eq!((a, b), (2, 2));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_millis(2100), "{took:?}");
+
+    // A link of 0 carries nothing.
+    s.client_plan.add(Fault::Bandwidth(0).rpc(Rpc::DownloadState));
+    let mut chunks = download(&s.client).await;
+    assert!(timeout(LONG, chunks.next()).await.is_err(), "a unary request on a link of 0 is never sent");
+}
+
 #[tokio::test]
 async fn fail_after_as_client_aborts_the_call_on_both_sides() {
     let mut s = setup().await;

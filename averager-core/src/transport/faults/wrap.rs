@@ -95,7 +95,11 @@ impl FaultyService {
         Ok(())
     }
 
-    fn wrap<T: Send + 'static>(&self, rpc: Rpc, responses: MessageStream<T>) -> MessageStream<T> {
+    fn wrap<T: prost::Message + Send + 'static>(
+        &self,
+        rpc: Rpc,
+        responses: MessageStream<T>,
+    ) -> MessageStream<T> {
         let at = Selector { role: Role::Server, rpc, remote: None };
         faulty_responses(responses, self.plan.clone(), at)
     }
@@ -154,7 +158,7 @@ impl FaultyClient {
     ) -> Result<MessageStream<T>> {
         let mut killed = self.plan.killed_rx();
         let shared = CallAbort::new();
-        match self.plan.verdict(&self.selector(rpc), 0) {
+        match self.plan.verdict(&self.selector(rpc), 0, Some(0)) {
             Verdict::Fail(e) => return Err(e),
             // The request is never sent: the caller gets a stream that never yields.
             Verdict::Stall => return Ok(Box::pin(CutStream::new(shared, killed))),
@@ -233,15 +237,17 @@ enum Gate {
 }
 
 /// Waits out the plan's verdict for message `sent`: returns at once, after the delay, or (on a
-/// stall) only when the peer is killed.
+/// stall) only when the peer is killed. `bytes` is the size of the message about to be sent;
+/// `None` checks for failures before there is a message, and never waits.
 async fn gate(
     plan: &PlanInner,
     at: &Selector,
     sent: usize,
     killed: &mut watch::Receiver<bool>,
-    with_delay: bool,
+    bytes: Option<usize>,
 ) -> Gate {
-    match plan.verdict(at, sent) {
+    let with_delay = bytes.is_some();
+    match plan.verdict(at, sent, bytes) {
         Verdict::Fail(e) => Gate::Fail(e),
         Verdict::Stall => {
             wait_killed(killed).await;
@@ -274,7 +280,7 @@ struct Gated<S> {
 /// A served response stream with the plan's server-side faults applied.
 ///
 /// A stall keeps the handler's stream alive but unpolled, as a hung peer would.
-fn faulty_responses<T: Send + 'static>(
+fn faulty_responses<T: prost::Message + Send + 'static>(
     responses: MessageStream<T>,
     plan: Arc<PlanInner>,
     at: Selector,
@@ -286,7 +292,7 @@ fn faulty_responses<T: Send + 'static>(
         async move {
             let mut st = state?;
             // Checked before waiting for the handler, so a failure is not held up by a slow handler.
-            if let Gate::Fail(e) = gate(&plan, &at, st.sent, &mut st.killed, false).await {
+            if let Gate::Fail(e) = gate(&plan, &at, st.sent, &mut st.killed, None).await {
                 return Some((Err(e), None));
             }
             let item = tokio::select! {
@@ -294,10 +300,11 @@ fn faulty_responses<T: Send + 'static>(
                 () = wait_killed(&mut st.killed) => return Some((Err(killed_error()), None)),
                 item = st.inner.next() => item?,
             };
-            if item.is_err() {
-                return Some((item, None));
-            }
-            if let Gate::Fail(e) = gate(&plan, &at, st.sent, &mut st.killed, true).await {
+            let bytes = match &item {
+                Ok(message) => message.encoded_len(),
+                Err(_) => return Some((item, None)),
+            };
+            if let Gate::Fail(e) = gate(&plan, &at, st.sent, &mut st.killed, Some(bytes)).await {
                 return Some((Err(e), None));
             }
             st.sent += 1;
@@ -326,14 +333,15 @@ fn faulty_requests(
         let at = at.clone();
         let abort = abort.clone();
         async move {
-            if let Gate::Fail(e) = gate(&plan, &at, st.sent, &mut st.killed, false).await {
+            if let Gate::Fail(e) = gate(&plan, &at, st.sent, &mut st.killed, None).await {
                 if let Some(abort) = abort.upgrade() {
                     abort.fail(e);
                 }
                 return std::future::pending().await;
             }
             let item = st.inner.next().await?;
-            if let Gate::Fail(e) = gate(&plan, &at, st.sent, &mut st.killed, true).await {
+            let bytes = prost::Message::encoded_len(&item);
+            if let Gate::Fail(e) = gate(&plan, &at, st.sent, &mut st.killed, Some(bytes)).await {
                 if let Some(abort) = abort.upgrade() {
                     abort.fail(e);
                 }
