@@ -66,6 +66,8 @@ pub(crate) struct TcpClient {
     pub(crate) connect_timeout: Duration,
     /// The transport's budget for frames read at their announced size.
     pub(crate) budget: ReadBudget,
+    /// The transport's cap on each part stream's rate.
+    pub(crate) rate: crate::io::StreamRateLimit,
     /// The connection `connect` dialed, for the first call.
     pub(crate) spare: Mutex<Option<(TcpStream, Instant)>>,
 }
@@ -91,7 +93,11 @@ impl TcpClient {
     /// Opens a call: a connection, its method byte sent with `first` (the request of a unary
     /// call), in one write.
     async fn open(&self, method: u8, first: Vec<Bytes>) -> Result<(Recv, Send)> {
-        let (recv, send) = self.connection().await?.into_split();
+        let stream = self.connection().await?;
+        if method == METHOD_AGGREGATE {
+            self.rate.apply(&stream);
+        }
+        let (recv, send) = stream.into_split();
         let mut send = Send(send);
         let mut chunks = Vec::with_capacity(first.len() + 1);
         chunks.push(Bytes::from_static(match method {

@@ -12,6 +12,8 @@
 
 use std::io::{ErrorKind, IoSlice};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use averager_core::transport::frame::{
     Claim, FrameRead, FrameWrite, ReadBudget, ReplySink, end_frame, error_frame,
@@ -159,6 +161,79 @@ pub(crate) fn tune_same_host(stream: &TcpStream) {
     }
 }
 
+/// The transport's cap on each `rpc_aggregate_part` connection's sending rate
+/// ([`Transport::set_stream_rate_limit`](averager_core::transport::Transport::set_stream_rate_limit)),
+/// shared by its client and server sides; 0 when there is none.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StreamRateLimit(Arc<AtomicU64>);
+
+impl StreamRateLimit {
+    pub(crate) fn set(&self, bytes_per_second: Option<u64>) {
+        self.0.store(bytes_per_second.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Caps the kernel's pacing of `stream` at the current limit, when there is one and the
+    /// connection leaves this host (on loopback nothing is shared that pacing would protect).
+    /// Failing to set it only loses the cap.
+    pub(crate) fn apply(&self, stream: &TcpStream) {
+        let rate = self.0.load(Ordering::Relaxed);
+        let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else { return };
+        if rate == 0 || same_host(local, peer) {
+            return;
+        }
+        if let Err(e) = set_max_pacing_rate(stream, rate) {
+            tracing::debug!("cannot cap the pacing rate of a connection to {peer}: {e}");
+        }
+    }
+}
+
+/// `SO_MAX_PACING_RATE`: the kernel sends this socket's data at most this many bytes per second
+/// (TCP paces itself; no qdisc needed). Linux only; elsewhere an `Unsupported` error.
+#[cfg(target_os = "linux")]
+fn set_max_pacing_rate(stream: &TcpStream, bytes_per_second: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value: u64 = bytes_per_second;
+    // SAFETY: `value` outlives the call, and the length passed is its size; the descriptor is
+    // the open socket `stream` borrows.
+    #[allow(unsafe_code)]
+    let done = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            (&raw const value).cast::<libc::c_void>(),
+            std::mem::size_of::<u64>() as libc::socklen_t,
+        )
+    };
+    if done == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_max_pacing_rate(_: &TcpStream, _: u64) -> std::io::Result<()> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "SO_MAX_PACING_RATE is Linux's"))
+}
+
+/// The pacing cap of `stream` (`u64::MAX`: none), for tests.
+#[cfg(all(test, target_os = "linux"))]
+fn max_pacing_rate(stream: &TcpStream) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut value: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `value` and `len` outlive the call and describe an 8-byte buffer.
+    #[allow(unsafe_code)]
+    let done = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            (&raw mut value).cast::<libc::c_void>(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(done, 0, "{}", std::io::Error::last_os_error());
+    value
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +246,25 @@ mod tests {
         assert!(same_host(at("10.0.0.2:5000"), at("10.0.0.2:6000")));
         assert!(!same_host(at("10.0.0.2:5000"), at("10.0.0.3:6000")));
         assert!(!same_host(at("[fd00::1]:5000"), at("[fd00::2]:6000")));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_stream_rate_limit_caps_pacing_off_this_host_only() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dialed = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let untouched = max_pacing_rate(&dialed);
+        let limit = StreamRateLimit::default();
+        limit.set(Some(3_000_000));
+        // Both ends are on this host: left alone.
+        limit.apply(&dialed);
+        assert_eq!(max_pacing_rate(&dialed), untouched);
+        // What `apply` sets on a connection to another host.
+        set_max_pacing_rate(&accepted, 3_000_000).unwrap();
+        assert_eq!(max_pacing_rate(&accepted), 3_000_000);
+        limit.set(None);
+        assert_eq!(limit.0.load(Ordering::Relaxed), 0);
     }
 
     /// The kernel reports the doubled value it keeps; autotuning starts far below it

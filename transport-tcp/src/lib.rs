@@ -67,12 +67,18 @@ pub struct TcpTransport {
     settings: TcpSettings,
     /// Shared by every connection this transport serves or dials (see `io::READ_BUDGET`).
     budget: ReadBudget,
+    /// The averager's cap on each part or reply stream's rate, applied as calls begin.
+    rate: io::StreamRateLimit,
 }
 
 impl Default for TcpTransport {
     /// A transport with [`TcpSettings::default`]: serves on `127.0.0.1:0`.
     fn default() -> Self {
-        TcpTransport { settings: TcpSettings::default(), budget: ReadBudget::new(io::READ_BUDGET) }
+        TcpTransport {
+            settings: TcpSettings::default(),
+            budget: ReadBudget::new(io::READ_BUDGET),
+            rate: io::StreamRateLimit::default(),
+        }
     }
 }
 
@@ -95,7 +101,11 @@ impl TcpTransport {
         if settings.first_request_timeout.is_zero() {
             return Err(Error::Config("tcp first_request_timeout must be more than zero".into()));
         }
-        Ok(TcpTransport { settings, budget: ReadBudget::new(io::READ_BUDGET) })
+        Ok(TcpTransport {
+            settings,
+            budget: ReadBudget::new(io::READ_BUDGET),
+            rate: io::StreamRateLimit::default(),
+        })
     }
 
     /// The transport's settings.
@@ -128,6 +138,12 @@ impl Transport for TcpTransport {
         TransportCapabilities { max_message_bytes: self.settings.max_message_bytes, authenticated: false }
     }
 
+    /// Caps each `rpc_aggregate_part` connection to another host with the kernel's
+    /// `SO_MAX_PACING_RATE` (Linux), from the next call on, in both roles.
+    fn set_stream_rate_limit(&self, bytes_per_second: Option<u64>) {
+        self.rate.set(bytes_per_second);
+    }
+
     async fn serve(&self, service: Arc<dyn AveragingService>) -> Result<ServerHandle> {
         let listen = self.settings.listen;
         let listener = TcpListener::bind(listen)
@@ -144,6 +160,7 @@ impl Transport for TcpTransport {
             first_request_timeout: self.settings.first_request_timeout,
             stopped,
             budget: self.budget.clone(),
+            rate: self.rate.clone(),
         };
         // Aborting the accept loop drops the listener, so later dials are refused at once.
         let accept = tokio::spawn(server::accept_loop(listener, serving)).abort_handle();
@@ -164,6 +181,7 @@ impl Transport for TcpTransport {
             limit: self.settings.max_message_bytes,
             connect_timeout: timeout,
             budget: self.budget.clone(),
+            rate: self.rate.clone(),
             spare: Mutex::new(Some((stream, Instant::now()))),
         }))
     }

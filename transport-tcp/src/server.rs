@@ -36,6 +36,8 @@ pub(crate) struct Serving {
     pub(crate) stopped: watch::Receiver<bool>,
     /// The transport's budget for frames read at their announced size.
     pub(crate) budget: ReadBudget,
+    /// The transport's cap on each reply stream's rate.
+    pub(crate) rate: crate::io::StreamRateLimit,
 }
 
 /// Accepts connections until the server stops (the task is aborted).
@@ -72,7 +74,7 @@ async fn serve_call(stream: TcpStream, peer: String, serving: Serving) {
     crate::io::tune_same_host(&stream);
     let (recv, send) = stream.into_split();
     let context = CallContext { authenticated_peer: None, remote_address: Some(peer.clone()) };
-    let Serving { service, limit, first_request_timeout: wait, budget, .. } = serving;
+    let Serving { service, limit, first_request_timeout: wait, budget, rate, .. } = serving;
     let (mut recv, send) = (Recv(recv, budget), Send(send));
     let first = FirstRequest::from_now(wait);
     let method = match timeout_at(first.deadline, read_method(&mut recv)).await {
@@ -97,6 +99,7 @@ async fn serve_call(stream: TcpStream, peer: String, serving: Serving) {
             Err(e) => refuse(send, &e, &peer).await,
         },
         METHOD_AGGREGATE => {
+            rate.apply(send.0.as_ref());
             serve_aggregate(&*service, context, recv, send, limit, first, &peer, caller_gone).await;
         }
         other => refuse(send, &Error::Transport(format!("unknown method byte {other}")), &peer).await,

@@ -204,6 +204,10 @@ impl Transport for CountingTransport {
         self.inner.capabilities()
     }
 
+    fn set_stream_rate_limit(&self, bytes_per_second: Option<u64>) {
+        self.inner.set_stream_rate_limit(bytes_per_second);
+    }
+
     async fn serve(&self, service: Arc<dyn AveragingService>) -> Result<ServerHandle> {
         self.inner.serve(service).await
     }

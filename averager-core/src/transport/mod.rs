@@ -116,6 +116,19 @@ pub trait Transport: Send + Sync + 'static {
     /// What the transport offers.
     fn capabilities(&self) -> TransportCapabilities;
 
+    /// **\[averager\]** A hint before each all-reduce: no single `rpc_aggregate_part` stream
+    /// (a part stream this peer calls, or a reply stream it serves) should send faster than this
+    /// many bytes per second; `None` lifts the limit. Transports that cannot pace a stream ignore
+    /// it (the default).
+    ///
+    /// Why: on a rate-limited uplink shared by several TCP connections, one connection can be
+    /// starved for seconds while the others take the link, and the reducer waiting for it
+    /// leaves other links idle (`bench/README.md`). A cap well above each stream's fair share
+    /// keeps any one connection from taking most of the link.
+    fn set_stream_rate_limit(&self, bytes_per_second: Option<u64>) {
+        let _ = bytes_per_second;
+    }
+
     /// Starts serving `service`.
     ///
     /// # Behavior

@@ -57,6 +57,10 @@ impl Transport for FaultyTransport {
         self.inner.capabilities()
     }
 
+    fn set_stream_rate_limit(&self, bytes_per_second: Option<u64>) {
+        self.inner.set_stream_rate_limit(bytes_per_second);
+    }
+
     async fn serve(&self, service: Arc<dyn AveragingService>) -> Result<ServerHandle> {
         let plan = self.plan.inner.clone();
         if plan.is_killed() {
