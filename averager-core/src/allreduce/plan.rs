@@ -182,6 +182,26 @@ impl AllReducePlan {
             .collect()
     }
 
+    /// The share of `member`'s upload that its busiest stream carries: a part stream to one
+    /// reducer (that reducer's span) or a reply stream to one other sender (its own span). `None`
+    /// when it sends nothing.
+    pub fn largest_stream_share(&self, member: MemberIndex) -> Option<f64> {
+        let me = member.0;
+        let span_bytes =
+            |j: usize| -> f64 { self.parts_of(MemberIndex(j)).iter().map(|p| self.part_bytes(p)).sum() };
+        let mut streams: Vec<f64> = Vec::new();
+        if self.members.get(me)?.sender.is_some() {
+            streams.extend((0..self.members.len()).filter(|&j| j != me).map(span_bytes));
+        }
+        let own = span_bytes(me);
+        let other_senders =
+            self.members.iter().enumerate().filter(|(i, m)| *i != me && m.sender.is_some()).count();
+        streams.extend(std::iter::repeat_n(own, other_senders));
+        let total: f64 = streams.iter().sum();
+        let largest = streams.iter().copied().fold(0.0, f64::max);
+        (total > 0.0).then(|| largest / total)
+    }
+
     /// The time the all-reduce would take if each member's download were the bottleneck at its
     /// declared bandwidth (what load balancing minimizes, protocol 5); `None` unless every member that
     /// receives something declared a bandwidth.
@@ -273,6 +293,33 @@ mod tests {
         assert!(shares.windows(2).all(|w| w[0] <= w[1]), "{shares:?}");
         assert_eq!(shares.iter().sum::<usize>(), 1 << 20);
         assert!(plan.to_string().contains("predicted time"));
+    }
+
+    #[test]
+    fn the_largest_stream_share_follows_the_spans() {
+        let layouts = [TensorLayout { numel: 1 << 20, bytes_per_value: 4.0 }];
+        let members =
+            |n: usize| -> Vec<GroupMember> { (0..n).map(|i| member(i, PeerMode::Node, None)).collect() };
+        // Four equal members: six equal streams (three part streams, three reply streams).
+        let plan = AllReducePlan::new(&members(4), &layouts, 1 << 19, 0).unwrap();
+        for i in 0..4 {
+            let share = plan.largest_stream_share(MemberIndex(i)).unwrap();
+            assert!((share - 1.0 / 6.0).abs() < 1e-9, "{share}");
+        }
+        // Two members: one part stream and one reply stream.
+        let plan = AllReducePlan::new(&members(2), &layouts, 1 << 19, 0).unwrap();
+        assert!((plan.largest_stream_share(MemberIndex(0)).unwrap() - 0.5).abs() < 1e-9);
+        // A slow member sends most of its bytes to the fastest reducer.
+        let mixed: Vec<_> = [6e6, 12e6, 24e6, 48e6]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| member(i, PeerMode::Node, Some(*b)))
+            .collect();
+        let plan = AllReducePlan::new(&mixed, &layouts, 1 << 19, 0).unwrap();
+        assert!(plan.largest_stream_share(MemberIndex(0)).unwrap() > 0.4);
+        // Alone, nothing is sent.
+        let plan = AllReducePlan::new(&members(1), &layouts, 1 << 19, 0).unwrap();
+        assert_eq!(plan.largest_stream_share(MemberIndex(0)), None);
     }
 
     #[test]

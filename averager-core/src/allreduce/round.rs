@@ -20,7 +20,7 @@ use super::deltas::Deltas;
 use super::group::AllReduceGroup;
 use super::membership::Membership;
 use super::partition::{PartitionPlan, TensorLayout};
-use super::plan::AllReducePlan;
+use super::plan::{AllReducePlan, MemberIndex};
 use super::round_tensors::RoundTensors;
 use super::scratch::ScratchPool;
 use super::sender::Sender;
@@ -89,6 +89,32 @@ pub(crate) struct AllReduceRound {
     span: Arc<SpanReducer>,
     sender: Sender,
     cancel: CancellationToken,
+    /// The share of this peer's upload its busiest stream carries ([`AllReducePlan::largest_stream_share`]).
+    largest_stream_share: Option<f64>,
+}
+
+/// How far above its share of the link one stream may send (see
+/// [`AllReduceRound::stream_rate_limit`]).
+const STREAM_RATE_HEADROOM: f64 = 2.0;
+
+/// [`AllReduceRound::stream_rate_limit`] for a busiest stream carrying `largest_share` of an
+/// uplink of `uplink` MB/s.
+fn stream_rate_limit(largest_share: Option<f64>, uplink: Option<f64>) -> Option<u64> {
+    let fraction = STREAM_RATE_HEADROOM * largest_share?;
+    let uplink = uplink.filter(|b| b.is_finite() && *b > 0.0)?;
+    (fraction < 1.0).then_some((uplink * 1e6 * fraction) as u64)
+}
+
+#[cfg(test)]
+#[test]
+fn streams_are_capped_at_twice_their_share_unless_that_is_the_whole_link() {
+    assert_eq!(stream_rate_limit(Some(1.0 / 6.0), Some(25.0)), Some(8_333_333));
+    assert_eq!(stream_rate_limit(Some(0.5), Some(25.0)), None);
+    assert_eq!(stream_rate_limit(Some(0.45), Some(25.0)), Some(22_500_000));
+    assert_eq!(stream_rate_limit(None, Some(25.0)), None);
+    for unknown in [None, Some(0.0), Some(f64::NAN), Some(-1.0)] {
+        assert_eq!(stream_rate_limit(Some(0.2), unknown), None);
+    }
 }
 
 impl AllReduceRound {
@@ -152,6 +178,7 @@ impl AllReduceRound {
         group.validate(settings.sender_timeout, settings.reducer_timeout)?;
         let group = Arc::new(group);
         let shares = planned.shares().to_vec();
+        let largest_stream_share = planned.largest_stream_share(MemberIndex(group.me));
         let plan = Arc::new(planned.partition().clone());
         let my_parts = plan.parts_of(group.me).to_vec();
         let dtypes: Vec<DType> = tensors.dtypes();
@@ -195,7 +222,17 @@ impl AllReduceRound {
             scratch: Arc::default(),
             keep_encoded: true,
         };
-        Ok(AllReduceRound { group, plan, transport, settings, membership, span, sender, cancel })
+        Ok(AllReduceRound {
+            group,
+            plan,
+            transport,
+            settings,
+            membership,
+            span,
+            sender,
+            cancel,
+            largest_stream_share,
+        })
     }
 
     /// Takes the buffers of this round's deltas from `pool` (and gives them back there), instead
@@ -211,6 +248,20 @@ impl AllReduceRound {
     pub(crate) fn decode_replies_on_arrival(mut self) -> Self {
         self.sender.keep_encoded = false;
         self
+    }
+
+    /// **\[averager\]** The rate no stream of this round should exceed on an uplink that carries
+    /// `uplink` MB/s ([`Transport::set_stream_rate_limit`]): twice the busiest stream's share of
+    /// that link, in bytes per second; `None` when that is the whole link or more, or nothing is
+    /// known.
+    ///
+    /// With four equal members every one of a peer's six streams needs a sixth of its uplink, and
+    /// each may take a third; on `bench/wan.sh`'s 200 Mbit/s links caps of a quarter to a half
+    /// of the link took rounds from 4.7-5.5 s to 4.5-4.8 s (`bench/README.md`). A peer whose
+    /// busiest stream needs half its link or more (two members; a slow peer sending most of its
+    /// bytes to a fast reducer) is not capped.
+    pub(crate) fn stream_rate_limit(&self, uplink: Option<f64>) -> Option<u64> {
+        stream_rate_limit(self.largest_stream_share, uplink)
     }
 
     /// The reducer side, for the router to hand incoming streams to (and to cancel).

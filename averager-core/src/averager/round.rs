@@ -317,6 +317,10 @@ impl Inner {
                 return Err(e);
             }
         };
+        // [averager] Only a measured estimate is a rate: a configured bandwidth may be in any unit
+        // (hivemind's are relative), so it caps nothing.
+        let measured = if self.config.bandwidth.is_none() { self.bandwidth.estimate() } else { None };
+        self.transport.set_stream_rate_limit(round.stream_rate_limit(measured));
         let span = Arc::clone(round.span());
         self.router.register(&span);
         self.round_tensors.send_replace(Some(Arc::clone(&tensors)));
