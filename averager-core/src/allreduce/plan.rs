@@ -164,9 +164,7 @@ impl AllReducePlan {
     /// gets every other sender's parts of its span and answers each). AUX members send nothing of
     /// their own; CLIENTs reduce nothing.
     pub fn traffic(&self) -> Vec<Traffic> {
-        let span_bytes: Vec<f64> = (0..self.members.len())
-            .map(|j| self.parts_of(MemberIndex(j)).iter().map(|p| self.part_bytes(p)).sum())
-            .collect();
+        let span_bytes = self.span_bytes();
         let total: f64 = span_bytes.iter().sum();
         let senders = |except: usize| {
             self.members.iter().enumerate().filter(|(i, m)| *i != except && m.sender.is_some()).count() as f64
@@ -212,6 +210,13 @@ impl AllReducePlan {
             .filter(|(t, _)| t.received > 0.0)
             .map(|(t, m)| m.bandwidth.filter(|b| *b > 0.0).map(|b| t.received / b))
             .try_fold(0.0f64, |worst, t| t.map(|t| worst.max(t)))
+    }
+
+    /// The bytes of every member's span, in group order.
+    fn span_bytes(&self) -> Vec<f64> {
+        (0..self.members.len())
+            .map(|j| self.parts_of(MemberIndex(j)).iter().map(|p| self.part_bytes(p)).sum())
+            .collect()
     }
 
     fn part_bytes(&self, part: &PlannedPart) -> f64 {
@@ -268,6 +273,11 @@ mod tests {
         GroupMember { endpoint: format!("mem://p{i}"), mode, bandwidth }
     }
 
+    /// Four members on links of 6, 12, 24 and 48 MB/s.
+    fn mixed_members() -> Vec<GroupMember> {
+        [6e6, 12e6, 24e6, 48e6].iter().enumerate().map(|(i, b)| member(i, PeerMode::Node, Some(*b))).collect()
+    }
+
     #[test]
     fn shares_follow_bandwidth_and_traffic_is_symmetric_for_equal_peers() {
         let layouts = [TensorLayout { numel: 1 << 20, bytes_per_value: 4.0 }];
@@ -283,11 +293,7 @@ mod tests {
         assert!((predicted - traffic[0].received / 1e8).abs() < 1e-9);
         assert_eq!(plan.span_of(MemberIndex(1)), vec![(0, (1 << 18)..(2 << 18))]);
 
-        let mixed: Vec<_> = [6e6, 12e6, 24e6, 48e6]
-            .iter()
-            .enumerate()
-            .map(|(i, b)| member(i, PeerMode::Node, Some(*b)))
-            .collect();
+        let mixed = mixed_members();
         let plan = AllReducePlan::new(&mixed, &layouts, 1 << 19, 0).unwrap();
         let shares: Vec<usize> = plan.members().iter().map(|m| m.elements).collect();
         assert!(shares.windows(2).all(|w| w[0] <= w[1]), "{shares:?}");
@@ -310,11 +316,7 @@ mod tests {
         let plan = AllReducePlan::new(&members(2), &layouts, 1 << 19, 0).unwrap();
         assert!((plan.largest_stream_share(MemberIndex(0)).unwrap() - 0.5).abs() < 1e-9);
         // A slow member sends most of its bytes to the fastest reducer.
-        let mixed: Vec<_> = [6e6, 12e6, 24e6, 48e6]
-            .iter()
-            .enumerate()
-            .map(|(i, b)| member(i, PeerMode::Node, Some(*b)))
-            .collect();
+        let mixed = mixed_members();
         let plan = AllReducePlan::new(&mixed, &layouts, 1 << 19, 0).unwrap();
         assert!(plan.largest_stream_share(MemberIndex(0)).unwrap() > 0.4);
         // Alone, nothing is sent.
