@@ -6,8 +6,10 @@
 //! and its replies as a reducer) through one link of [`SLOW_LINK`] bytes per second
 //! ([`Fault::Bandwidth`]), as over a slow uplink; the others' in-process links are hundreds of
 //! times faster on any machine. The slow peer's estimate is its link's rate; the others' are held
-//! down by the slow one (every reducer waits for its parts), and came out at 2.1-2.2 times it.
-//! The margin asked for is a factor of 1.5: links that far apart are never treated as equal by
+//! down by the slow one (every reducer waits for its parts), and came out at 2.0-2.2 times it:
+//! with replies counted that ratio is the model's, whatever the buffers (channel capacities of
+//! 4, 16 and 64 gave the same). The slow peer's estimate must be its link's rate (within 30%),
+//! and the others' at least 1.5 times it: links that far apart are never treated as equal by
 //! load balancing (`MAX_CLUSTER_RATIO`).
 
 mod common;
@@ -63,6 +65,9 @@ async fn a_slow_peer_declares_less_and_gets_a_smaller_share_from_the_second_roun
     assert!(peers.iter().all(|p| first.bandwidth(p.endpoint()).is_none()), "{first:?}");
     let estimates: Vec<f64> =
         peers.iter().map(|p| p.estimated_bandwidth().expect("measured in round 1")).collect();
+    // The slow peer measures its link (what its transport carried of parts and replies alike).
+    let slow_link = SLOW_LINK as f64 / 1e6;
+    assert!((estimates[0] - slow_link).abs() < 0.3 * slow_link, "estimates {estimates:?}");
     assert!(estimates[0] * 1.5 < estimates[1].min(estimates[2]), "estimates {estimates:?}");
     eprintln!("estimates after round 1 (MB/s): {estimates:?}");
 
