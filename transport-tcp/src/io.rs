@@ -142,6 +142,13 @@ pub(crate) fn same_host(local: SocketAddr, peer: SocketAddr) -> bool {
     peer.ip().is_loopback() || peer.ip() == local.ip()
 }
 
+/// The peer of `stream` and whether it is on this host ([`same_host`]); `None` when the socket
+/// no longer knows its addresses.
+fn peer_of(stream: &TcpStream) -> Option<(SocketAddr, bool)> {
+    let (local, peer) = (stream.local_addr().ok()?, stream.peer_addr().ok()?);
+    Some((peer, same_host(local, peer)))
+}
+
 /// Caps the send buffer of a connection that stays on this host at [`SAME_HOST_SEND_BUFFER`]
 /// (the kernel doubles it for its bookkeeping); other connections keep the kernel's autotuning.
 ///
@@ -153,10 +160,8 @@ pub(crate) fn same_host(local: SocketAddr, peer: SocketAddr) -> bool {
 /// link to another host needs its bandwidth-delay product in flight, which autotuning sizes, so
 /// such connections are left alone. Failing to set it only loses the saving.
 pub(crate) fn tune_same_host(stream: &TcpStream) {
-    let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else { return };
-    if same_host(local, peer)
-        && let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(SAME_HOST_SEND_BUFFER)
-    {
+    let Some((peer, true)) = peer_of(stream) else { return };
+    if let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(SAME_HOST_SEND_BUFFER) {
         tracing::debug!("cannot set the send buffer of a connection to {peer}: {e}");
     }
 }
@@ -177,10 +182,10 @@ impl StreamRateLimit {
     /// Failing to set it only loses the cap.
     pub(crate) fn apply(&self, stream: &TcpStream) {
         let rate = self.0.load(Ordering::Relaxed);
-        let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else { return };
-        if rate == 0 || same_host(local, peer) {
+        if rate == 0 {
             return;
         }
+        let Some((peer, false)) = peer_of(stream) else { return };
         if let Err(e) = set_max_pacing_rate(stream, rate) {
             tracing::debug!("cannot cap the pacing rate of a connection to {peer}: {e}");
         }
