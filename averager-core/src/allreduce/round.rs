@@ -256,7 +256,7 @@ impl AllReduceRound {
     /// known.
     ///
     /// With four equal members every one of a peer's six streams needs a sixth of its uplink, and
-    /// each may take a third; on `bench/wan.sh`'s 200 Mbit/s links caps of a quarter to a half
+    /// each may take a third; on `bench/wan.sh`'s 200 Mbit/s links caps of a fifth to a half
     /// of the link took rounds from 4.7-5.5 s to 4.5-4.8 s (`bench/README.md`). A peer whose
     /// busiest stream needs half its link or more (two members; a slow peer sending most of its
     /// bytes to a fast reducer) is not capped.
