@@ -3,19 +3,20 @@
 
 use averager_core::compression::{
     BytesMut, CodecCapabilities, Compression, CompressionInfo, CompressionType, ErrorBound, WireTensor,
-    add_scaled, check_decode_len, wire_dtype, wire_header, wire_shape,
+    check_decode_len, wire_dtype, wire_header, wire_shape,
 };
 use averager_core::tensor::{DType, Tensor, TensorData, TensorSlice, TensorView};
 use averager_core::{Error, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-/// Elements converted per step: the stack buffers stay small (a few KiB), and the slice
-/// conversions of `half` use the CPU's f16 instructions on whole chunks.
-const CHUNK: usize = 1024;
+mod lanes;
 
-/// The largest finite f16; larger magnitudes (and infinities) saturate to it.
-const F16_MAX: f32 = 65504.0;
+use lanes::{narrow, narrow_append, narrow_difference_append, widen, widen_add};
+
+/// Elements converted per step where a stack buffer sits between the tensor and the wire
+/// (float64 and float16 tensors): a few KiB.
+const CHUNK: usize = 1024;
 
 /// Half-precision floats: 2 bytes per value, about 3 significant decimal digits.
 ///
@@ -37,35 +38,6 @@ impl Float16 {
     const ATOL: f64 = 1.0 / 33_554_432.0;
 }
 
-/// Saturates `src` into f16 little-endian bytes in `out` (`out.len() == 2 * src.len()`).
-fn encode_f32(src: &[f32], out: &mut [u8]) {
-    let mut clamped = [0f32; CHUNK];
-    let mut halves = [f16::ZERO; CHUNK];
-    // Where memory holds f16 as the wire does and `out` is 2-byte aligned, `half` converts
-    // straight into it; otherwise through a stack buffer and a byte copy.
-    let direct = cfg!(target_endian = "little") && out.as_ptr().align_offset(2) == 0;
-    for (src, out) in src.chunks(CHUNK).zip(out.chunks_mut(2 * CHUNK)) {
-        let n = src.len();
-        for (c, &x) in clamped[..n].iter_mut().zip(src) {
-            // `clamp` returns NaN for NaN, as protocol 7.2 asks.
-            *c = x.clamp(-F16_MAX, F16_MAX);
-        }
-        match bytemuck::try_cast_slice_mut::<u8, f16>(out) {
-            Ok(dst) if direct => dst.convert_from_f32_slice(&clamped[..n]),
-            _ => {
-                halves[..n].convert_from_f32_slice(&clamped[..n]);
-                write_halves(&halves[..n], out);
-            }
-        }
-    }
-}
-
-fn write_halves(halves: &[f16], out: &mut [u8]) {
-    for (h, o) in halves.iter().zip(out.chunks_exact_mut(2)) {
-        o.copy_from_slice(&h.to_le_bytes());
-    }
-}
-
 /// Reads the f16 values of `bytes` (an even number of them) into `out`.
 fn read_halves(bytes: &[u8], out: &mut [f16]) {
     for (h, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
@@ -73,42 +45,17 @@ fn read_halves(bytes: &[u8], out: &mut [f16]) {
     }
 }
 
-/// Widens the little-endian f16 values of `bytes` into `out` (`bytes.len() == 2 * out.len()`).
-fn decode_f32(bytes: &[u8], out: &mut [f32]) {
-    if cfg!(target_endian = "little")
-        && let Ok(halves) = bytemuck::try_cast_slice::<u8, f16>(bytes)
-    {
-        halves.convert_to_f32_slice(out);
-        return;
-    }
-    let mut halves = [f16::ZERO; CHUNK];
-    for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
-        read_halves(src, &mut halves[..dst.len()]);
-        halves[..dst.len()].convert_to_f32_slice(dst);
-    }
-}
-
-/// `out[i] += weight * f16(bytes[i])`, a chunk at a time through a stack buffer.
-fn decode_add_f32(bytes: &[u8], weight: f32, out: &mut [f32]) {
-    let mut widened = [0f32; CHUNK];
-    for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
-        let n = dst.len();
-        decode_f32(src, &mut widened[..n]);
-        add_scaled(dst, &widened[..n], weight);
-    }
-}
-
 /// Writes the FLOAT16 buffer of `data` into `out` (`out.len() == 2 * data.len()`).
 fn encode_slice(data: TensorSlice<'_>, out: &mut [u8]) -> Result<()> {
     match data {
-        TensorSlice::F32(values) => encode_f32(values, out),
+        TensorSlice::F32(values) => narrow(values, out),
         TensorSlice::F64(values) => {
-            let mut narrow = [0f32; CHUNK];
+            let mut narrowed = [0f32; CHUNK];
             for (src, out) in values.chunks(CHUNK).zip(out.chunks_mut(2 * CHUNK)) {
-                for (n, &x) in narrow.iter_mut().zip(src) {
+                for (n, &x) in narrowed.iter_mut().zip(src) {
                     *n = x as f32;
                 }
-                encode_f32(&narrow[..src.len()], out);
+                narrow(&narrowed[..src.len()], out);
             }
         }
         TensorSlice::F16(values) => {
@@ -181,7 +128,7 @@ impl Compression for Float16 {
             }
             DType::F32 => {
                 let mut out = vec![0f32; numel];
-                decode_f32(bytes, &mut out);
+                widen(bytes, &mut out);
                 TensorData::F32(out)
             }
             _ => {
@@ -203,6 +150,11 @@ impl Compression for Float16 {
         _info: &CompressionInfo,
         out: &mut BytesMut,
     ) -> Result<WireTensor> {
+        if let TensorSlice::F32(values) = tensor.data() {
+            // The all-reduce's case: appended without zeroing the bytes first.
+            narrow_append(values, out);
+            return Ok(header(tensor));
+        }
         let start = out.len();
         out.resize(start + 2 * tensor.numel(), 0);
         if let Err(e) = encode_slice(tensor.data(), &mut out[start..]) {
@@ -212,9 +164,9 @@ impl Compression for Float16 {
         Ok(header(tensor))
     }
 
-    /// A float32 part's reply in one pass, a chunk at a time: the part's halves widened, taken
-    /// from the average and narrowed again, with the arithmetic of the stepwise path (`a + (-1) *
-    /// w` is exactly `a - w`).
+    /// A float32 part's reply in one pass: the part's halves widened, taken from the average and
+    /// narrowed again, with the arithmetic of the stepwise path (`a + (-1) * w` is exactly
+    /// `a - w`).
     fn encode_difference_into(
         &self,
         average: &[f32],
@@ -230,19 +182,7 @@ impl Compression for Float16 {
         if let Err(e) = check_decode_len(Self::NAME, bytes.len() / 2, average.len()) {
             return Some(Err(e));
         }
-        let start = out.len();
-        out.resize(start + bytes.len(), 0);
-        let mut difference = [0f32; CHUNK];
-        let chunks =
-            average.chunks(CHUNK).zip(bytes.chunks(2 * CHUNK)).zip(out[start..].chunks_mut(2 * CHUNK));
-        for ((average, src), dst) in chunks {
-            let n = average.len();
-            decode_f32(src, &mut difference[..n]);
-            for (d, &a) in difference[..n].iter_mut().zip(average) {
-                *d = a - *d;
-            }
-            encode_f32(&difference[..n], dst);
-        }
+        narrow_difference_append(average, bytes, out);
         let shape = [average.len()];
         Some(TensorView::new(&shape[..], TensorSlice::F32(average)).map(|view| header(&view)))
     }
@@ -252,14 +192,14 @@ impl Compression for Float16 {
     fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
         let (_, _, bytes) = payload(message)?;
         check_decode_len(Self::NAME, bytes.len() / 2, out.len())?;
-        decode_f32(bytes, out);
+        widen(bytes, out);
         Ok(())
     }
 
     fn decode_add_into(&self, message: &WireTensor, weight: f32, out: &mut [f32]) -> Result<()> {
         let (_, _, bytes) = payload(message)?;
         check_decode_len(Self::NAME, bytes.len() / 2, out.len())?;
-        decode_add_f32(bytes, weight, out);
+        widen_add(bytes, weight, out);
         Ok(())
     }
 
