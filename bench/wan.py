@@ -62,6 +62,8 @@ class Network:
     def __init__(self, peers, sysctls=()):
         self.peers = peers
         self.sysctls = list(sysctls)
+        # Each peer's link rate in Mbit/s, as the last `shape` set it.
+        self.rates = []
 
     def up(self):
         self.down()
@@ -87,6 +89,7 @@ class Network:
     def shape(self, rates_mbit):
         """Caps peer i's link at rates_mbit[i] both ways: its upload leaves through eth0 in its
         namespace, its download through its veth's bridge end."""
+        self.rates = list(rates_mbit)
         for i, rate in enumerate(rates_mbit):
             # A burst of about 10 ms at the rate, at least 64 KiB (tbf needs rate / HZ at least).
             burst = max(64 * 1024, int(rate * 1e6 / 8 / 100))
@@ -129,7 +132,23 @@ def hivemind_command(args, net, index, prefix, bootstrap, bandwidth):
     return cmd
 
 
-COMMANDS = {"averager": averager_command, "hivemind": hivemind_command}
+def tcp_command(args, net, index, prefix, bootstrap, bandwidth, pace=0):
+    """The plain-TCP reference's peer `index` (bench/tcp_wan_peer.py): the same bytes over the
+    same number of connections, with nothing else."""
+    hosts = ",".join(net.address(i) for i in range(args.peers))
+    return [sys.executable, os.path.join(HERE, "tcp_wan_peer.py"), "--index", str(index), "--hosts", hosts,
+            "--floats", str(args.floats), "--timeout", str(args.step_timeout), "--pace", str(pace)]
+
+
+def tcp_paced_command(args, net, index, prefix, bootstrap, bandwidth):
+    """The plain-TCP reference with each connection's sending rate capped as the averager caps
+    its streams with four equal members: a third of the link's TCP payload rate."""
+    payload = net.rates[index] * 1e6 / 8 * TCP_PAYLOAD
+    return tcp_command(args, net, index, prefix, bootstrap, bandwidth, pace=int(payload / 3))
+
+
+COMMANDS = {"averager": averager_command, "hivemind": hivemind_command, "tcp": tcp_command,
+            "tcp-paced": tcp_paced_command}
 
 
 class Worker:
@@ -283,6 +302,10 @@ def main():
     parser.add_argument("--compression", default="none")
     parser.add_argument("--step-timeout", type=float, default=300.0)
     parser.add_argument("--cells", default="200,1000,mix,mix-informed")
+    parser.add_argument("--systems", default="averager,hivemind",
+                        help="which to run, in order: averager, hivemind (when --hivemind-python is "
+                        "given) and tcp, the plain-TCP reference (bench/tcp_wan_peer.py: the same bytes "
+                        "over the same connections with no computation, what TCP itself achieves)")
     parser.add_argument("--out", default=os.path.join(HERE, "wan-results.json"))
     parser.add_argument("--part-size", type=int, help="the averager's bytes per part (default: its config's "
                         "part_size_bytes, 512 KiB as hivemind's)")
@@ -316,7 +339,10 @@ def main():
     hivemind = bool(args.hivemind_python) and os.access(args.hivemind_python, os.X_OK)
     if args.hivemind_python and not hivemind:
         print(f"wan: skipping hivemind: {args.hivemind_python} is not an executable", file=sys.stderr)
-    systems = ["averager"] + (["hivemind"] if hivemind else [])
+    systems = [s for s in args.systems.split(",") if s != "hivemind" or hivemind]
+    unknown = [s for s in systems if s not in COMMANDS]
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(unknown)} (averager, hivemind, tcp, tcp-paced)")
     net = Network(args.peers, args.sysctl)
     bytes_per_peer = args.floats * 4
     results = []
@@ -331,7 +357,7 @@ def main():
                 rates, informed = cells[name]
                 bound = 2 * (args.peers - 1) / args.peers * bytes_per_peer * 8 / (min(rates) * 1e6)
                 best = best_split_seconds(rates, bytes_per_peer)
-                # Both systems on the same links, one after the other.
+                # Every system on the same links, one after the other.
                 for system in systems:
                     try:
                         rounds = run_cell(args, net, name, rates, informed, log, system)

@@ -11,7 +11,9 @@
 #
 # The averager runs as the hidden `averager worker` per namespace, driven by bench/wan.py over
 # stdin/stdout. hivemind runs on the same links when bench/run.sh's venv (bench/.venv) exists;
-# otherwise the script says why it skipped it. Every namespace, veth and the bridge are removed on
+# otherwise the script says why it skipped it. `--systems averager,tcp` adds the plain-TCP
+# reference (bench/tcp_wan_peer.py): the all-reduce's bytes over as many connections with nothing
+# else, what TCP itself achieves on these links. Every namespace, veth and the bridge are removed on
 # exit, also on Ctrl+C or an error.
 set -euo pipefail
 
