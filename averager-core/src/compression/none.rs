@@ -167,16 +167,26 @@ impl Compression for NoCompression {
             Ok(None) => return None,
             Err(e) => return Some(Err(e)),
         };
-        out.reserve(average.len() * 4);
-        // Through a block small enough to stay in L1: one pass over the average and the part.
-        let mut block = [0f32; 1024];
-        for (average, bytes) in average.chunks(block.len()).zip(bytes.chunks(block.len() * 4)) {
-            let block = &mut block[..average.len()];
-            for ((d, &a), b) in block.iter_mut().zip(average).zip(bytes.chunks_exact(4)) {
-                *d = a - f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let len = average.len() * 4;
+        out.reserve(len);
+        let start = out.len();
+        // Straight into the spare capacity, in one pass over the average and the part: through a
+        // block on the stack copied out afterwards, the copy took a tenth of a 4-peer
+        // all-reduce's user CPU (zeroing the bytes before writing them would cost a pass too).
+        let spare = &mut out.spare_capacity_mut()[..len];
+        for ((dst, &a), b) in spare.chunks_exact_mut(4).zip(average).zip(bytes.chunks_exact(4)) {
+            let difference = a - f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            for (dst, byte) in dst.iter_mut().zip(difference.to_le_bytes()) {
+                dst.write(byte);
             }
-            append_f32(block, out);
         }
+        // SAFETY: `reserve` made room for `len` bytes after `start`, and the loop wrote every one
+        // of them: `bytes` holds 4 per value of `average` (checked by `f32_payload`), so the zip
+        // runs over all `len / 4` chunks.
+        #[allow(unsafe_code)]
+        unsafe {
+            out.set_len(start + len)
+        };
         let shape = [average.len()];
         let view = match TensorView::new(&shape[..], TensorSlice::F32(average)) {
             Ok(view) => view,
