@@ -71,6 +71,17 @@ def emit(record):
     print(json.dumps(record), flush=True)
 
 
+def driver_rounds(lines):
+    """The rounds bench/wan.py asks a worker for: the number of each `round N` line of `lines`
+    (the worker's stdin), until a `quit` line or the end of input."""
+    for line in lines:
+        words = line.split()
+        if not words or words[0] == "quit":
+            return
+        if words[0] == "round":
+            yield int(words[1])
+
+
 def log(message):
     """Progress messages go to stderr, never to the JSON stdout."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -12,13 +12,10 @@ and matchmaking_s the rest of the step. `quit` (or end of input) stops it.
 """
 
 import argparse
-import json
 import sys
 import time
 
-
-def emit(record):
-    print(json.dumps(record), flush=True)
+from common import driver_rounds, emit
 
 
 def main():
@@ -60,13 +57,8 @@ def main():
         averager.run_in_background(await_ready=True, timeout=args.timeout)
         emit({"event": "ready", "dht": [str(m) for m in dht.get_visible_maddrs()]})
         expected = (args.peers + 1) / 2  # the mean over peers of (index + 1)
-        for line in sys.stdin:
-            words = line.split()
-            if not words or words[0] == "quit":
-                break
-            if words[0] != "round":
-                continue
-            report = {"event": "round", "round": int(words[1]), "error": None}
+        for round_no in driver_rounds(sys.stdin):
+            report = {"event": "round", "round": round_no, "error": None}
             with averager.get_tensors() as tensors:
                 tensors[0].fill_(args.index + 1)
             averager.last_allreduce_s.value = -1.0

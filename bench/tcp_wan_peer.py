@@ -16,7 +16,6 @@ parts, and its streams carry frames and headers.
 """
 
 import argparse
-import json
 import queue
 import socket
 import struct
@@ -24,12 +23,10 @@ import sys
 import threading
 import time
 
+from common import driver_rounds, emit
+
 PORT = 47911
 CHUNK = 1 << 20
-
-
-def emit(record):
-    print(json.dumps(record), flush=True)
 
 
 def pace(conn, bytes_per_second):
@@ -106,13 +103,7 @@ def main():
 
     threading.Thread(target=accept, daemon=True).start()
     emit({"event": "ready", "dht": []})
-    for line in sys.stdin:
-        words = line.split()
-        if not words or words[0] == "quit":
-            break
-        if words[0] != "round":
-            continue
-        round_no = int(words[1])
+    for round_no in driver_rounds(sys.stdin):
         report = {"event": "round", "round": round_no, "error": None}
         errors, threads = [], []
         start = time.perf_counter()
