@@ -14,14 +14,12 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::decoded_f32::round_through;
+use crate::float16::lanes::{F16_MAX, narrow, widen};
 use crate::sums::{centred_sum_of_squares, sum};
 
-/// Elements converted per step: the stack buffers stay small (a few KiB), and the slice
-/// conversions of `half` use the CPU's f16 instructions on whole chunks.
+/// Elements converted per step: the stack buffer stays small (4 KiB), and the conversions run
+/// on whole chunks with the CPU's f16 instructions (`float16::lanes`).
 const CHUNK: usize = 1024;
-
-/// The largest finite f16; scaled values saturate to it.
-const F16_MAX: f32 = 65504.0;
 
 /// The smallest standard deviation (float32's machine epsilon, hivemind's `FP32_EPS`): rows
 /// without spread divide by it instead of by zero.
@@ -65,16 +63,15 @@ fn row_stats(row: &[f32]) -> (f32, f32) {
     (mean, std)
 }
 
-/// Stack buffers of the f16 conversions, shared by all rows of a tensor: short rows would
-/// otherwise pay for initializing them once per row.
+/// The stack buffer of the scaled values, shared by all rows of a tensor: short rows would
+/// otherwise pay for initializing it once per row.
 struct Scratch {
     scaled: [f32; CHUNK],
-    halves: [f16; CHUNK],
 }
 
 impl Scratch {
     fn new() -> Self {
-        Scratch { scaled: [0.0; CHUNK], halves: [f16::ZERO; CHUNK] }
+        Scratch { scaled: [0.0; CHUNK] }
     }
 }
 
@@ -87,30 +84,23 @@ fn encode_row(row: &[f32], mean: f32, std: f32, out: &mut [u8], scratch: &mut Sc
             // `clamp` keeps NaN, as FLOAT16 does.
             *s = ((x - mean) / std).clamp(-F16_MAX, F16_MAX);
         }
-        scratch.halves[..n].convert_from_f32_slice(&scratch.scaled[..n]);
-        for (h, o) in scratch.halves[..n].iter().zip(out.chunks_exact_mut(2)) {
-            o.copy_from_slice(&h.to_le_bytes());
-        }
+        narrow(&scratch.scaled[..n], out);
     }
 }
 
 /// Reads `y * std + mean` of at most [`CHUNK`] values from their f16 little-endian bytes into
 /// `out` (`bytes.len() == 2 * out.len()`).
-fn decode_chunk(bytes: &[u8], mean: f32, std: f32, out: &mut [f32], halves: &mut [f16; CHUNK]) {
-    let n = out.len();
-    for (h, b) in halves[..n].iter_mut().zip(bytes.chunks_exact(2)) {
-        *h = f16::from_le_bytes([b[0], b[1]]);
-    }
-    halves[..n].convert_to_f32_slice(out);
+fn decode_chunk(bytes: &[u8], mean: f32, std: f32, out: &mut [f32]) {
+    widen(bytes, out);
     for x in out.iter_mut() {
         *x = *x * std + mean;
     }
 }
 
 /// Reads `y * std + mean` of one row from its f16 little-endian bytes into `out`.
-fn decode_row(bytes: &[u8], mean: f32, std: f32, out: &mut [f32], scratch: &mut Scratch) {
+fn decode_row(bytes: &[u8], mean: f32, std: f32, out: &mut [f32]) {
     for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
-        decode_chunk(src, mean, std, dst, &mut scratch.halves);
+        decode_chunk(src, mean, std, dst);
     }
 }
 
@@ -199,9 +189,8 @@ impl Compression for MeanStd16Bit {
     fn extract(&self, message: &WireTensor) -> Result<Tensor> {
         let parsed = parse(message)?;
         let mut out = vec![0f32; parsed.numel];
-        let mut scratch = Scratch::new();
         parsed.rows(|at, bytes, mean, std| {
-            decode_row(bytes, mean, std, &mut out[at..at + bytes.len() / 2], &mut scratch);
+            decode_row(bytes, mean, std, &mut out[at..at + bytes.len() / 2]);
         });
         let data = match parsed.dtype {
             DType::F32 => TensorData::F32(out),
@@ -267,9 +256,8 @@ impl Compression for MeanStd16Bit {
     fn decode_into(&self, message: &WireTensor, out: &mut [f32]) -> Result<()> {
         let parsed = parse(message)?;
         check_decode_len(Self::NAME, parsed.numel, out.len())?;
-        let mut scratch = Scratch::new();
         parsed.rows(|at, bytes, mean, std| {
-            decode_row(bytes, mean, std, &mut out[at..at + bytes.len() / 2], &mut scratch);
+            decode_row(bytes, mean, std, &mut out[at..at + bytes.len() / 2]);
         });
         round_through(Self::NAME, parsed.dtype, out)
     }
@@ -283,7 +271,7 @@ impl Compression for MeanStd16Bit {
             let row = &mut out[at..at + bytes.len() / 2];
             for (src, dst) in bytes.chunks(2 * CHUNK).zip(row.chunks_mut(CHUNK)) {
                 let decoded = &mut scratch.scaled[..dst.len()];
-                decode_chunk(src, mean, std, decoded, &mut scratch.halves);
+                decode_chunk(src, mean, std, decoded);
                 // Accepted dtypes all have an f32 form, so this never fails here.
                 if result.is_ok() {
                     result = round_through(Self::NAME, parsed.dtype, decoded);

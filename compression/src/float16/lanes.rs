@@ -1,5 +1,5 @@
-//! The f32 <-> little-endian f16 conversions of the all-reduce's float32 parts, eight values at a
-//! time with the CPU's F16C instructions where it has them, element by element through `half`
+//! The f32 <-> little-endian f16 conversions of the all-reduce's float32 parts (and of
+//! meanstd16's scaled values), eight values at a time with the CPU's F16C instructions where it has them, element by element through `half`
 //! elsewhere.
 //!
 //! `half`'s slice conversions also use F16C, but call one out-of-line function per eight values
@@ -13,11 +13,11 @@ use averager_core::compression::{BytesMut, add_scaled};
 use half::f16;
 
 /// The largest finite f16; larger magnitudes (and infinities) saturate to it.
-pub(super) const F16_MAX: f32 = 65504.0;
+pub(crate) const F16_MAX: f32 = 65504.0;
 
 /// Saturates `src` into f16 little-endian bytes in `out` (`out.len() == 2 * src.len()`); NaN
 /// stays NaN.
-pub(super) fn narrow(src: &[f32], out: &mut [u8]) {
+pub(crate) fn narrow(src: &[f32], out: &mut [u8]) {
     assert_eq!(out.len(), 2 * src.len(), "narrow: output length");
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
@@ -33,7 +33,7 @@ pub(super) fn narrow(src: &[f32], out: &mut [u8]) {
 }
 
 /// Widens the f16 little-endian values of `bytes` into `out` (`bytes.len() == 2 * out.len()`).
-pub(super) fn widen(bytes: &[u8], out: &mut [f32]) {
+pub(crate) fn widen(bytes: &[u8], out: &mut [f32]) {
     assert_eq!(bytes.len(), 2 * out.len(), "widen: input length");
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
@@ -147,7 +147,7 @@ pub(super) mod scalar {
         }
     }
 
-    /// See [`super::narrow_difference`].
+    /// What [`super::narrow_difference_append`] appends, into `out`.
     pub(in crate::float16) fn narrow_difference(average: &[f32], part: &[u8], out: &mut [u8]) {
         for ((&a, p), o) in average.iter().zip(part.chunks_exact(2)).zip(out.chunks_exact_mut(2)) {
             o.copy_from_slice(&half_of(a - value_of(p)));

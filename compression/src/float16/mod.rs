@@ -10,7 +10,7 @@ use averager_core::{Error, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-mod lanes;
+pub(crate) mod lanes;
 
 use lanes::{narrow, narrow_append, narrow_difference_append, widen, widen_add};
 
