@@ -103,6 +103,13 @@ async fn request_failure(slot: &mut Option<oneshot::Receiver<Error>>) -> Error {
     std::future::pending().await
 }
 
+/// The request pump's failure if it has reported one by now, without waiting.
+fn reported_failure(slot: &mut Option<oneshot::Receiver<Error>>) -> Option<Error> {
+    let error = slot.as_mut()?.try_recv().ok()?;
+    *slot = None;
+    Some(error)
+}
+
 /// The server half of a call, run in its own task.
 pub(crate) struct ResponseTask<T, F> {
     /// The handler call; resolves to the handler's response stream.
@@ -172,7 +179,11 @@ where
                 next = responses.next() => next,
             };
             let message = match next {
-                None => break Frame::End,
+                // A handler whose input failed may end before this task saw the pump's report:
+                // the pump runs on another thread, and can report and fail the handler's input
+                // between this select's poll of the report and its poll of the handler. It
+                // reports first, so the report is there by now.
+                None => break reported_failure(&mut request_failed).map_or(Frame::End, Frame::Fail),
                 Some(Err(e)) => break Frame::Fail(e),
                 Some(Ok(message)) => message,
             };
@@ -225,6 +236,45 @@ pub(crate) async fn pump_requests(
         }
         if tx.send(Frame::Item(message)).await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race the conformance suite hit once in a few hundred runs, made deterministic: the
+    /// pump reports an oversize request and fails the handler's input in between this task's
+    /// poll of the report and its poll of the handler, whose stream then simply ends. The caller
+    /// must still get the error, not a clean end.
+    #[tokio::test]
+    async fn a_request_failure_reported_while_the_handler_ends_reaches_the_caller() {
+        let (failed, request_failed) = oneshot::channel();
+        let mut failed = Some(failed);
+        let handler_ends = futures::stream::poll_fn(move |_| {
+            if let Some(failed) = failed.take() {
+                let _ = failed.send(Error::MessageTooLarge { size: 11, limit: 10 });
+            }
+            Poll::Ready(None::<Result<AveragingData>>)
+        });
+        let (tx, mut rx) = mpsc::channel(4);
+        let (started, _) = oneshot::channel();
+        let (_alive, killed) = watch::channel(false);
+        let task = ResponseTask {
+            start: async move { Ok(Box::pin(handler_ends) as MessageStream<AveragingData>) },
+            started,
+            tx,
+            limit: 1 << 20,
+            killed,
+            endpoint: "mem://test".into(),
+            request_failed: Some(request_failed),
+            request_pump: None,
+        };
+        task.run().await;
+        match rx.recv().await {
+            Some(Frame::Fail(Error::MessageTooLarge { size: 11, limit: 10 })) => {}
+            other => panic!("expected the request's failure, got {other:?}"),
         }
     }
 }
