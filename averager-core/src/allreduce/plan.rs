@@ -166,14 +166,11 @@ impl AllReducePlan {
     pub fn traffic(&self) -> Vec<Traffic> {
         let span_bytes = self.span_bytes();
         let total: f64 = span_bytes.iter().sum();
-        let senders = |except: usize| {
-            self.members.iter().enumerate().filter(|(i, m)| *i != except && m.sender.is_some()).count() as f64
-        };
         self.members
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                let own = span_bytes[i] * senders(i);
+                let own = span_bytes[i] * self.senders_other_than(i) as f64;
                 let others = if m.sender.is_some() { total - span_bytes[i] } else { 0.0 };
                 Traffic { sent: others + own, received: own + others }
             })
@@ -185,16 +182,12 @@ impl AllReducePlan {
     /// when it sends nothing.
     pub fn largest_stream_share(&self, member: MemberIndex) -> Option<f64> {
         let me = member.0;
-        let span_bytes =
-            |j: usize| -> f64 { self.parts_of(MemberIndex(j)).iter().map(|p| self.part_bytes(p)).sum() };
+        let span_bytes = self.span_bytes();
         let mut streams: Vec<f64> = Vec::new();
         if self.members.get(me)?.sender.is_some() {
-            streams.extend((0..self.members.len()).filter(|&j| j != me).map(span_bytes));
+            streams.extend(span_bytes.iter().enumerate().filter(|&(j, _)| j != me).map(|(_, &b)| b));
         }
-        let own = span_bytes(me);
-        let other_senders =
-            self.members.iter().enumerate().filter(|(i, m)| *i != me && m.sender.is_some()).count();
-        streams.extend(std::iter::repeat_n(own, other_senders));
+        streams.extend(std::iter::repeat_n(span_bytes[me], self.senders_other_than(me)));
         let total: f64 = streams.iter().sum();
         let largest = streams.iter().copied().fold(0.0, f64::max);
         (total > 0.0).then(|| largest / total)
@@ -210,6 +203,11 @@ impl AllReducePlan {
             .filter(|(t, _)| t.received > 0.0)
             .map(|(t, m)| m.bandwidth.filter(|b| *b > 0.0).map(|b| t.received / b))
             .try_fold(0.0f64, |worst, t| t.map(|t| worst.max(t)))
+    }
+
+    /// How many members other than `member` send parts (and so get its span's replies).
+    fn senders_other_than(&self, member: usize) -> usize {
+        self.members.iter().enumerate().filter(|(i, m)| *i != member && m.sender.is_some()).count()
     }
 
     /// The bytes of every member's span, in group order.
