@@ -74,11 +74,7 @@ pub struct TcpTransport {
 impl Default for TcpTransport {
     /// A transport with [`TcpSettings::default`]: serves on `127.0.0.1:0`.
     fn default() -> Self {
-        TcpTransport {
-            settings: TcpSettings::default(),
-            budget: ReadBudget::new(io::READ_BUDGET),
-            rate: io::StreamRateLimit::default(),
-        }
+        TcpTransport::checked(TcpSettings::default())
     }
 }
 
@@ -101,11 +97,16 @@ impl TcpTransport {
         if settings.first_request_timeout.is_zero() {
             return Err(Error::Config("tcp first_request_timeout must be more than zero".into()));
         }
-        Ok(TcpTransport {
+        Ok(TcpTransport::checked(settings))
+    }
+
+    /// A transport with `settings` already checked (or the defaults, which pass).
+    fn checked(settings: TcpSettings) -> Self {
+        TcpTransport {
             settings,
             budget: ReadBudget::new(io::READ_BUDGET),
             rate: io::StreamRateLimit::default(),
-        })
+        }
     }
 
     /// The transport's settings.
