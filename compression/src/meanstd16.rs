@@ -14,7 +14,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::decoded_f32::round_through;
-use crate::float16::lanes::{F16_MAX, narrow, widen};
+use crate::float16::lanes::{narrow, widen};
 use crate::sums::{centred_sum_of_squares, sum};
 
 /// Elements converted per step: the stack buffer stays small (4 KiB), and the conversions run
@@ -81,9 +81,9 @@ fn encode_row(row: &[f32], mean: f32, std: f32, out: &mut [u8], scratch: &mut Sc
     for (src, out) in row.chunks(CHUNK).zip(out.chunks_mut(2 * CHUNK)) {
         let n = src.len();
         for (s, &x) in scratch.scaled[..n].iter_mut().zip(src) {
-            // `clamp` keeps NaN, as FLOAT16 does.
-            *s = ((x - mean) / std).clamp(-F16_MAX, F16_MAX);
+            *s = (x - mean) / std;
         }
+        // `narrow` saturates to ±65504 and keeps NaN, as FLOAT16 does.
         narrow(&scratch.scaled[..n], out);
     }
 }
@@ -320,6 +320,24 @@ mod tests {
 
     fn encode(t: &Tensor) -> WireTensor {
         MeanStd16Bit.compress(&t.view(), &CompressionInfo::for_tensor(0, &t.view())).unwrap()
+    }
+
+    /// A NaN in a row makes its statistics NaN, and every value of that row decodes to NaN (the
+    /// f16 conversion keeps NaN); the other rows are untouched.
+    #[test]
+    fn a_nan_spoils_its_row_only() {
+        let t = Tensor::from_f32(
+            vec![2, 20],
+            (0..40).map(|i| if i == 3 { f32::NAN } else { i as f32 }).collect(),
+        )
+        .unwrap();
+        let out = MeanStd16Bit.extract(&encode(&t)).unwrap();
+        let out = out.as_f32().unwrap();
+        assert!(out[..20].iter().all(|x| x.is_nan()), "{:?}", &out[..20]);
+        for (i, x) in out[20..].iter().enumerate() {
+            let want = (20 + i) as f32;
+            assert!((x - want).abs() < 0.02, "{x} for {want}");
+        }
     }
 
     #[test]

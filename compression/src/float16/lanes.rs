@@ -13,7 +13,7 @@ use averager_core::compression::{BytesMut, add_scaled};
 use half::f16;
 
 /// The largest finite f16; larger magnitudes (and infinities) saturate to it.
-pub(crate) const F16_MAX: f32 = 65504.0;
+const F16_MAX: f32 = 65504.0;
 
 /// Saturates `src` into f16 little-endian bytes in `out` (`out.len() == 2 * src.len()`); NaN
 /// stays NaN.
