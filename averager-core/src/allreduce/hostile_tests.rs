@@ -265,3 +265,27 @@ async fn a_goodbye_that_arrives_before_the_group_registers_still_excludes_the_se
         assert_eq!(tensors[0].as_f32().unwrap(), honest_mean().as_slice());
     }
 }
+
+/// A sender that had every reply and closed its stream before its end frame (its transport's
+/// task lagging behind) sent everything: it is not excluded, and hears no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_closed_after_its_last_part_is_a_normal_end() {
+    let mut s = setup(None).await;
+    let me = s.swarm.endpoints[2].clone();
+    let attacker = [100.0f32; 8];
+    let (to_0, _) = attack(&s, 0, vec![first_message(&me, GROUP, &attacker[..4])], false).await;
+    let span = Arc::clone(s.honest[1].span());
+    let closed = futures::stream::iter([Err(crate::Error::Cancelled(format!("{me} went away")))]);
+    let to_1 = span.serve(first_message(&me, GROUP, &attacker[4..]), Box::pin(closed));
+    let (honest, codes_0, codes_1) = tokio::join!(finish_honest(&mut s), codes(to_0), codes(to_1));
+    assert_eq!(codes_0, [MessageCode::AveragedPart as i32]);
+    assert_eq!(codes_1, [MessageCode::AveragedPart as i32], "no INTERNAL_ERROR after the last reply");
+    let sender = span.part_reducer().unwrap().num_senders() - 1;
+    assert!(!span.part_reducer().unwrap().is_banned(sender), "the sender was excluded");
+    let expected: Vec<f32> = (0..8).map(|e| (e as f32 + (10 + e) as f32 + 100.0) / 3.0).collect();
+    for values in honest {
+        for (v, x) in values.iter().zip(&expected) {
+            assert!((v - x).abs() < 1e-4, "{values:?} vs {expected:?}");
+        }
+    }
+}

@@ -258,6 +258,13 @@ impl SpanReducer {
                     // peer left the group.
                     match read.map_err(unreadable)? {
                         None => break,
+                        // The sender had every reply and closed its stream before its end
+                        // frame left (its transport's task can lag behind the last reply):
+                        // nothing is missing, so it is not excluded.
+                        Some(Err(Error::Cancelled(reason))) if k == expected => {
+                            tracing::debug!(sender, %reason, "a sender closed its stream after its last part");
+                            break;
+                        }
                         Some(message) => message.map_err(unreadable)?,
                     }
                 }

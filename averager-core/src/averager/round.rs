@@ -15,7 +15,9 @@ use tracing::field::Empty;
 
 use super::gathered::Gathered;
 use super::report::StepReport;
-use super::round_end::{StepIo, check_lent, log_failed_reducers, reclaim_lent, take_back};
+use super::round_end::{
+    OWNED_RECLAIM_LIMIT, StepIo, check_lent, log_failed_reducers, reclaim_lent, take_back,
+};
 use super::step_control::{Stage, StepControl};
 use super::telemetry::{CountingTransport, Tally};
 use super::{Inner, hex};
@@ -311,7 +313,8 @@ impl Inner {
             Ok(round) => round,
             Err(e) => {
                 if !lent {
-                    *guard = take_back(tensors);
+                    // Nothing else held them: the round that would have was never built.
+                    *guard = take_back(tensors, Duration::ZERO).await;
                 }
                 self.abandon(formed);
                 return Err(e);
@@ -364,7 +367,8 @@ impl Inner {
             // Dropping the lent tensors here returns them to their lender.
             outcome
         } else {
-            self.update_own(guard, take_back(tensors), outcome, io.target.as_ref()).await?
+            let back = take_back(tensors, OWNED_RECLAIM_LIMIT.min(drain_limit)).await;
+            self.update_own(guard, back, outcome, io.target.as_ref()).await?
         };
         let failed_reducers = outcome.failed_reducers.len();
         self.after_update();
