@@ -7,10 +7,11 @@
 //! [`Bytes`] keeps the round's tensors alive and points into them; the transport writes from
 //! there.
 //!
-//! While such a message lives the tensors are shared, so the averager takes its own tensors back
-//! after the round with a copy instead of without one, and waits before writing into lent ones
-//! (`averager/round.rs`). That only happens when a transport still holds a part after its reducer
-//! answered or failed, which the built-in transports do not do on the normal path.
+//! While such a message lives the tensors are shared, so at the round's end the averager waits
+//! for it to be dropped before it takes its own tensors back (at most `OWNED_RECLAIM_LIMIT`, then
+//! it copies them) or writes into lent ones (`averager/round_end.rs`). A transport holds a part
+//! after its reducer answered only briefly: its task wrote the last bytes and was preempted before
+//! it dropped the part (or the reducer failed while the part was still queued).
 
 use std::ops::Range;
 use std::sync::Arc;
