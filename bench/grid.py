@@ -13,6 +13,10 @@ The averager's command is AVERAGER_BENCH_CMD (default: 'cargo run --release --')
 'bench --processes --peers N --floats F --transport T --compression C --rounds R --json' (T from
 --transport, default tcp), run
 from the repository root: every peer its own process, as gloo's and hivemind's are. A missing or failing command gives an 'n/a' cell with the reason, never an abort.
+
+With --alternate K each system runs K times per cell, the systems taking turns, and each system's
+rounds are pooled into one median (logs then end in -run1 ... -runK): on a machine whose speed
+drifts for minutes at a time, every system meets the slow spells alike.
 """
 
 import argparse
@@ -22,6 +26,7 @@ import os
 import platform
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -69,10 +74,12 @@ def last_line(path):
     return lines[-1][:160] if lines else ""
 
 
-def run_one(system, peers, floats, compression, args):
-    """Run one system on one cell; returns its result record or {'error': reason}."""
+def run_one(system, peers, floats, compression, args, run=0):
+    """Run one system on one cell (its `run`-th turn with --alternate); returns its result record
+    or {'error': reason}."""
     argv, cwd = command_for(system, peers, floats, compression, args)
-    log_path = os.path.join(args.log_dir, f"{system}-{peers}-{size_label(floats)}-{compression}.log")
+    turn = f"-run{run + 1}" if args.alternate > 1 else ""
+    log_path = os.path.join(args.log_dir, f"{system}-{peers}-{size_label(floats)}-{compression}{turn}.log")
     timeout = args.timeout or DEFAULT_TIMEOUTS[system]
     load_before = os.getloadavg()[0]
     log(f"{system}: {peers} peers x {size_label(floats)} x {compression} (load {load_before:.2f})")
@@ -119,6 +126,34 @@ def run_one(system, peers, floats, compression, args):
     return record
 
 
+def pooled(records, floats):
+    """One system's runs of one cell (``--alternate``) as one result: every run's rounds pooled,
+    the algbw from their median, the peak RSS the largest per peer. A run that failed is listed in
+    ``runs`` but adds nothing; when every run failed, the last one's error stands."""
+    ok = [record for record in records if "error" not in record]
+    if len(records) == 1 or not ok:
+        return records[-1]
+    merged = dict(ok[-1])
+    merged["runs"] = [
+        {key: record.get(key) for key in ("algbw_mb_s", "allreduce_s_median", "load_1m_before", "error")}
+        for record in records
+    ]
+    rounds = [seconds for record in ok for seconds in record.get("allreduce_s_rounds") or []]
+    if rounds:
+        merged["allreduce_s_rounds"] = rounds
+        merged["allreduce_s_median"] = statistics.median(rounds)
+        merged["algbw_mb_s"] = floats * 4 / merged["allreduce_s_median"] / 1e6
+    else:  # a command that does not list its rounds: the median of the runs' figures
+        merged["algbw_mb_s"] = statistics.median(record["algbw_mb_s"] for record in ok)
+    peaks = [record.get("peak_rss_mb") for record in ok if record.get("peak_rss_mb")]
+    if peaks:
+        merged["peak_rss_mb"] = [
+            max((p for p in column if p is not None), default=None) for column in zip(*peaks)
+        ]
+    merged["load_1m_before"] = records[0].get("load_1m_before")
+    return merged
+
+
 def build_averager(args):
     """With the default command, build the release binary once up front (logged), so that no
     cell's timeout is spent compiling. Returns None, or the reason the build failed."""
@@ -163,11 +198,20 @@ def main():
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per cell (after --warmup)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (gloo, hivemind)")
+    parser.add_argument(
+        "--alternate",
+        type=int,
+        default=1,
+        help="runs per system and cell, the systems taking turns (A B C A B C ...); each system's "
+        "rounds are pooled, so a slow spell of the machine falls on every system alike",
+    )
     parser.add_argument("--timeout", type=int, default=0, help="seconds per system and cell; 0 = per-system default")
     parser.add_argument("--build-timeout", type=int, default=1800, help="seconds for cargo build --release")
     parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
     parser.add_argument("--log-dir", default=os.path.join(HERE, "logs"))
     args = parser.parse_args()
+    if args.alternate < 1:
+        parser.error("--alternate must be at least 1")
     # On SIGTERM unwind like on Ctrl-C, so run_one's cleanup kills the running child's session.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -188,17 +232,22 @@ def main():
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_1m_start": os.getloadavg()[0]},
         "repeats": args.repeats,
         "warmup": args.warmup,
+        "alternate": args.alternate,
         "averager_command": os.environ.get("AVERAGER_BENCH_CMD", DEFAULT_AVERAGER_CMD),
         "cells": [],
     }
     build_error = build_averager(args) if "averager" in systems else None
     for peers, floats, compression in itertools.product(peers_list, sizes, compressions):
         cell = {"peers": peers, "floats": floats, "compression": compression, "results": {}}
+        runs = {system: [] for system in systems}
+        for run in range(args.alternate):
+            for system in systems:
+                if system == "averager" and build_error:
+                    runs[system].append({"error": build_error})
+                else:
+                    runs[system].append(run_one(system, peers, floats, compression, args, run))
         for system in systems:
-            if system == "averager" and build_error:
-                cell["results"][system] = {"error": build_error}
-            else:
-                cell["results"][system] = run_one(system, peers, floats, compression, args)
+            cell["results"][system] = pooled(runs[system], floats)
         averager = algbw(cell, "averager")
         cell["averager_over_gloo"] = ratio(averager, algbw(cell, "gloo"))
         cell["averager_over_hivemind"] = ratio(averager, algbw(cell, "hivemind"))

@@ -95,6 +95,9 @@ impl BenchSummary {
             "algbw_mb_s_best": finite(algbw_mb_s(bytes, self.allreduce_min())),
             "allreduce_s_median": finite(self.allreduce_median()),
             "allreduce_s_min": finite(self.allreduce_min()),
+            // Every successful round, as gloo's and hivemind's scripts report them: the grid
+            // pools the rounds of alternating runs (`bench/grid.py --alternate`).
+            "allreduce_s_rounds": self.allreduce_s,
             "matchmaking_ms_median": finite(median(&self.matchmaking_ms).unwrap_or(f64::NAN)),
             "processes": self.processes,
             "peak_rss_mb": self.peak_rss_bytes.iter().map(|b| b.map(|b| b as f64 / 1e6)).collect::<Vec<_>>(),
@@ -201,6 +204,7 @@ mod tests {
         assert_eq!(v["algbw_mb_s"], json!(4000.0 / 0.003 / 1e6));
         assert!(summary.table().contains("grpc"));
         assert_eq!(v["peak_rss_mb"], json!([80.0, null]));
+        assert_eq!(v["allreduce_s_rounds"], json!([0.002, 0.004]));
         assert!(summary.table().contains("peak RSS per peer (MB, one process each): 80.0, ?"));
     }
 }
