@@ -29,6 +29,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 from common import log, parse_size, size_label
@@ -92,14 +93,23 @@ def run_one(system, peers, floats, compression, args, run=0):
             )
         except OSError as error:
             return {"error": f"not available: cannot start {argv[0]}: {error.strerror}"}
+        # Read on a thread and wait for the command itself, not for the end of its stdout: a
+        # command that exits and leaves children holding the pipe (hivemind's script after a
+        # peer's wrong mean, its other peers waiting on a dead group) would otherwise hold the
+        # cell until its timeout. Those children are killed with the session either way.
+        chunks = []
+        reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
+        reader.start()
         try:
-            stdout, _ = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            kill_session(proc.pid)
-            proc.communicate()
             return {"error": f"timed out after {timeout}s (log: {log_path})"}
         finally:
             kill_session(proc.pid)
+            proc.wait()
+            reader.join()
+            proc.stdout.close()
+        stdout = "".join(chunks)
     records = []
     for line in stdout.splitlines():
         line = line.strip()
